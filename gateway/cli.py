@@ -1,0 +1,46 @@
+"""The ``icvgw`` command line: one program, one sub-command per job.
+
+Each command group lives beside the code it drives (``gateway/<area>/cli.py``) and is
+mounted here, so this file reads as the table of contents of the CLI.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from gateway import __version__
+
+app = typer.Typer(
+    name="icvgw",
+    help="icv-gateway: share connected-vehicle telemetry under China's data rules.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"icvgw {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """icv-gateway: share connected-vehicle telemetry under China's data rules."""
+
+
+def _mount() -> None:
+    """Mount each command group. Imports are local so ``icvgw --help`` stays quick."""
+
+
+_mount()
+
+
+def main() -> None:
+    """Entry point of the ``icvgw`` console script."""
+    app()

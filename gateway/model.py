@@ -1,0 +1,181 @@
+"""Shapes the stages share.
+
+* :class:`Envelope` — one MQTT message as received; nothing after ``ingest/`` sees paho types.
+* :class:`Batch` — a micro-batch of decoded records as columns (numpy arrays), with a
+  per-row status and error code. Stages filter by marking rows, never by raising.
+
+The fan-out to (record × subscriber) views has its own shape, defined where it happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+class Datum(IntEnum):
+    """The datum a row's coordinates are in. ``NONE``: the row holds no usable position."""
+
+    NONE = 0
+    WGS84 = 1
+    GCJ02 = 2
+
+    @property
+    def label(self) -> str:
+        """Label used in every output, e.g. ``"GCJ-02"``."""
+        return _DATUM_LABELS[self]
+
+
+_DATUM_LABELS = {Datum.NONE: "none", Datum.WGS84: "WGS-84", Datum.GCJ02: "GCJ-02"}
+
+
+class RowStatus(IntEnum):
+    """Where a row stands: usable, or rejected (never shared) with an :class:`ErrorCode`."""
+
+    OK = 0
+    REJECTED = 1
+
+
+class ErrorCode(IntEnum):
+    """Why a row is rejected. Stable numbers: they are stored and exported."""
+
+    OK = 0
+    # coordinates
+    MISSING_COORDINATE = 1
+    NON_NUMERIC_COORDINATE = 2
+    NON_FINITE_COORDINATE = 3
+    COORDINATE_OUT_OF_RANGE = 4
+    OUTSIDE_DATUM_AREA = 5
+    # record shape
+    NOT_AN_OBJECT = 20
+    MISSING_TIMESTAMP = 21
+    BAD_TIMESTAMP = 22
+    MISSING_VEHICLE_ID = 23
+    VEHICLE_ID_MISMATCH = 24
+
+    @property
+    def reason(self) -> str:
+        """Short machine-readable reason, e.g. ``"non-finite-coordinate"``."""
+        return self.name.lower().replace("_", "-")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One message as received from the broker.
+
+    ``ack`` acknowledges it to the broker; the service calls it only after the message's
+    audit entries and outbox rows are committed.
+    """
+
+    topic: str
+    payload: bytes
+    received_at: float
+    message_id: int = 0
+    ack: Callable[[], None] | None = None
+
+
+@dataclass(slots=True)
+class Batch:
+    """A micro-batch of records as columns.
+
+    ``lat``/``lon``/``alt`` are float64 (NaN where absent), ``time`` is Unix seconds
+    (float64), ``datum`` a :class:`Datum` code per row, ``status`` a :class:`RowStatus` and
+    ``error`` an :class:`ErrorCode` per row. ``vehicle`` holds the vehicle id as received
+    (object array). ``source`` is the index of the envelope each row came from. ``signals``
+    holds every other signal as one column per VSS path.
+    """
+
+    vehicle: npt.NDArray[np.object_]
+    time: FloatArray
+    lat: FloatArray
+    lon: FloatArray
+    alt: FloatArray
+    datum: npt.NDArray[np.uint8]
+    status: npt.NDArray[np.uint8]
+    error: npt.NDArray[np.uint16]
+    source: npt.NDArray[np.int64]
+    signals: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.vehicle)
+        for name in ("time", "lat", "lon", "alt", "datum", "status", "error", "source"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"column {name} has {len(getattr(self, name))} rows, expected {n}")
+        for name, column in self.signals.items():
+            if len(column) != n:
+                raise ValueError(f"signal {name} has {len(column)} rows, expected {n}")
+
+    def __len__(self) -> int:
+        return len(self.vehicle)
+
+    @classmethod
+    def from_columns(
+        cls,
+        *,
+        vehicle: Any,
+        time: Any,
+        lat: Any,
+        lon: Any,
+        alt: Any = None,
+        datum: Datum = Datum.WGS84,
+        source: Any = None,
+        signals: Mapping[str, Any] | None = None,
+    ) -> Batch:
+        """Build a batch from array-likes; every row starts OK. ``alt`` defaults to NaN."""
+        veh = np.asarray(vehicle, dtype=object)
+        n = len(veh)
+        lat_a = np.asarray(lat, dtype=np.float64).reshape(n)
+        lon_a = np.asarray(lon, dtype=np.float64).reshape(n)
+        alt_a = (
+            np.full(n, np.nan) if alt is None else np.asarray(alt, dtype=np.float64).reshape(n)
+        )
+        return cls(
+            vehicle=veh,
+            time=np.asarray(time, dtype=np.float64).reshape(n),
+            lat=lat_a,
+            lon=lon_a,
+            alt=alt_a,
+            datum=np.full(n, int(datum), dtype=np.uint8),
+            status=np.zeros(n, dtype=np.uint8),
+            error=np.zeros(n, dtype=np.uint16),
+            source=np.arange(n, dtype=np.int64) if source is None else np.asarray(source, np.int64),
+            signals={k: np.asarray(v) for k, v in (signals or {}).items()},
+        )
+
+    @property
+    def ok(self) -> BoolArray:
+        """Mask of rows still usable."""
+        return self.status == RowStatus.OK
+
+    def reject(self, mask: BoolArray, code: ErrorCode) -> int:
+        """Mark rows in ``mask`` rejected with ``code``; the first error of a row wins.
+
+        Returns how many rows were newly rejected.
+        """
+        fresh = mask & self.ok
+        self.status[fresh] = RowStatus.REJECTED
+        self.error[fresh] = int(code)
+        return int(fresh.sum())
+
+    def take(self, index: npt.NDArray[np.intp] | BoolArray) -> Batch:
+        """A new batch holding the selected rows (copies)."""
+        return Batch(
+            vehicle=self.vehicle[index],
+            time=self.time[index],
+            lat=self.lat[index],
+            lon=self.lon[index],
+            alt=self.alt[index],
+            datum=self.datum[index],
+            status=self.status[index],
+            error=self.error[index],
+            source=self.source[index],
+            signals={k: v[index] for k, v in self.signals.items()},
+        )

@@ -1,0 +1,1 @@
+"""Fleet simulator and trace replay for icv-gateway."""
