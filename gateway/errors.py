@@ -41,7 +41,9 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        return (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
 
 
 class ConfigError(GatewayError):
@@ -96,7 +98,11 @@ class VerificationError(AuditError):
     def __init__(self, message: str, *, shard: str | None = None, seq: int | None = None) -> None:
         self.shard = shard
         self.seq = seq
-        parts = [p for p in (f"shard {shard}" if shard else "", f"seq {seq}" if seq is not None else "") if p]
+        parts = [
+            p
+            for p in (f"shard {shard}" if shard else "", f"seq {seq}" if seq is not None else "")
+            if p
+        ]
         super().__init__(f"{', '.join(parts)}: {message}" if parts else message)
 
 

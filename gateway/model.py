@@ -134,9 +134,7 @@ class Batch:
         n = len(veh)
         lat_a = np.asarray(lat, dtype=np.float64).reshape(n)
         lon_a = np.asarray(lon, dtype=np.float64).reshape(n)
-        alt_a = (
-            np.full(n, np.nan) if alt is None else np.asarray(alt, dtype=np.float64).reshape(n)
-        )
+        alt_a = np.full(n, np.nan) if alt is None else np.asarray(alt, dtype=np.float64).reshape(n)
         return cls(
             vehicle=veh,
             time=np.asarray(time, dtype=np.float64).reshape(n),

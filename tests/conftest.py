@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
+from gateway.testing import MosquittoBroker, find_mosquitto
+
 settings.register_profile(
     "ci", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -58,3 +60,16 @@ def postgres_url(postgres_base_url: str) -> Iterator[str]:
     yield f"{postgres_base_url}{sep}options=-csearch_path%3D{schema}"
     with psycopg.connect(postgres_base_url, autocommit=True) as conn:
         conn.execute(f'drop schema "{schema}" cascade')
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[MosquittoBroker]:
+    """A real Mosquitto on a free port with its own config and persistent data directory."""
+    if find_mosquitto() is None:
+        service_missing("mosquitto binary (apt-get install mosquitto)")
+    broker = MosquittoBroker()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.close()
