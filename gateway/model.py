@@ -89,8 +89,10 @@ class Batch:
     ``lat``/``lon``/``alt`` are float64 (NaN where absent), ``time`` is Unix seconds
     (float64), ``datum`` a :class:`Datum` code per row, ``status`` a :class:`RowStatus` and
     ``error`` an :class:`ErrorCode` per row. ``vehicle`` holds the vehicle id as received
-    (object array). ``source`` is the index of the envelope each row came from. ``signals``
-    holds every other signal as one column per VSS path.
+    (object array). ``source`` is the index of the envelope each row came from; ``msg_id`` the
+    record's own message id where it sent one (object array, ``None`` where absent; ``None``
+    for the column means no row had one). ``signals`` holds every other signal as one column
+    per VSS path (object arrays, ``None`` where a row lacks the signal).
     """
 
     vehicle: npt.NDArray[np.object_]
@@ -102,6 +104,7 @@ class Batch:
     status: npt.NDArray[np.uint8]
     error: npt.NDArray[np.uint16]
     source: npt.NDArray[np.int64]
+    msg_id: npt.NDArray[np.object_] | None = None
     signals: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -109,6 +112,8 @@ class Batch:
         for name in ("time", "lat", "lon", "alt", "datum", "status", "error", "source"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"column {name} has {len(getattr(self, name))} rows, expected {n}")
+        if self.msg_id is not None and len(self.msg_id) != n:
+            raise ValueError(f"column msg_id has {len(self.msg_id)} rows, expected {n}")
         for name, column in self.signals.items():
             if len(column) != n:
                 raise ValueError(f"signal {name} has {len(column)} rows, expected {n}")
@@ -127,6 +132,7 @@ class Batch:
         alt: Any = None,
         datum: Datum = Datum.WGS84,
         source: Any = None,
+        msg_id: Any = None,
         signals: Mapping[str, Any] | None = None,
     ) -> Batch:
         """Build a batch from array-likes; every row starts OK. ``alt`` defaults to NaN."""
@@ -145,13 +151,15 @@ class Batch:
             status=np.zeros(n, dtype=np.uint8),
             error=np.zeros(n, dtype=np.uint16),
             source=np.arange(n, dtype=np.int64) if source is None else np.asarray(source, np.int64),
+            msg_id=None if msg_id is None else np.asarray(msg_id, dtype=object),
             signals={k: np.asarray(v) for k, v in (signals or {}).items()},
         )
 
     @property
     def ok(self) -> BoolArray:
         """Mask of rows still usable."""
-        return self.status == RowStatus.OK
+        ok: BoolArray = self.status == RowStatus.OK
+        return ok
 
     def reject(self, mask: BoolArray, code: ErrorCode) -> int:
         """Mark rows in ``mask`` rejected with ``code``; the first error of a row wins.
@@ -175,5 +183,6 @@ class Batch:
             status=self.status[index],
             error=self.error[index],
             source=self.source[index],
+            msg_id=None if self.msg_id is None else self.msg_id[index],
             signals={k: v[index] for k, v in self.signals.items()},
         )

@@ -17,21 +17,24 @@ from gateway.model import ErrorCode, FloatArray
 def as_float_array(values: Any) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
     """Coerce scalars, sequences or arrays to a 1-d float64 array.
 
-    Entries that are not numbers (``None``, strings, objects) become NaN and are flagged in
-    the second array, so callers can tell "missing/non-numeric" from "NaN was sent".
+    Entries that are not numbers (``None``, strings, booleans, objects) become NaN and are
+    flagged in the second array, so callers can tell "missing/non-numeric" from "NaN was
+    sent". Numeric numpy arrays take a fast path; Python sequences are checked per element,
+    because numpy would otherwise turn ``["31.2", 31.23]`` into strings or ``True`` into 1.
     """
-    arr = np.asarray(values)
-    if arr.ndim == 0:
-        arr = arr.reshape(1)
-    if arr.dtype.kind in "fiu":
-        return arr.astype(np.float64, copy=False).reshape(-1), np.zeros(arr.size, dtype=bool)
-    if arr.dtype.kind == "b":
-        return np.full(arr.size, np.nan), np.ones(arr.size, dtype=bool)
-    flat = arr.reshape(-1)
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":
+        return values.astype(np.float64, copy=False).reshape(-1), np.zeros(values.size, bool)
+    if isinstance(values, (int, float, np.integer, np.floating)) and not isinstance(
+        values, (bool, np.bool_)
+    ):
+        return np.array([float(values)]), np.zeros(1, dtype=bool)
+    flat = np.asarray(values, dtype=object).reshape(-1)
     out = np.full(flat.size, np.nan)
     bad = np.zeros(flat.size, dtype=bool)
     for i, v in enumerate(flat):
-        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
+            v, (bool, np.bool_)
+        ):
             out[i] = float(v)
         else:
             bad[i] = True

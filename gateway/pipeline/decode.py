@@ -1,0 +1,227 @@
+"""Decode: MQTT payloads to a columnar :class:`~gateway.model.Batch`.
+
+A payload is one JSON object or a JSON array of objects whose keys are VSS paths (flat,
+``"Vehicle.Speed"``, or nested, ``{"Vehicle": {"Speed": ...}}``). OEM names are mapped to VSS
+paths by the policy's alias map before anything else looks at them.
+
+Two kinds of failure, both without raising:
+
+* the whole payload is unusable (oversize, not JSON, not an object or array, empty array):
+  a :class:`DeadLetter` for the envelope, no rows;
+* one record is unusable (not an object, no vehicle id, no or bad timestamp, a coordinate that
+  is not a number, vehicle id differs from the topic's): the row is in the batch, rejected
+  with an :class:`~gateway.model.ErrorCode`, and is never shared.
+
+A record with neither latitude nor longitude is valid and has no position (datum ``NONE``).
+Timestamps are ISO 8601 with a UTC offset (VSS style, ``...Z``) or Unix seconds as a number;
+a timestamp without an offset is rejected as ambiguous.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+from gateway.geo.coords import check_coordinates
+from gateway.model import Batch, Datum, Envelope, ErrorCode, RowStatus
+
+VIN = "Vehicle.VehicleIdentification.VIN"
+LATITUDE = "Vehicle.CurrentLocation.Latitude"
+LONGITUDE = "Vehicle.CurrentLocation.Longitude"
+ALTITUDE = "Vehicle.CurrentLocation.Altitude"
+TIMESTAMP = "Vehicle.CurrentLocation.Timestamp"
+MSG_ID = "msg_id"
+_COLUMNS = frozenset({VIN, LATITUDE, LONGITUDE, ALTITUDE, TIMESTAMP, MSG_ID})
+
+DEFAULT_MAX_PAYLOAD = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A payload that yielded no rows: the envelope index and why."""
+
+    source: int
+    reason: str
+    detail: str
+
+
+@dataclass(slots=True)
+class Decoded:
+    """What decode produced: the rows, and the payloads that had none."""
+
+    batch: Batch
+    dead: list[DeadLetter]
+
+
+def topic_vehicle(topic: str) -> str | None:
+    """The vehicle id in ``vehicles/<id>/telemetry``-shaped topics (second level), or None."""
+    parts = topic.split("/")
+    return parts[1] if len(parts) >= 3 and parts[1] else None
+
+
+def decode(
+    envelopes: Sequence[Envelope],
+    *,
+    aliases: Mapping[str, str] | None = None,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+    vehicle_from_topic: Callable[[str], str | None] | None = topic_vehicle,
+) -> Decoded:
+    """Decode envelopes into one batch. Never raises on payload content.
+
+    With ``vehicle_from_topic`` set, a record whose vehicle id differs from the topic's (or a
+    topic without one) is rejected as ``VEHICLE_ID_MISMATCH``: one vehicle cannot publish for
+    another. Pass ``None`` where there is no topic (e.g. ``policy explain``).
+    """
+    alias = aliases or {}
+    records: list[Any] = []
+    sources: list[int] = []
+    expected: list[str | None] = []
+    dead: list[DeadLetter] = []
+    for index, env in enumerate(envelopes):
+        if len(env.payload) > max_payload:
+            dead.append(DeadLetter(index, "oversize", f"{len(env.payload)} > {max_payload} bytes"))
+            continue
+        try:
+            doc = orjson.loads(env.payload)
+        except orjson.JSONDecodeError as exc:
+            dead.append(DeadLetter(index, "not-json", str(exc)))
+            continue
+        items = doc if isinstance(doc, list) else [doc]
+        if not isinstance(doc, (list, dict)):
+            dead.append(DeadLetter(index, "not-object", f"payload is a JSON {type(doc).__name__}"))
+            continue
+        if not items:
+            dead.append(DeadLetter(index, "empty", "empty JSON array"))
+            continue
+        want = vehicle_from_topic(env.topic) if vehicle_from_topic is not None else None
+        for item in items:
+            records.append(item)
+            sources.append(index)
+            expected.append(want)
+    return Decoded(_to_batch(records, sources, expected, alias, vehicle_from_topic), dead)
+
+
+def decode_records(records: Sequence[Any], aliases: Mapping[str, str] | None = None) -> Batch:
+    """Decode already-parsed records (no topic check): for tools and tests."""
+    return _to_batch(
+        list(records), list(range(len(records))), [None] * len(records), aliases or {}, None
+    )
+
+
+def _to_batch(
+    records: list[Any],
+    sources: list[int],
+    expected: list[str | None],
+    alias: Mapping[str, str],
+    vehicle_from_topic: Callable[[str], str | None] | None,
+) -> Batch:
+    n = len(records)
+    vehicle = np.full(n, None, dtype=object)
+    lat_in: list[Any] = [None] * n
+    lon_in: list[Any] = [None] * n
+    alt = np.full(n, np.nan)
+    time = np.full(n, np.nan)
+    msg_id = np.full(n, None, dtype=object)
+    error = np.zeros(n, dtype=np.uint16)
+    signals: dict[str, np.ndarray[Any, Any]] = {}
+
+    for i, raw in enumerate(records):
+        if not isinstance(raw, dict):
+            error[i] = ErrorCode.NOT_AN_OBJECT
+            continue
+        rec = _flatten(raw, alias)
+        vin = rec.get(VIN)
+        if isinstance(vin, str) and vin:
+            vehicle[i] = vin
+        ts = _timestamp(rec.get(TIMESTAMP))
+        if not isinstance(vin, str) or not vin:
+            error[i] = ErrorCode.MISSING_VEHICLE_ID
+        elif vehicle_from_topic is not None and vin != expected[i]:
+            error[i] = ErrorCode.VEHICLE_ID_MISMATCH
+        elif TIMESTAMP not in rec:
+            error[i] = ErrorCode.MISSING_TIMESTAMP
+        elif ts is None:
+            error[i] = ErrorCode.BAD_TIMESTAMP
+        else:
+            time[i] = ts
+        lat_in[i] = rec.get(LATITUDE)
+        lon_in[i] = rec.get(LONGITUDE)
+        a = rec.get(ALTITUDE)
+        if isinstance(a, (int, float)) and not isinstance(a, bool):
+            alt[i] = float(a)
+        mid = rec.get(MSG_ID)
+        if isinstance(mid, (str, int)) and not isinstance(mid, bool):
+            msg_id[i] = str(mid)
+        for key, value in rec.items():
+            if key in _COLUMNS:
+                continue
+            column = signals.get(key)
+            if column is None:
+                column = signals[key] = np.full(n, None, dtype=object)
+            column[i] = value
+
+    no_position = np.fromiter(
+        (la is None and lo is None for la, lo in zip(lat_in, lon_in, strict=True)), bool, n
+    )
+    lat, lon, coord_error = (
+        check_coordinates(
+            [0.0 if none else v for v, none in zip(lat_in, no_position, strict=True)],
+            [0.0 if none else v for v, none in zip(lon_in, no_position, strict=True)],
+        )
+        if n
+        else (np.empty(0), np.empty(0), np.empty(0, np.uint16))
+    )
+    lat[no_position] = np.nan
+    lon[no_position] = np.nan
+    coord_error[no_position] = ErrorCode.OK
+    error = np.where(error != 0, error, coord_error).astype(np.uint16)
+    datum = np.where(no_position, Datum.NONE, Datum.WGS84).astype(np.uint8)
+    return Batch(
+        vehicle=vehicle,
+        time=time,
+        lat=lat,
+        lon=lon,
+        alt=alt,
+        datum=datum,
+        status=np.where(error != 0, RowStatus.REJECTED, RowStatus.OK).astype(np.uint8),
+        error=error,
+        source=np.asarray(sources, dtype=np.int64),
+        msg_id=msg_id,
+        signals=signals,
+    )
+
+
+def _flatten(record: dict[str, Any], alias: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    stack: list[tuple[str, dict[str, Any]]] = [("", record)]
+    while stack:
+        prefix, node = stack.pop()
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, dict) and value and path not in alias:
+                stack.append((f"{path}.", value))
+            else:
+                out[alias.get(path, path)] = value
+    return out
+
+
+def _timestamp(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        v = float(value)
+        return v if np.isfinite(v) and 0 <= v < 1e11 else None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            return None
+        return parsed.timestamp()
+    return None

@@ -1,0 +1,170 @@
+"""Decode never raises on content; every bad payload or record is accounted for."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.model import Datum, Envelope, ErrorCode, RowStatus
+from gateway.pipeline.decode import (
+    LATITUDE,
+    LONGITUDE,
+    TIMESTAMP,
+    VIN,
+    decode,
+    decode_records,
+    topic_vehicle,
+)
+
+V1 = "LSVAU2180N2183294"
+V2 = "LFV2A21K6H3040212"
+
+
+def rec(vin: str = V1, **extra: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        VIN: vin,
+        TIMESTAMP: "2026-11-28T12:00:00.500Z",
+        LATITUDE: 31.23,
+        LONGITUDE: 121.47,
+        "Vehicle.Speed": 42.0,
+    }
+    base.update(extra)
+    return base
+
+
+def env(payload: Any, vin: str = V1, raw: bytes | None = None) -> Envelope:
+    data = raw if raw is not None else orjson.dumps(payload)
+    return Envelope(topic=f"vehicles/{vin}/telemetry", payload=data, received_at=0.0)
+
+
+def test_object_and_array_payloads_become_rows() -> None:
+    out = decode([env(rec()), env([rec(), rec(**{"msg_id": "m2"})])])
+    b = out.batch
+    assert out.dead == []
+    assert len(b) == 3
+    assert b.source.tolist() == [0, 1, 1]
+    assert b.ok.all()
+    assert b.time[0] == pytest.approx(1795867200.5)
+    assert b.lat.tolist() == [31.23] * 3
+    assert b.datum.tolist() == [Datum.WGS84] * 3
+    assert b.signals["Vehicle.Speed"].tolist() == [42.0] * 3
+    assert b.msg_id is not None
+    assert b.msg_id.tolist() == [None, None, "m2"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{not json", "not-json"),
+        (b'"a string"', "not-object"),
+        (b"42", "not-object"),
+        (b"[]", "empty"),
+        (b"\xff\xfe", "not-json"),
+    ],
+)
+def test_unusable_payloads_are_dead_letters(raw: bytes, reason: str) -> None:
+    out = decode([env(None, raw=raw), env(rec())])
+    assert [(d.source, d.reason) for d in out.dead] == [(0, reason)]
+    assert len(out.batch) == 1 and out.batch.ok.all()
+
+
+def test_oversize_payload_is_dead_lettered_without_parsing() -> None:
+    out = decode([env(rec(pad="x" * 2000))], max_payload=1000)
+    assert [d.reason for d in out.dead] == ["oversize"]
+    assert len(out.batch) == 0
+
+
+@pytest.mark.parametrize(
+    ("record", "code"),
+    [
+        ("not an object", ErrorCode.NOT_AN_OBJECT),
+        ({TIMESTAMP: "2026-11-28T12:00:00Z"}, ErrorCode.MISSING_VEHICLE_ID),
+        ({VIN: "", TIMESTAMP: "2026-11-28T12:00:00Z"}, ErrorCode.MISSING_VEHICLE_ID),
+        ({VIN: V1}, ErrorCode.MISSING_TIMESTAMP),
+        ({VIN: V1, TIMESTAMP: "yesterday"}, ErrorCode.BAD_TIMESTAMP),
+        ({VIN: V1, TIMESTAMP: "2026-11-28T12:00:00"}, ErrorCode.BAD_TIMESTAMP),
+        ({VIN: V1, TIMESTAMP: True}, ErrorCode.BAD_TIMESTAMP),
+        (rec(**{LATITUDE: "31.2"}), ErrorCode.NON_NUMERIC_COORDINATE),
+        (rec(**{LATITUDE: None}), ErrorCode.MISSING_COORDINATE),
+        (rec(**{LONGITUDE: 200.0}), ErrorCode.COORDINATE_OUT_OF_RANGE),
+        (rec(vin=V2), ErrorCode.VEHICLE_ID_MISMATCH),
+    ],
+)
+def test_bad_records_are_rejected_rows(record: Any, code: ErrorCode) -> None:
+    out = decode([env([record, rec()])])
+    b = out.batch
+    assert out.dead == []
+    assert b.error.tolist() == [code, ErrorCode.OK]
+    assert b.status.tolist() == [RowStatus.REJECTED, RowStatus.OK]
+
+
+def test_overflowing_number_is_a_dead_letter() -> None:
+    payload = orjson.dumps(rec()).replace(b"31.23", b"1e999")
+    assert [d.reason for d in decode([env(None, raw=payload)]).dead] == ["not-json"]
+
+
+def test_non_finite_coordinate_rejected() -> None:
+    b = decode_records([rec(**{LATITUDE: float("nan")}), rec(**{LONGITUDE: float("inf")})])
+    assert b.error.tolist() == [ErrorCode.NON_FINITE_COORDINATE] * 2
+    assert math.isnan(b.lat[0]) and math.isnan(b.lon[1])
+
+
+def test_record_without_position_is_valid_with_no_datum() -> None:
+    r = rec()
+    del r[LATITUDE], r[LONGITUDE]
+    b = decode([env(r)]).batch
+    assert b.ok.all()
+    assert b.datum.tolist() == [Datum.NONE]
+    assert np.isnan(b.lat).all()
+
+
+def test_aliases_and_nested_objects_map_to_vss_paths() -> None:
+    nested = {
+        "Vehicle": {"VehicleIdentification": {"VIN": V1}, "Speed": 10.0},
+        "gps_lat": 31.0,
+        "gps_lon": 121.0,
+        "ts": 1795867200,
+    }
+    aliases = {"gps_lat": LATITUDE, "gps_lon": LONGITUDE, "ts": TIMESTAMP}
+    b = decode([env(nested)], aliases=aliases).batch
+    assert b.ok.all(), ErrorCode(int(b.error[0]))
+    assert (b.lat[0], b.lon[0], b.time[0]) == (31.0, 121.0, 1795867200.0)
+    assert b.signals["Vehicle.Speed"].tolist() == [10.0]
+
+
+def test_topic_vehicle() -> None:
+    assert topic_vehicle(f"vehicles/{V1}/telemetry") == V1
+    assert topic_vehicle("vehicles//telemetry") is None
+    assert topic_vehicle("other") is None
+
+
+def test_decode_records_skips_topic_check() -> None:
+    b = decode_records([rec(vin=V2)])
+    assert b.ok.all()
+    assert b.vehicle.tolist() == [V2]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+
+
+@given(st.lists(json_values | st.builds(rec), max_size=5))
+def test_arbitrary_json_never_raises_and_every_payload_is_accounted_for(docs: list[Any]) -> None:
+    envelopes = [env(None, raw=orjson.dumps(d)) for d in docs]
+    out = decode(envelopes)
+    dead = {d.source for d in out.dead}
+    with_rows = set(out.batch.source.tolist())
+    assert dead.isdisjoint(with_rows)
+    assert dead | with_rows == set(range(len(docs)))
+    ok = out.batch.ok
+    assert np.isfinite(out.batch.time[ok]).all()
+    assert all(isinstance(v, str) for v in out.batch.vehicle[ok])
