@@ -21,7 +21,9 @@ built-in transform that area is the conventional box, longitude 72.004–137.834
 The inverse is exact: it iterates until the forward transform reproduces the input to better
 than 1e-9 degrees (the one-step approximation that many libraries ship is off by metres). A
 GCJ-02 position has a WGS-84 inverse only if that inverse lies inside the box (otherwise the
-forward transform would not have produced it): such rows get ``OUTSIDE_DATUM_AREA`` too.
+forward transform would not have produced it): such rows get ``OUTSIDE_DATUM_AREA`` too. An
+answer that misses the box by rounding noise (under 5e-10 degrees) is clamped onto its edge,
+so positions on the edge survive the round trip.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ GCJ02_BOX = (0.8293, 55.8271, 72.004, 137.8347)
 
 _INVERSE_TOL_DEG = 1e-11  # the forward transform of the answer reproduces the input to this
 _INVERSE_MAX_ITER = 30  # the iteration contracts by ~1e-2 per step; 5 steps are typical
+_INVERSE_EDGE_DEG = 5e-10  # answers this close outside the box are clamped onto its edge
 _INVERSE_MARGIN_DEG = 0.1  # GCJ-02 offsets stay well under 0.01 deg; cheaper early rejection
 
 
@@ -299,8 +302,13 @@ def _gcj02_inverse(lat: FloatArray, lon: FloatArray) -> tuple[FloatArray, FloatA
         w_lon[active[step]] = a_lon[step] - r_lon[step]
         active = active[step]
     # A GCJ-02 position is in the image of the forward transform only if its preimage is in
-    # the box: anything else was never produced by the forward transform.
-    good = converged & _in_box(w_lat, w_lon)
+    # the box: anything else was never produced by the forward transform. An answer within
+    # rounding distance of the box edge is clamped onto it, so a point on the edge survives
+    # the round trip and the clamped answer still reproduces the input to 1e-9 deg.
+    good = converged & _in_box(w_lat, w_lon, _INVERSE_EDGE_DEG)
+    lat_min, lat_max, lon_min, lon_max = GCJ02_BOX
+    w_lat = np.clip(w_lat, lat_min, lat_max)
+    w_lon = np.clip(w_lon, lon_min, lon_max)
     error[good] = ErrorCode.OK
     out_lat = np.where(good, w_lat, np.nan)
     out_lon = np.where(good, w_lon, np.nan)
