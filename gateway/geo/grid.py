@@ -18,7 +18,7 @@ of a cell side is its projected length divided by ``k``, hence:
 * no cell side is shorter than ``size_m`` on the ground (at the central meridian it is
   ``size_m * 1.0016``; the excess is the price of one constant for every band);
 * a point moves at most half the cell diagonal, at most ``size_m * K_MAX / 0.9996 / sqrt(2)``
-  (``0.708 * size_m``) on the ground;
+  (``0.7083 * size_m``) on the ground;
 * every point of one cell maps to the same output, the cell centre (the inverse projection
   of the projected centre);
 * the result depends only on the input and pyproj/PROJ: deterministic across processes.

@@ -17,6 +17,7 @@ from gateway.errors import GeoError
 from gateway.geo import grid
 from gateway.geo.grid import (
     K_MAX,
+    K_MIN,
     MAX_SIZE_M,
     band_crs,
     band_of,
@@ -131,14 +132,14 @@ def test_no_cell_side_shorter_than_size_and_bounded_move(size: float) -> None:
     )
     assert sides.min() >= size
     # The cells are not wastefully large either: within the UTM scale range.
-    assert sides.max() <= size * K_MAX / 0.9996 * (1 + 1e-6)
+    assert sides.max() <= size * K_MAX / K_MIN * (1 + 1e-6)
     diagonals = np.maximum(
         geodesic(c_lat[:, 0], c_lon[:, 0], c_lat[:, 2], c_lon[:, 2]),
         geodesic(c_lat[:, 1], c_lon[:, 1], c_lat[:, 3], c_lon[:, 3]),
     )
     moved = geodesic(lat, lon, result.lat, result.lon)
     assert (moved <= diagonals / 2 * (1 + 1e-6)).all()
-    assert moved.max() <= 0.708 * size
+    assert moved.max() <= size * K_MAX / K_MIN / math.sqrt(2) <= 0.7083 * size
 
 
 def test_south_and_equator_cells_are_big_enough() -> None:
@@ -347,3 +348,13 @@ def test_unprojectable_rows_fail_closed(monkeypatch: pytest.MonkeyPatch) -> None
     result = snap([39.9, 31.2], [116.4, 121.5], 50.0)
     assert result.error.tolist() == [ErrorCode.OK, ErrorCode.COORDINATE_OUT_OF_RANGE]
     assert result.cell[1] == -1 and result.band[1] == 0 and math.isnan(result.lat[1])
+
+
+def test_geo_package_exports_the_grid_api() -> None:
+    import gateway.geo as geo
+
+    for name in ("snap", "GridResult", "band_crs", "band_transformers", "cell_corners"):
+        assert name in geo.__all__
+    for name in geo.__all__:
+        assert hasattr(geo, name), name
+    assert geo.snap is snap
