@@ -36,6 +36,9 @@ def _root(
 
 def _mount() -> None:
     """Mount each command group. Imports are local so ``icvgw --help`` stays quick."""
+    from gateway.keys_cli import app as keys_app
+
+    app.add_typer(keys_app, name="keys")
 
 
 _mount()

@@ -1,0 +1,1 @@
+"""The tamper-evident audit log: canonical entries, a Merkle tree, signed checkpoints."""

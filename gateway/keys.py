@@ -1,0 +1,251 @@
+"""The key directory: every secret the gateway holds, and nothing else holds them.
+
+Layout (directory mode 0700, every file 0600)::
+
+    audit-signing.0001.key   Ed25519 seed that signs audit checkpoints
+    audit-hmac.0001.key      HMAC-SHA256 key: vehicle references and payload digests in the log
+    pseudonym.0001.key       master secret; HKDF(master, info="pseudonym:" + subscriber) per
+                             subscriber, so two subscribers' pseudonyms cannot be joined
+
+Each file holds one line: the 32 secret bytes in base64. The number is the key's
+*generation*: ``rotate`` adds generation N+1 beside the old ones, which stay readable so old
+checkpoints, vehicle references and digests can still be checked. New work always uses the
+newest generation. Loading refuses a directory or key file that the group or others can
+access (:class:`gateway.errors.KeyStoreError`). Secrets never appear in reprs or errors.
+
+Values the log stores name their generation: a vehicle reference is ``k<gen>:<32 hex>``,
+a payload digest ``k<gen>:<64 hex>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import stat
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from types import MappingProxyType
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from gateway.audit.note import NoteSigner, NoteVerifier
+from gateway.errors import KeyStoreError
+
+__all__ = ["KeyKind", "KeyRing", "init_keys", "rotate_keys"]
+
+KEY_BYTES = 32
+_FILE_RE = re.compile(r"^(audit-signing|audit-hmac|pseudonym)\.(\d{4,})\.key$")
+
+
+class KeyKind(StrEnum):
+    """The three kinds of key material; the value is the file name prefix."""
+
+    SIGNING = "audit-signing"
+    HMAC = "audit-hmac"
+    PSEUDONYM = "pseudonym"
+
+
+def _check_private(path: Path, st: os.stat_result, what: str) -> None:
+    if st.st_mode & 0o077:
+        raise KeyStoreError(
+            f"{path}: {what} is accessible by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"run chmod {'700' if what == 'directory' else '600'}"
+        )
+
+
+def _write_private(directory: Path, name: str, secret: bytes) -> None:
+    """Create ``directory/name`` holding ``secret``, mode 0600, atomically, never replacing."""
+    final = directory / name
+    tmp = directory / f".{name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, base64.b64encode(secret) + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, final)
+    except FileExistsError as exc:
+        raise KeyStoreError(f"{final}: already exists; another rotation ran at once?") from exc
+    finally:
+        tmp.unlink()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def init_keys(directory: str | Path) -> KeyRing:
+    """Create a new key directory with generation 1 of every key and return its ring.
+
+    The directory is created with mode 0700 (or must exist, be empty and private); each key
+    file with mode 0600. Refuses a directory that already holds keys.
+    """
+    path = Path(directory)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    if any(_FILE_RE.match(p.name) for p in path.iterdir()):
+        raise KeyStoreError(f"{path}: already holds keys; use 'icvgw keys rotate' instead")
+    for kind in KeyKind:
+        _write_private(path, f"{kind.value}.0001.key", secrets.token_bytes(KEY_BYTES))
+    _fsync_dir(path)
+    return KeyRing.load(path)
+
+
+def rotate_keys(directory: str | Path, kinds: Iterable[KeyKind] = tuple(KeyKind)) -> KeyRing:
+    """Add the next generation of each of ``kinds``; older generations stay in place.
+
+    Returns the reloaded ring, whose current generation of each rotated kind is the new one.
+    """
+    ring = KeyRing.load(directory)
+    path = ring.directory
+    for kind in dict.fromkeys(kinds):
+        gen = ring.generation(kind) + 1
+        _write_private(path, f"{kind.value}.{gen:04d}.key", secrets.token_bytes(KEY_BYTES))
+    _fsync_dir(path)
+    return KeyRing.load(path)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class KeyRing:
+    """Every generation of every key in one key directory. Immutable; reload to see changes."""
+
+    directory: Path
+    _keys: Mapping[KeyKind, Mapping[int, bytes]]
+
+    def __repr__(self) -> str:
+        gens = ", ".join(f"{k.value}={self.generation(k)}" for k in KeyKind)
+        return f"KeyRing({str(self.directory)!r}, current: {gens})"
+
+    @classmethod
+    def load(cls, directory: str | Path) -> KeyRing:
+        """Read the key directory, checking that it and every key file are owner-only.
+
+        Raises :class:`KeyStoreError` if the directory is missing, too open, lacks a kind of
+        key, or a key file is unreadable, malformed or too open.
+        """
+        path = Path(directory)
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise KeyStoreError(f"{path}: key directory not readable: {exc.strerror}") from exc
+        if not stat.S_ISDIR(st.st_mode):
+            raise KeyStoreError(f"{path}: not a directory")
+        _check_private(path, st, "directory")
+        keys: dict[KeyKind, dict[int, bytes]] = {kind: {} for kind in KeyKind}
+        for entry in sorted(path.iterdir()):
+            match = _FILE_RE.match(entry.name)
+            if not match:
+                continue
+            keys[KeyKind(match.group(1))][int(match.group(2))] = _read_key(entry)
+        for kind, gens in keys.items():
+            if not gens:
+                raise KeyStoreError(f"{path}: no {kind.value} key; run 'icvgw keys init'")
+        frozen = {k: MappingProxyType(dict(v)) for k, v in keys.items()}
+        return cls(path, MappingProxyType(frozen))
+
+    def generation(self, kind: KeyKind) -> int:
+        """The newest generation of ``kind``: the one new work uses."""
+        return max(self._keys[kind])
+
+    def generations(self, kind: KeyKind) -> list[int]:
+        """Every generation of ``kind`` present, oldest first."""
+        return sorted(self._keys[kind])
+
+    def _secret(self, kind: KeyKind, generation: int | None) -> tuple[int, bytes]:
+        gen = self.generation(kind) if generation is None else generation
+        try:
+            return gen, self._keys[kind][gen]
+        except KeyError:
+            raise KeyStoreError(f"{self.directory}: no {kind.value} generation {gen}") from None
+
+    # pseudonyms -----------------------------------------------------------------------------
+
+    def pseudonym_key(self, subscriber_id: str, *, generation: int | None = None) -> bytes:
+        """A 32-byte key private to one subscriber: HKDF-SHA256(master, info="pseudonym:"+id).
+
+        Different subscribers get unrelated keys, so pseudonyms made with them cannot be joined.
+        """
+        _, master = self._secret(KeyKind.PSEUDONYM, generation)
+        hkdf = HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=None,
+            info=b"pseudonym:" + subscriber_id.encode(),
+        )
+        return hkdf.derive(master)
+
+    # audit references -----------------------------------------------------------------------
+
+    def vehicle_ref(self, vin: str, *, generation: int | None = None) -> str:
+        """The vehicle reference the audit log stores instead of the VIN: ``k<gen>:<hex>``.
+
+        A keyed hash (HMAC-SHA256, 128 bits) of the trimmed, upper-cased VIN: stable for one
+        key generation, not reversible without the audit key.
+        """
+        gen, key = self._secret(KeyKind.HMAC, generation)
+        mac = hmac.new(key, b"vehicle:" + vin.strip().upper().encode(), hashlib.sha256)
+        return f"k{gen}:{mac.hexdigest()[:32]}"
+
+    def vehicle_refs(self, vin: str) -> list[str]:
+        """The vehicle reference of ``vin`` under every HMAC generation (for look-ups)."""
+        return [self.vehicle_ref(vin, generation=g) for g in self.generations(KeyKind.HMAC)]
+
+    def payload_digest(self, data: bytes, *, generation: int | None = None) -> str:
+        """The keyed digest of the exact bytes shared: ``k<gen>:<HMAC-SHA256 hex>``."""
+        gen, key = self._secret(KeyKind.HMAC, generation)
+        return f"k{gen}:{hmac.new(key, b'payload:' + data, hashlib.sha256).hexdigest()}"
+
+    # checkpoint signing ---------------------------------------------------------------------
+
+    def note_signer(self, origin: str, *, generation: int | None = None) -> NoteSigner:
+        """The checkpoint signer for log ``origin`` (the key name equals the origin)."""
+        _, seed = self._secret(KeyKind.SIGNING, generation)
+        return NoteSigner.from_seed(origin, seed)
+
+    def note_signers(self, origin: str) -> dict[int, NoteSigner]:
+        """The signer of every signing generation for ``origin``, by generation."""
+        return {
+            g: self.note_signer(origin, generation=g) for g in self.generations(KeyKind.SIGNING)
+        }
+
+    def verifier_keys(self, origin: str) -> list[str]:
+        """The public verifier keys (``name+hash+key``) of every signing generation for
+        ``origin``, oldest first: what an auditor needs to check every checkpoint."""
+        return [s.verifier().vkey for s in self.note_signers(origin).values()]
+
+    def verifiers(self, origin: str) -> list[NoteVerifier]:
+        """Verifiers for every signing generation of ``origin``."""
+        return [s.verifier() for s in self.note_signers(origin).values()]
+
+
+def _read_key(path: Path) -> bytes:
+    try:
+        st = path.stat()
+        _check_private(path, st, "key file")
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyStoreError(f"{path}: not a regular file")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise KeyStoreError(f"{path}: not readable: {exc.strerror}") from exc
+    try:
+        secret = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        secret = b""
+    if len(secret) != KEY_BYTES:
+        raise KeyStoreError(f"{path}: malformed key file (expected {KEY_BYTES} bytes in base64)")
+    return secret

@@ -1,0 +1,161 @@
+"""The key directory: creation modes, permission checks, rotation, derived keys, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from typer.testing import CliRunner
+
+from gateway.audit.note import NoteVerifier, open_note, sign_note
+from gateway.cli import app
+from gateway.errors import KeyStoreError
+from gateway.keys import KeyKind, KeyRing, init_keys, rotate_keys
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_init_creates_private_directory_and_files(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        ring = init_keys(tmp_path / "keys")
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "keys") == 0o700
+    files = sorted(p.name for p in (tmp_path / "keys").iterdir())
+    assert files == ["audit-hmac.0001.key", "audit-signing.0001.key", "pseudonym.0001.key"]
+    assert all(_mode(tmp_path / "keys" / f) == 0o600 for f in files)
+    assert all(ring.generation(k) == 1 for k in KeyKind)
+
+
+def test_init_refuses_an_initialised_directory(tmp_path: Path) -> None:
+    init_keys(tmp_path / "k")
+    with pytest.raises(KeyStoreError, match="already holds keys"):
+        init_keys(tmp_path / "k")
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660])
+def test_load_refuses_a_group_or_world_readable_key_file(tmp_path: Path, mode: int) -> None:
+    init_keys(tmp_path / "k")
+    (tmp_path / "k" / "audit-hmac.0001.key").chmod(mode)
+    with pytest.raises(KeyStoreError, match=r"audit-hmac\.0001\.key: key file is accessible"):
+        KeyRing.load(tmp_path / "k")
+
+
+def test_load_refuses_an_open_directory(tmp_path: Path) -> None:
+    init_keys(tmp_path / "k")
+    (tmp_path / "k").chmod(0o755)
+    with pytest.raises(KeyStoreError, match="directory is accessible"):
+        KeyRing.load(tmp_path / "k")
+
+
+def test_load_refuses_missing_malformed_and_incomplete(tmp_path: Path) -> None:
+    with pytest.raises(KeyStoreError, match="not readable"):
+        KeyRing.load(tmp_path / "absent")
+    init_keys(tmp_path / "k")
+    (tmp_path / "k" / "pseudonym.0001.key").write_text("not base64 at all!\n")
+    with pytest.raises(KeyStoreError, match="malformed key file"):
+        KeyRing.load(tmp_path / "k")
+    (tmp_path / "k" / "pseudonym.0001.key").unlink()
+    with pytest.raises(KeyStoreError, match="no pseudonym key"):
+        KeyRing.load(tmp_path / "k")
+
+
+def test_errors_and_repr_never_show_secrets(tmp_path: Path) -> None:
+    ring = init_keys(tmp_path / "k")
+    secret = (tmp_path / "k" / "audit-hmac.0001.key").read_text().strip()
+    assert secret not in repr(ring)
+    (tmp_path / "k" / "audit-hmac.0001.key").chmod(0o644)
+    with pytest.raises(KeyStoreError) as info:
+        KeyRing.load(tmp_path / "k")
+    assert secret not in str(info.value)
+
+
+def test_pseudonym_keys_are_hkdf_per_subscriber(tmp_path: Path) -> None:
+    ring = init_keys(tmp_path / "k")
+    master = __import__("base64").b64decode((tmp_path / "k" / "pseudonym.0001.key").read_text())
+    expected = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"pseudonym:platform-a"
+    ).derive(master)
+    assert ring.pseudonym_key("platform-a") == expected
+    assert ring.pseudonym_key("platform-a") != ring.pseudonym_key("platform-b")
+    assert len(ring.pseudonym_key("platform-b")) == 32
+
+
+def test_vehicle_ref_is_a_keyed_hash_not_the_vin(tmp_path: Path) -> None:
+    ring = init_keys(tmp_path / "k")
+    key = __import__("base64").b64decode((tmp_path / "k" / "audit-hmac.0001.key").read_text())
+    vin = "LSVAU2180N2183294"
+    ref = ring.vehicle_ref(vin)
+    assert ref == "k1:" + hmac.new(key, b"vehicle:" + vin.encode(), hashlib.sha256).hexdigest()[:32]
+    assert vin not in ref
+    assert ring.vehicle_ref(" lsvau2180n2183294 ") == ref
+    assert ring.vehicle_ref("LSVAU2180N2183295") != ref
+    other = init_keys(tmp_path / "other")
+    assert other.vehicle_ref(vin) != ref
+
+
+def test_rotation_adds_generations_and_keeps_old_ones(tmp_path: Path) -> None:
+    ring1 = init_keys(tmp_path / "k")
+    ref1 = ring1.vehicle_ref("VIN1")
+    pseudo1 = ring1.pseudonym_key("s")
+    vkey1 = ring1.verifier_keys("log.example/a")
+    ring2 = rotate_keys(tmp_path / "k", [KeyKind.SIGNING, KeyKind.HMAC])
+    assert ring2.generation(KeyKind.SIGNING) == 2
+    assert ring2.generation(KeyKind.HMAC) == 2
+    assert ring2.generation(KeyKind.PSEUDONYM) == 1
+    assert ring2.pseudonym_key("s") == pseudo1
+    assert ring2.vehicle_ref("VIN1").startswith("k2:")
+    assert ring2.vehicle_refs("VIN1") == [ref1, ring2.vehicle_ref("VIN1")]
+    assert ring2.verifier_keys("log.example/a")[0] == vkey1[0]
+    assert len(ring2.verifier_keys("log.example/a")) == 2
+    assert _mode(tmp_path / "k" / "audit-signing.0002.key") == 0o600
+    ring3 = rotate_keys(tmp_path / "k")
+    assert [ring3.generation(k) for k in KeyKind] == [3, 3, 2]
+
+
+def test_signer_and_published_verifier_agree(tmp_path: Path) -> None:
+    ring = init_keys(tmp_path / "k")
+    signer = ring.note_signer("log.example/a")
+    note = sign_note("log.example/a\n0\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n", [signer])
+    verifier = NoteVerifier.from_vkey(ring.verifier_keys("log.example/a")[0])
+    assert open_note(note, [verifier]).sigs[0].name == "log.example/a"
+
+
+def test_cli_init_rotate_public_list(tmp_path: Path) -> None:
+    runner = CliRunner()
+    kd = tmp_path / "keys"
+    result = runner.invoke(app, ["keys", "init", "--out", str(kd)])
+    assert result.exit_code == 0, result.output
+    assert _mode(kd) == 0o700
+    result = runner.invoke(app, ["keys", "rotate", "--dir", str(kd), "--only", "audit-signing"])
+    assert result.exit_code == 0, result.output
+    assert "audit-signing now 2" in result.output
+    out = tmp_path / "pub.vkeys"
+    result = runner.invoke(
+        app, ["keys", "public", "--dir", str(kd), "--origin", "o.example/1", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    lines = out.read_text().splitlines()
+    assert [NoteVerifier.from_vkey(v).name for v in lines] == ["o.example/1", "o.example/1"]
+    ring = KeyRing.load(kd)
+    for path in kd.iterdir():
+        secret = path.read_text().strip()
+        assert secret not in out.read_text()
+        assert secret not in result.output
+    assert lines == ring.verifier_keys("o.example/1")
+    result = runner.invoke(app, ["keys", "list", "--dir", str(kd)])
+    assert result.exit_code == 0
+    assert "audit-signing: generations 1, 2 (current 2)" in result.output
+    (kd / "audit-hmac.0001.key").chmod(0o644)
+    result = runner.invoke(app, ["keys", "list", "--dir", str(kd)])
+    assert result.exit_code == 2
+    assert "accessible by group or others" in result.output
