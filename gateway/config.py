@@ -1,0 +1,198 @@
+"""The gateway's own configuration (``gateway.yaml``): typed, closed, located errors.
+
+Every setting has a default except the broker's MQTT protocol version, which is stated, never
+guessed. Values come from, in increasing precedence: the defaults, the file, environment
+variables ``ICVGW_<NAME>`` (see :data:`ENV_OVERRIDES`), then command-line flags. Relative
+paths in the file are relative to the file. Secrets are not kept in the file: the broker
+password is read from the environment variable the file names (``password_env``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from gateway.errors import ConfigError, Problem
+from gateway.policy.source import Source, read_yaml, validation_problems
+
+__all__ = ["ENV_OVERRIDES", "GatewayConfig", "load_config"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _protocol(value: Any) -> Any:
+    # YAML reads `protocol: 5` as a number; 5 is unambiguous, so accept it as "5".
+    return "5" if value == 5 and not isinstance(value, bool) else value
+
+
+class BrokerConfig(_Model):
+    """The MQTT broker vehicles publish to and subscribers read from."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    protocol: Annotated[Literal["5", "3.1.1"], BeforeValidator(_protocol)]
+    username: str | None = None
+    password_env: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+class InputConfig(_Model):
+    """What the gateway subscribes to, and how much it takes at once."""
+
+    topic: str = "vehicles/+/telemetry"
+    group: str | None = None
+    queue_bound: int = Field(default=1000, ge=1, le=65535)
+    batch_max: int = Field(default=500, ge=1, le=100_000)
+    batch_wait_ms: int = Field(default=50, ge=1, le=10_000)
+
+
+class OutputConfig(_Model):
+    """Where views and dead-letter notices go."""
+
+    topic_prefix: str = "share"
+    deadletter_prefix: str = "gateway/deadletter"
+    checkpoint_prefix: str = "gateway/checkpoint"
+    max_inflight: int = Field(default=1000, ge=1, le=20_000)
+
+
+class CheckpointConfig(_Model):
+    """A signed checkpoint is written at least every N entries or T seconds."""
+
+    every_entries: int = Field(default=10_000, ge=1)
+    every_seconds: float = Field(default=10.0, gt=0)
+
+
+class ApiConfig(_Model):
+    """The HTTP API's address."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class GatewayConfig(_Model):
+    """The whole gateway configuration."""
+
+    worker: str = Field(default="gw-1", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    broker: BrokerConfig
+    input: InputConfig = InputConfig()
+    output: OutputConfig = OutputConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    api: ApiConfig = ApiConfig()
+    policies: str | None = None
+    store: str = "sqlite:///icvgw.sqlite"
+    keys: str = "keys"
+
+    def broker_password(self) -> str | None:
+        """The broker password from the environment variable the config names, if any."""
+        name = self.broker.password_env
+        return os.environ.get(name) if name else None
+
+
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "ICVGW_WORKER": ("worker",),
+    "ICVGW_BROKER_URL": ("broker", "url"),
+    "ICVGW_BROKER_PROTOCOL": ("broker", "protocol"),
+    "ICVGW_POLICIES": ("policies",),
+    "ICVGW_STORE": ("store",),
+    "ICVGW_KEYS": ("keys",),
+    "ICVGW_INPUT_TOPIC": ("input", "topic"),
+    "ICVGW_INPUT_GROUP": ("input", "group"),
+}
+"""Environment variable -> config path it overrides."""
+
+_PATH_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("policies",),
+    ("keys",),
+    ("broker", "ca_file"),
+    ("broker", "cert_file"),
+    ("broker", "key_file"),
+)
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    overrides: Mapping[tuple[str, ...], Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> GatewayConfig:
+    """Load and validate; raise :class:`~gateway.errors.ConfigError` listing every problem
+    as ``file:line: field: message``. ``overrides`` (from flags) win over the environment."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    source: Source | None = None
+    base = Path.cwd()
+    if path is not None:
+        file = Path(path)
+        source, problems = read_yaml(file, str(path))
+        if problems:
+            raise ConfigError(problems)
+        assert source is not None
+        if not isinstance(source.data, dict):
+            raise ConfigError(Problem(str(path), 1, "", "the file must hold a mapping"))
+        data = _deep_copy(source.data)
+        base = file.resolve().parent
+        # Defaults of file-relative settings are relative to the file too.
+        data.setdefault("keys", "keys")
+        data.setdefault("store", "sqlite:///icvgw.sqlite")
+        for field_path in _PATH_FIELDS:
+            value = _get(data, field_path)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                _set(data, field_path, str(base / value))
+        store = data.get("store")
+        if (
+            isinstance(store, str)
+            and store.startswith("sqlite:///")
+            and not store.startswith("sqlite:////")
+        ):
+            data["store"] = f"sqlite:///{base / store.removeprefix('sqlite:///')}"
+    for name, field_path in ENV_OVERRIDES.items():
+        if env.get(name):
+            _set(data, field_path, env[name])
+    for field_path, value in (overrides or {}).items():
+        if value is not None:
+            _set(data, field_path, value)
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        if source is not None:
+            raise ConfigError(validation_problems(source, exc)) from exc
+        raise ConfigError(
+            [
+                Problem("<settings>", None, ".".join(str(p) for p in e["loc"]), e["msg"])
+                for e in exc.errors(include_url=False)
+            ]
+        ) from exc
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def _get(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = data
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _set(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = data
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = node[key] = {}
+        node = child
+    node[path[-1]] = value

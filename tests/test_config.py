@@ -1,0 +1,67 @@
+"""Gateway config: defaults, precedence, relative paths, located errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config
+from gateway.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_file_takes_defaults_and_resolves_paths(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(tmp_path, "broker:\n  protocol: 5\nstore: sqlite:///data/gw.sqlite\n"), environ={}
+    )
+    assert cfg.broker.protocol == "5"
+    assert cfg.input.topic == "vehicles/+/telemetry"
+    assert cfg.keys == str(tmp_path / "keys")
+    assert cfg.store == f"sqlite:///{tmp_path}/data/gw.sqlite"
+
+
+def test_protocol_must_be_stated(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "broker:\n  url: mqtt://h\n"), environ={})
+    assert (
+        str(err.value) == f"{tmp_path / 'gateway.yaml'}:1: broker.protocol: required field missing"
+    )
+
+
+def test_every_problem_is_listed_with_its_line(tmp_path: Path) -> None:
+    text = "worker: gw-1\nbroker:\n  protocol: '4'\ninput:\n  queue_bound: 0\n  colour: red\n"
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), environ={})
+    lines = str(err.value).splitlines()
+    assert [line.split(": ")[0].rsplit(":", 1)[1] for line in lines] == ["3", "5", "6"]
+    assert "broker.protocol" in lines[0]
+    assert "input.queue_bound" in lines[1]
+    assert lines[2].endswith("input.colour: unknown field")
+
+
+def test_environment_then_flags_override_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "broker:\n  protocol: '3.1.1'\n  url: mqtt://file\nworker: from-file\n")
+    env = {"ICVGW_BROKER_URL": "mqtt://env", "ICVGW_WORKER": "from-env"}
+    cfg = load_config(path, environ=env, overrides={("worker",): "from-flag"})
+    assert cfg.broker.url == "mqtt://env"
+    assert cfg.worker == "from-flag"
+    assert cfg.broker.protocol == "3.1.1"
+
+
+def test_password_comes_from_the_named_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GW_MQTT_PASSWORD", "pw")
+    cfg = load_config(write(tmp_path, "broker:\n  protocol: 5\n  password_env: GW_MQTT_PASSWORD\n"))
+    assert cfg.broker_password() == "pw"
+
+
+def test_yaml_syntax_error_is_located(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"gateway.yaml:3: YAML syntax error"):
+        load_config(write(tmp_path, "broker:\n  protocol: [5\n"), environ={})
