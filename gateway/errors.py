@@ -17,7 +17,8 @@ failures of a whole operation: a file that does not load, a store that does not 
     ├── AuditError             the audit log cannot be written or read
     │   └── VerificationError  the log does not verify: shard and first bad sequence number
     ├── IngestError            MQTT input failed
-    └── DeliveryError          a sink failed
+    ├── DeliveryError          a sink failed
+    └── PublishError           the simulator's messages were not all confirmed by the broker
 """
 
 from __future__ import annotations
@@ -116,3 +117,7 @@ class DeliveryError(GatewayError):
     def __init__(self, message: str, *, subscriber: str | None = None) -> None:
         self.subscriber = subscriber
         super().__init__(f"{subscriber}: {message}" if subscriber else message)
+
+
+class PublishError(GatewayError):
+    """The simulator could not connect, or the broker did not confirm (PUBACK) every message."""
