@@ -40,6 +40,10 @@ def _mount() -> None:
 
     app.add_typer(keys_app, name="keys")
 
+    from gateway.policy.cli import app as policy_app
+
+    app.add_typer(policy_app, name="policy")
+
 
 _mount()
 

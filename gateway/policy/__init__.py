@@ -1,0 +1,41 @@
+"""The policy bundle: what may be shared with whom, as validated, versioned data.
+
+* :func:`load_bundle` reads a bundle directory and returns a :class:`PolicyBundle`, or raises
+  :class:`~gateway.errors.PolicyError` listing every problem as ``file:line: field: message``.
+* :class:`PolicyHolder` keeps the bundle in force and reloads it on change; a bundle that
+  fails to load leaves the last good one in force.
+* :class:`RuleId` is the closed set of rule ids decisions cite.
+* :func:`view_schema` is the JSON Schema of a subscriber's output records.
+
+The names are imported on first use, so importing ``gateway.policy.cli`` (every ``icvgw``
+start) does not pay for pydantic models, shapely and pyproj.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.policy.bundle import PolicyBundle
+    from gateway.policy.holder import PolicyHolder
+    from gateway.policy.loader import load_bundle
+    from gateway.policy.rules import RuleId
+    from gateway.policy.view_schema import view_schema
+
+__all__ = ["PolicyBundle", "PolicyHolder", "RuleId", "load_bundle", "view_schema"]
+
+_WHERE = {
+    "PolicyBundle": "gateway.policy.bundle",
+    "PolicyHolder": "gateway.policy.holder",
+    "RuleId": "gateway.policy.rules",
+    "load_bundle": "gateway.policy.loader",
+    "view_schema": "gateway.policy.view_schema",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

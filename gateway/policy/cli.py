@@ -1,0 +1,209 @@
+"""``icvgw policy``: check a bundle, show what it shares with whom, print a view's schema.
+
+The policy modules (pydantic, shapely, pyproj) are imported by the commands, not here, so
+mounting this group keeps ``icvgw --help`` quick.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from gateway.policy.bundle import PolicyBundle
+    from gateway.policy.schema import Subscriber
+
+app = typer.Typer(
+    name="policy",
+    help="Check, show and describe policy bundles.",
+    no_args_is_help=True,
+)
+
+_DIR_HELP = "Policy bundle directory (default: the bundle shipped with the gateway)."
+_DirArgument = Annotated[Path | None, typer.Argument(help=_DIR_HELP, show_default=False)]
+_DirOption = Annotated[Path | None, typer.Option("--dir", "-d", help=_DIR_HELP, show_default=False)]
+
+
+def _load(directory: Path | None) -> PolicyBundle:
+    """The bundle, or every problem on stderr and exit status 1."""
+    from gateway.errors import PolicyError
+    from gateway.policy.loader import load_bundle
+
+    try:
+        return load_bundle(directory)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem), err=True)
+        count = len(exc.problems)
+        typer.echo(
+            f"{count} problem{'s' if count != 1 else ''}: the bundle does not load", err=True
+        )
+        raise typer.Exit(1) from None
+
+
+@app.command("check")
+def check(directory: _DirArgument = None) -> None:
+    """Validate a bundle: exit 0 if it loads, else list every problem and exit 1."""
+    bundle = _load(directory)
+    typer.echo(f"ok: {bundle.directory}")
+    typer.echo(f"version {bundle.version}")
+    typer.echo(
+        f"{len(bundle.fields)} fields, {len(bundle.aliases)} aliases, "
+        f"{len(bundle.subscribers)} subscribers, {len(bundle.zones)} zones, "
+        f"{len(bundle.consents)} consents, {len(bundle.rules.catalogue)} rules"
+    )
+
+
+@app.command("show")
+def show(directory: _DirArgument = None) -> None:
+    """Summarise a bundle: subscribers, their views, legal bases and zones."""
+    from rich.console import Console
+
+    bundle = _load(directory)
+    console = Console()
+    console.print(f"bundle  [bold]{bundle.directory}[/bold]")
+    console.print(f"version {bundle.version}")
+    console.print(_overview_table(bundle))
+    for sub in bundle.subscribers.values():
+        console.print(_subscriber_table(sub))
+    console.print(_legal_table(bundle))
+    console.print(_zones_table(bundle))
+    rules = bundle.rules
+    pi = rules.crossborder.personal_information
+    spi = rules.crossborder.sensitive_personal_information
+    console.print(
+        f"grid floor {rules.geo.grid_floor_m:g} m; cross-border PI: contract from "
+        f"{pi.contract_from:,}, assessment from {pi.assessment_from:,} people; sensitive PI: "
+        f"contract from {spi.contract_from:,}, assessment from {spi.assessment_from:,} "
+        f"(per calendar year, UTC{rules.crossborder.year_utc_offset_hours:+d}); audit kept "
+        f"{rules.retention.audit_years} years"
+    )
+
+
+@app.command("schema")
+def schema(
+    subscriber: Annotated[str, typer.Argument(help="Subscriber id.")],
+    directory: _DirOption = None,
+) -> None:
+    """Print the JSON Schema of the records SUBSCRIBER receives."""
+    from gateway.policy.view_schema import view_schema
+
+    bundle = _load(directory)
+    if subscriber not in bundle.subscribers:
+        known = ", ".join(bundle.subscribers)
+        typer.echo(f"unknown subscriber {subscriber!r}; the bundle has: {known}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(view_schema(bundle, subscriber), indent=2, ensure_ascii=False))
+
+
+def _overview_table(bundle: PolicyBundle) -> Table:
+    from rich.table import Table
+
+    table = Table(title="Subscribers", title_justify="left")
+    for column in ("id", "region / storage", "scope", "position", "identifier", "delivery"):
+        table.add_column(column, no_wrap=column == "id")
+    for sub in bundle.subscribers.values():
+        table.add_row(
+            sub.id,
+            f"{sub.region} / {sub.storage_region}",
+            "mainland" if sub.mainland else "[bold]cross-border[/bold]",
+            _position(sub),
+            str(sub.view.identifier),
+            str(sub.view.delivery.channel),
+        )
+    return table
+
+
+def _subscriber_table(sub: Subscriber) -> Table:
+    """One subscriber as ``setting | value`` rows: readable at any terminal width."""
+    from rich.table import Table
+
+    from gateway.policy.schema import AltitudeMode
+
+    view = sub.view
+    table = Table(title=f"{sub.id}: {sub.name}", title_justify="left", show_header=False)
+    table.add_column("setting", style="bold", no_wrap=True)
+    table.add_column("value")
+    quals = [f"{q.kind} {q.certificate}, to {q.expires}" for q in sub.qualifications]
+    zones = [f"{a.zone} ({a.reference}), to {a.expires}" for a in sub.zone_authorisations]
+    bases = [
+        f"{b.kind} {b.id}: {', '.join(str(c) for c in b.covers)}, to {b.expires}"
+        for b in sub.legal_bases
+    ]
+    altitude = str(view.altitude)
+    if view.altitude is AltitudeMode.COARSEN and view.altitude_step_m is not None:
+        altitude = f"coarsen to {view.altitude_step_m:g} m"
+    delivery = (view.delivery.channel, view.delivery.topic, view.delivery.url)
+    rows = (
+        ("region / storage", f"{sub.region} / {sub.storage_region}"),
+        ("purposes", ", ".join(sub.purposes)),
+        ("qualifications", "\n".join(quals) or "-"),
+        ("zone authorisations", "\n".join(zones) or "-"),
+        ("legal bases", "\n".join(bases) or ("[bold]none[/bold]" if sub.cross_border else "-")),
+        ("allows", _allows(sub)),
+        ("position", _position(sub)),
+        ("time precision", f"{view.time_precision_s:g} s"),
+        ("min interval", f"{view.min_interval_s:g} s per vehicle"),
+        ("identifier", str(view.identifier)),
+        ("trip trim", f"{view.trip_trim_m:g} m"),
+        ("altitude", altitude),
+        ("location-derived", str(view.location_derived)),
+        ("without consent", str(view.no_consent)),
+        ("delivery", " ".join(str(part) for part in delivery if part)),
+    )
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def _allows(sub: Subscriber) -> str:
+    parts = [", ".join(str(c) for c in sub.view.categories)] if sub.view.categories else []
+    parts.extend(sub.view.fields)
+    return "\n".join(parts) or "-"
+
+
+def _position(sub: Subscriber) -> str:
+    from gateway.policy.schema import LegalBasisKind
+
+    view = sub.view
+    approval = LegalBasisKind.GEODATA_EXPORT_APPROVAL
+    if sub.cross_border and not any(b.kind is approval for b in sub.legal_bases):
+        return "none (abroad, no geodata export approval)"
+    precision = "raw" if view.raw_location else f"{view.location_precision_m:g} m grid"
+    return f"{precision}, {view.datum}"
+
+
+def _legal_table(bundle: PolicyBundle) -> Table:
+    from rich.table import Table
+
+    table = Table(title="Legal bases for export", title_justify="left")
+    for column in ("subscriber", "kind", "id", "covers", "expires"):
+        table.add_column(column)
+    for sub in bundle.subscribers.values():
+        for basis in sub.legal_bases:
+            table.add_row(
+                sub.id,
+                str(basis.kind),
+                basis.id,
+                ", ".join(str(c) for c in basis.covers),
+                str(basis.expires),
+            )
+        if sub.cross_border and not sub.legal_bases:
+            table.add_row(sub.id, "[bold]none recorded[/bold]", "-", "-", "-")
+    return table
+
+
+def _zones_table(bundle: PolicyBundle) -> Table:
+    from rich.table import Table
+
+    table = Table(title="Restricted zones", title_justify="left")
+    for column in ("id", "level", "buffer", "name"):
+        table.add_column(column)
+    for zone in bundle.zones:
+        table.add_row(zone.id, zone.level.name.lower(), f"{zone.buffer_m:g} m", zone.name or "")
+    return table

@@ -1,0 +1,139 @@
+"""Keeping a policy bundle in force while it is edited: reload on change, keep the last good.
+
+:class:`PolicyHolder` loads the bundle once at start (a bundle that does not load then is an
+error: no policy, nothing shared) and afterwards swaps in a new bundle only when it loads
+completely. A failed reload keeps the bundle in force, logs every problem and keeps the
+error in :attr:`PolicyHolder.last_error` until a reload succeeds.
+
+Change detection hashes the bytes of the bundle's files (not their modification times, which
+can miss two edits within the file system's timestamp granularity), so :meth:`poll` is cheap
+for a bundle of a few files and exact. A signal handler (SIGHUP) must not load a bundle
+itself: it calls :meth:`request_reload`, which only sets a flag, and the next :meth:`poll`
+reloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from gateway.errors import PolicyError, Problem
+from gateway.policy.bundle import PolicyBundle
+from gateway.policy.loader import load_bundle
+from gateway.resources import default_policy_dir
+
+__all__ = ["PolicyHolder", "bundle_fingerprint"]
+
+log = logging.getLogger("gateway.policy")
+
+_WATCHED_SUFFIXES = frozenset({".yaml", ".yml", ".json", ".geojson"})
+
+
+def bundle_fingerprint(directory: Path) -> str:
+    """SHA-256 over the names and bytes of the policy files in ``directory``.
+
+    Changes whenever a bundle file is edited, added or removed; an unreadable directory or
+    file changes it too (its error is hashed), so the next reload reports the problem.
+    """
+    digest = hashlib.sha256()
+    try:
+        paths = sorted(p for p in directory.iterdir() if p.suffix in _WATCHED_SUFFIXES)
+    except OSError as exc:
+        digest.update(f"unreadable directory: {exc}".encode())
+        return digest.hexdigest()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            data = f"unreadable: {exc}".encode()
+        digest.update(len(data).to_bytes(8, "big") + data)
+    return digest.hexdigest()
+
+
+class PolicyHolder:
+    """The bundle in force, reloaded on request or when its files change.
+
+    Thread-safe: :attr:`current` can be read from any thread while another reloads.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path | None = None,
+        *,
+        loader: Callable[[Path], PolicyBundle] = load_bundle,
+    ) -> None:
+        """Load the bundle; raises :class:`~gateway.errors.PolicyError` if it does not load."""
+        self.directory = Path(directory) if directory is not None else default_policy_dir()
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._requested = threading.Event()
+        self._fingerprint = bundle_fingerprint(self.directory)
+        self._bundle = loader(self.directory)
+        self.last_error: PolicyError | None = None
+        self.failures = 0
+        """Failed reloads since the holder was created."""
+        log.info("policy %s version %s in force", self.directory, self._bundle.short_version)
+
+    @property
+    def current(self) -> PolicyBundle:
+        """The bundle in force: the last one that loaded completely."""
+        return self._bundle
+
+    def request_reload(self) -> None:
+        """Ask for a reload at the next :meth:`poll`; safe to call from a signal handler."""
+        self._requested.set()
+
+    def reload(self) -> bool:
+        """Load the bundle again. True if it loaded and is now in force.
+
+        On failure the previous bundle stays in force, the error is kept in
+        :attr:`last_error` and logged, and False is returned. Never raises for a bad bundle.
+        """
+        with self._lock:
+            self._requested.clear()
+            fingerprint = bundle_fingerprint(self.directory)
+            try:
+                bundle = self._loader(self.directory)
+            except PolicyError as exc:
+                error = exc
+            except Exception as exc:  # a bug must not take the policy in force with it
+                log.exception("policy %s: unexpected error while loading", self.directory)
+                error = PolicyError(Problem(str(self.directory), None, "", f"{exc!r}"))
+            else:
+                self._fingerprint = fingerprint
+                previous, self._bundle = self._bundle, bundle
+                self.last_error = None
+                if bundle.version != previous.version:
+                    log.info(
+                        "policy %s: version %s replaces %s",
+                        self.directory,
+                        bundle.short_version,
+                        previous.short_version,
+                    )
+                return True
+            self._fingerprint = fingerprint
+            self.last_error = error
+            self.failures += 1
+            log.error(
+                "policy %s does not load; version %s stays in force:\n%s",
+                self.directory,
+                self._bundle.short_version,
+                error,
+            )
+            return False
+
+    def poll(self) -> bool:
+        """Reload if a reload was requested or the files changed since the last attempt.
+
+        True if a bundle with a different version came into force. An unchanged bundle
+        that failed to load is not retried until its files change again (or a reload is
+        requested), so a broken edit is reported once, not on every poll.
+        """
+        if not self._requested.is_set() and bundle_fingerprint(self.directory) == self._fingerprint:
+            return False
+        before = self._bundle.version
+        return self.reload() and self._bundle.version != before

@@ -1,0 +1,172 @@
+"""Reading human-edited YAML with line numbers, and turning errors into located problems.
+
+:func:`read_yaml` composes the file into YAML nodes (each node knows its line) and builds
+plain Python data from them, recording the line of every mapping key and sequence item by
+its path (``("subscribers", 2, "view")``). :func:`validation_problems` then maps each
+pydantic error location to the line of the deepest node that exists, so a missing field is
+reported on the line of the mapping that lacks it.
+
+The YAML dialect is YAML 1.1 as PyYAML reads it with two changes that matter in hand-edited
+policy: only ``true``/``false`` are booleans (so ``NO`` is Norway, not false), and a key
+given twice in one mapping is an error instead of silently keeping the last value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from gateway.errors import Problem
+
+__all__ = ["Loc", "Source", "format_path", "read_yaml", "validation_problems"]
+
+Loc = tuple[str | int, ...]
+"""A location inside a document: mapping keys and sequence indexes."""
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose only booleans are true/false (YAML 1.2 core schema)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A parsed file: its data and the line of every node, by path."""
+
+    file: str
+    data: Any
+    lines: dict[Loc, int]
+
+    def line(self, path: Sequence[str | int]) -> int | None:
+        """Line (1-based) of the deepest node on ``path`` that exists in the file."""
+        best = self.lines.get(())
+        current: Loc = ()
+        for part in path:
+            candidate = (*current, part)
+            if candidate in self.lines:
+                current = candidate
+                best = self.lines[candidate]
+        return best
+
+    def problem(self, path: Sequence[str | int], message: str) -> Problem:
+        """A :class:`~gateway.errors.Problem` located at ``path`` in this file."""
+        return Problem(self.file, self.line(path), format_path(path), message)
+
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def format_path(path: Sequence[str | int]) -> str:
+    """``subscribers[2].view.datum``; keys that are not plain names go in brackets:
+    ``fields[Vehicle.Speed].coarsen``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _PLAIN_KEY.match(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{part}]"
+    return out
+
+
+def read_yaml(path: Path, display: str) -> tuple[Source | None, list[Problem]]:
+    """Parse one YAML file; on a syntax or encoding error return ``None`` and the problem.
+
+    Problems found while building the data (duplicate keys, non-scalar keys) are returned
+    together with the source; the data then holds the first value of a duplicated key.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        return None, [Problem(display, None, "", f"not UTF-8 text: {exc.reason}")]
+    except OSError as exc:
+        return None, [Problem(display, None, "", f"cannot read: {exc.strerror}")]
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+        return None, [Problem(display, line, "", f"YAML syntax error: {message}")]
+    except yaml.YAMLError as exc:
+        return None, [Problem(display, None, "", f"YAML error: {exc}")]
+    builder = _Builder(display)
+    if node is None:
+        return Source(display, {}, {(): 1}), []
+    data = builder.build(node, ())
+    return Source(display, data, builder.lines), builder.problems
+
+
+class _Builder:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.lines: dict[Loc, int] = {}
+        self.problems: list[Problem] = []
+        self._constructor = _Loader("")
+
+    def build(self, node: yaml.Node, path: Loc) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            self._constructor.flatten_mapping(node)
+            result: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key_line = key_node.start_mark.line + 1
+                if not isinstance(key_node, yaml.ScalarNode):
+                    self.problems.append(
+                        Problem(self.file, key_line, format_path(path), "a key must be a scalar")
+                    )
+                    continue
+                key = self._constructor.construct_object(key_node)
+                child = (*path, key)
+                if key in result:
+                    self.problems.append(
+                        Problem(
+                            self.file,
+                            key_line,
+                            format_path(child),
+                            f"duplicate key (first given on line {self.lines[child]})",
+                        )
+                    )
+                    continue
+                self.lines[child] = key_line
+                result[key] = self.build(value_node, child)
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        return self._constructor.construct_object(node)
+
+
+_MESSAGES = {
+    "extra_forbidden": "unknown field",
+    "missing": "required field missing",
+    "timezone_aware": "needs a UTC offset, e.g. 2025-01-10T09:30:00+08:00",
+}
+
+
+def validation_problems(source: Source, error: ValidationError) -> list[Problem]:
+    """Every error of ``error`` as a problem located in ``source``, in file order."""
+    problems = []
+    for item in error.errors(include_url=False):
+        loc = [part for part in item["loc"] if part != "[key]"]
+        message = _MESSAGES.get(item["type"], item["msg"])
+        message = message.removeprefix("Value error, ")
+        problems.append(source.problem(loc, message))
+    problems.sort(key=lambda p: p.line or 0)
+    return problems
