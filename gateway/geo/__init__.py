@@ -32,11 +32,16 @@ from gateway.geo.grid import (
     snap,
     split_cell_id,
 )
+from gateway.geo.zones import MaskResult, Zone, ZoneLevel, ZoneSet, load_zones
 
 __all__ = [
     "DatumResult",
     "DatumTransform",
     "GridResult",
+    "MaskResult",
+    "Zone",
+    "ZoneLevel",
+    "ZoneSet",
     "available_transforms",
     "band_crs",
     "band_of",
@@ -51,6 +56,7 @@ __all__ = [
     "format_cell_id",
     "gcj02_to_wgs84",
     "get_transform",
+    "load_zones",
     "parse_cell_id",
     "register_transform",
     "snap",

@@ -483,6 +483,8 @@ def test_authorisation_for_one_zone_does_not_lift_another() -> None:
     assert result.levels_excluding(["A", "B", "C"]).tolist() == [0, 0, 0, 2]
     assert result.levels_excluding(["nope"]).tolist() == [2, 2, 2, 2]
     assert result.levels_excluding([]).tolist() == [2, 2, 2, 2]
+    with pytest.raises(TypeError):
+        result.levels_excluding("AB")
 
 
 def test_bad_coordinates_never_raise_and_come_back_masked() -> None:
@@ -641,6 +643,18 @@ def test_zones_far_from_a_band_are_left_out_of_it() -> None:
     assert result.level.tolist() == [0, 2]
 
 
+def test_warm_builds_the_bands_near_the_zones_and_changes_no_answer() -> None:
+    zs = ZoneSet.from_geojson(EDGE_ZONES)
+    assert zs.warm() == (32650, 32651)
+    lat = np.linspace(*LAT_RANGE, 300)
+    lon = np.linspace(*LON_RANGE, 300)
+    assert pairs(zs.mask_cells(snap(lat, lon, 50.0))) == pairs(
+        ZONES.mask_cells(snap(lat, lon, 50.0))
+    )
+    south = ZoneSet.from_geojson(collection(feature("s", [square(-70.0, -0.5, 0.6)])))
+    assert south.warm() == (32618, 32619, 32718, 32719)
+
+
 def test_concurrent_first_use_of_a_band_gives_one_answer() -> None:
     zs = ZoneSet.from_geojson(EDGE_ZONES)
     rng = np.random.default_rng(7)
@@ -649,8 +663,12 @@ def test_concurrent_first_use_of_a_band_gives_one_answer() -> None:
     expected = pairs(ZONES.mask_cells(snap(lat, lon, 50.0)))
     found: list[set[tuple[int, str]]] = []
 
+    expected_points = pairs(ZONES.points_in_zones(lat, lon))
+    found_points: list[set[tuple[int, str]]] = []
+
     def work() -> None:
         found.append(pairs(zs.mask_cells(snap(lat, lon, 50.0))))
+        found_points.append(pairs(zs.points_in_zones(lat, lon)))
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
@@ -658,4 +676,13 @@ def test_concurrent_first_use_of_a_band_gives_one_answer() -> None:
     for t in threads:
         t.join()
     assert found == [expected] * 4
-    assert len(expected) > 0
+    assert found_points == [expected_points] * 4
+    assert len(expected) > len(expected_points) > 0
+
+
+def test_geo_package_exports_the_zone_api() -> None:
+    import gateway.geo as geo
+
+    for name in ("ZoneSet", "Zone", "ZoneLevel", "MaskResult", "load_zones"):
+        assert name in geo.__all__
+    assert geo.ZoneSet is ZoneSet and geo.load_zones is load_zones
