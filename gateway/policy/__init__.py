@@ -5,7 +5,8 @@
 * :class:`PolicyHolder` keeps the bundle in force and reloads it on change; a bundle that
   fails to load leaves the last good one in force.
 * :class:`RuleId` is the closed set of rule ids decisions cite.
-* :func:`view_schema` is the JSON Schema of a subscriber's output records.
+* :func:`gateway.policy.view_schema.view_schema` is the JSON Schema of a subscriber's
+  output records.
 
 The names are imported on first use, so importing ``gateway.policy.cli`` (every ``icvgw``
 start) does not pay for pydantic models, shapely and pyproj.
@@ -21,16 +22,14 @@ if TYPE_CHECKING:
     from gateway.policy.holder import PolicyHolder
     from gateway.policy.loader import load_bundle
     from gateway.policy.rules import RuleId
-    from gateway.policy.view_schema import view_schema
 
-__all__ = ["PolicyBundle", "PolicyHolder", "RuleId", "load_bundle", "view_schema"]
+__all__ = ["PolicyBundle", "PolicyHolder", "RuleId", "load_bundle"]
 
 _WHERE = {
     "PolicyBundle": "gateway.policy.bundle",
     "PolicyHolder": "gateway.policy.holder",
     "RuleId": "gateway.policy.rules",
     "load_bundle": "gateway.policy.loader",
-    "view_schema": "gateway.policy.view_schema",
 }
 
 

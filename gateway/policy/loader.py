@@ -73,7 +73,7 @@ def load_bundle(directory: str | Path | None = None) -> PolicyBundle:
                     str(path),
                     None,
                     "",
-                    f"not a bundle file; a bundle has {', '.join(BUNDLE_FILES)}",
+                    f"not a bundle file; expected {', '.join(BUNDLE_FILES)}",
                 )
             )
     sources: dict[str, Source] = {}

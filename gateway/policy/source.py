@@ -157,6 +157,10 @@ _MESSAGES = {
     "extra_forbidden": "unknown field",
     "missing": "required field missing",
     "timezone_aware": "needs a UTC offset, e.g. 2025-01-10T09:30:00+08:00",
+    "model_type": "expected a mapping",
+    "dict_type": "expected a mapping",
+    "list_type": "expected a list",
+    "tuple_type": "expected a list",
 }
 
 

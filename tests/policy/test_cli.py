@@ -1,0 +1,94 @@
+"""``icvgw policy check / show / schema`` through the real CLI app."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from gateway.cli import app
+from gateway.policy import load_bundle
+from gateway.resources import default_policy_dir
+from tests.policy.conftest import edit, line_of
+
+runner = CliRunner()
+
+
+def test_check_shipped_bundle_by_default() -> None:
+    result = runner.invoke(app, ["policy", "check"])
+    assert result.exit_code == 0, result.output
+    assert f"ok: {default_policy_dir()}" in result.stdout
+    assert f"version {load_bundle().version}" in result.stdout
+
+
+def test_check_named_directory() -> None:
+    result = runner.invoke(app, ["policy", "check", str(default_policy_dir())])
+    assert result.exit_code == 0, result.output
+    assert "4 subscribers, 3 zones" in result.stdout
+
+
+def test_check_lists_every_problem_and_fails(bundle_dir: Path) -> None:
+    subs = bundle_dir / "subscribers.yaml"
+    rules = bundle_dir / "rules.yaml"
+    edit(subs, "    storage_region: CN-GD", "    storage_region: Guangzhou")
+    edit(rules, "  split_gap_s: 600", "  split_gap_s: 0")
+    result = runner.invoke(app, ["policy", "check", str(bundle_dir)])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"{subs}:{line_of(subs, 'Guangzhou')}: subscribers[1].storage_region: 'Guangzhou' is not "
+        "an ISO 3166 region code (a country such as CN, HK, DE, or a subdivision such as "
+        "CN-SH, DE-BY)",
+        f"{rules}:{line_of(rules, 'split_gap_s')}: trips.split_gap_s: Input should be greater "
+        "than 0",
+        "2 problems: the bundle does not load",
+    ]
+
+
+def test_show_summarises_subscribers_views_and_legal_bases() -> None:
+    result = runner.invoke(app, ["policy", "show"], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    for text in (
+        "mapco-nav",
+        "insureco-ubi",
+        "sh-traffic",
+        "oem-hq-de",
+        "cross-border",
+        "raw, WGS-84",
+        "1000 m grid, GCJ-02",
+        "none (abroad, no geodata export approval)",
+        "standard_contract",
+        "FICTITIOUS-SCC-2025-0042",
+        "example-prohibited-1",
+        "trip_pseudonym",
+        "coarsen to 10 m",
+        "grid floor 50 m",
+    ):
+        assert text in out, text
+
+
+def test_schema_prints_the_view_schema() -> None:
+    result = runner.invoke(app, ["policy", "schema", "sh-traffic"])
+    assert result.exit_code == 0, result.output
+    schema = json.loads(result.stdout)
+    assert schema["properties"]["subscriber"] == {"const": "sh-traffic"}
+    location = schema["properties"]["location"]["oneOf"][0]
+    assert {"lat_gcj02", "lon_gcj02", "cell"} <= set(location["properties"])
+
+
+def test_schema_of_another_bundle(bundle_dir: Path) -> None:
+    edit(bundle_dir / "subscribers.yaml", "  - id: sh-traffic", "  - id: city-traffic")
+    result = runner.invoke(app, ["policy", "schema", "city-traffic", "--dir", str(bundle_dir)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["properties"]["subscriber"] == {"const": "city-traffic"}
+
+
+def test_schema_unknown_subscriber() -> None:
+    result = runner.invoke(app, ["policy", "schema", "nobody"])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "unknown subscriber 'nobody'; the bundle has: mapco-nav, insureco-ubi, sh-traffic, "
+        "oem-hq-de\n"
+    )

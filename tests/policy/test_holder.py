@@ -1,0 +1,135 @@
+"""Reload: a bundle that fails to load leaves the last good one in force, and says so."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import PolicyError
+from gateway.policy import PolicyBundle, PolicyHolder, load_bundle
+from gateway.policy.holder import bundle_fingerprint
+from tests.policy.conftest import edit
+
+SUBSCRIBERS = "subscribers.yaml"
+
+
+def test_first_load_must_succeed(bundle_dir: Path) -> None:
+    edit(bundle_dir / "rules.yaml", "  grid_floor_m: 50", "  grid_floor_m: -1")
+    with pytest.raises(PolicyError):
+        PolicyHolder(bundle_dir)
+
+
+def test_reload_swaps_in_a_good_bundle(bundle_dir: Path) -> None:
+    holder = PolicyHolder(bundle_dir)
+    first = holder.current
+    edit(bundle_dir / SUBSCRIBERS, "      min_interval_s: 30\n", "      min_interval_s: 45\n")
+    assert holder.reload() is True
+    assert holder.current is not first
+    assert holder.current.version != first.version
+    assert holder.current.subscribers["insureco-ubi"].view.min_interval_s == 45
+    assert holder.last_error is None
+
+
+def test_failed_reload_keeps_last_good_and_reports(
+    bundle_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    holder = PolicyHolder(bundle_dir)
+    good = holder.current
+    edit(bundle_dir / SUBSCRIBERS, "      min_interval_s: 30\n", "      min_interval_s: -1\n")
+    with caplog.at_level(logging.ERROR, logger="gateway.policy"):
+        assert holder.reload() is False
+    assert holder.current is good
+    assert holder.failures == 1
+    assert holder.last_error is not None
+    assert [p.field for p in holder.last_error.problems] == ["subscribers[1].view.min_interval_s"]
+    assert f"version {good.short_version} stays in force" in caplog.text
+    assert "subscribers[1].view.min_interval_s" in caplog.text
+    # fixed: the next reload succeeds and clears the error
+    edit(bundle_dir / SUBSCRIBERS, "      min_interval_s: -1\n", "      min_interval_s: 30\n")
+    assert holder.reload() is True
+    assert holder.last_error is None
+    assert holder.current.version == good.version
+
+
+def test_poll_reloads_only_on_change(bundle_dir: Path) -> None:
+    loads: list[Path] = []
+
+    def counting_loader(directory: Path) -> PolicyBundle:
+        loads.append(directory)
+        return load_bundle(directory)
+
+    holder = PolicyHolder(bundle_dir, loader=counting_loader)
+    assert len(loads) == 1
+    assert holder.poll() is False
+    assert len(loads) == 1
+    # a comment-only edit: files changed, reloaded, but the version is the same
+    edit(bundle_dir / "rules.yaml", "geo:\n", "# edited\ngeo:\n")
+    assert holder.poll() is False
+    assert len(loads) == 2
+    assert holder.poll() is False
+    assert len(loads) == 2
+    # a semantic edit: a new version comes into force
+    before = holder.current.version
+    edit(bundle_dir / "rules.yaml", "split_gap_s: 600", "split_gap_s: 900")
+    assert holder.poll() is True
+    assert holder.current.version != before
+    assert holder.current.rules.trips.split_gap_s == 900
+
+
+def test_broken_edit_reported_once_then_retried_on_next_change(bundle_dir: Path) -> None:
+    holder = PolicyHolder(bundle_dir)
+    good = holder.current
+    edit(bundle_dir / "rules.yaml", "split_gap_s: 600", "split_gap_s: [")
+    assert holder.poll() is False
+    assert holder.failures == 1
+    assert holder.poll() is False
+    assert holder.failures == 1  # unchanged files are not retried
+    assert holder.current is good
+    edit(bundle_dir / "rules.yaml", "split_gap_s: [", "split_gap_s: 700")
+    assert holder.poll() is True
+    assert holder.current.rules.trips.split_gap_s == 700
+    assert holder.last_error is None
+
+
+def test_request_reload_is_honoured_by_poll(bundle_dir: Path) -> None:
+    holder = PolicyHolder(bundle_dir)
+    good = holder.current
+    holder.request_reload()  # what a SIGHUP handler does
+    assert holder.poll() is False  # reloaded, same version
+    assert holder.current is not good
+    assert holder.current.version == good.version
+
+
+def test_unexpected_loader_error_keeps_last_good(bundle_dir: Path) -> None:
+    calls = 0
+
+    def flaky(directory: Path) -> PolicyBundle:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise RuntimeError("disk on fire")
+        return load_bundle(directory)
+
+    holder = PolicyHolder(bundle_dir, loader=flaky)
+    good = holder.current
+    assert holder.reload() is False
+    assert holder.current is good
+    assert holder.last_error is not None
+    assert "disk on fire" in str(holder.last_error)
+
+
+def test_fingerprint_sees_added_removed_and_edited_files(bundle_dir: Path) -> None:
+    first = bundle_fingerprint(bundle_dir)
+    assert bundle_fingerprint(bundle_dir) == first
+    (bundle_dir / "extra.yaml").write_text("a: 1\n")
+    second = bundle_fingerprint(bundle_dir)
+    assert second != first
+    (bundle_dir / "extra.yaml").unlink()
+    assert bundle_fingerprint(bundle_dir) == first
+    (bundle_dir / "notes.txt").write_text("not a policy file\n")
+    assert bundle_fingerprint(bundle_dir) == first
+    edit(bundle_dir / "consents.yaml", "c-0006", "c-0009")
+    assert bundle_fingerprint(bundle_dir) != first
+    assert bundle_fingerprint(bundle_dir / "missing") != first
