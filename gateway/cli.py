@@ -44,6 +44,10 @@ def _mount() -> None:
 
     app.add_typer(policy_app, name="policy")
 
+    from simulators.cli import simulate
+
+    app.command("simulate")(simulate)
+
 
 _mount()
 
