@@ -39,6 +39,8 @@ from gateway.policy.schema import (
 from gateway.policy.source import Loc
 
 __all__ = [
+    "ALTITUDE",
+    "COLUMN_CATEGORIES",
     "CONSENTS",
     "FIELDS",
     "LATITUDE",
@@ -61,6 +63,17 @@ LATITUDE = "Vehicle.CurrentLocation.Latitude"
 LONGITUDE = "Vehicle.CurrentLocation.Longitude"
 TIMESTAMP = "Vehicle.CurrentLocation.Timestamp"
 VIN = "Vehicle.VehicleIdentification.VIN"
+
+ALTITUDE = "Vehicle.CurrentLocation.Altitude"
+
+COLUMN_CATEGORIES = {
+    LATITUDE: FieldCategory.LOCATION,
+    LONGITUDE: FieldCategory.LOCATION,
+    ALTITUDE: FieldCategory.ALTITUDE,
+    TIMESTAMP: FieldCategory.TIME,
+    VIN: FieldCategory.VEHICLE_ID,
+}
+"""Signals decode turns into batch columns: every bundle lists them, in these categories."""
 
 _VSS_PATH = re.compile(r"^Vehicle(\.[A-Z][A-Za-z0-9]*)+$")
 
@@ -148,12 +161,12 @@ def _check_fields(parts: Parts, out: list[Finding]) -> None:
                     "uncoarsened (leave them unclassified to drop them)",
                 )
             )
-    for name in (LATITUDE, LONGITUDE):
-        position = parts.fields.get(name)
+    for name, category in COLUMN_CATEGORIES.items():
+        column = parts.fields.get(name)
         if name not in parts.field_names:
-            out.append(Finding(FIELDS, ("fields",), f"{name} must be listed, as location"))
-        elif position is not None and position.category is not FieldCategory.LOCATION:
-            out.append(Finding(FIELDS, ("fields", name, "category"), "must be location"))
+            out.append(Finding(FIELDS, ("fields",), f"{name} must be listed, as {category}"))
+        elif column is not None and column.category is not category:
+            out.append(Finding(FIELDS, ("fields", name, "category"), f"must be {category}"))
     for alias, target in parts.aliases.items():
         if alias in parts.field_names:
             out.append(

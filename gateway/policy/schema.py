@@ -206,6 +206,23 @@ class DataType(StrEnum):
         """True for the integer and floating-point types."""
         return self not in (DataType.BOOLEAN, DataType.STRING, DataType.STRING_ARRAY)
 
+    @property
+    def integer_range(self) -> tuple[int, int] | None:
+        """``(min, max)`` of an integer type, both included; ``None`` for other types."""
+        return _INT_RANGES.get(self)
+
+
+_INT_RANGES = {
+    DataType.INT8: (-(2**7), 2**7 - 1),
+    DataType.INT16: (-(2**15), 2**15 - 1),
+    DataType.INT32: (-(2**31), 2**31 - 1),
+    DataType.INT64: (-(2**63), 2**63 - 1),
+    DataType.UINT8: (0, 2**8 - 1),
+    DataType.UINT16: (0, 2**16 - 1),
+    DataType.UINT32: (0, 2**32 - 1),
+    DataType.UINT64: (0, 2**64 - 1),
+}
+
 
 class Coarsen(_Model):
     """How to coarsen a ``location_derived`` value: round to the nearest ``step``.

@@ -53,16 +53,6 @@ _JSON_SCHEMA = "https://json-schema.org/draft/2020-12/schema"
 _OUTSIDE_SIGNALS = frozenset(
     {FieldCategory.LOCATION, FieldCategory.ALTITUDE, FieldCategory.VEHICLE_ID}
 )
-_INT_RANGES = {
-    DataType.INT8: (-(2**7), 2**7 - 1),
-    DataType.INT16: (-(2**15), 2**15 - 1),
-    DataType.INT32: (-(2**31), 2**31 - 1),
-    DataType.INT64: (-(2**63), 2**63 - 1),
-    DataType.UINT8: (0, 2**8 - 1),
-    DataType.UINT16: (0, 2**16 - 1),
-    DataType.UINT32: (0, 2**32 - 1),
-    DataType.UINT64: (0, 2**64 - 1),
-}
 
 
 def coordinate_names(datum: OutputDatum) -> tuple[str, str]:
@@ -222,9 +212,8 @@ def _value(spec: FieldSpec, *, coarsened: bool) -> dict[str, Any]:
         out = {"type": "string"}
     elif spec.datatype is DataType.STRING_ARRAY:
         out = {"type": "array", "items": {"type": "string"}}
-    elif spec.datatype in _INT_RANGES:
-        low, high = _INT_RANGES[spec.datatype]
-        out = {"type": "integer", "minimum": low, "maximum": high}
+    elif (bounds := spec.datatype.integer_range) is not None:
+        out = {"type": "integer", "minimum": bounds[0], "maximum": bounds[1]}
     else:
         out = {"type": "number"}
     notes = [spec.description] if spec.description else []

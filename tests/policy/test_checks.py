@@ -188,11 +188,11 @@ CASES = {
     ),
     "location-category-misused": Case(
         "fields.yaml",
-        "    category: altitude\n",
-        "    category: location  # moved\n",
+        "    category: vehicle_state\n    datatype: float\n    unit: celsius",
+        "    category: location  # moved\n    datatype: float\n    unit: celsius",
         "# moved",
         None,
-        "fields[Vehicle.CurrentLocation.Altitude].category: category location is reserved for "
+        "fields[Vehicle.Exterior.AirTemperature].category: category location is reserved for "
         "Vehicle.CurrentLocation.Latitude and Vehicle.CurrentLocation.Longitude, the position "
         "the geo stage grids and masks; other coordinates would pass uncoarsened (leave them "
         "unclassified to drop them)",
@@ -206,6 +206,22 @@ CASES = {
         "category: energy",
         0,
         "fields[Vehicle.CurrentLocation.Latitude].category: must be location",
+    ),
+    "altitude-not-altitude": Case(
+        "fields.yaml",
+        "    category: altitude\n",
+        "    category: time  # changed\n",
+        "# changed",
+        None,
+        "fields[Vehicle.CurrentLocation.Altitude].category: must be altitude",
+    ),
+    "vin-not-vehicle-id": Case(
+        "fields.yaml",
+        "    category: vehicle_id\n",
+        "    category: personal  # changed\n",
+        "# changed",
+        None,
+        "fields[Vehicle.VehicleIdentification.VIN].category: must be vehicle_id",
     ),
     "not-a-vss-path": Case(
         "fields.yaml",
@@ -395,3 +411,21 @@ def test_zone_problem_keeps_other_checks(bundle_dir: Path) -> None:
         "100000 m, got -5.0"
     )
     assert len(got) == 2
+
+
+def test_batch_column_fields_must_be_listed(bundle_dir: Path) -> None:
+    fields = bundle_dir / "fields.yaml"
+    edit(
+        fields,
+        "  Vehicle.CurrentLocation.Timestamp:\n    category: time\n    datatype: string\n"
+        "    unit: iso8601\n    description: time of the position fix, ISO 8601 with UTC offset\n",
+        "",
+    )
+    with pytest.raises(PolicyError) as info:
+        load_bundle(bundle_dir)
+    assert [str(p) for p in info.value.problems] == [
+        f"{fields}:{line_of(fields, 'fields:', 0)}: fields: Vehicle.CurrentLocation.Timestamp "
+        "must be listed, as time",
+        f"{fields}:{line_of(fields, 'gps.time')}: aliases[gps.time]: maps to unknown field "
+        "'Vehicle.CurrentLocation.Timestamp' (did you mean 'Vehicle.CurrentLocation.Heading'?)",
+    ]
