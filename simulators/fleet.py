@@ -292,7 +292,9 @@ class _Run:
         self.s = np.zeros(n)
         self.routes: list[deque[int]] = [deque() for _ in range(n)]
         self.node_speed = np.zeros(n)  # speed aimed for at the end of the current segment
-        self.cross_target = np.full(n, -1, dtype=np.int64)
+        # route planning caches: destinations and shortest paths per (segment, may cross)
+        self._choices: dict[tuple[int, bool], list[int]] = {}
+        self._paths: dict[tuple[int, int, bool], list[int] | None] = {}
         for i in range(n):
             self._spawn(i)
         self.v = self.factor * self.net.edge_limit[self.edge] * m.uniform(0.5, 1.0, n)
@@ -326,7 +328,6 @@ class _Run:
             enter = self._entry_distance(edge, self.fleet._target_areas[k])
             self.edge[i] = edge
             self.s[i] = max(0.0, enter - m.uniform(50.0, 300.0))
-            self.cross_target[i] = node
         else:
             candidates = np.flatnonzero(self.fleet.allowed)
             edge = int(candidates[int(m.integers(len(candidates)))])
@@ -355,14 +356,21 @@ class _Run:
         if route:
             return
         net = self.net
-        allowed = None if self.crosses[i] else self.fleet.allowed
+        free = bool(self.crosses[i])  # may use segments through zones
+        allowed = None if free else self.fleet.allowed
         edge = int(self.edge[i])
-        reachable = net.reachable_nodes(edge, allowed)
-        here = int(net.edge_to[edge])
-        choices = [n for n in reachable if n != here] or reachable
+        choices = self._choices.get((edge, free))
+        if choices is None:
+            reachable = net.reachable_nodes(edge, allowed)
+            here = int(net.edge_to[edge])
+            choices = [n for n in reachable if n != here] or reachable
+            self._choices[(edge, free)] = choices
         for _ in range(4):
             goal = choices[int(self.motion.integers(len(choices)))]
-            path = net.shortest_path(edge, goal, allowed)
+            key = (edge, goal, free)
+            if key not in self._paths:
+                self._paths[key] = net.shortest_path(edge, goal, allowed)
+            path = self._paths[key]
             if path:
                 route.extend(path)
                 return

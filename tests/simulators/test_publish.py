@@ -18,9 +18,7 @@ from tests.simulators.subscriber import Subscriber
 MIXED = Path(__file__).parents[2] / "simulators" / "scenarios" / "mixed.yaml"
 
 
-pytestmark = pytest.mark.integration
-
-
+@pytest.mark.integration
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_subscriber_receives_every_message(
     mosquitto: MosquittoBroker, protocol: MqttVersion
@@ -51,6 +49,7 @@ def test_subscriber_receives_every_message(
     assert 0 < peak <= 50
 
 
+@pytest.mark.integration
 def test_messages_published_while_the_broker_is_down_are_confirmed_after_it_returns(
     mosquitto: MosquittoBroker,
 ) -> None:
@@ -66,6 +65,7 @@ def test_messages_published_while_the_broker_is_down_are_confirmed_after_it_retu
         assert pub.stats.messages == len(messages)
 
 
+@pytest.mark.integration
 def test_flush_raises_when_the_broker_stops_confirming(mosquitto: MosquittoBroker) -> None:
     messages = list(Fleet(FleetConfig(vehicles=3), seed=1).messages(2, 1))
     with Publisher(mosquitto.url, timeout=1) as pub:
@@ -77,6 +77,7 @@ def test_flush_raises_when_the_broker_stops_confirming(mosquitto: MosquittoBroke
         assert pub.stats.messages == 0
 
 
+@pytest.mark.integration
 def test_publish_blocks_at_the_bound_and_gives_up_without_pubacks(
     mosquitto: MosquittoBroker,
 ) -> None:
@@ -96,6 +97,7 @@ def test_connect_errors() -> None:
         Publisher("http://127.0.0.1:1883")
 
 
+@pytest.mark.integration
 def test_connect_refused_by_broker_names_the_reason(tmp_path: Path) -> None:
     passwords = tmp_path / "passwd"
     passwords.write_text("", encoding="utf-8")
@@ -138,3 +140,20 @@ def test_pacing_follows_at_over_speedup(speedup: float, expected: list[float]) -
     publish_messages(messages, fake, speedup=speedup, clock=lambda: fake.now, sleep=sleep)
     assert [t for t, _ in fake.sent] == pytest.approx(expected)
     assert fake.flushed
+
+
+def test_broker_receive_maximum_lowers_the_in_flight_bound() -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    pub = Publisher("mqtt://127.0.0.1:1", max_inflight=1000)
+    props = Properties(PacketTypes.CONNACK)  # type: ignore[no-untyped-call]
+    props.ReceiveMaximum = 20
+    pub._on_connect(pub._client, None, None, ReasonCode(PacketTypes.CONNACK, "Success"), props)
+    assert pub._limit == 20
+    assert pub._client.max_inflight_messages == 20
+    bigger = Properties(PacketTypes.CONNACK)  # type: ignore[no-untyped-call]
+    bigger.ReceiveMaximum = 65535
+    pub._on_connect(pub._client, None, None, ReasonCode(PacketTypes.CONNACK, "Success"), bigger)
+    assert pub._limit == 1000
