@@ -98,17 +98,17 @@ def test_connect_errors() -> None:
 
 
 @pytest.mark.integration
-def test_connect_refused_by_broker_names_the_reason(tmp_path: Path) -> None:
+def test_connect_refused_by_broker_names_the_reason(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
     passwords = tmp_path / "passwd"
     passwords.write_text("", encoding="utf-8")
-    broker = MosquittoBroker(extra_config=f"password_file {passwords}\n")
-    try:
-        broker.start()
-        url = f"mqtt://nobody:wrong@{broker.host}:{broker.port}"
-        with pytest.raises(PublishError, match=r"refused: (Not authorized|Bad user name)"):
-            Publisher(url, timeout=5).connect()
-    finally:
-        broker.close()
+    mosquitto.stop()
+    mosquitto.extra_config = f"password_file {passwords}\n"
+    mosquitto.start()
+    url = f"mqtt://nobody:wrong@{mosquitto.host}:{mosquitto.port}"
+    with pytest.raises(PublishError, match=r"refused: (Not authorized|Bad user name)"):
+        Publisher(url, timeout=5).connect()
 
 
 class FakePublisher:
