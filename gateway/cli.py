@@ -36,8 +36,10 @@ def _root(
 
 def _mount() -> None:
     """Mount each command group. Imports are local so ``icvgw --help`` stays quick."""
+    from gateway.audit.cli import app as audit_app
     from gateway.keys_cli import app as keys_app
 
+    app.add_typer(audit_app, name="audit")
     app.add_typer(keys_app, name="keys")
 
     from gateway.policy.cli import app as policy_app

@@ -1,0 +1,298 @@
+"""``icvgw audit``: the auditor's commands — verify, export, query, proof — and the
+operator's — checkpoint, prune.
+
+Exit codes: 0 verified / done, 1 verification failed, 2 bad input (unreadable file, bad
+URL, unknown shard).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+
+from gateway.audit.entries import parse_time
+from gateway.audit.export import export_store
+from gateway.audit.log import RETENTION_DEFAULT_DAYS, AuditLog
+from gateway.audit.note import NoteVerifier, read_verifier_keys
+from gateway.audit.proof import check_proof_document, proof_document
+from gateway.audit.query import iter_json_lines, render_table, write_csv
+from gateway.audit.store import AuditQuery, open_store
+from gateway.audit.verify import ShardReport, verify_export, verify_store
+from gateway.errors import GatewayError, VerificationError
+from gateway.keys import KeyRing
+
+app = typer.Typer(
+    name="audit",
+    help="Verify, export, query and prove the tamper-evident audit log.",
+    no_args_is_help=True,
+)
+
+StoreUrl = Annotated[
+    str, typer.Option("--store", help="Store URL: sqlite:///PATH or postgresql://…")
+]
+ShardOpt = Annotated[
+    str | None, typer.Option("--shard", help="The log shard (origin); default: the only one.")
+]
+
+
+def _bad_input(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def _load_public_keys(paths: list[Path]) -> list[NoteVerifier]:
+    keys: list[NoteVerifier] = []
+    for p in paths:
+        try:
+            keys.extend(read_verifier_keys(p.read_text()))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _bad_input(f"{p}: {exc}") from exc
+        except VerificationError as exc:
+            raise _bad_input(f"{p}: {exc}") from exc
+    if not keys:
+        raise _bad_input("no verifier key in the --public-key files")
+    return keys
+
+
+def _print_report(r: ShardReport) -> None:
+    if r.error is not None:
+        where = f" at seq {r.error.seq}" if r.error.seq is not None else ""
+        typer.echo(f"FAIL {r.origin}{where}: {r.error}")
+        return
+    trusted = (
+        f"; extends trusted checkpoint(s) of size {', '.join(map(str, r.trusted))}"
+        if r.trusted
+        else ""
+    )
+    typer.echo(
+        f"OK {r.origin}: verified size {r.verified_size}, root {r.root_b64}; "
+        f"{r.entries} entries, {r.uncovered} not yet covered by a checkpoint, "
+        f"{r.pruned} pruned to hashes, {r.checkpoints} checkpoint(s){trusted}"
+    )
+
+
+@app.command("verify")
+def verify_command(
+    public_key: Annotated[
+        list[Path],
+        typer.Option("--public-key", help="Verifier key file (note format); repeatable."),
+    ],
+    store: Annotated[
+        str | None, typer.Option("--store", help="Store URL to verify every shard of.")
+    ] = None,
+    export: Annotated[
+        list[Path] | None,
+        typer.Option("--export", help="An export FILE.jsonl (FILE.checkpoint beside it)."),
+    ] = None,
+    trusted_checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option("--trusted-checkpoint", help="A checkpoint you kept earlier; repeatable."),
+    ] = None,
+) -> None:
+    """Recompute every shard's tree and check it against its signed checkpoints."""
+    if (store is None) == (not export):
+        raise _bad_input("give either --store or --export")
+    verifiers = _load_public_keys(public_key)
+    trusted = []
+    for p in trusted_checkpoint or []:
+        try:
+            trusted.append(p.read_bytes())
+        except OSError as exc:
+            raise _bad_input(f"{p}: {exc}") from exc
+    reports: list[ShardReport] = []
+    if store is not None:
+        try:
+            with open_store(store, migrate=False) as s:
+                reports = verify_store(s, verifiers, trusted)
+        except GatewayError as exc:
+            raise _bad_input(str(exc)) from exc
+        if not reports:
+            raise _bad_input("the store holds no audit shard")
+    else:
+        reports = [verify_export(p, verifiers, trusted) for p in export or []]
+        origins = {r.origin for r in reports}
+        for note in trusted:
+            origin = note.decode("utf-8", errors="replace").split("\n", 1)[0]
+            if origin not in origins:
+                reports.append(
+                    ShardReport(
+                        origin,
+                        error=VerificationError(
+                            "a trusted checkpoint names this shard but no export has it",
+                            shard=origin,
+                        ),
+                    )
+                )
+    for r in reports:
+        _print_report(r)
+    if any(r.error is not None for r in reports):
+        raise typer.Exit(1)
+
+
+@app.command("export")
+def export_command(
+    store: StoreUrl,
+    out: Annotated[
+        Path, typer.Option("--out", help="FILE.jsonl (or a directory, for several shards).")
+    ],
+    shard: ShardOpt = None,
+) -> None:
+    """Write the entries exactly as hashed, one per line, and the newest checkpoint beside."""
+    try:
+        with open_store(store, migrate=False) as s:
+            results = export_store(s, out, shard=shard)
+    except GatewayError as exc:
+        raise _bad_input(str(exc)) from exc
+    for r in results:
+        cp = f", checkpoint (size {r.checkpoint_size}) in {r.checkpoint}" if r.checkpoint else ""
+        typer.echo(f"{r.origin}: {r.entries} entries to {r.path}{cp}")
+
+
+def _time_option(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except GatewayError as exc:
+        raise _bad_input(f"{name}: {exc}") from exc
+
+
+@app.command("query")
+def query_command(
+    store: StoreUrl,
+    subscriber: Annotated[str | None, typer.Option("--subscriber")] = None,
+    vin: Annotated[
+        str | None, typer.Option("--vin", help="Needs --keys to compute the vehicle reference.")
+    ] = None,
+    keys: Annotated[Path | None, typer.Option("--keys", help="The key directory.")] = None,
+    decision: Annotated[
+        str | None, typer.Option("--decision", help="shared, redacted, blocked, dead-lettered")
+    ] = None,
+    rule: Annotated[str | None, typer.Option("--rule", help="A rule id that fired.")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="ISO 8601 time (UTC if no offset), inclusive.")
+    ] = None,
+    until: Annotated[str | None, typer.Option("--until", help="ISO 8601 time, exclusive.")] = None,
+    kind: Annotated[str | None, typer.Option("--kind", help="decision or admin")] = None,
+    shard: ShardOpt = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1)] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
+) -> None:
+    """List entries by subscriber, vehicle, decision, rule and time."""
+    if fmt not in ("table", "json", "csv"):
+        raise _bad_input("--format must be table, json or csv")
+    vehicles = None
+    if vin is not None:
+        if keys is None:
+            raise _bad_input("--vin needs --keys DIR to compute the vehicle reference")
+        try:
+            vehicles = KeyRing.load(keys).vehicle_refs(vin)
+        except GatewayError as exc:
+            raise _bad_input(str(exc)) from exc
+    q = AuditQuery(
+        shard=shard,
+        subscriber=subscriber,
+        vehicles=vehicles,
+        decision=decision,
+        rule=rule,
+        kind=kind,
+        since_ms=_time_option(since, "--since"),
+        until_ms=_time_option(until, "--until"),
+        limit=limit,
+    )
+    try:
+        with open_store(store, migrate=False) as s, s.snapshot() as r:
+            entries = r.query(q)
+            if fmt == "table":
+                render_table(entries, Console(width=200))
+            elif fmt == "json":
+                for chunk in iter_json_lines(entries):
+                    sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+            else:
+                write_csv(entries, sys.stdout)
+    except GatewayError as exc:
+        raise _bad_input(str(exc)) from exc
+
+
+@app.command("proof")
+def proof_command(
+    store: StoreUrl,
+    seq: Annotated[int, typer.Argument(help="Sequence number of the entry.")],
+    shard: ShardOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write JSON here.")] = None,
+) -> None:
+    """The inclusion proof of one entry against the newest checkpoint, as JSON."""
+    try:
+        with open_store(store, migrate=False) as s:
+            doc = proof_document(s, seq, shard=shard)
+    except GatewayError as exc:
+        raise _bad_input(str(exc)) from exc
+    data = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
+    if out is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        out.write_bytes(data)
+
+
+@app.command("check-proof")
+def check_proof_command(
+    proof: Annotated[Path, typer.Argument(help="A proof JSON from 'icvgw audit proof'.")],
+    public_key: Annotated[list[Path], typer.Option("--public-key", help="Verifier key file.")],
+) -> None:
+    """Check an inclusion proof offline: signature, leaf hash, path to the root."""
+    verifiers = _load_public_keys(public_key)
+    try:
+        doc = orjson.loads(proof.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise _bad_input(f"{proof}: {exc}") from exc
+    try:
+        check_proof_document(doc, verifiers)
+    except VerificationError as exc:
+        typer.echo(f"FAIL: {exc}")
+        raise typer.Exit(1) from exc
+    typer.echo(f"OK: entry {doc['seq']} is in {doc['origin']} at size {doc['tree_size']}")
+
+
+@app.command("checkpoint")
+def checkpoint_command(
+    store: StoreUrl,
+    keys: Annotated[Path, typer.Option("--keys", help="The key directory.")],
+    shard: Annotated[str, typer.Option("--shard", help="The log shard (origin) to sign.")],
+) -> None:
+    """Sign a checkpoint of the shard's current head now."""
+    try:
+        ring = KeyRing.load(keys)
+        with open_store(store, shard=shard) as s:
+            note = AuditLog.from_keyring(s, ring).checkpoint()
+    except GatewayError as exc:
+        raise _bad_input(str(exc)) from exc
+    if note is None:
+        typer.echo("the newest checkpoint already covers the log")
+    else:
+        sys.stdout.write(note.decode())
+
+
+@app.command("prune")
+def prune_command(
+    store: StoreUrl,
+    keys: Annotated[Path, typer.Option("--keys", help="The key directory.")],
+    shard: Annotated[str, typer.Option("--shard", help="The log shard (origin).")],
+    retention_days: Annotated[
+        float, typer.Option("--retention-days", min=1.0, help="Keep bodies this long.")
+    ] = RETENTION_DEFAULT_DAYS,
+) -> None:
+    """Drop entry bodies older than the retention period (hashes stay; still verifies)."""
+    try:
+        ring = KeyRing.load(keys)
+        with open_store(store, shard=shard) as s:
+            n = AuditLog.from_keyring(s, ring).prune(retention_days=retention_days)
+    except GatewayError as exc:
+        raise _bad_input(str(exc)) from exc
+    typer.echo(f"pruned {n} entr{'y' if n == 1 else 'ies'}")

@@ -1,0 +1,260 @@
+"""The transactional store, SQLite and PostgreSQL alike (the ``store`` fixture runs both)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from gateway.audit.entries import GENESIS_PREV, AdminAction, Decision, DecisionEntry
+from gateway.audit.merkle import perfect_from_leaves
+from gateway.audit.store import (
+    SCHEMA_VERSION,
+    AuditQuery,
+    Consent,
+    Store,
+    beijing_year,
+    open_store,
+)
+from gateway.audit.verify import verify_store
+from gateway.errors import AuditError, StoreError
+from gateway.keys import KeyRing
+from tests.audit.conftest import ORIGIN, T0, admin, decision, tamper
+from tests.audit.test_merkle import ref_mth
+
+
+def _bodies(store: Store) -> list[bytes]:
+    with store.snapshot() as r:
+        return [e.body for e in r.iter_entries(ORIGIN) if e.body is not None]
+
+
+def test_append_assigns_seq_and_prev_and_hashes_the_stored_bytes(
+    store: Store, ring: KeyRing
+) -> None:
+    with store.transaction() as tx:
+        result = tx.append_audit([decision(ring, 0), decision(ring, 1), admin(2)])
+    assert result.seqs == range(0, 3)
+    with store.snapshot() as r:
+        entries = list(r.iter_entries(ORIGIN))
+        state = r.shard_state(ORIGIN)
+    prev = GENESIS_PREV
+    for i, e in enumerate(entries):
+        assert e.body is not None
+        body = orjson.loads(e.body)
+        assert (e.seq, body["seq"], body["prev"]) == (i, i, prev)
+        assert e.leaf_hash == hashlib.sha256(b"\x00" + e.body).digest()
+        prev = e.leaf_hash.hex()
+    assert [e.kind for e in entries] == ["decision", "decision", "admin"]
+    assert entries[2].decision == AdminAction.POLICY_LOADED
+    assert state is not None and state.size == 3
+    assert state.root() == ref_mth([e.body for e in entries if e.body])
+
+
+def test_many_transactions_extend_one_tree_and_store_tiles(store: Store, ring: KeyRing) -> None:
+    for b in range(0, 300, 100):
+        with store.transaction() as tx:
+            tx.append_audit([decision(ring, i) for i in range(b, b + 100)])
+    bodies = _bodies(store)
+    assert len(bodies) == 300
+    leaves = [hashlib.sha256(b"\x00" + b).digest() for b in bodies]
+    with store.snapshot() as r:
+        state = r.shard_state(ORIGIN)
+        assert r.tiles(ORIGIN) == {(8, 0): perfect_from_leaves(leaves)(8, 0)}
+        ref = perfect_from_leaves(leaves)
+        for level, index in ((0, 299), (3, 17), (8, 0), (5, 8), (7, 1)):
+            assert r.perfect_hash(ORIGIN, level, index) == ref(level, index)
+        with pytest.raises(StoreError, match="not stored"):
+            r.perfect_hash(ORIGIN, 9, 0)
+    assert state is not None and state.root() == ref_mth(bodies)
+
+
+def test_a_failed_transaction_leaves_nothing_behind(store: Store, ring: KeyRing) -> None:
+    def crash() -> None:
+        with store.transaction() as tx:
+            tx.append_audit([decision(ring, i) for i in range(5)])
+            consent = Consent("c-1", "k1:" + "0" * 32, "navigation", T0, T0 + 10)
+            tx.put_consents([consent], at=T0, instance="w1")
+            raise RuntimeError("crash before commit")
+
+    with pytest.raises(RuntimeError):
+        crash()
+    with store.snapshot() as r:
+        state = r.shard_state(ORIGIN)
+        assert state is None or state.size == 0
+        assert r.consent("c-1") is None
+    with store.transaction() as tx:
+        tx.append_audit([decision(ring, 0)])
+    (body,) = _bodies(store)
+    assert orjson.loads(body)["prev"] == GENESIS_PREV
+
+
+def test_entries_refuse_a_vin_a_float_and_bad_types(store: Store, ring: KeyRing) -> None:
+    bad = [
+        decision(ring, 0, vehicle="LSVAU2180N2183294"),
+        decision(ring, 0, transforms={"lat": 31.2304}),
+        decision(ring, 0, precision_m=50.0),
+        decision(ring, 0, message_id=1.5),
+        decision(ring, 0, decision="maybe"),
+        decision(ring, 0, rules=("ok", 3)),
+    ]
+    for entry in bad:
+        with pytest.raises(AuditError), store.transaction() as tx:
+            tx.append_audit([decision(ring, 1), entry])
+    with store.snapshot() as r:
+        assert r.shard_state(ORIGIN) is None or r.shard_state(ORIGIN).size == 0  # type: ignore[union-attr]
+
+
+def test_dead_lettered_input_is_recorded_without_subscriber(store: Store, ring: KeyRing) -> None:
+    entry = DecisionEntry(
+        time=T0,
+        instance="w1",
+        message_id=17,
+        decision=Decision.DEAD_LETTERED,
+        policy="sha256:" + "ab" * 32,
+        reason="non-finite-coordinate",
+        digest=ring.payload_digest(b"{bad"),
+    )
+    with store.transaction() as tx:
+        tx.append_audit([entry])
+    body = orjson.loads(_bodies(store)[0])
+    assert body["decision"] == "dead-lettered"
+    assert body["subscriber"] is None
+    assert body["reason"] == "non-finite-coordinate"
+
+
+def test_database_errors_surface_as_store_error(store: Store) -> None:
+    with pytest.raises(StoreError):
+        tamper(store, "select * from no_such_table")
+
+
+def test_urls_and_migrations(tmp_path: Path, store_url: str) -> None:
+    with pytest.raises(StoreError, match="unsupported store URL"):
+        open_store("mysql://x")
+    with pytest.raises(StoreError, match="no file"):
+        open_store("sqlite:///")
+    with open_store(store_url) as s1, open_store(store_url) as s2:
+        with s2.snapshot() as r:
+            assert r.shards() == []
+        tamper(
+            s1,
+            "update icvgw_meta set value = ? where key = ?",
+            (str(SCHEMA_VERSION + 1), "schema_version"),
+        )
+    with pytest.raises(StoreError, match="newer than this gateway"):
+        open_store(store_url)
+
+
+def test_append_without_a_shard_is_refused(store_url: str, ring: KeyRing) -> None:
+    with (
+        open_store(store_url) as s,
+        pytest.raises(AuditError, match="without an audit shard"),
+        s.transaction() as tx,
+    ):
+        tx.append_audit([decision(ring, 0)])
+
+
+def test_consents_expire_and_withdrawal_is_final_and_audited(store: Store) -> None:
+    vehicle = "k1:" + "1" * 32
+    with store.transaction() as tx:
+        n = tx.put_consents(
+            [
+                Consent("c-1", vehicle, "navigation", T0, T0 + 100),
+                Consent("c-2", vehicle, "insurance", T0, T0 + 50),
+            ],
+            at=T0,
+            instance="w1",
+        )
+    assert n == 2
+    with store.snapshot() as r:
+        assert r.active_consent(vehicle, "navigation", T0 - 1) is None
+        active = r.active_consent(vehicle, "navigation", T0 + 10)
+        assert active is not None and active.consent_id == "c-1" and active.active(T0 + 10)
+        assert r.active_consent(vehicle, "navigation", T0 + 100) is None
+        assert r.active_consent(vehicle, "insurance", T0 + 60) is None
+        assert r.active_consent("k1:" + "2" * 32, "navigation", T0 + 10) is None
+    with store.transaction() as tx:
+        assert tx.withdraw_consent("c-1", at=T0 + 20, instance="w1")
+        assert not tx.withdraw_consent("c-1", at=T0 + 30, instance="w1")
+        assert not tx.withdraw_consent("nope", at=T0 + 30, instance="w1")
+    with store.snapshot() as r:
+        assert r.active_consent(vehicle, "navigation", T0 + 19.999) is not None
+        assert r.active_consent(vehicle, "navigation", T0 + 20) is None
+        c = r.consent("c-1")
+        assert c is not None and c.withdrawn_at == T0 + 20 and not c.active(T0 + 21)
+    entries = [orjson.loads(b) for b in _bodies(store)]
+    assert [(e["action"], e["subject"]) for e in entries] == [
+        ("consent.changed", "c-1"),
+        ("consent.changed", "c-2"),
+        ("consent.changed", "c-1"),
+    ]
+    assert entries[2]["details"]["withdrawn_ms"] == round((T0 + 20) * 1000)
+    with pytest.raises(StoreError, match="expiry"), store.transaction() as tx:
+        tx.put_consents([Consent("c-3", vehicle, "x", T0, T0)], at=T0, instance="w1")
+
+
+def test_crossborder_subjects_count_once_per_recipient_year_category(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.lock_crossborder("overseas-x", 2025)
+        assert tx.crossborder_new("overseas-x", 2025, ["a", "b", "a"]) == ["a", "b"]
+        assert tx.add_crossborder_subjects("overseas-x", 2025, ["a", "b", "a"], at=T0) == 2
+        assert tx.add_crossborder_subjects("overseas-x", 2025, ["b", "c"], at=T0) == 1
+        assert tx.add_crossborder_subjects("overseas-x", 2026, ["a"], at=T0) == 1
+        assert (
+            tx.add_crossborder_subjects("overseas-x", 2025, ["a"], category="sensitive", at=T0) == 1
+        )
+    with store.snapshot() as r:
+        assert r.crossborder_count("overseas-x", 2025) == 3
+        assert r.crossborder_count("overseas-x", 2026) == 1
+        assert r.crossborder_count("overseas-x", 2025, "sensitive") == 1
+        assert r.crossborder_count("other", 2025) == 0
+        assert r.crossborder_new("overseas-x", 2025, ["c", "d"]) == ["d"]
+        many = [f"s{i}" for i in range(1200)]
+        assert len(r.crossborder_new("overseas-x", 2025, many)) == 1200
+
+
+def test_beijing_year_turns_at_utc_1600_on_new_years_eve() -> None:
+    assert beijing_year(datetime(2024, 12, 31, 15, 59, 59, tzinfo=UTC).timestamp()) == 2024
+    assert beijing_year(datetime(2024, 12, 31, 16, 0, 0, tzinfo=UTC).timestamp()) == 2025
+
+
+def test_query_filters(store: Store, ring: KeyRing) -> None:
+    with store.transaction() as tx:
+        tx.append_audit([decision(ring, i) for i in range(12)] + [admin(12)])
+        tx.append_audit([decision(ring, 13, rules=("50%_off",))])
+    with store.snapshot() as r:
+
+        def seqs(**kw: object) -> list[int]:
+            return [e.seq for e in r.query(AuditQuery(**kw))]  # type: ignore[arg-type]
+
+        assert seqs(subscriber="platform-0") == [0, 2, 4, 6, 8, 10]
+        assert seqs(decision="blocked") == [2, 5, 8, 11]
+        assert seqs(rule="rule-1") == [1, 5, 9]
+        assert seqs(rule="50%_off") == [13]
+        assert seqs(rule="50%") == []
+        assert seqs(kind="admin") == [12]
+        assert seqs(vehicles=ring.vehicle_refs("LSVTEST0000000003")) == [3, 8, 13]
+        assert seqs(vehicles=[]) == []
+        assert seqs(since_ms=round((T0 + 10) * 1000), until_ms=round((T0 + 12) * 1000)) == [10, 11]
+        assert seqs(shard="other") == []
+        assert seqs(limit=2) == [0, 1]
+
+
+def test_two_writers_on_one_shard_keep_one_chain(store_url: str, ring: KeyRing) -> None:
+    with open_store(store_url, shard=ORIGIN) as a, open_store(store_url, shard=ORIGIN) as b:
+        for i in range(0, 40, 2):
+            with a.transaction() as tx:
+                tx.append_audit([decision(ring, i)])
+            with b.transaction() as tx:
+                tx.append_audit([decision(ring, i + 1)])
+        (report,) = verify_store(a, [])
+        assert report.entries == 40
+        assert report.error is None
+        with a.snapshot() as r:
+            state = r.shard_state(ORIGIN)
+            bodies = [e.body for e in r.iter_entries(ORIGIN) if e.body is not None]
+        assert state is not None
+        assert [orjson.loads(x)["msg"] for x in bodies] == [f"m-{i}" for i in range(40)]
+        assert state.root() == ref_mth(bodies)
