@@ -53,6 +53,7 @@ class MqttSource:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
 
     # -- paho thread -------------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
@@ -61,10 +62,17 @@ class MqttSource:
             return
         with self._lock:
             self._generation += 1
-        if not flags.session_present:
+        if flags.session_present:
+            self._connected.set()
+        else:  # ready once the broker confirms the subscription (on_subscribe)
             client.subscribe(self.topic, qos=1)
-        self._connected.set()
         log.info("ingest connected to %s (session present: %s)", self.spec, flags.session_present)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _m: int, codes: Any, _p: Any) -> None:
+        if any(code.is_failure for code in codes):
+            log.error("broker refused the subscription to %s: %s", self.topic, codes)
+            return
+        self._connected.set()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         with self._lock:
@@ -107,7 +115,7 @@ class MqttSource:
         self._client.loop_start()
 
     def wait_connected(self, timeout: float) -> bool:
-        """Block until connected (or ``timeout``); True when connected."""
+        """Block until connected and subscribed (or ``timeout``); True when ready."""
         return self._connected.wait(timeout)
 
     def get_batch(self, max_size: int, max_wait: float) -> list[Envelope]:
