@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -790,8 +791,10 @@ class SqliteStore(Store):
     db_errors = (sqlite3.Error,)
     blob_type = "blob"
 
-    def __init__(self, url: str, path: str, shard: str | None) -> None:
+    def __init__(self, url: str, path: str, shard: str | None, *, create: bool = True) -> None:
         super().__init__(url, shard)
+        if not create and not Path(path).is_file():
+            raise StoreError(f"sqlite store {path}: no such file")
         try:
             self._conn = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=30.0
@@ -881,6 +884,8 @@ class PostgresStore(Store):
 def open_store(url: str, *, shard: str | None = None, migrate: bool = True) -> Store:
     """Open the store at ``url`` (``sqlite:///…`` or ``postgresql://…``), bring its schema
     up to date, and bind it to the audit ``shard`` this process writes (None: read-only use).
+    With ``migrate=False`` (the auditor's tools) the schema is left alone and a missing SQLite
+    file is an error rather than a new, empty store.
 
     Raises :class:`StoreError` if the URL is not understood or the database does not answer.
     """
@@ -888,7 +893,7 @@ def open_store(url: str, *, shard: str | None = None, migrate: bool = True) -> S
         path = url[len("sqlite:///") :]
         if not path:
             raise StoreError(f"no file in store URL {url!r}")
-        store: Store = SqliteStore(url, path, shard)
+        store: Store = SqliteStore(url, path, shard, create=migrate)
     elif url.startswith(("postgresql://", "postgres://")):
         store = PostgresStore(url, shard)
     else:

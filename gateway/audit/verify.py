@@ -22,7 +22,6 @@ many entries no checkpoint covers yet, and how many are pruned to hashes.
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -413,17 +412,3 @@ def verify_export(
         return verify_shard_rows(origin, _export_rows(path), [note], verifiers, relevant)
     except VerificationError as exc:
         return ShardReport(origin, error=VerificationError(str(exc), shard=origin, seq=exc.seq))
-
-
-def decode_leaf(text: str) -> bytes:
-    """A leaf hash from hex or base64 text."""
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        try:
-            raw = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise VerificationError(f"not a hash: {text!r}") from exc
-    if len(raw) != HASH_SIZE:
-        raise VerificationError(f"not a SHA-256 hash: {text!r}")
-    return raw

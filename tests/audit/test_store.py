@@ -258,3 +258,21 @@ def test_two_writers_on_one_shard_keep_one_chain(store_url: str, ring: KeyRing) 
         assert state is not None
         assert [orjson.loads(x)["msg"] for x in bodies] == [f"m-{i}" for i in range(40)]
         assert state.root() == ref_mth(bodies)
+
+
+def test_sqlite_is_wal_and_durable_at_commit(tmp_path: Path) -> None:
+    with open_store(f"sqlite:///{tmp_path / 's.db'}") as s:
+        conn = s._conn  # type: ignore[attr-defined]
+        assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("pragma synchronous").fetchone()[0] == 2  # FULL
+    with pytest.raises(StoreError, match="no such file"):
+        open_store(f"sqlite:///{tmp_path / 'absent.db'}", migrate=False)
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_postgres_url_without_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(StoreError, match=r"icv-gateway\[postgres\]"):
+        open_store("postgresql://nobody@127.0.0.1:1/none")
