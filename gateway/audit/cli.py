@@ -62,7 +62,10 @@ def _load_public_keys(paths: list[Path]) -> list[NoteVerifier]:
 def _print_report(r: ShardReport) -> None:
     if r.error is not None:
         where = f" at seq {r.error.seq}" if r.error.seq is not None else ""
-        typer.echo(f"FAIL {r.origin}{where}: {r.error}")
+        typer.echo(
+            f"FAIL {r.origin}{where}: {r.error} "
+            f"({r.uncovered} entries not yet covered by any checkpoint)"
+        )
         return
     trusted = (
         f"; extends trusted checkpoint(s) of size {', '.join(map(str, r.trusted))}"

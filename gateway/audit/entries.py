@@ -71,16 +71,18 @@ def to_ms(ts: float) -> int:
     return round(ts * 1000)
 
 
-_last_second: list[Any] = [None, ""]
+_second_cache: tuple[int, str] = (-1, "")
 
 
 def format_time(ms: int) -> str:
     """RFC 3339 UTC with milliseconds, e.g. ``2025-03-01T08:00:00.250Z``."""
+    global _second_cache
     sec, milli = divmod(ms, 1000)
-    if _last_second[0] != sec:
-        _last_second[0] = sec
-        _last_second[1] = _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(sec))
-    return f"{_last_second[1]}.{milli:03d}Z"
+    cached_sec, text = _second_cache  # one tuple: consistent even across threads
+    if cached_sec != sec:
+        text = _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(sec))
+        _second_cache = (sec, text)
+    return f"{text}.{milli:03d}Z"
 
 
 def parse_time(text: str) -> int:

@@ -52,6 +52,7 @@ class ShardReport:
     verified_size: int = 0
     root: bytes = EMPTY_ROOT
     checkpoints: int = 0
+    newest_checkpoint_size: int = 0
     pruned: int = 0
     trusted: list[int] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)
@@ -59,8 +60,10 @@ class ShardReport:
 
     @property
     def uncovered(self) -> int:
-        """Entries not yet covered by any checkpoint."""
-        return self.entries - self.verified_size
+        """Entries not yet covered by any checkpoint (after a failure: by the newest one
+        the shard claims)."""
+        covered = self.verified_size if self.error is None else self.newest_checkpoint_size
+        return max(self.entries - covered, 0)
 
     @property
     def root_b64(self) -> str:
@@ -102,6 +105,7 @@ def _open_checkpoints(
                     seq=first_unvouched,
                 )
         report.keys.update(cp.signed_by)
+        report.newest_checkpoint_size = max(report.newest_checkpoint_size, cp.checkpoint.size)
         opened.append(cp)
         prev = cp
     report.checkpoints = len(opened)
@@ -173,6 +177,7 @@ class _ShardCheck:
         expected = 0
         produced: list[tuple[int, int, bytes]] | None = [] if self.tiles is not None else None
         for seq, body, stored_leaf, columns in rows:
+            self.report.entries = max(self.report.entries, expected)
             if seq != expected:
                 raise self.fail(f"entry {expected} is missing (next stored is {seq})", expected)
             if body is None:
@@ -282,7 +287,13 @@ def verify_shard_rows(
 ) -> ShardReport:
     """Verify one shard given its rows in order; the report's ``error`` holds the first
     failure (None when everything checked out)."""
-    report = ShardReport(origin)
+    report = ShardReport(origin, entries=state.size if state is not None else 0)
+    for note in checkpoint_notes:  # what the shard claims, before anything is verified
+        try:
+            size = Checkpoint.parse(note.decode("utf-8").split("\n\n")[0] + "\n").size
+        except (VerificationError, UnicodeDecodeError):
+            continue
+        report.newest_checkpoint_size = max(report.newest_checkpoint_size, size)
     try:
         cps = _open_checkpoints(origin, checkpoint_notes, verifiers, report)
         trusted = []

@@ -43,13 +43,16 @@ def test_verify_ok_prints_size_root_and_uncovered(setup: tuple[str, Path], ring:
     assert "0 not yet covered by a checkpoint" in result.output
 
 
-def test_verify_names_the_first_bad_seq(setup: tuple[str, Path]) -> None:
+def test_verify_names_the_first_bad_seq(setup: tuple[str, Path], ring: KeyRing) -> None:
     url, pub = setup
-    with open_store(url) as s:
+    with open_store(url, shard=ORIGIN) as s:
+        with s.transaction() as tx:
+            tx.append_audit([decision(ring, 40), decision(ring, 41)])
         tamper(s, "delete from audit_entries where seq = 12")
     result = runner.invoke(app, ["audit", "verify", "--store", url, "--public-key", str(pub)])
     assert result.exit_code == 1
     assert f"FAIL {ORIGIN} at seq 12: " in result.output
+    assert "(2 entries not yet covered by any checkpoint)" in result.output
 
 
 def test_verify_with_wrong_key_and_bad_inputs(setup: tuple[str, Path], tmp_path: Path) -> None:
