@@ -2,8 +2,9 @@
 
 Everything that must change together lives here, so one commit covers it: the audit log
 (entries, tree tiles, checkpoints, the shard's right edge), consents, cross-border subject
-counters; later the delivery outbox and the de-duplication window (new tables are added as
-numbered migrations in :data:`MIGRATIONS`).
+counters, the delivery outbox, dead letters, the de-duplication window and per-vehicle
+decision state (:mod:`gateway.audit.outbox`); new tables are added as numbered migrations in
+:data:`MIGRATIONS`.
 
 Selected by URL:
 
@@ -101,6 +102,49 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                 subject text not null,
                 first_ms bigint not null,
                 primary key (recipient, year, category, subject)
+            )""",
+        ),
+    ),
+    (
+        2,
+        (
+            # Views to deliver, keyed by the audit entry that decided them; a row is pending
+            # until its sink confirms it (delivered_ms set).
+            """create table outbox (
+                shard text not null,
+                seq bigint not null,
+                subscriber text not null,
+                topic text not null,
+                message_id text not null,
+                payload {blob} not null,
+                created_ms bigint not null,
+                delivered_ms bigint,
+                primary key (shard, seq)
+            )""",
+            "create index outbox_pending on outbox (delivered_ms, seq)",
+            # Raw payloads that could not be used, kept with their reason (never published).
+            """create table deadletters (
+                shard text not null,
+                seq bigint not null,
+                ts_ms bigint not null,
+                reason text not null,
+                topic text not null,
+                payload {blob} not null,
+                primary key (shard, seq)
+            )""",
+            # Records already decided: (vehicle reference, record key) -> first seen.
+            """create table dedup (
+                vehicle text not null,
+                record text not null,
+                seen_ms bigint not null,
+                primary key (vehicle, record)
+            )""",
+            "create index dedup_seen on dedup (seen_ms)",
+            # Per-vehicle decision state (trip, down-sampling, held views) as one document.
+            """create table vehicle_state (
+                vehicle text primary key,
+                state {blob} not null,
+                updated_ms bigint not null
             )""",
         ),
     ),

@@ -1,0 +1,175 @@
+"""The service's tables in the store: outbox, dead letters, de-duplication window and
+per-vehicle decision state.
+
+They live in the same database as the audit log so that one transaction per micro-batch
+covers the audit entries, the views to deliver, the records seen and the state the next
+batch reads; only then is the input acknowledged. Outbox and dead-letter rows are keyed by
+the audit entry (shard, seq) that decided them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from gateway.audit.store import Reader, Transaction
+
+_CHUNK = 400  # rows per IN (...) list: well under SQLite's 32,766 parameter limit
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One view to deliver: the bytes, where to, and the audit entry that decided it."""
+
+    seq: int
+    subscriber: str
+    topic: str
+    message_id: str
+    payload: bytes
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRow:
+    """An unusable input kept with its reason; ``seq`` is its audit entry."""
+
+    seq: int
+    ts_ms: int
+    reason: str
+    topic: str
+    payload: bytes
+
+
+def add_outbox(tx: Transaction, shard: str, rows: Iterable[OutboxRow]) -> int:
+    """Queue views for delivery in this transaction; returns how many."""
+    values = [
+        (shard, r.seq, r.subscriber, r.topic, r.message_id, r.payload, r.created_ms) for r in rows
+    ]
+    if values:
+        tx._cur.executemany(
+            tx._q(
+                "insert into outbox (shard, seq, subscriber, topic, message_id, payload, "
+                "created_ms) values (?,?,?,?,?,?,?)"
+            ),
+            values,
+        )
+    return len(values)
+
+
+def pending_outbox(
+    reader: Reader, shard: str, *, after_seq: int = -1, limit: int = 1000
+) -> list[OutboxRow]:
+    """Undelivered views of ``shard`` with ``seq > after_seq``, in audit order."""
+    rows = reader._all(
+        "select seq, subscriber, topic, message_id, payload, created_ms from outbox "
+        "where shard = ? and delivered_ms is null and seq > ? order by seq limit ?",
+        (shard, after_seq, limit),
+    )
+    return [OutboxRow(int(r[0]), r[1], r[2], r[3], bytes(r[4]), int(r[5])) for r in rows]
+
+
+def count_pending(reader: Reader, shard: str) -> int:
+    """How many views of ``shard`` are committed and not yet confirmed."""
+    row = reader._one(
+        "select count(*) from outbox where shard = ? and delivered_ms is null", (shard,)
+    )
+    return int(row[0])
+
+
+def mark_delivered(tx: Transaction, shard: str, seqs: Iterable[int], at_ms: int) -> None:
+    """Record the sink's confirmation of these views."""
+    values = [(at_ms, shard, s) for s in seqs]
+    if values:
+        tx._cur.executemany(
+            tx._q("update outbox set delivered_ms = ? where shard = ? and seq = ?"), values
+        )
+
+
+def add_deadletters(tx: Transaction, shard: str, rows: Iterable[DeadLetterRow]) -> int:
+    """Keep unusable payloads with their reason; returns how many."""
+    values = [(shard, r.seq, r.ts_ms, r.reason, r.topic, r.payload) for r in rows]
+    if values:
+        tx._cur.executemany(
+            tx._q(
+                "insert into deadletters (shard, seq, ts_ms, reason, topic, payload) "
+                "values (?,?,?,?,?,?)"
+            ),
+            values,
+        )
+    return len(values)
+
+
+def deadletters(reader: Reader, shard: str, limit: int = 1000) -> list[DeadLetterRow]:
+    """The most recent dead letters of ``shard`` (newest first)."""
+    rows = reader._all(
+        "select seq, ts_ms, reason, topic, payload from deadletters where shard = ? "
+        "order by seq desc limit ?",
+        (shard, limit),
+    )
+    return [DeadLetterRow(int(r[0]), int(r[1]), r[2], r[3], bytes(r[4])) for r in rows]
+
+
+def seen_records(reader: Reader, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which (vehicle reference, record key) pairs were decided before."""
+    found: set[tuple[str, str]] = set()
+    for i in range(0, len(keys), _CHUNK):
+        chunk = keys[i : i + _CHUNK]
+        marks = ",".join("(?,?)" for _ in chunk)
+        params = [part for key in chunk for part in key]
+        rows = reader._all(
+            f"select vehicle, record from dedup where (vehicle, record) in (values {marks})",
+            params,
+        )
+        found.update((r[0], r[1]) for r in rows)
+    return found
+
+
+def add_seen(tx: Transaction, keys: Iterable[tuple[str, str]], at_ms: int) -> None:
+    """Remember these records as decided (idempotent)."""
+    values = [(v, r, at_ms) for v, r in keys]
+    if values:
+        tx._cur.executemany(
+            tx._q(
+                "insert into dedup (vehicle, record, seen_ms) values (?,?,?) "
+                "on conflict (vehicle, record) do nothing"
+            ),
+            values,
+        )
+
+
+def prune_seen(tx: Transaction, before_ms: int) -> int:
+    """Forget records first seen before ``before_ms`` (the window's far edge)."""
+    tx._cur.execute(tx._q("delete from dedup where seen_ms < ?"), (before_ms,))
+    return int(tx._cur.rowcount)
+
+
+def load_vehicle_state(reader: Reader, vehicles: Sequence[str]) -> dict[str, bytes]:
+    """The stored decision state of these vehicles (absent ones are left out)."""
+    out: dict[str, bytes] = {}
+    for i in range(0, len(vehicles), _CHUNK):
+        chunk = vehicles[i : i + _CHUNK]
+        marks = ",".join("?" for _ in chunk)
+        rows = reader._all(
+            f"select vehicle, state from vehicle_state where vehicle in ({marks})", chunk
+        )
+        out.update((r[0], bytes(r[1])) for r in rows)
+    return out
+
+
+def all_vehicle_state(reader: Reader) -> dict[str, bytes]:
+    """Every vehicle's stored decision state (loaded once at start-up)."""
+    return {r[0]: bytes(r[1]) for r in reader._all("select vehicle, state from vehicle_state")}
+
+
+def save_vehicle_state(tx: Transaction, states: dict[str, bytes], at_ms: int) -> None:
+    """Replace the stored state of these vehicles."""
+    values = [(v, s, at_ms) for v, s in states.items()]
+    if values:
+        tx._cur.executemany(
+            tx._q(
+                "insert into vehicle_state (vehicle, state, updated_ms) values (?,?,?) "
+                "on conflict (vehicle) do update set state = excluded.state, "
+                "updated_ms = excluded.updated_ms"
+            ),
+            values,
+        )
