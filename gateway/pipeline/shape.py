@@ -1,0 +1,485 @@
+"""Shape: the JSON object each subscriber receives, per shared or redacted decision.
+
+Every output follows the view format ``icvgw.view/1`` (:mod:`gateway.policy.view_schema`,
+``icvgw policy schema SUBSCRIBER``): the object :func:`shape` builds holds everything but
+``message_id`` and ``audit_seq``, which :func:`encode_view` adds at commit time (the audit
+sequence number is only known then). Coordinates are written under names that carry their
+datum (``lat_gcj02``/``lon_gcj02``, ``lat_wgs84``/``lon_wgs84``): a WGS-84 name never holds
+GCJ-02 coordinates, and the VSS position names never appear in an output.
+
+Identifiers (:func:`keyed_pseudonym`, :func:`trip_pseudonym`, :func:`message_id`) are keyed
+BLAKE2b-128 MACs under the subscriber's own pseudonym key
+(:meth:`gateway.keys.KeyRing.pseudonym_key`), so two subscribers' pseudonyms cannot be joined
+and nobody without the key can test a guessed VIN against them. Keyed pseudonyms are stable
+for a key generation; per-trip pseudonyms change with every trip (derived from the trip's
+start time); message ids are stable for a redelivered record (derived from the vehicle, the
+record's ``msg_id`` or else its timestamp, and the subscriber). Pseudonyms are computed once
+per distinct vehicle (and trip) of a batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from gateway.geo.altitude import coarsen_altitude
+from gateway.model import Batch, FloatArray
+from gateway.pipeline.classify import Classified, classify
+from gateway.pipeline.decide import Applied, Decisions, Verdict, decide, plan
+from gateway.pipeline.geo import locate
+from gateway.policy.bundle import PolicyBundle
+from gateway.policy.checks import TIMESTAMP
+from gateway.policy.schema import AltitudeMode, DerivedMode, FieldCategory
+from gateway.policy.state import HeldView, StateSnapshot
+from gateway.policy.view_schema import VIEW_SCHEMA, coordinate_names
+
+__all__ = [
+    "PseudonymKeys",
+    "Shaped",
+    "encode_view",
+    "ephemeral_keys",
+    "evaluate",
+    "iso_times",
+    "keyed_pseudonym",
+    "message_id",
+    "message_ids",
+    "shape",
+    "trip_pseudonym",
+]
+
+PseudonymKeys = Callable[[str], bytes]
+"""Subscriber id -> its 32-byte pseudonym key (e.g. ``KeyRing.pseudonym_key``)."""
+
+IntpArray = npt.NDArray[np.intp]
+
+_NONE = np.array(None, dtype=object)
+_OUTSIDE_SIGNALS = frozenset(
+    {FieldCategory.LOCATION, FieldCategory.ALTITUDE, FieldCategory.VEHICLE_ID}
+)
+
+
+def _mac(key: bytes, *parts: str) -> str:
+    data = "\x1f".join(parts).encode("utf-8")
+    return hashlib.blake2b(data, key=key, digest_size=16).hexdigest()
+
+
+def keyed_pseudonym(key: bytes, vehicle: str) -> str:
+    """The stable pseudonym of ``vehicle`` under ``key``: ``"pk-"`` and 32 hex digits."""
+    return "pk-" + _mac(key, "vehicle", vehicle)
+
+
+def trip_pseudonym(key: bytes, vehicle: str, trip_start: float) -> str:
+    """The pseudonym of one trip of ``vehicle`` (started at Unix time ``trip_start``):
+    ``"pt-"`` and 32 hex digits. Different for every trip; unlinkable without the key."""
+    return "pt-" + _mac(key, "trip", vehicle, str(round(trip_start * 1000)))
+
+
+def message_id(
+    key: bytes, subscriber: str, vehicle: str, record_id: str | None, time: float
+) -> str:
+    """The output message id of one record for one subscriber: 32 hex digits.
+
+    Deterministic: derived from the vehicle, the record's own ``msg_id`` (or, without one,
+    its timestamp in milliseconds) and the subscriber, so a redelivered input yields the same
+    id and the subscriber can de-duplicate on it. Keyed, so it reveals nothing about the VIN.
+    """
+    record = f"m:{record_id}" if record_id is not None else f"t:{round(time * 1000)}"
+    return _mac(key, "message", subscriber, vehicle, record)
+
+
+def message_ids(
+    key: bytes,
+    subscriber: str,
+    vehicles: list[str],
+    record_ids: list[str | None],
+    times: list[float],
+) -> list[str]:
+    """:func:`message_id` of many records of one subscriber (same results, cheaper)."""
+    base = hashlib.blake2b(key=key, digest_size=16)
+    base.update(f"message\x1f{subscriber}\x1f".encode())
+    out = []
+    for vin, rid, t in zip(vehicles, record_ids, times, strict=True):
+        h = base.copy()
+        record = f"m:{rid}" if rid is not None else f"t:{round(t * 1000)}"
+        h.update(f"{vin}\x1f{record}".encode())
+        out.append(h.hexdigest())
+    return out
+
+
+def ephemeral_keys() -> PseudonymKeys:
+    """Per-subscriber keys derived from a random secret that lives only in this process.
+
+    For tools that have no key directory (``policy explain`` without ``--keys``): their
+    pseudonyms match nothing the gateway ever sends.
+    """
+    master = secrets.token_bytes(32)
+    cache: dict[str, bytes] = {}
+
+    def key(subscriber: str) -> bytes:
+        if subscriber not in cache:
+            cache[subscriber] = hashlib.blake2b(
+                subscriber.encode(), key=master, digest_size=32
+            ).digest()
+        return cache[subscriber]
+
+    return key
+
+
+def iso_times(seconds: FloatArray) -> list[str]:
+    """UTC ISO 8601 strings (``...Z``) of Unix times: whole seconds when every time is whole,
+    else milliseconds. Each distinct time is formatted once."""
+    if len(seconds) == 0:
+        return []
+    ms = np.round(seconds * 1000.0).astype(np.int64)
+    unique, inverse = np.unique(ms, return_inverse=True)
+    whole = bool((unique % 1000 == 0).all())
+    text = np.datetime_as_string(unique.astype("datetime64[ms]"), unit="s" if whole else "ms")
+    labels = np.array([f"{t}Z" for t in text.tolist()], dtype=object)
+    out: list[str] = labels[inverse].tolist()
+    return out
+
+
+def _number(value: float) -> int | float:
+    """An integral float as an int (``50`` rather than ``50.0`` in the output)."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _truncate(seconds: FloatArray, step: float) -> FloatArray:
+    out: FloatArray = np.floor(seconds / step) * step
+    return out
+
+
+def encode_view(view: Mapping[str, Any], *, audit_seq: int, message_id: str) -> bytes:
+    """The exact bytes delivered: the view with its audit sequence number and message id,
+    as compact JSON with sorted keys (orjson). Deterministic for the same inputs."""
+    return orjson.dumps(
+        {**view, "audit_seq": int(audit_seq), "message_id": message_id},
+        option=orjson.OPT_SORT_KEYS,
+    )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Shaped:
+    """The outputs of one batch.
+
+    ``views[i]`` goes to subscriber ``subscriber[i]`` (an index into the plan's views) for
+    batch row ``row[i]``, under ``message_ids[i]``; ordered by subscriber, then row. ``held``
+    are the views held back by trip-end trimming: persist them with the decisions' delta
+    (``held[i]`` is subscriber ``held_subscriber[i]``'s view of row ``held_row[i]``).
+    """
+
+    subscriber: IntpArray
+    row: IntpArray
+    views: list[dict[str, Any]]
+    message_ids: list[str]
+    held: tuple[HeldView, ...]
+    held_subscriber: IntpArray = field(default_factory=lambda: np.empty(0, dtype=np.intp))
+    held_row: IntpArray = field(default_factory=lambda: np.empty(0, dtype=np.intp))
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+
+def shape(decisions: Decisions, keys: PseudonymKeys) -> Shaped:
+    """Build the output object of every shared, redacted and held pair of ``decisions``.
+
+    Guarantees: each object follows the subscriber's view schema (once :func:`encode_view`
+    adds ``message_id`` and ``audit_seq``); it carries only fields the view allows, at the
+    decided precision; a position appears only where ``decisions.position`` is true, as the
+    reported cell centre in the view's datum; the VIN appears only in ``vin`` mode.
+    """
+    batch = decisions.batch
+    cls = decisions.classified
+    the_plan = decisions.plan
+    subs: list[IntpArray] = []
+    rows_out: list[IntpArray] = []
+    views_out: list[dict[str, Any]] = []
+    ids_out: list[str] = []
+    held: list[HeldView] = []
+    held_at: list[tuple[int, int]] = []
+    times = batch.time
+    record_ids = batch.msg_id
+    for view in the_plan.views:
+        s = view.index
+        verdict = decisions.verdict[s]
+        rows = np.flatnonzero(verdict != Verdict.BLOCK)
+        if rows.size == 0:
+            continue
+        key = keys(view.id)
+        vehicles = batch.vehicle[rows].tolist()
+        applied = decisions.applied[s, rows]
+        vehicle_out = _identifiers(key, vehicles, applied, decisions.trip_start[rows])
+        t = times[rows]
+        rid = [None] * len(rows) if record_ids is None else record_ids[rows].tolist()
+        mids = message_ids(key, view.id, vehicles, rid, t.tolist())
+        step = view.subscriber.view.time_precision_s
+        stamps = iso_times(_truncate(t, step))
+        signals = _signals(decisions, cls, s, rows, applied)
+        base = {
+            "schema": VIEW_SCHEMA,
+            "subscriber": view.id,
+            "policy_version": the_plan.bundle.version,
+        }
+        if view.allows_location:
+            locations = _locations(decisions, s, rows, applied)
+            objs = [
+                {**base, "vehicle": vo, "time": ts, "location": loc, "signals": sig}
+                for vo, ts, loc, sig in zip(vehicle_out, stamps, locations, signals, strict=True)
+            ]
+        else:
+            objs = [
+                {**base, "vehicle": vo, "time": ts, "signals": sig}
+                for vo, ts, sig in zip(vehicle_out, stamps, signals, strict=True)
+            ]
+        is_held = verdict[rows] == Verdict.HELD
+        if is_held.any():
+            where = np.flatnonzero(is_held)
+            hrows = rows[where]
+            held_at.extend((s, r) for r in hrows.tolist())
+            held.extend(
+                map(
+                    HeldView._make,
+                    zip(
+                        [view.id] * len(where),
+                        [vehicles[i] for i in where.tolist()],
+                        decisions.trip_start[hrows].tolist(),
+                        times[hrows].tolist(),
+                        decisions.trip_lat[hrows].tolist(),
+                        decisions.trip_lon[hrows].tolist(),
+                        [mids[i] for i in where.tolist()],
+                        ["redact" if r else "share" for r in decisions.redacted[s, hrows].tolist()],
+                        decisions.rules_of(s, hrows),
+                        decisions.transforms_of(s, hrows),
+                        decisions.precisions_of(s, hrows),
+                        decisions.bases_of(s, hrows),
+                        [objs[i] for i in where.tolist()],
+                        strict=True,
+                    ),
+                )
+            )
+            keep = np.flatnonzero(~is_held)
+            rows = rows[keep]
+            objs = [objs[i] for i in keep.tolist()]
+            mids = [mids[i] for i in keep.tolist()]
+        subs.append(np.full(len(rows), s, dtype=np.intp))
+        rows_out.append(rows)
+        views_out.extend(objs)
+        ids_out.extend(mids)
+    return Shaped(
+        subscriber=np.concatenate(subs) if subs else np.empty(0, dtype=np.intp),
+        row=np.concatenate(rows_out) if rows_out else np.empty(0, dtype=np.intp),
+        views=views_out,
+        message_ids=ids_out,
+        held=tuple(held),
+        held_subscriber=np.array([p[0] for p in held_at], dtype=np.intp),
+        held_row=np.array([p[1] for p in held_at], dtype=np.intp),
+    )
+
+
+_PSEUDONYM_CACHE: dict[bytes, dict[str, str]] = {}
+_CACHE_LIMIT = 1 << 17
+
+
+def _keyed_cache(key: bytes) -> dict[str, str]:
+    cache = _PSEUDONYM_CACHE.get(key)
+    if cache is None or len(cache) > _CACHE_LIMIT:
+        if len(_PSEUDONYM_CACHE) > 64:
+            _PSEUDONYM_CACHE.clear()
+        cache = _PSEUDONYM_CACHE[key] = {}
+    return cache
+
+
+_TRIP_CACHE: dict[bytes, dict[tuple[str, float], str]] = {}
+
+
+def _trip_cache(key: bytes) -> dict[tuple[str, float], str]:
+    cache = _TRIP_CACHE.get(key)
+    if cache is None or len(cache) > _CACHE_LIMIT:
+        if len(_TRIP_CACHE) > 64:
+            _TRIP_CACHE.clear()
+        cache = _TRIP_CACHE[key] = {}
+    return cache
+
+
+def _identifiers(
+    key: bytes, vehicles: list[str], applied: npt.NDArray[np.uint32], starts: FloatArray
+) -> list[str]:
+    """The vehicle field of each output: computed once per distinct vehicle (and trip)."""
+    trip = (applied & np.uint32(Applied.TRIP_PSEUDONYM)) != 0
+    vin = ~trip & ((applied & np.uint32(Applied.VIN)) != 0)
+    if not trip.any() and not vin.any():
+        cache = _keyed_cache(key)
+        for v in set(vehicles).difference(cache):
+            cache[v] = keyed_pseudonym(key, v)
+        return [cache[v] for v in vehicles]
+    out: list[str] = []
+    trips = _trip_cache(key)
+    keyed = _keyed_cache(key)
+    for v, is_trip, is_vin, start in zip(
+        vehicles, trip.tolist(), vin.tolist(), starts.tolist(), strict=True
+    ):
+        if is_trip:
+            pid = trips.get((v, start))
+            if pid is None:
+                pid = trips[(v, start)] = trip_pseudonym(key, v, start)
+        elif is_vin:
+            pid = v
+        else:
+            pid = keyed.get(v)
+            if pid is None:
+                pid = keyed[v] = keyed_pseudonym(key, v)
+        out.append(pid)
+    return out
+
+
+def _locations(
+    decisions: Decisions, s: int, rows: IntpArray, applied: npt.NDArray[np.uint32]
+) -> list[dict[str, Any] | None]:
+    view = decisions.plan.views[s]
+    layer = decisions.layer(s)
+    pos = decisions.position[s, rows]
+    if not pos.any():
+        return [None] * len(rows)
+    if view.transform is not None:
+        out = layer.outputs[view.transform]
+        lat, lon = out.lat[rows], out.lon[rows]
+    else:
+        lat, lon = layer.lat[rows], layer.lon[rows]
+    lat_name, lon_name = coordinate_names(view.datum)
+    head = {"datum": view.datum.value, "precision_m": _number(view.grid_m)}
+    alt = decisions.batch.alt[rows]
+    alt_out = pos & np.isfinite(alt) & view.allows_altitude
+    alt_out &= (applied & np.uint32(Applied.ALTITUDE_REMOVED)) == 0
+    if view.altitude is AltitudeMode.COARSEN and view.altitude_step_m is not None:
+        alt = coarsen_altitude(alt, view.altitude_step_m)
+        alt_out &= np.isfinite(alt)
+        alt_extra: dict[str, Any] = {"alt_step_m": _number(view.altitude_step_m)}
+    elif view.altitude is AltitudeMode.KEEP:
+        alt_extra = {}
+    else:
+        alt_out[:] = False
+        alt_extra = {}
+    cells = layer.cell_ids(rows) if view.grid_m > 0 else None
+    result: list[dict[str, Any] | None] = []
+    for i, (p, la, lo, ao, al) in enumerate(
+        zip(pos.tolist(), lat.tolist(), lon.tolist(), alt_out.tolist(), alt.tolist(), strict=True)
+    ):
+        if not p:
+            result.append(None)
+            continue
+        loc = {**head, lat_name: la, lon_name: lo}
+        if cells is not None:
+            loc["cell"] = cells[i]
+        if ao:
+            loc["alt_m"] = al
+            loc.update(alt_extra)
+        result.append(loc)
+    return result
+
+
+def _signals(
+    decisions: Decisions,
+    cls: Classified,
+    s: int,
+    rows: IntpArray,
+    applied: npt.NDArray[np.uint32],
+) -> list[dict[str, Any]]:
+    view = decisions.plan.views[s]
+    derived_ok = (applied & np.uint32(Applied.DERIVED_REMOVED)) == 0
+    step = view.subscriber.view.time_precision_s
+    full_names: list[str] = []
+    full_columns: list[list[Any]] = []
+    partial: list[tuple[str, list[Any]]] = []
+    for path in sorted(cls.specs):
+        spec = cls.specs[path]
+        if path not in view.allowed or spec.category in _OUTSIDE_SIGNALS or path == TIMESTAMP:
+            continue
+        present = cls.present[path][rows]
+        if spec.category is FieldCategory.LOCATION_DERIVED:
+            if view.derived is DerivedMode.SUPPRESS:
+                continue
+            present = present & derived_ok
+            if view.derived is DerivedMode.COARSEN:
+                if path not in cls.coarsened:
+                    continue
+                numbers = cls.coarsened[path][rows]
+                present &= np.isfinite(numbers)
+                values: list[Any] = numbers.tolist()
+            else:
+                values = cls.values[path][rows].tolist()
+        elif spec.category is FieldCategory.TIME:
+            values = _time_column(cls.values[path][rows].tolist(), present, step)
+            present = present & np.not_equal(np.array(values, dtype=object), _NONE)
+        else:
+            values = cls.values[path][rows].tolist()
+        if not present.any():
+            continue
+        if present.all():
+            full_names.append(path)
+            full_columns.append(values)
+        else:
+            partial.append((path, _object_column(values, present)))
+    if full_names:
+        out = [dict(zip(full_names, vals, strict=True)) for vals in zip(*full_columns, strict=True)]
+    else:
+        out = [{} for _ in range(len(rows))]
+    for name, column in partial:
+        for signals, value in zip(out, column, strict=True):
+            if value is not None:
+                signals[name] = value
+    return out
+
+
+def _object_column(values: list[Any], present: npt.NDArray[np.bool_]) -> list[Any]:
+    return [v if p else None for v, p in zip(values, present.tolist(), strict=True)]
+
+
+def _time_column(values: list[Any], present: npt.NDArray[np.bool_], step: float) -> list[Any]:
+    """Other time signals, truncated like the record time; unparseable values are dropped."""
+    out: list[Any] = []
+    for v, p in zip(values, present.tolist(), strict=True):
+        if not p:
+            out.append(None)
+        elif isinstance(v, str):
+            try:
+                parsed = datetime.fromisoformat(v)
+            except ValueError:
+                out.append(None)
+                continue
+            if parsed.tzinfo is None:
+                out.append(None)
+                continue
+            out.append(iso_times(_truncate(np.array([parsed.timestamp()]), step))[0])
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out.append(float(math.floor(v / step) * step))
+        else:
+            out.append(None)
+    return out
+
+
+def evaluate(
+    batch: Batch,
+    bundle: PolicyBundle,
+    state: StateSnapshot,
+    keys: PseudonymKeys,
+    subscribers: Iterable[str] | None = None,
+) -> tuple[Decisions, Shaped]:
+    """Run classify, geo, decide and shape on ``batch`` for decision time ``state.now``.
+
+    The whole policy path of the pipeline in one call (the service, ``policy explain`` and
+    the benchmark use it); ``subscribers`` limits it to some subscribers.
+    """
+    the_plan = plan(bundle, state.now, subscribers)
+    classified = classify(batch, bundle)
+    located = locate(batch, bundle.zones, the_plan.grids)
+    decisions = decide(batch, classified, located, the_plan, state)
+    return decisions, shape(decisions, keys)

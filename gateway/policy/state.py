@@ -1,0 +1,392 @@
+"""The state the decision engine reads, as an immutable snapshot, and the change it returns.
+
+The decision functions (:mod:`gateway.pipeline.decide`) are pure: they read a
+:class:`StateSnapshot` and return a :class:`StateDelta`; they never touch a store. The
+service loads the snapshot for the vehicles of a micro-batch, runs the pipeline, and
+persists the delta in the same store transaction as the batch's audit entries and outbox
+rows. Everything here is keyed by the vehicle id as received (the VIN); the store keeps
+keyed vehicle references instead (:meth:`gateway.keys.KeyRing.vehicle_ref`) and maps them
+when it loads and saves.
+
+What the snapshot holds:
+
+* ``consents`` — a :class:`ConsentBook`: every consent of the batch's vehicles (seeded from
+  the bundle's ``consents.yaml``, then kept live by the store), as Unix times.
+* ``trips`` — per vehicle, the :class:`TripState` of its current trip: when and where it
+  started, how far it has got from its start, its last record. Trips are split by a gap of
+  ``rules.trips.split_gap_s`` or by a key-off record (:data:`KEY_OFF_SIGNAL`).
+* ``last_sent`` — per subscriber, per vehicle, the time of the last record sent:
+  down-sampling.
+* ``crossborder`` — per (subscriber, year, data class), the distinct vehicles whose data was
+  exported in that calendar year (Beijing time) and their count. Vehicles stand in for
+  individuals (RULES.md §4): the count is of vehicles, an approximation — one person may
+  drive several vehicles and one vehicle may carry several people.
+* ``held`` — the views held back by trip-end trimming (:class:`HeldSet` of
+  :class:`HeldView`).
+
+Trip-end trimming has a latency: a view that trims the last ``N`` metres of every trip holds
+each record back until the vehicle has been seen at least ``N`` metres (straight line) away
+from it, and drops it if the trip ends first. Held views are state: they leave the engine in
+the delta (``Shaped.held`` for new ones), the service persists them in the same transaction,
+and a later batch (or :func:`gateway.pipeline.decide.sweep`, for vehicles that went quiet)
+releases or discards them. A held view is complete (its output object, rule ids and message
+id were fixed when it was decided), so releasing it only emits it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from gateway.policy.schema import Consent, ExportDataClass
+
+__all__ = [
+    "KEY_OFF_SIGNAL",
+    "KEY_OFF_VALUES",
+    "ConsentBook",
+    "ConsentColumns",
+    "ConsentRecord",
+    "CounterKey",
+    "CrossBorderCount",
+    "HeldSet",
+    "HeldView",
+    "StateDelta",
+    "StateSnapshot",
+    "TripState",
+]
+
+KEY_OFF_SIGNAL = "Vehicle.LowVoltageSystemState"
+"""The VSS signal whose key-off values end a trip (the record carrying it is the trip's last)."""
+KEY_OFF_VALUES = frozenset({"OFF", "LOCK"})
+"""Values of :data:`KEY_OFF_SIGNAL` that mean the ignition is off."""
+
+CounterKey = tuple[str, int, ExportDataClass]
+"""``(subscriber id, calendar year in Beijing time, data class)`` of a cross-border count."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentRecord:
+    """One consent as Unix times: active from ``granted`` until ``expires`` or ``revoked``."""
+
+    id: str
+    vin: str
+    purpose: str
+    granted: float
+    expires: float
+    revoked: float | None = None
+
+    @property
+    def end(self) -> float:
+        """The first instant at which the consent no longer holds."""
+        return self.expires if self.revoked is None else min(self.expires, self.revoked)
+
+    def active_at(self, when: float) -> bool:
+        """True if granted, unexpired and not revoked at Unix time ``when``."""
+        return self.granted <= when < self.end
+
+    @classmethod
+    def from_policy(cls, consent: Consent) -> ConsentRecord:
+        """The record of a bundle consent (``consents.yaml``)."""
+        return cls(
+            id=consent.id,
+            vin=consent.vin,
+            purpose=consent.purpose,
+            granted=consent.granted.timestamp(),
+            expires=consent.expires.timestamp(),
+            revoked=None if consent.revoked is None else consent.revoked.timestamp(),
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ConsentColumns:
+    """A :class:`ConsentBook` as sorted columns, for vectorised look-ups.
+
+    ``vins`` is sorted and unique; the consents of ``vins[k]`` are entries
+    ``lo[k] : lo[k] + count[k]`` of ``ids``/``purposes``/``start``/``end``, sorted by id.
+    """
+
+    vins: npt.NDArray[np.str_]
+    lo: npt.NDArray[np.intp]
+    count: npt.NDArray[np.intp]
+    ids: npt.NDArray[np.object_]
+    purposes: npt.NDArray[np.object_]
+    start: npt.NDArray[np.float64]
+    end: npt.NDArray[np.float64]
+
+
+class ConsentBook:
+    """Consents by vehicle. Immutable; :meth:`with_records` returns an updated copy.
+
+    When several consents of a vehicle are active for a subscriber's purposes at once, the
+    one with the smallest id is the one cited (deterministic).
+    """
+
+    __slots__ = ("_by_vin", "_columns")
+
+    def __init__(self, records: Iterable[ConsentRecord] = ()) -> None:
+        by_id = {r.id: r for r in records}
+        by_vin: dict[str, list[ConsentRecord]] = {}
+        for record in sorted(by_id.values(), key=lambda r: r.id):
+            by_vin.setdefault(record.vin, []).append(record)
+        self._by_vin: Mapping[str, tuple[ConsentRecord, ...]] = MappingProxyType(
+            {vin: tuple(recs) for vin, recs in by_vin.items()}
+        )
+        self._columns: ConsentColumns | None = None
+
+    @classmethod
+    def from_policy(cls, consents: Iterable[Consent]) -> ConsentBook:
+        """The book seeded from a bundle's consents."""
+        return cls(ConsentRecord.from_policy(c) for c in consents)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_vin.values())
+
+    def records(self) -> tuple[ConsentRecord, ...]:
+        """Every record, by vehicle then id."""
+        return tuple(r for recs in self._by_vin.values() for r in recs)
+
+    def for_vehicle(self, vin: str) -> tuple[ConsentRecord, ...]:
+        """The consents of one vehicle, sorted by id (empty if it has none)."""
+        return self._by_vin.get(vin, ())
+
+    def active(self, vin: str, purposes: Iterable[str], when: float) -> ConsentRecord | None:
+        """The consent (smallest id) of ``vin`` for one of ``purposes`` active at ``when``."""
+        wanted = set(purposes)
+        for record in self.for_vehicle(vin):
+            if record.purpose in wanted and record.active_at(when):
+                return record
+        return None
+
+    def with_records(self, records: Iterable[ConsentRecord]) -> ConsentBook:
+        """A copy where ``records`` are added, replacing records with the same id."""
+        merged = {r.id: r for r in self.records()}
+        merged.update((r.id, r) for r in records)
+        return ConsentBook(merged.values())
+
+    def columns(self) -> ConsentColumns:
+        """The book as sorted columns (built once, then cached)."""
+        if self._columns is None:
+            vins = sorted(self._by_vin)
+            recs = [r for vin in vins for r in self._by_vin[vin]]
+            count = np.array([len(self._by_vin[v]) for v in vins], dtype=np.intp)
+            self._columns = ConsentColumns(
+                vins=np.array(vins, dtype=str) if vins else np.array([], dtype=str),
+                lo=(np.cumsum(count) - count).astype(np.intp),
+                count=count,
+                ids=np.array([r.id for r in recs], dtype=object),
+                purposes=np.array([r.purpose for r in recs], dtype=object),
+                start=np.array([r.granted for r in recs], dtype=np.float64),
+                end=np.array([r.end for r in recs], dtype=np.float64),
+            )
+        return self._columns
+
+
+class TripState(NamedTuple):
+    """Where a vehicle's current trip stands after the last record the gateway decided.
+
+    ``start_time`` identifies the trip (per-trip pseudonyms are derived from it).
+    ``start_lat``/``start_lon`` is the trip's first known position (NaN while none is
+    known); ``max_disp_m`` the greatest straight-line distance from it reached so far (start
+    trimming); ``last_lat``/``last_lon`` the last known position (NaN if none yet this trip);
+    ``ended`` is true when the last record was a key-off, so the next record starts a trip.
+    (A named tuple: the engine makes one per vehicle per batch.)
+    """
+
+    start_time: float
+    start_lat: float
+    start_lon: float
+    max_disp_m: float
+    last_time: float
+    last_lat: float
+    last_lon: float
+    ended: bool = False
+
+    @property
+    def has_start(self) -> bool:
+        """True once a position of this trip is known."""
+        return not math.isnan(self.start_lat)
+
+
+class HeldView(NamedTuple):
+    """A view held back by trip-end trimming, complete and ready to emit on release.
+
+    ``lat``/``lon`` is the record's true WGS-84 position (or its trip's last known one) used
+    for the release test; it stays in the store and is never emitted. ``trip_start``
+    identifies the trip it belongs to. The remaining fields are what the audit entry and the
+    outbox row need when the view is released (``decision`` is ``"share"`` or ``"redact"``)
+    or discarded (it is then audited as blocked under ``pi.trip-trim``).
+    """
+
+    subscriber: str
+    vehicle: str
+    trip_start: float
+    time: float
+    lat: float
+    lon: float
+    message_id: str
+    decision: str
+    rules: tuple[str, ...]
+    transforms: Mapping[str, Any]
+    precision_m: float | None
+    basis: str | None
+    view: Mapping[str, Any]
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """``(subscriber, vehicle, message id)``: what the store keys a held view by."""
+        return (self.subscriber, self.vehicle, self.message_id)
+
+
+class HeldSet:
+    """Held views with the columns the release test reads (immutable).
+
+    ``views[i]`` is described by ``subscriber[i]``, ``vehicle[i]``, ``trip_start[i]``,
+    ``lat[i]``, ``lon[i]``; a :class:`StateDelta` names the views that leave by index.
+    """
+
+    __slots__ = ("lat", "lon", "subscriber", "trip_start", "vehicle", "views")
+
+    def __init__(self, views: Iterable[HeldView] = ()) -> None:
+        self.views: tuple[HeldView, ...] = tuple(views)
+        self.subscriber = np.array([v.subscriber for v in self.views], dtype=object)
+        self.vehicle = np.array([v.vehicle for v in self.views], dtype=object)
+        self.trip_start = np.array([v.trip_start for v in self.views], dtype=np.float64)
+        self.lat = np.array([v.lat for v in self.views], dtype=np.float64)
+        self.lon = np.array([v.lon for v in self.views], dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __iter__(self) -> Iterator[HeldView]:
+        return iter(self.views)
+
+    def without(self, index: npt.NDArray[np.intp]) -> HeldSet:
+        """The set without the views at ``index``."""
+        if len(index) == 0:
+            return self
+        keep = np.ones(len(self.views), dtype=bool)
+        keep[index] = False
+        out = HeldSet.__new__(HeldSet)
+        out.views = tuple(v for v, k in zip(self.views, keep.tolist(), strict=True) if k)
+        out.subscriber = self.subscriber[keep]
+        out.vehicle = self.vehicle[keep]
+        out.trip_start = self.trip_start[keep]
+        out.lat = self.lat[keep]
+        out.lon = self.lon[keep]
+        return out
+
+    def plus(self, views: Iterable[HeldView]) -> HeldSet:
+        """The set with ``views`` added."""
+        extra = HeldSet(views)
+        if len(extra) == 0:
+            return self
+        out = HeldSet.__new__(HeldSet)
+        out.views = self.views + extra.views
+        out.subscriber = np.concatenate([self.subscriber, extra.subscriber])
+        out.vehicle = np.concatenate([self.vehicle, extra.vehicle])
+        out.trip_start = np.concatenate([self.trip_start, extra.trip_start])
+        out.lat = np.concatenate([self.lat, extra.lat])
+        out.lon = np.concatenate([self.lon, extra.lon])
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class CrossBorderCount:
+    """Distinct vehicles already exported to one recipient in one year, for one data class.
+
+    ``count`` is the year's total; ``known`` the vehicles among it that the engine may ask
+    about (the service loads the members for the batch's vehicles only).
+    """
+
+    count: int = 0
+    known: frozenset[str] = frozenset()
+
+
+def _frozen(mapping: Mapping[Any, Any] | None) -> Mapping[Any, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class StateSnapshot:
+    """Everything the decision engine reads besides the batch and the bundle.
+
+    ``now`` is the decision time (Unix seconds): qualifications, zone authorisations and
+    legal bases are checked against its Beijing date, and cross-border counts use its
+    calendar year. Consents are checked against each record's own time.
+    """
+
+    now: float
+    consents: ConsentBook = field(default_factory=ConsentBook)
+    trips: Mapping[str, TripState] = field(default_factory=dict)
+    last_sent: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    crossborder: Mapping[CounterKey, CrossBorderCount] = field(default_factory=dict)
+    held: HeldSet = field(default_factory=HeldSet)
+
+    def __post_init__(self) -> None:
+        for name in ("trips", "last_sent", "crossborder"):
+            object.__setattr__(self, name, _frozen(getattr(self, name)))
+
+    def count(self, key: CounterKey) -> CrossBorderCount:
+        """The cross-border count for ``key`` (zero if none is recorded)."""
+        return self.crossborder.get(key, CrossBorderCount())
+
+    def apply(
+        self, delta: StateDelta, held: Iterable[HeldView] = (), *, now: float | None = None
+    ) -> StateSnapshot:
+        """The snapshot after ``delta`` and the new ``held`` views (what a store commit does).
+
+        For tests, tools and ``policy explain``: it chains batches in memory exactly as the
+        service chains them through its store.
+        """
+        trips = {**self.trips, **delta.trips}
+        last_sent = dict(self.last_sent)
+        for sub, times in delta.last_sent.items():
+            last_sent[sub] = {**last_sent.get(sub, {}), **times}
+        counts = dict(self.crossborder)
+        added: dict[CounterKey, set[str]] = {}
+        for sub, year, data_class, vehicle in delta.counted:
+            added.setdefault((sub, year, data_class), set()).add(vehicle)
+        for key, vehicles in added.items():
+            old = counts.get(key, CrossBorderCount())
+            fresh = vehicles - old.known
+            counts[key] = CrossBorderCount(old.count + len(fresh), old.known | fresh)
+        held_set = self.held.without(np.asarray(delta.settled, dtype=np.intp)).plus(held)
+        return replace(
+            self,
+            now=self.now if now is None else now,
+            trips=trips,
+            last_sent=last_sent,
+            crossborder=counts,
+            held=held_set,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StateDelta:
+    """What a batch changes in the state; the service persists it with the batch's audit.
+
+    * ``trips`` — the new :class:`TripState` of every vehicle the batch touched;
+    * ``last_sent`` — new down-sampling times, per subscriber, per vehicle;
+    * ``counted`` — vehicles newly counted for cross-border export:
+      ``(subscriber, year, data class, vehicle)``;
+    * ``released`` — previously held views to emit now (and delete from the store);
+    * ``discarded`` — previously held views whose trip ended before they were released:
+      audit them as blocked (``pi.trip-trim``) and delete them;
+    * ``settled`` — the indices, in the snapshot's :class:`HeldSet`, of the released and
+      discarded views (what :meth:`StateSnapshot.apply` removes).
+
+    Views newly held by this batch are in ``Shaped.held`` (they need the shaped output).
+    """
+
+    trips: Mapping[str, TripState] = field(default_factory=dict)
+    last_sent: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    counted: tuple[tuple[str, int, ExportDataClass, str], ...] = ()
+    released: tuple[HeldView, ...] = ()
+    discarded: tuple[HeldView, ...] = ()
+    settled: tuple[int, ...] = ()

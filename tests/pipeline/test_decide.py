@@ -1,0 +1,850 @@
+"""The decision engine, rule by rule, on the default bundle (table-driven), and its state.
+
+Every case is one record (or a few) decided for one subscriber; the table as a whole must
+cite every rule id of the bundle's catalogue (checked at the end), including expiry, zone
+authorisation, consent withdrawal and threshold crossing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from collections.abc import Callable
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gateway.pipeline.classify import classify
+from gateway.pipeline.decide import (
+    Applied,
+    Decisions,
+    Verdict,
+    crossborder_gate,
+    decide,
+    distance_m,
+    plan,
+    rule_ids,
+    sweep,
+)
+from gateway.pipeline.decode import decode_records
+from gateway.pipeline.geo import locate
+from gateway.pipeline.shape import Shaped, evaluate
+from gateway.policy.bundle import PolicyBundle
+from gateway.policy.loader import load_bundle
+from gateway.policy.rules import RuleId
+from gateway.policy.schema import (
+    BEIJING,
+    ExportDataClass,
+    IdentifierMode,
+    LegalBasis,
+    LegalBasisKind,
+    Qualification,
+    QualificationKind,
+)
+from gateway.policy.state import (
+    ConsentBook,
+    ConsentRecord,
+    CrossBorderCount,
+    StateSnapshot,
+    TripState,
+)
+
+VIN = "LSVAU2181P2100001"  # consents: usage-based-insurance (c-0001), navigation-map (c-0002)
+VIN_TRAFFIC = "LFV2A21K9R4100002"  # traffic-management until 2026-03-01 (c-0003)
+VIN_REVOKED = "LGXCE6CB2R0100003"  # usage-based-insurance, revoked 2025-06-01T18:45+08
+VIN_NONE = "LVHRU5850N6100077"  # no consent at all
+
+CITY = (31.2304, 121.4737)  # People's Square: no zone within 5 km cells
+PROHIBITED = (31.300, 121.552)  # inside example-prohibited-1
+SENSITIVE_1 = (31.174, 121.400)  # inside example-sensitive-1 (between ring and hole)
+SENSITIVE_2 = (31.249, 121.329)  # inside example-sensitive-2, first part
+ABROAD = (59.9, 30.3)  # outside the GCJ-02 area
+
+
+def beijing(*args: int) -> float:
+    """Unix time of a Beijing wall-clock time."""
+    return datetime(*args, tzinfo=BEIJING).timestamp()
+
+
+NOW = beijing(2026, 1, 15, 10, 0)
+
+
+def keys(subscriber: str) -> bytes:
+    return hashlib.sha256(b"test-key:" + subscriber.encode()).digest()
+
+
+@pytest.fixture(scope="module")
+def bundle() -> PolicyBundle:
+    return load_bundle()
+
+
+def record(
+    vin: str = VIN,
+    t: float = NOW - 60,
+    where: tuple[float, float] | None = CITY,
+    **signals: Any,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "Vehicle.VehicleIdentification.VIN": vin,
+        "Vehicle.CurrentLocation.Timestamp": t,
+    }
+    if where is not None:
+        out["Vehicle.CurrentLocation.Latitude"] = where[0]
+        out["Vehicle.CurrentLocation.Longitude"] = where[1]
+    out.update({k.replace("__", "."): v for k, v in signals.items()})
+    return out
+
+
+def mid_trip(bundle: PolicyBundle, records: list[dict[str, Any]], now: float) -> StateSnapshot:
+    """A state where every vehicle is far into a trip (no start trimming)."""
+    trips = {}
+    for rec in records:
+        if not isinstance(rec, dict):
+            continue
+        vin = rec.get("Vehicle.VehicleIdentification.VIN")
+        t = rec.get("Vehicle.CurrentLocation.Timestamp")
+        if isinstance(vin, str) and isinstance(t, (int, float)):
+            start = min(trips[vin].start_time if vin in trips else t - 1, t - 1)
+            trips[vin] = TripState(start, math.nan, math.nan, math.inf, start, math.nan, math.nan)
+    return StateSnapshot(now=now, consents=ConsentBook.from_policy(bundle.consents), trips=trips)
+
+
+def run(
+    bundle: PolicyBundle,
+    records: list[dict[str, Any]],
+    *,
+    now: float = NOW,
+    state: StateSnapshot | None = None,
+) -> tuple[Decisions, Shaped]:
+    batch = decode_records(records, bundle.aliases)
+    snapshot = state if state is not None else mid_trip(bundle, records, now)
+    return evaluate(batch, bundle, snapshot, keys)
+
+
+def tweak(bundle: PolicyBundle, sub_id: str, **changes: Any) -> PolicyBundle:
+    """The bundle with one subscriber changed (``view={...}`` changes its view)."""
+    sub = bundle.subscribers[sub_id]
+    view = changes.pop("view", None)
+    if view is not None:
+        changes["view"] = sub.view.model_copy(update=view)
+    subs = dict(bundle.subscribers)
+    subs[sub_id] = sub.model_copy(update=changes)
+    return dataclasses.replace(bundle, subscribers=MappingProxyType(subs))
+
+
+def index(d: Decisions, sub_id: str) -> int:
+    return d.plan.subscribers.index(sub_id)
+
+
+def output(d: Decisions, sh: Shaped, sub_id: str, row: int) -> dict[str, Any] | None:
+    s = index(d, sub_id)
+    for i in range(len(sh)):
+        if sh.subscriber[i] == s and sh.row[i] == row:
+            return sh.views[i]
+    for view, hs, hr in zip(sh.held, sh.held_subscriber, sh.held_row, strict=True):
+        if hs == s and hr == row:
+            return dict(view.view)
+    return None
+
+
+# --- the table -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    subscriber: str
+    records: list[dict[str, Any]]
+    verdict: str
+    cites: tuple[RuleId, ...] = ()
+    not_cites: tuple[RuleId, ...] = ()
+    row: int = -1
+    now: float = NOW
+    change: Callable[[PolicyBundle], PolicyBundle] | None = None
+    state: Callable[[PolicyBundle, list[dict[str, Any]], float], StateSnapshot] | None = None
+    check: Callable[[dict[str, Any] | None], bool] | None = None
+
+
+def no_location(out: dict[str, Any] | None) -> bool:
+    return out is not None and out.get("location") is None
+
+
+def gcj(precision: float) -> Callable[[dict[str, Any] | None], bool]:
+    def ok(out: dict[str, Any] | None) -> bool:
+        loc = out and out.get("location")
+        return bool(
+            loc
+            and loc["datum"] == "GCJ-02"
+            and loc["precision_m"] == precision
+            and "lat_gcj02" in loc
+            and "lat_wgs84" not in loc
+        )
+
+    return ok
+
+
+def counts(n: int, data_class: ExportDataClass = ExportDataClass.PERSONAL_INFORMATION) -> Any:
+    """A state where oem-hq-de has already received ``n`` vehicles' PI this year."""
+
+    def make(bundle: PolicyBundle, records: list[dict[str, Any]], now: float) -> StateSnapshot:
+        base = mid_trip(bundle, records, now)
+        year = datetime.fromtimestamp(now, BEIJING).year
+        return dataclasses.replace(
+            base,
+            crossborder={("oem-hq-de", year, data_class): CrossBorderCount(n, frozenset({VIN}))},
+        )
+
+    return make
+
+
+def fresh(bundle: PolicyBundle, records: list[dict[str, Any]], now: float) -> StateSnapshot:
+    return StateSnapshot(now=now, consents=ConsentBook.from_policy(bundle.consents))
+
+
+def with_assessment(bundle: PolicyBundle) -> PolicyBundle:
+    sub = bundle.subscribers["oem-hq-de"]
+    basis = LegalBasis(
+        kind=LegalBasisKind.SECURITY_ASSESSMENT,
+        id="TEST-SA-1",
+        covers=(ExportDataClass.PERSONAL_INFORMATION,),
+        expires=datetime(2027, 12, 31).date(),
+    )
+    return tweak(bundle, "oem-hq-de", legal_bases=(*sub.legal_bases, basis))
+
+
+def with_geodata_approval(bundle: PolicyBundle) -> PolicyBundle:
+    sub = bundle.subscribers["oem-hq-de"]
+    extra = (
+        LegalBasis(
+            kind=LegalBasisKind.GEODATA_EXPORT_APPROVAL,
+            id="TEST-GEO-1",
+            covers=(ExportDataClass.GEOGRAPHIC_DATA,),
+            expires=datetime(2027, 12, 31).date(),
+        ),
+        LegalBasis(
+            kind=LegalBasisKind.STANDARD_CONTRACT,
+            id="TEST-SCC-SPI",
+            covers=(ExportDataClass.SENSITIVE_PERSONAL_INFORMATION,),
+            expires=datetime(2027, 12, 31).date(),
+        ),
+    )
+    return tweak(bundle, "oem-hq-de", legal_bases=(*sub.legal_bases, *extra))
+
+
+def moved(meters: float, base: tuple[float, float] = CITY) -> tuple[float, float]:
+    return (base[0] + meters / 111_320.0, base[1])
+
+
+CASES = [
+    Case(
+        "qualified mainland subscriber gets raw WGS-84",
+        "mapco-nav",
+        [record()],
+        "share",
+        cites=(RuleId.GEO_RAW_REQUIRES_QUALIFICATION, RuleId.PI_TRAJECTORY_CONSENT),
+        not_cites=(RuleId.GEO_GRID_FLOOR,),
+        check=lambda o: o is not None and o["location"]["lat_wgs84"] == CITY[0],
+    ),
+    Case(
+        "expired qualification falls back to the floor grid in GCJ-02",
+        "mapco-nav",
+        [record(t=beijing(2029, 1, 5, 9, 0), Vehicle__CurrentLocation__Altitude=12.3)],
+        "redact",  # its consents have expired by then, too: per-trip pseudonym
+        now=beijing(2029, 1, 5, 10, 0),
+        cites=(
+            RuleId.GEO_RAW_REQUIRES_QUALIFICATION,
+            RuleId.GEO_GRID_FLOOR,
+            RuleId.GEO_DATUM_GCJ02,
+            RuleId.VIEW_PRECISION,
+        ),
+        check=lambda o: gcj(50)(o) and o is not None and "alt_m" not in o["location"],
+    ),
+    Case(
+        "unqualified subscriber: grid and GCJ-02",
+        "insureco-ubi",
+        [record()],
+        "share",
+        cites=(RuleId.GEO_GRID_FLOOR, RuleId.GEO_DATUM_GCJ02, RuleId.VIEW_PRECISION),
+        not_cites=(RuleId.GEO_RAW_REQUIRES_QUALIFICATION,),
+        check=gcj(1000),
+    ),
+    Case(
+        "outside the GCJ-02 area the position is removed, never sent as WGS-84",
+        "insureco-ubi",
+        [record(where=ABROAD)],
+        "redact",
+        cites=(RuleId.GEO_DATUM_UNAVAILABLE,),
+        check=no_location,
+    ),
+    Case(
+        "altitude removed",
+        "insureco-ubi",
+        [record(Vehicle__CurrentLocation__Altitude=12.3)],
+        "share",
+        cites=(RuleId.GEO_ALTITUDE_REMOVED,),
+        check=lambda o: o is not None and "alt_m" not in o["location"],
+    ),
+    Case(
+        "altitude coarsened",
+        "sh-traffic",
+        [record(VIN_TRAFFIC, Vehicle__CurrentLocation__Altitude=12.3)],
+        "share",
+        cites=(RuleId.GEO_ALTITUDE_COARSENED,),
+        check=lambda o: o is not None and o["location"]["alt_m"] == 10.0,
+    ),
+    Case(
+        "no coordinates abroad without a geodata export approval",
+        "oem-hq-de",
+        [record()],
+        "redact",
+        cites=(RuleId.GEO_MAINLAND_ONLY, RuleId.XBORDER_EXEMPT),
+        check=no_location,
+    ),
+    Case(
+        "a geodata export approval lets the floor-or-coarser grid go abroad",
+        "oem-hq-de",
+        [record(t=NOW - 3600)],
+        "share",
+        change=with_geodata_approval,
+        state=lambda b, r, now: dataclasses.replace(
+            mid_trip(b, r, now),
+            consents=ConsentBook(
+                [ConsentRecord("c-pq", VIN, "product-quality", NOW - 86400, NOW + 86400)]
+            ),
+        ),
+        cites=(RuleId.XBORDER_TIER_CONTRACT, RuleId.XBORDER_EXEMPT),
+        not_cites=(RuleId.GEO_MAINLAND_ONLY,),
+        check=gcj(5000),
+    ),
+    Case(
+        "prohibited zone blocks everyone not authorised",
+        "mapco-nav",
+        [record(where=PROHIBITED)],
+        "block",
+        cites=(RuleId.ZONE_PROHIBITED,),
+    ),
+    Case(
+        "sensitive zone removes the position and location-derived fields",
+        "insureco-ubi",
+        [record(where=SENSITIVE_2, Vehicle__Speed=57.0)],
+        "redact",
+        cites=(RuleId.ZONE_SENSITIVE, RuleId.PI_LOCATION_DERIVED),
+        check=lambda o: no_location(o) and o is not None and "Vehicle.Speed" not in o["signals"],
+    ),
+    Case(
+        "an authorised mainland subscriber receives the located record",
+        "mapco-nav",
+        [record(where=SENSITIVE_2)],
+        "share",
+        cites=(RuleId.ZONE_AUTHORISED,),
+        not_cites=(RuleId.ZONE_SENSITIVE,),
+        check=lambda o: o is not None and o["location"] is not None,
+    ),
+    Case(
+        "authorisation for one zone does not cover another",
+        "sh-traffic",
+        [record(VIN_TRAFFIC, where=SENSITIVE_2)],
+        "redact",
+        cites=(RuleId.ZONE_SENSITIVE,),
+        not_cites=(RuleId.ZONE_AUTHORISED,),
+        check=no_location,
+    ),
+    Case(
+        "sh-traffic is authorised for example-sensitive-1",
+        "sh-traffic",
+        [record(VIN_TRAFFIC, where=SENSITIVE_1)],
+        "share",
+        cites=(RuleId.ZONE_AUTHORISED,),
+        check=gcj(50),
+    ),
+    Case(
+        "an expired zone authorisation counts as absent",
+        "sh-traffic",
+        [record(VIN_TRAFFIC, t=beijing(2027, 1, 2, 9, 0), where=SENSITIVE_1)],
+        "redact",
+        now=beijing(2027, 1, 2, 10, 0),
+        cites=(RuleId.ZONE_SENSITIVE,),
+        not_cites=(RuleId.ZONE_AUTHORISED,),
+        check=no_location,
+    ),
+    Case(
+        "an authorisation does not apply to a subscriber storing abroad",
+        "mapco-nav",
+        [record(where=SENSITIVE_2)],
+        "redact",
+        change=lambda b: tweak(b, "mapco-nav", storage_region="HK"),
+        cites=(RuleId.ZONE_SENSITIVE, RuleId.XBORDER_IMPORTANT_DATA),
+        not_cites=(RuleId.ZONE_AUTHORISED,),
+        check=no_location,
+    ),
+    Case(
+        "important data never goes abroad: prohibited zone",
+        "oem-hq-de",
+        [record(where=PROHIBITED)],
+        "block",
+        cites=(RuleId.ZONE_PROHIBITED, RuleId.XBORDER_IMPORTANT_DATA),
+    ),
+    Case(
+        "time truncated to the view's precision",
+        "insureco-ubi",
+        [record(t=NOW - 59)],
+        "share",
+        cites=(RuleId.VIEW_TIME_PRECISION,),
+        check=lambda o: o is not None and o["time"] == "2026-01-15T01:59:00Z",
+    ),
+    Case(
+        "a second record within the minimum interval is not sent",
+        "insureco-ubi",
+        [record(t=NOW - 60), record(t=NOW - 50, where=moved(600))],
+        "block",
+        row=1,
+        cites=(RuleId.VIEW_DOWNSAMPLE,),
+    ),
+    Case(
+        "fields outside the view are removed",
+        "mapco-nav",
+        [record(Vehicle__Powertrain__TractionBattery__StateOfCharge__Current=80.0)],
+        "share",
+        cites=(RuleId.VIEW_FIELD_NOT_ALLOWED,),
+        check=lambda o: o is not None and o["signals"] == {},
+    ),
+    Case(
+        "unclassified fields are removed and reported, not blocking",
+        "insureco-ubi",
+        [record(**{"oem_secret": 1})],
+        "share",
+        cites=(RuleId.FIELD_UNCLASSIFIED,),
+        check=lambda o: o is not None and "oem_secret" not in o["signals"],
+    ),
+    Case(
+        "a trajectory with consent",
+        "insureco-ubi",
+        [record()],
+        "share",
+        cites=(RuleId.PI_TRAJECTORY_CONSENT, RuleId.PI_VIN_PSEUDONYM),
+    ),
+    Case(
+        "no consent: the location is dropped",
+        "insureco-ubi",
+        [record(VIN_NONE, Vehicle__Speed=57.0)],
+        "redact",
+        cites=(RuleId.PI_NO_CONSENT_DROP_LOCATION,),
+        not_cites=(RuleId.PI_TRAJECTORY_CONSENT,),
+        check=lambda o: no_location(o) and o is not None and "Vehicle.Speed" not in o["signals"],
+    ),
+    Case(
+        "before the withdrawal the consent holds",
+        "insureco-ubi",
+        [record(VIN_REVOKED, t=beijing(2025, 6, 1, 18, 0))],
+        "share",
+        now=beijing(2025, 6, 1, 18, 1),
+        cites=(RuleId.PI_TRAJECTORY_CONSENT,),
+    ),
+    Case(
+        "after the withdrawal every later record goes without location",
+        "insureco-ubi",
+        [record(VIN_REVOKED, t=beijing(2025, 6, 1, 19, 0))],
+        "redact",
+        now=beijing(2025, 6, 1, 19, 1),
+        cites=(RuleId.PI_NO_CONSENT_DROP_LOCATION,),
+        check=no_location,
+    ),
+    Case(
+        "an expired consent counts as absent: per-trip pseudonym",
+        "sh-traffic",
+        [record(VIN_TRAFFIC, t=beijing(2026, 3, 2, 9, 0))],
+        "share",
+        now=beijing(2026, 3, 2, 10, 0),
+        cites=(RuleId.PI_NO_CONSENT_TRIP_PSEUDONYM,),
+        check=lambda o: o is not None and o["vehicle"].startswith("pt-"),
+    ),
+    Case(
+        "no consent: a persistent identifier becomes a per-trip pseudonym",
+        "mapco-nav",
+        [record(VIN_NONE)],
+        "redact",
+        cites=(RuleId.PI_NO_CONSENT_TRIP_PSEUDONYM,),
+        check=lambda o: o is not None and o["vehicle"].startswith("pt-"),
+    ),
+    Case(
+        "the VIN is disclosed only where the view allows it",
+        "mapco-nav",
+        [record()],
+        "share",
+        change=lambda b: tweak(
+            b,
+            "mapco-nav",
+            view={
+                "identifier": IdentifierMode.VIN,
+                "fields": ("Vehicle.VehicleIdentification.VIN",),
+            },
+        ),
+        cites=(RuleId.PI_VIN_DISCLOSED,),
+        not_cites=(RuleId.PI_VIN_PSEUDONYM,),
+        check=lambda o: o is not None and o["vehicle"] == VIN,
+    ),
+    Case(
+        "trip start is trimmed",
+        "insureco-ubi",
+        [record(), record(t=NOW - 29, where=moved(100))],
+        "block",
+        row=0,
+        state=fresh,
+        cites=(RuleId.PI_TRIP_TRIM,),
+    ),
+    Case(
+        "trip end is held back until the vehicle moves on",
+        "sh-traffic",
+        [record(VIN_TRAFFIC)],
+        "held",
+        cites=(RuleId.PI_TRIP_TRIM,),
+    ),
+    Case(
+        "location-derived fields coarsened beside a coarse position",
+        "insureco-ubi",
+        [record(Vehicle__Speed=57.0, Vehicle__CurrentLocation__Heading=359.0)],
+        "share",
+        cites=(RuleId.PI_LOCATION_DERIVED,),
+        check=lambda o: (
+            o is not None
+            and o["signals"] == {"Vehicle.Speed": 60.0, "Vehicle.CurrentLocation.Heading": 0.0}
+        ),
+    ),
+    Case(
+        "location-derived fields at full precision only beside raw positions",
+        "mapco-nav",
+        [record(Vehicle__Speed=57.3)],
+        "share",
+        not_cites=(RuleId.PI_LOCATION_DERIVED,),
+        check=lambda o: o is not None and o["signals"] == {"Vehicle.Speed": 57.3},
+    ),
+    Case(
+        "below the first threshold an export is exempt",
+        "oem-hq-de",
+        [record(VIN_NONE)],
+        "redact",
+        cites=(RuleId.XBORDER_EXEMPT,),
+    ),
+    Case(
+        "crossing into the contract tier, covered by the standard contract",
+        "oem-hq-de",
+        [record(VIN_NONE)],
+        "redact",
+        state=counts(99_999),
+        cites=(RuleId.XBORDER_TIER_CONTRACT,),
+        not_cites=(RuleId.XBORDER_EXEMPT,),
+    ),
+    Case(
+        "crossing into the assessment tier without an assessment is blocked",
+        "oem-hq-de",
+        [record(VIN_NONE)],
+        "block",
+        state=counts(999_999),
+        cites=(RuleId.XBORDER_BASIS_MISSING, RuleId.XBORDER_TIER_ASSESSMENT),
+    ),
+    Case(
+        "an already counted vehicle at the threshold still goes",
+        "oem-hq-de",
+        [record(VIN)],
+        "redact",
+        state=counts(999_999),
+        cites=(RuleId.XBORDER_TIER_CONTRACT,),
+    ),
+    Case(
+        "with a security assessment the assessment tier is covered",
+        "oem-hq-de",
+        [record(VIN_NONE)],
+        "redact",
+        change=with_assessment,
+        state=counts(999_999),
+        cites=(RuleId.XBORDER_TIER_ASSESSMENT,),
+        not_cites=(RuleId.XBORDER_BASIS_MISSING,),
+    ),
+    Case(
+        "an expired standard contract counts as absent",
+        "oem-hq-de",
+        [record(VIN, t=beijing(2027, 4, 2, 9, 0))],
+        "block",
+        now=beijing(2027, 4, 2, 10, 0),
+        state=counts(150_000),
+        cites=(RuleId.XBORDER_BASIS_MISSING, RuleId.XBORDER_TIER_CONTRACT),
+    ),
+    Case(
+        "a record without a timestamp is blocked for everyone",
+        "mapco-nav",
+        [{"Vehicle.VehicleIdentification.VIN": VIN, "Vehicle.CurrentLocation.Latitude": 31.2}],
+        "block",
+        cites=(RuleId.INPUT_INVALID,),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_rule_table(bundle: PolicyBundle, case: Case) -> None:
+    b = case.change(bundle) if case.change else bundle
+    state = case.state(b, case.records, case.now) if case.state else None
+    d, sh = run(b, case.records, now=case.now, state=state)
+    s = index(d, case.subscriber)
+    row = case.row % len(case.records)
+    verdict = Verdict(int(d.verdict[s, row])).label
+    if verdict == "held" and case.verdict != "held":  # what it becomes when released
+        verdict = "redact" if d.redacted[s, row] else "share"
+    cited = set(d.rule_ids(s, row))
+    assert verdict == case.verdict, (verdict, sorted(cited))
+    assert {str(r) for r in case.cites} <= cited, sorted(cited)
+    assert not ({str(r) for r in case.not_cites} & cited), sorted(cited)
+    assert cited <= set(b.rules.catalogue), "cites a rule the catalogue does not describe"
+    if case.check is not None:
+        assert case.check(output(d, sh, case.subscriber, row)), output(d, sh, case.subscriber, row)
+
+
+def test_the_table_covers_every_rule_of_the_bundle(bundle: PolicyBundle) -> None:
+    covered = {str(r) for case in CASES for r in case.cites}
+    assert covered == set(bundle.rules.catalogue)
+    assert covered == {str(r) for r in RuleId}
+
+
+def test_rejected_rows_are_blocked_for_everyone_with_their_reason(bundle: PolicyBundle) -> None:
+    records: list[Any] = [
+        [1, 2],
+        {"Vehicle.CurrentLocation.Timestamp": NOW},
+        record(t=None),  # type: ignore[arg-type]
+        {**record(), "Vehicle.CurrentLocation.Latitude": "31.2"},
+        record(),
+    ]
+    d, _ = run(bundle, records)
+    assert [d.reason(r) for r in range(5)] == [
+        "not-an-object",
+        "missing-vehicle-id",
+        "bad-timestamp",
+        "non-numeric-coordinate",
+        None,
+    ]
+    for s in range(len(d.plan.views)):
+        for row in range(4):
+            assert d.verdict[s, row] == Verdict.BLOCK
+            assert d.rule_ids(s, row) == ("input.invalid",)
+            assert not d.position[s, row]
+
+
+def test_every_cited_rule_is_in_the_catalogue_on_a_busy_batch(bundle: PolicyBundle) -> None:
+    places = [CITY, PROHIBITED, SENSITIVE_1, SENSITIVE_2, ABROAD, None]
+    vins = [VIN, VIN_TRAFFIC, VIN_REVOKED, VIN_NONE]
+    records = [
+        record(v, t=NOW - 600 + 7 * i, where=places[i % len(places)], Vehicle__Speed=3.0 * i)
+        for i, v in enumerate(vins * 6)
+    ]
+    d, _ = run(bundle, records, state=fresh(bundle, records, NOW))
+    catalogue = set(bundle.rules.catalogue)
+    for bits in np.unique(d.rules):
+        assert set(rule_ids(int(bits))) <= catalogue
+
+
+# --- trips, held views and state -----------------------------------------------------------
+
+
+def trace(n: int, step_m: float, vin: str = VIN, t0: float = NOW - 3600) -> list[dict[str, Any]]:
+    """``n`` records 10 s apart, moving ``step_m`` north each time."""
+    return [record(vin, t=t0 + 10 * i, where=moved(step_m * i)) for i in range(n)]
+
+
+def test_start_trimming_waits_until_the_vehicle_is_far_enough_from_the_start(
+    bundle: PolicyBundle,
+) -> None:
+    records = trace(12, 60.0)  # 0, 60, ..., 660 m from the start
+    d, _ = run(bundle, records, state=fresh(bundle, records, NOW))
+    s = index(d, "sh-traffic")  # 200 m trim, 5 s interval
+    labels = [Verdict(int(v)).label for v in d.verdict[s]]
+    # 0..180 m: trimmed start; from 240 m: sent (each released by a row >= 200 m further)
+    assert labels[:4] == ["block"] * 4
+    assert all(d.rule_ids(s, r) == ("pi.trip-trim",) for r in range(4))
+    assert labels[4:8] == ["share"] * 4
+    # the last rows wait for the vehicle to move 200 m on: held
+    assert labels[-3:] == ["held"] * 3
+    assert d.delta.trips[VIN].max_disp_m == pytest.approx(660, abs=1)
+
+
+def test_held_views_are_released_by_a_later_batch(bundle: PolicyBundle) -> None:
+    records = trace(6, 60.0)  # 0, 60, ..., 300 m, 10 s apart
+    times = [r["Vehicle.CurrentLocation.Timestamp"] for r in records]
+    state = mid_trip(bundle, records, NOW)
+    d1, sh1 = run(bundle, records[:4], state=state)
+    s = index(d1, "sh-traffic")  # trims 200 m: nothing in the first 180 m is released yet
+    assert [Verdict(int(v)) for v in d1.verdict[s]] == [Verdict.HELD] * 4
+    held = [h for h in sh1.held if h.subscriber == "sh-traffic"]
+    assert [h.time for h in held] == times[:4]
+    assert all(h.decision == "share" and "pi.trip-trim" in h.rules for h in held)
+    state2 = state.apply(d1.delta, sh1.held)
+    d2, sh2 = run(bundle, records[4:], state=state2)
+    released = [h.time for h in d2.delta.released if h.subscriber == "sh-traffic"]
+    assert released == times[:2]  # 240 m and 300 m are >= 200 m from 0 m and 60 m only
+    assert not d2.delta.discarded
+    state3 = state2.apply(d2.delta, sh2.held)
+    left = sorted(h.time for h in state3.held if h.subscriber == "sh-traffic")
+    assert left == times[2:]
+    # one batch gives the same outcome: rows 0 and 1 shared, the rest held
+    d, _ = run(bundle, records, state=state)
+    assert [Verdict(int(v)) for v in d.verdict[s]] == [Verdict.SHARE] * 2 + [Verdict.HELD] * 4
+
+
+def test_a_key_off_ends_the_trip_and_drops_what_was_held(bundle: PolicyBundle) -> None:
+    records = trace(4, 30.0)
+    records[-1]["Vehicle.LowVoltageSystemState"] = "OFF"
+    d, sh = run(bundle, records)
+    s = index(d, "sh-traffic")
+    assert [Verdict(int(v)).label for v in d.verdict[s]] == ["block"] * 4
+    assert all(d.rule_ids(s, r) == ("pi.trip-trim",) for r in range(4))
+    assert d.delta.trips[VIN].ended
+    assert not [h for h in sh.held if h.subscriber == "sh-traffic"]
+    # the next record starts a new trip
+    state = mid_trip(bundle, records, NOW).apply(d.delta, sh.held)
+    d2, _ = run(bundle, [record(t=NOW - 3000, where=moved(1000))], state=state)
+    assert d2.delta.trips[VIN].start_time == NOW - 3000
+
+
+def test_a_gap_splits_trips_and_discards_held_views(bundle: PolicyBundle) -> None:
+    records = trace(3, 30.0)
+    d1, sh1 = run(bundle, records)
+    state = mid_trip(bundle, records, NOW).apply(d1.delta, sh1.held)
+    assert len(state.held) > 0
+    gap = bundle.rules.trips.split_gap_s
+    later = record(t=NOW - 3600 + 20 + gap + 1, where=moved(5000))
+    d2, _ = run(bundle, [later], state=state)
+    assert {h.key for h in d2.delta.discarded} == {h.key for h in state.held}
+    assert d2.delta.trips[VIN].start_time == later["Vehicle.CurrentLocation.Timestamp"]
+    assert len(state.apply(d2.delta).held) == 0
+
+
+def test_sweep_discards_held_views_of_quiet_vehicles(bundle: PolicyBundle) -> None:
+    records = trace(3, 30.0)
+    d, sh = run(bundle, records)
+    state = mid_trip(bundle, records, NOW).apply(d.delta, sh.held)
+    last = records[-1]["Vehicle.CurrentLocation.Timestamp"]
+    assert sweep(state, bundle, last + 10).discarded == ()
+    gone = sweep(state, bundle, last + bundle.rules.trips.split_gap_s + 1)
+    assert {h.key for h in gone.discarded} == {h.key for h in state.held}
+    assert len(state.apply(gone).held) == 0
+
+
+def test_downsampling_carries_across_batches(bundle: PolicyBundle) -> None:
+    records = [record(t=NOW - 100 + 10 * i, where=moved(600 * i)) for i in range(8)]
+    state = mid_trip(bundle, records, NOW)
+    d, _ = run(bundle, records, state=state)
+    s = index(d, "insureco-ubi")  # 30 s
+    whole = [Verdict(int(v)).label != "block" for v in d.verdict[s]]
+    parts = []
+    for chunk in (records[:3], records[3:5], records[5:]):
+        dd, sh = run(bundle, chunk, state=state)
+        parts += [Verdict(int(v)).label != "block" for v in dd.verdict[s]]
+        state = state.apply(dd.delta, sh.held)
+    assert whole == parts == [True, False, False, True, False, False, True, False]
+
+
+def test_distance_is_symmetric_enough_and_metric() -> None:
+    d = distance_m(31.0, 121.0, 31.0 + 500 / 111_319.49, 121.0)
+    assert d == pytest.approx(500, rel=1e-6)
+    assert np.isnan(distance_m(np.nan, 121.0, 31.0, 121.0))
+
+
+# --- cross-border gate ---------------------------------------------------------------------
+
+
+def test_crossborder_gate_counts_distinct_vehicles_in_order(bundle: PolicyBundle) -> None:
+    sub = bundle.subscribers["oem-hq-de"]
+    rules = bundle.rules.crossborder
+    day = datetime(2026, 1, 15).date()
+    key = ("oem-hq-de", 2026, ExportDataClass.PERSONAL_INFORMATION)
+    counts = {key: CrossBorderCount(99_998, frozenset({"A"}))}
+    result = crossborder_gate(sub, rules, day, 2026, counts, ["A", "B", "B", "C"], [False] * 4)
+    assert result.allowed == (True, True, True, True)
+    assert [rule_ids(r) for r in result.rules] == [
+        ("xborder.exempt",),
+        ("xborder.exempt",),  # B is the 99,999th
+        ("xborder.exempt",),
+        ("xborder.tier-contract",),  # C is the 100,000th: contract tier
+    ]
+    assert result.basis[-1] == "FICTITIOUS-SCC-2025-0042"
+    assert [c[3] for c in result.counted] == ["B", "C"]
+
+
+def test_crossborder_gate_blocks_without_a_basis_and_counts_nothing(
+    bundle: PolicyBundle,
+) -> None:
+    sub = bundle.subscribers["oem-hq-de"]
+    rules = bundle.rules.crossborder
+    day = datetime(2026, 1, 15).date()
+    # sensitive PI from the first person needs a contract covering sensitive PI: none here
+    result = crossborder_gate(sub, rules, day, 2026, {}, ["A", "B"], [True, False])
+    assert result.allowed == (False, True)
+    assert "xborder.basis-missing" in rule_ids(result.rules[0])
+    assert result.counted == (("oem-hq-de", 2026, ExportDataClass.PERSONAL_INFORMATION, "B"),)
+
+
+def test_crossborder_gate_for_a_ciio_needs_an_assessment_from_the_first(
+    bundle: PolicyBundle,
+) -> None:
+    sub = bundle.subscribers["oem-hq-de"]
+    rules = bundle.rules.crossborder.model_copy(update={"ciio": True})
+    result = crossborder_gate(sub, rules, datetime(2026, 1, 15).date(), 2026, {}, ["A"], [False])
+    assert result.allowed == (False,)
+    assert set(rule_ids(result.rules[0])) == {"xborder.basis-missing", "xborder.tier-assessment"}
+
+
+def test_counted_vehicles_reach_the_state(bundle: PolicyBundle) -> None:
+    records = [record(VIN_NONE), record(VIN)]
+    d, sh = run(bundle, records)
+    state = mid_trip(bundle, records, NOW).apply(d.delta, sh.held)
+    count = state.count(("oem-hq-de", 2026, ExportDataClass.PERSONAL_INFORMATION))
+    assert count.count == 2 and count.known == {VIN, VIN_NONE}
+
+
+# --- odd batches ---------------------------------------------------------------------------
+
+
+def test_an_empty_batch_decides_nothing(bundle: PolicyBundle) -> None:
+    d, sh = run(bundle, [])
+    assert d.verdict.shape == (4, 0)
+    assert len(sh) == 0 and d.delta.trips == {}
+
+
+def test_records_without_a_position_still_go(bundle: PolicyBundle) -> None:
+    d, sh = run(bundle, [record(where=None, Vehicle__IsMoving=True)])
+    s = index(d, "mapco-nav")
+    assert d.verdict[s, 0] == Verdict.SHARE
+    out = output(d, sh, "mapco-nav", 0)
+    assert out is not None and out["location"] is None
+    assert out["signals"] == {"Vehicle.IsMoving": True}
+
+
+def test_privilege_needs_mainland_storage(bundle: PolicyBundle) -> None:
+    moved_abroad = tweak(bundle, "mapco-nav", storage_region="DE")
+    p = plan(moved_abroad, NOW)
+    view = p.views[p.subscribers.index("mapco-nav")]
+    assert not view.privileged and view.grid_m == 50 and view.cross_border
+    expired = tweak(
+        bundle,
+        "mapco-nav",
+        qualifications=(
+            Qualification(
+                kind=QualificationKind.NAVIGATION_MAP_SURVEYING,
+                certificate="X",
+                expires=datetime(2026, 1, 14).date(),
+            ),
+        ),
+    )
+    q = plan(expired, NOW)
+    assert not q.views[q.subscribers.index("mapco-nav")].privileged
+    assert plan(bundle, NOW).views[0].privileged
+
+
+def test_stages_can_run_one_by_one(bundle: PolicyBundle) -> None:
+    batch = decode_records([record()], bundle.aliases)
+    p = plan(bundle, NOW)
+    located = locate(batch, bundle.zones, p.grids)
+    d = decide(batch, classify(batch, bundle), located, p, mid_trip(bundle, [record()], NOW))
+    assert d.applied[index(d, "insureco-ubi"), 0] & Applied.GRID
+    assert d.transforms(index(d, "insureco-ubi"), 0)["grid_m"] == 1000
