@@ -101,7 +101,7 @@ def view_schema(bundle: PolicyBundle, subscriber_id: str) -> dict[str, Any]:
     required = [*properties]
     if FieldCategory.LOCATION in categories.values():
         has_altitude = FieldCategory.ALTITUDE in categories.values()
-        properties["location"] = _location(sub, has_altitude)
+        properties["location"] = _location(sub, has_altitude, bundle.rules.geo.grid_floor_m)
         required.append("location")
     return {
         "$schema": _JSON_SCHEMA,
@@ -134,7 +134,7 @@ def _vehicle(mode: IdentifierMode) -> dict[str, Any]:
     return {"type": "string", "minLength": 1, "description": what}
 
 
-def _location(sub: Subscriber, has_altitude: bool) -> dict[str, Any]:
+def _location(sub: Subscriber, has_altitude: bool, floor: float) -> dict[str, Any]:
     view = sub.view
     withheld = "null when this record's position is withheld (zone, consent, cross-border)."
     if sub.cross_border and not any(
@@ -175,7 +175,38 @@ def _location(sub: Subscriber, has_altitude: bool) -> dict[str, Any]:
         "required": required,
         "properties": props,
     }
-    return {"oneOf": [obj, {"type": "null"}], "description": f"The position; {withheld}"}
+    variants: list[dict[str, Any]] = [obj]
+    if view.raw_location or view.datum is OutputDatum.WGS84 or view.location_precision_m < floor:
+        # Without a valid qualification (expired, or storage moved abroad) the view falls back
+        # to the grid floor in GCJ-02, as for everyone else (RULES.md §1).
+        g_lat, g_lon = coordinate_names(OutputDatum.GCJ02)
+        fallback: dict[str, Any] = {
+            "datum": {"const": str(OutputDatum.GCJ02)},
+            "precision_m": {"const": max(view.location_precision_m, floor)},
+            g_lat: {"type": "number", "minimum": -90, "maximum": 90},
+            g_lon: {"type": "number", "minimum": -180, "maximum": 180},
+            "cell": dict(props.get("cell") or _CELL),
+        }
+        if "alt_step_m" in props:
+            fallback["alt_m"] = props["alt_m"]
+            fallback["alt_step_m"] = props["alt_step_m"]
+        variants.append(
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["datum", "precision_m", g_lat, g_lon, "cell"],
+                "properties": fallback,
+                "description": "Without a valid qualification: the grid floor, in GCJ-02.",
+            }
+        )
+    return {"oneOf": [*variants, {"type": "null"}], "description": f"The position; {withheld}"}
+
+
+_CELL = {
+    "type": "string",
+    "pattern": "^[0-9]+:-?[0-9]+:-?[0-9]+$",
+    "description": "Grid cell id (band:ix:iy) at this precision.",
+}
 
 
 def _signals(
