@@ -18,7 +18,8 @@ failures of a whole operation: a file that does not load, a store that does not 
     │   └── VerificationError  the log does not verify: shard and first bad sequence number
     ├── IngestError            MQTT input failed
     ├── DeliveryError          a sink failed
-    └── PublishError           the simulator's messages were not all confirmed by the broker
+    ├── PublishError           the simulator's messages were not all confirmed by the broker
+    └── BrokerError            the embedded demo broker did not start or stop cleanly
 """
 
 from __future__ import annotations
@@ -121,3 +122,7 @@ class DeliveryError(GatewayError):
 
 class PublishError(GatewayError):
     """The simulator could not connect, or the broker did not confirm (PUBACK) every message."""
+
+
+class BrokerError(GatewayError):
+    """The embedded MQTT broker of ``icvgw demo`` did not start or did not stop cleanly."""
