@@ -76,9 +76,9 @@ CASES = {
     ),
     "topic-shared": Case(
         "subscribers.yaml",
-        "        topic: icvgw/out/oem-hq-de",
-        "        topic: icvgw/out/mapco-nav",
-        "topic: icvgw/out/mapco-nav",
+        "        topic: share/oem-hq-de",
+        "        topic: share/mapco-nav",
+        "topic: share/mapco-nav",
         1,
         "subscribers[3].view.delivery.topic: topic already used by subscriber 'mapco-nav': "
         "each subscriber gets its own topic, so feeds cannot be joined",
@@ -132,7 +132,7 @@ CASES = {
     ),
     "mqtt-without-topic": Case(
         "subscribers.yaml",
-        "        topic: icvgw/out/mapco-nav\n",
+        "        topic: share/mapco-nav\n",
         "",
         "    delivery:",
         0,
@@ -140,8 +140,8 @@ CASES = {
     ),
     "webhook-not-https": Case(
         "subscribers.yaml",
-        "url: https://traffic",
-        "url: http://traffic",
+        "channel: mqtt\n        topic: share/sh-traffic",
+        "channel: webhook\n        url: http://traffic",
         "    delivery:",
         2,
         "subscribers[2].view.delivery: a webhook url must start with https://",
@@ -156,8 +156,8 @@ CASES = {
     ),
     "required-view-setting-missing": Case(
         "subscribers.yaml",
-        "        topic: icvgw/out/oem-hq-de\n      no_consent: drop_location\n",
-        "        topic: icvgw/out/oem-hq-de\n",
+        "        topic: share/oem-hq-de\n      no_consent: drop_location\n",
+        "        topic: share/oem-hq-de\n",
         "    view:",
         3,
         "subscribers[3].view.no_consent: required field missing",
