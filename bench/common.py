@@ -55,11 +55,17 @@ def random_points(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return rng.uniform(lat_min, lat_max, n), rng.uniform(lon_min, lon_max, n)
 
 
-def random_zones_geojson(n: int, seed: int = 2, vertices: int = 24) -> dict[str, Any]:
-    """``n`` random star-shaped polygons of ``vertices`` vertices (radius 100–800 m) around
-    Shanghai as a zone FeatureCollection; a third sensitive, some with buffers."""
+def random_zones_geojson(
+    n: int,
+    seed: int = 2,
+    vertices: int = 24,
+    box: tuple[float, float, float, float] = SHANGHAI_BOX,
+) -> dict[str, Any]:
+    """``n`` random star-shaped polygons of ``vertices`` vertices (radius 100–800 m) in
+    ``box`` (lat_min, lat_max, lon_min, lon_max; default Shanghai) as a zone
+    FeatureCollection; a third sensitive, some with buffers."""
     rng = np.random.default_rng(seed)
-    lat_min, lat_max, lon_min, lon_max = SHANGHAI_BOX
+    lat_min, lat_max, lon_min, lon_max = box
     features = []
     angles = np.linspace(0, 2 * math.pi, vertices, endpoint=False)
     for i in range(n):

@@ -1,0 +1,193 @@
+"""The gateway side of the end-to-end benchmark: its policy bundle, key directory and config,
+and how an output record is traced back to the input that caused it.
+
+The bundle is a copy of the shipped default with the benchmark's scale: the default zones
+plus random ones up to ``zones`` (spread over East China, so a few dozen lie on the fleet's
+roads around Shanghai), and consents for the fleet's consenting vehicles. By default every
+subscriber's delivery is rewritten to MQTT (``share/<id>``) so that all four views leave
+through the broker, the same fan-out the zero-work relay copies; ``delivery="as-is"`` keeps
+the shipped channels (webhook and HTTP stream views then never reach the broker).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.common import random_zones_geojson
+from gateway.resources import default_policy_dir
+
+EAST_CHINA_BOX = (28.0, 34.0, 116.0, 122.5)  # lat_min, lat_max, lon_min, lon_max
+CONSENT_PURPOSES = ("navigation-map", "usage-based-insurance")
+"""Purposes the fleet's consenting vehicles may consent to, in the order they are used."""
+OUTPUT_PREFIX = "share"
+
+
+@dataclass(frozen=True)
+class OutputSubscriber:
+    """One subscriber of the policy: where its views arrive, and whether they are held back
+    on purpose (trip trimming holds a view until the trip has moved on: not latency)."""
+
+    id: str
+    topic_filter: str | None
+    trims_trips: bool
+
+
+def write_bundle(
+    out: Path,
+    *,
+    zones: int,
+    consenting_vins: Iterable[str],
+    purposes: Sequence[str] = CONSENT_PURPOSES[:1],
+    delivery: str = "mqtt",
+    seed: int = 3,
+) -> list[OutputSubscriber]:
+    """Write the benchmark's policy bundle into ``out`` and return its subscribers.
+
+    Guarantees: the bundle holds exactly ``zones`` zones (at least the shipped ones), the
+    shipped subscribers, rules and fields, and the shipped consents plus one consent per
+    vehicle and purpose of ``purposes``, valid for the whole run.
+    """
+    src = default_policy_dir()
+    shutil.copytree(src, out)
+    shipped = json.loads((src / "zones.geojson").read_text(encoding="utf-8"))
+    extra = max(0, zones - len(shipped["features"]))
+    random = random_zones_geojson(extra, seed=seed, box=EAST_CHINA_BOX)
+    shipped["features"].extend(random["features"])
+    (out / "zones.geojson").write_text(json.dumps(shipped), encoding="utf-8")
+
+    consents_doc = yaml.safe_load((src / "consents.yaml").read_text(encoding="utf-8"))
+    now = datetime.now(UTC).replace(microsecond=0)
+    granted = (now - timedelta(days=30)).isoformat()
+    expires = (now + timedelta(days=365)).isoformat()
+    consents = consents_doc["consents"]
+    for i, vin in enumerate(consenting_vins):
+        for purpose in purposes:
+            consents.append(
+                {
+                    "id": f"bench-{i}-{purpose}",
+                    "vin": vin,
+                    "purpose": purpose,
+                    "granted": granted,
+                    "expires": expires,
+                }
+            )
+    _dump(out / "consents.yaml", consents_doc)
+
+    subs_doc = yaml.safe_load((src / "subscribers.yaml").read_text(encoding="utf-8"))
+    result = []
+    for sub in subs_doc["subscribers"]:
+        view = sub["view"]
+        if delivery == "mqtt":
+            view["delivery"] = {"channel": "mqtt", "topic": f"{OUTPUT_PREFIX}/{sub['id']}"}
+        channel = view["delivery"]
+        topic = channel.get("topic") if channel["channel"] == "mqtt" else None
+        result.append(
+            OutputSubscriber(
+                id=sub["id"],
+                topic_filter=f"{topic}/#" if topic else None,
+                trims_trips=bool(view.get("trip_trim_m", 0)),
+            )
+        )
+    _dump(out / "subscribers.yaml", subs_doc)
+    return result
+
+
+def _dump(path: Path, doc: Any) -> None:
+    path.write_text(
+        yaml.safe_dump(doc, allow_unicode=True, sort_keys=False, width=1000), encoding="utf-8"
+    )
+
+
+def write_config(
+    out: Path, *, broker_url: str, api_port: int, out_inflight: int, worker: str = "bench-gw"
+) -> Path:
+    """Write ``gateway.yaml`` for a gateway reading ``broker_url`` (MQTT 5) with its store on
+    disk (SQLite), at most ``out_inflight`` unacknowledged outputs, and its keys, bundle and
+    store beside the file; return its path."""
+    config = {
+        "worker": worker,
+        "broker": {"url": broker_url, "protocol": "5"},
+        "output": {"topic_prefix": OUTPUT_PREFIX, "max_inflight": out_inflight},
+        "api": {"host": "127.0.0.1", "port": api_port},
+        "policies": "policies",
+        "store": "sqlite:///store.sqlite",
+        "keys": "keys",
+    }
+    path = out / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def init_keys(out: Path) -> None:
+    """Create the key directory with the gateway's own command (``icvgw keys init``)."""
+    subprocess.run(
+        [sys.executable, "-m", "gateway", "keys", "init", "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def gateway_command(config: Path) -> list[str]:
+    """The command that runs the gateway: ``python -m gateway run --config FILE``."""
+    return [sys.executable, "-m", "gateway", "run", "--config", str(config)]
+
+
+def output_key(payload: bytes) -> str | None:
+    """The key a subscriber records for one gateway output: ``subscriber/message_id``."""
+    import orjson
+
+    try:
+        view = orjson.loads(payload)
+        return f"{view['subscriber']}/{view['message_id']}"
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+class GatewayTrace:
+    """Maps gateway output keys back to input ``msg_id``\\ s.
+
+    The gateway's output ``message_id`` is a keyed MAC of (subscriber, VIN, the record's
+    ``msg_id``) under the subscriber's pseudonym key; the benchmark created the key directory,
+    so it computes the same ids from the inputs it published.
+    """
+
+    def __init__(self, keys_dir: Path, subscribers: Iterable[OutputSubscriber]) -> None:
+        from gateway.keys import KeyRing
+
+        ring = KeyRing.load(keys_dir)
+        self.keys = {s.id: ring.pseudonym_key(s.id) for s in subscribers}
+
+    def index(self, msg_ids: Iterable[str]) -> dict[str, str]:
+        """``subscriber/message_id`` -> input ``msg_id`` for every subscriber and input."""
+        from gateway.pipeline.shape import message_id
+
+        out: dict[str, str] = {}
+        for mid in msg_ids:
+            vin = mid.rsplit("-", 1)[0]
+            for sub, key in self.keys.items():
+                out[f"{sub}/{message_id(key, sub, vin, mid, 0.0)}"] = mid
+        return out
+
+
+def subscriber_of(key: str) -> str:
+    """The subscriber part of an output key."""
+    return key.split("/", 1)[0]
+
+
+def by_subscriber(keys: Iterable[str]) -> Mapping[str, int]:
+    """How many output keys each subscriber received."""
+    counts: dict[str, int] = {}
+    for key in keys:
+        sub = subscriber_of(key)
+        counts[sub] = counts.get(sub, 0) + 1
+    return counts
