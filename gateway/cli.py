@@ -50,6 +50,10 @@ def _mount() -> None:
 
     app.command("simulate")(simulate)
 
+    from gateway.run_cli import run
+
+    app.command("run")(run)
+
 
 _mount()
 

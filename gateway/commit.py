@@ -1,0 +1,281 @@
+"""Commit: one store transaction per micro-batch, built from the pipeline's results.
+
+Everything a batch changes is written here, together: the audit entries (one per record ×
+subscriber decision, one per dead letter, one per held view released or discarded), the
+outbox rows (the exact bytes each subscriber will receive), the dead-letter payloads, the
+records seen (de-duplication) and the vehicles' decision state. Only after this commit
+returns may the input messages be acknowledged.
+
+The bytes of a view carry its audit sequence number, and its audit entry carries a keyed
+digest of those bytes; both are fixed inside the transaction, where the shard's head is
+locked.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from gateway.audit.entries import Decision, DecisionEntry
+from gateway.audit.outbox import (
+    DeadLetterRow,
+    OutboxRow,
+    add_deadletters,
+    add_outbox,
+    add_seen,
+    save_vehicle_state,
+)
+from gateway.audit.store import Transaction
+from gateway.pipeline.decide import Decisions, Verdict
+from gateway.pipeline.shape import Shaped, encode_view, message_id
+from gateway.policy.bundle import PolicyBundle
+from gateway.policy.state import HeldView
+
+_AUDIT_DECISION = {
+    Verdict.SHARE: Decision.SHARED,
+    Verdict.REDACT: Decision.REDACTED,
+    Verdict.BLOCK: Decision.BLOCKED,
+}
+_HELD_DECISION = {"share": Decision.SHARED, "redact": Decision.REDACTED}
+
+
+@dataclass(frozen=True, slots=True)
+class DeadInput:
+    """An input (payload or record) that cannot be used: audited once, kept, announced."""
+
+    time: float
+    reason: str
+    topic: str
+    payload: bytes
+    vehicle_ref: str | None
+    message_id: str
+
+
+@dataclass(slots=True)
+class Written:
+    """What one commit wrote, for metrics and the demo's summary."""
+
+    entries: int = 0
+    views: int = 0
+    deadletters: int = 0
+    decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the commit needs besides the batch's results."""
+
+    shard: str
+    instance: str
+    now: float
+    bundle: PolicyBundle
+    vehicle_ref: Callable[[str], str]
+    digest: Callable[[bytes], str]
+    pseudonym_key: Callable[[str], bytes]
+    deadletter_prefix: str
+
+
+def view_topic(bundle: PolicyBundle, subscriber: str, view: Mapping[str, Any]) -> str:
+    """``<subscriber's topic>/<vehicle pseudonym>/telemetry`` (``anonymous`` without one)."""
+    delivery = bundle.subscribers[subscriber].view.delivery
+    base = delivery.topic or f"share/{subscriber}"
+    vehicle = view.get("vehicle") or "anonymous"
+    return f"{base}/{vehicle}/telemetry"
+
+
+def commit_batch(
+    tx: Transaction,
+    ctx: Context,
+    *,
+    dead: Sequence[DeadInput],
+    decisions: Decisions | None,
+    shaped: Shaped | None,
+    released: Sequence[HeldView],
+    discarded: Sequence[HeldView],
+    seen: Sequence[tuple[str, str]],
+    vehicle_states: Mapping[str, bytes],
+    crossborder: Mapping[tuple[str, int, str], list[str]],
+) -> Written:
+    """Write one batch in ``tx`` (see the module docstring); returns what was written."""
+    out = Written()
+    seq = tx.audit_head(ctx.shard).size
+    entries: list[DecisionEntry] = []
+    outbox: list[OutboxRow] = []
+    letters: list[DeadLetterRow] = []
+    version = ctx.bundle.version
+    now_ms = round(ctx.now * 1000)
+
+    def share(
+        sub: str, decision: Decision, msg: str, view: Mapping[str, Any], entry: dict[str, Any]
+    ) -> None:
+        nonlocal seq
+        data = encode_view(view, audit_seq=seq, message_id=msg)
+        entries.append(DecisionEntry(digest=ctx.digest(data), **entry))
+        outbox.append(OutboxRow(seq, sub, view_topic(ctx.bundle, sub, view), msg, data, now_ms))
+        out.decisions[(sub, decision.value)] += 1
+        seq += 1
+
+    for d in dead:
+        entries.append(
+            DecisionEntry(
+                time=d.time,
+                instance=ctx.instance,
+                message_id=d.message_id,
+                decision=Decision.DEAD_LETTERED,
+                policy=version,
+                vehicle=d.vehicle_ref,
+                digest=ctx.digest(d.payload),
+                reason=d.reason,
+                rules=("input.invalid",),
+            )
+        )
+        letters.append(DeadLetterRow(seq, now_ms, d.reason, d.topic, d.payload))
+        notice = orjson.dumps(
+            {
+                "reason": d.reason,
+                "vehicle": d.vehicle_ref,
+                "digest": ctx.digest(d.payload),
+                "audit_seq": seq,
+            }
+        )
+        outbox.append(
+            OutboxRow(seq, "", f"{ctx.deadletter_prefix}/{d.reason}", d.message_id, notice, now_ms)
+        )
+        out.decisions[("", Decision.DEAD_LETTERED.value)] += 1
+        seq += 1
+
+    for h in released:
+        sub = ctx.bundle.subscribers.get(h.subscriber)
+        decision = _HELD_DECISION[h.decision]
+        share(
+            h.subscriber,
+            decision,
+            h.message_id,
+            h.view,
+            _held_entry(ctx, h, decision, sub.region if sub else None),
+        )
+    for h in discarded:
+        sub = ctx.bundle.subscribers.get(h.subscriber)
+        entries.append(
+            DecisionEntry(**_held_entry(ctx, h, Decision.BLOCKED, sub.region if sub else None))
+        )
+        out.decisions[(h.subscriber, Decision.BLOCKED.value)] += 1
+        seq += 1
+
+    if decisions is not None and shaped is not None:
+        seq = _decisions(ctx, decisions, shaped, entries, outbox, out, seq, now_ms)
+
+    tx.append_audit(entries, shard=ctx.shard)
+    add_outbox(tx, ctx.shard, outbox)
+    add_deadletters(tx, ctx.shard, letters)
+    add_seen(tx, seen, now_ms)
+    save_vehicle_state(tx, dict(vehicle_states), now_ms)
+    for (recipient, year, category), refs in crossborder.items():
+        tx.lock_crossborder(recipient, year)
+        tx.add_crossborder_subjects(recipient, year, refs, category=category, at=ctx.now)
+    out.entries = len(entries)
+    out.views = sum(1 for r in outbox if r.subscriber)
+    out.deadletters = len(letters)
+    return out
+
+
+def _held_entry(
+    ctx: Context, h: HeldView, decision: Decision, region: str | None
+) -> dict[str, Any]:
+    precision = None if h.precision_m is None else round(h.precision_m)
+    rules = h.rules if decision is not Decision.BLOCKED else (*h.rules, "pi.trip-trim")
+    return {
+        "time": h.time,
+        "instance": ctx.instance,
+        "message_id": h.message_id,
+        "decision": decision,
+        "policy": ctx.bundle.version,
+        "vehicle": ctx.vehicle_ref(h.vehicle),
+        "subscriber": h.subscriber,
+        "region": region,
+        "rules": tuple(dict.fromkeys(rules)),
+        "transforms": dict(h.transforms),
+        "precision_m": precision if decision is not Decision.BLOCKED else None,
+        "basis": h.basis,
+    }
+
+
+def _decisions(
+    ctx: Context,
+    decisions: Decisions,
+    shaped: Shaped,
+    entries: list[DecisionEntry],
+    outbox: list[OutboxRow],
+    out: Written,
+    seq: int,
+    now_ms: int,
+) -> int:
+    batch = decisions.batch
+    n = len(batch)
+    views = decisions.plan.views
+    view_at = {
+        (int(s), int(r)): i
+        for i, (s, r) in enumerate(
+            zip(shaped.subscriber.tolist(), shaped.row.tolist(), strict=True)
+        )
+    }
+    refs = [ctx.vehicle_ref(v) for v in batch.vehicle.tolist()]
+    record_ids = batch.msg_id.tolist() if batch.msg_id is not None else [None] * n
+    times = batch.time.tolist()
+    for s, view in enumerate(views):
+        sub_id = view.id
+        sub = ctx.bundle.subscribers[sub_id]
+        key = ctx.pseudonym_key(sub_id)
+        rows = np.arange(n, dtype=np.intp)
+        transforms = decisions.transforms_of(s, rows)
+        verdicts = decisions.verdict[s].tolist()
+        for row in range(n):
+            verdict = Verdict(verdicts[row])
+            if verdict is Verdict.HELD:
+                continue
+            decision = _AUDIT_DECISION[verdict]
+            precision = decisions.precision_m(s, row)
+            entry: dict[str, Any] = {
+                "time": times[row],
+                "instance": ctx.instance,
+                "decision": decision,
+                "policy": ctx.bundle.version,
+                "vehicle": refs[row],
+                "subscriber": sub_id,
+                "region": sub.region,
+                "rules": decisions.rule_ids(s, row),
+                "transforms": transforms[row],
+                "precision_m": None if precision is None else round(precision),
+                "basis": decisions.basis_of(s, row),
+            }
+            index = view_at.get((s, row))
+            if index is None:
+                entry["message_id"] = message_id(
+                    key, sub_id, batch.vehicle[row], record_ids[row], times[row]
+                )
+                entries.append(DecisionEntry(**entry))
+                out.decisions[(sub_id, decision.value)] += 1
+                seq += 1
+                continue
+            msg = shaped.message_ids[index]
+            entry["message_id"] = msg
+            data = encode_view(shaped.views[index], audit_seq=seq, message_id=msg)
+            entries.append(DecisionEntry(digest=ctx.digest(data), **entry))
+            outbox.append(
+                OutboxRow(
+                    seq,
+                    sub_id,
+                    view_topic(ctx.bundle, sub_id, shaped.views[index]),
+                    msg,
+                    data,
+                    now_ms,
+                )
+            )
+            out.decisions[(sub_id, decision.value)] += 1
+            seq += 1
+    return seq

@@ -1,0 +1,444 @@
+"""The running gateway: ingest -> pipeline -> commit -> ack, and the outbox drained to sinks.
+
+Threads, each with one job:
+
+* paho's network threads (ingest and publisher) only move messages in and out of queues;
+* the pipeline thread (:meth:`Gateway.run`) takes a micro-batch, decodes, de-duplicates,
+  decides and shapes it, commits it in one store transaction, and only then acknowledges
+  its input messages;
+* the delivery thread (:class:`~gateway.deliver.outbox.OutboxDrainer`) publishes committed
+  views and marks them delivered when the broker confirms them.
+
+A crash at any point loses nothing: unacknowledged input is redelivered by the broker and
+de-duplicated against the store; committed but unconfirmed views are sent again under the
+same message id. Shutdown (SIGTERM) stops reading, finishes the batch in hand, drains the
+outbox, writes a final checkpoint and disconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from gateway.audit.log import AuditLog, CheckpointPolicy
+from gateway.audit.outbox import all_vehicle_state, count_pending, seen_records
+from gateway.audit.store import Store, open_store
+from gateway.commit import Context, DeadInput, Written, commit_batch
+from gateway.config import GatewayConfig
+from gateway.deliver.mqtt import MqttPublisher
+from gateway.deliver.outbox import OutboxDrainer
+from gateway.ingest.client import BrokerSpec, parse_broker_url
+from gateway.ingest.source import MqttSource
+from gateway.keys import KeyRing
+from gateway.metrics import Metrics
+from gateway.model import Envelope, ErrorCode
+from gateway.pipeline.decode import decode, topic_vehicle
+from gateway.pipeline.shape import evaluate
+from gateway.policy.holder import PolicyHolder
+from gateway.policy.schema import ExportDataClass, beijing_date
+from gateway.policy.state import (
+    ConsentBook,
+    CounterKey,
+    CrossBorderCount,
+    HeldSet,
+    HeldView,
+    StateDelta,
+    StateSnapshot,
+    TripState,
+)
+from gateway.vehicle_state import decode as decode_state
+from gateway.vehicle_state import encode as encode_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Totals:
+    """Running totals since start, for the demo's summary and the API."""
+
+    messages: int = 0
+    records: int = 0
+    duplicates: int = 0
+    deadletters: int = 0
+    entries: int = 0
+    views: int = 0
+    decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def add(self, written: Written) -> None:
+        """Add one commit's figures."""
+        self.entries += written.entries
+        self.views += written.views
+        self.deadletters += written.deadletters
+        self.decisions.update(written.decisions)
+
+
+def origin_of(worker: str) -> str:
+    """The audit shard origin of a worker (also its checkpoint key name)."""
+    return f"icv-gateway/{worker}"
+
+
+class Gateway:
+    """One gateway worker: one broker connection, one store, one audit shard."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = Metrics(registry or CollectorRegistry())
+        self.keys = KeyRing.load(config.keys)
+        self.holder = PolicyHolder(config.policies)
+        self.origin = origin_of(config.worker)
+        self.store: Store = open_store(config.store, shard=self.origin)
+        self.spec: BrokerSpec = parse_broker_url(
+            config.broker.url,
+            protocol=config.broker.protocol,
+            ca_file=config.broker.ca_file,
+            cert_file=config.broker.cert_file,
+            key_file=config.broker.key_file,
+        )
+        if config.broker.username:
+            self.spec = replace(
+                self.spec, username=config.broker.username, password=config.broker_password()
+            )
+        self.publisher = MqttPublisher(
+            self.spec, f"icvgw-{config.worker}-out", max_inflight=config.output.max_inflight
+        )
+        self.audit = AuditLog.from_keyring(
+            self.store,
+            self.keys,
+            origin=self.origin,
+            instance=config.worker,
+            policy=CheckpointPolicy(
+                config.checkpoint.every_entries, config.checkpoint.every_seconds
+            ),
+            publisher=self._publish_checkpoint,
+            clock=clock,
+        )
+        self.source = MqttSource(
+            self.spec,
+            config.input.topic,
+            client_id=f"icvgw-{config.worker}-in",
+            group=config.input.group,
+            queue_bound=config.input.queue_bound,
+        )
+        self.drainer = OutboxDrainer(
+            self.store, self.origin, self.publisher, self.metrics, clock=clock
+        )
+        self.totals = Totals()
+        self._stop = threading.Event()
+        self._refs: dict[str, str] = {}
+        self.state = self._load_state()
+        self._ready = threading.Event()
+
+    # -- state ---------------------------------------------------------------------------
+    def _load_state(self) -> StateSnapshot:
+        bundle = self.holder.current
+        trips: dict[str, TripState] = {}
+        last_sent: dict[str, dict[str, float]] = {}
+        held: list[HeldView] = []
+        with self.store.snapshot() as rd:
+            stored = all_vehicle_state(rd)
+        for vehicle, data in stored.items():
+            trip, sent, views = decode_state(vehicle, data)
+            if trip is not None:
+                trips[vehicle] = trip
+            for sub, t in sent.items():
+                last_sent.setdefault(sub, {})[vehicle] = t
+            held.extend(views)
+        log.info("loaded decision state of %d vehicles (%d held views)", len(stored), len(held))
+        return StateSnapshot(
+            now=self.clock(),
+            consents=ConsentBook.from_policy(bundle.consents),
+            trips=trips,
+            last_sent=last_sent,
+            held=HeldSet(held),
+        )
+
+    def vehicle_ref(self, vin: str) -> str:
+        """The keyed reference of a VIN (cached: the same VINs recur every second)."""
+        ref = self._refs.get(vin)
+        if ref is None:
+            if len(self._refs) > 200_000:
+                self._refs.clear()
+            ref = self._refs[vin] = self.keys.vehicle_ref(vin)
+        return ref
+
+    def _crossborder(
+        self, vehicles: Sequence[str], now: float
+    ) -> dict[CounterKey, CrossBorderCount]:
+        """Counts for every cross-border subscriber this year, with the batch's vehicles
+        that are already counted (what the engine needs; the store holds keyed refs)."""
+        bundle = self.holder.current
+        year = beijing_date(now).year
+        out: dict[CounterKey, CrossBorderCount] = {}
+        subs = [s for s in bundle.subscribers.values() if s.cross_border]
+        if not subs or not vehicles:
+            return out
+        unique = list(dict.fromkeys(vehicles))
+        refs = [self.vehicle_ref(v) for v in unique]
+        with self.store.snapshot() as rd:
+            for sub in subs:
+                for data_class in ExportDataClass:
+                    count = rd.crossborder_count(sub.id, year, data_class.value)
+                    if count == 0:
+                        continue
+                    new = set(rd.crossborder_new(sub.id, year, refs, data_class.value))
+                    known = frozenset(v for v, r in zip(unique, refs, strict=True) if r not in new)
+                    out[(sub.id, year, data_class)] = CrossBorderCount(count, known)
+        return out
+
+    # -- the pipeline --------------------------------------------------------------------
+    def process(self, envelopes: Sequence[Envelope]) -> Written:
+        """Decide and commit one micro-batch; acknowledges its input after the commit."""
+        t0 = time.perf_counter()
+        if self.holder.poll():
+            log.info("policy version %s in force", self.holder.current.short_version)
+        bundle = self.holder.current
+        now = self.clock()
+        decoded = decode(
+            envelopes,
+            aliases=bundle.aliases,
+            max_payload=bundle.rules.ingest.max_payload_bytes,
+        )
+        batch = decoded.batch
+        dead: list[DeadInput] = []
+        for d in decoded.dead:
+            env = envelopes[d.source]
+            vin = topic_vehicle(env.topic)
+            dead.append(
+                DeadInput(
+                    now,
+                    d.reason,
+                    env.topic,
+                    env.payload,
+                    self.vehicle_ref(vin) if vin else None,
+                    f"in:{env.message_id}",
+                )
+            )
+        ok = batch.ok
+        for row in np.flatnonzero(~ok).tolist():
+            env = envelopes[int(batch.source[row])]
+            vin = topic_vehicle(env.topic)
+            dead.append(
+                DeadInput(
+                    now,
+                    ErrorCode(int(batch.error[row])).reason,
+                    env.topic,
+                    env.payload,
+                    self.vehicle_ref(vin) if vin else None,
+                    f"in:{env.message_id}:{row}",
+                )
+            )
+        # De-duplication: the same record (vehicle, msg_id or timestamp) is decided once.
+        rows = np.flatnonzero(ok)
+        keys: list[tuple[str, str]] = []
+        vehicles = batch.vehicle.tolist()
+        msg_ids = batch.msg_id.tolist() if batch.msg_id is not None else [None] * len(batch)
+        times = batch.time.tolist()
+        for row in rows.tolist():
+            mid = msg_ids[row]
+            record = f"m:{mid}" if mid is not None else f"t:{round(times[row] * 1000)}"
+            keys.append((self.vehicle_ref(vehicles[row]), record))
+        with self.store.snapshot() as rd:
+            seen = seen_records(rd, keys)
+        fresh: list[int] = []
+        fresh_keys: list[tuple[str, str]] = []
+        taken: set[tuple[str, str]] = set()
+        for row, key in zip(rows.tolist(), keys, strict=True):
+            if key in seen or key in taken:
+                continue
+            taken.add(key)
+            fresh.append(row)
+            fresh_keys.append(key)
+        duplicates = len(rows) - len(fresh)
+        work = batch.take(np.asarray(fresh, dtype=np.intp))
+        work_vehicles = work.vehicle.tolist()
+        state = replace(
+            self.state,
+            now=now,
+            crossborder=self._crossborder(work_vehicles, now),
+        )
+        decisions = shaped = None
+        if len(work):
+            decisions, shaped = evaluate(work, bundle, state, self.keys.pseudonym_key)
+            delta = decisions.delta
+            new_state = state.apply(delta, shaped.held, now=now)
+        else:
+            delta = StateDelta()
+            new_state = replace(state, now=now)
+        touched = set(work_vehicles)
+        touched.update(h.vehicle for h in delta.released)
+        touched.update(h.vehicle for h in delta.discarded)
+        vehicle_docs = self._vehicle_docs(new_state, touched)
+        crossborder: dict[tuple[str, int, str], list[str]] = {}
+        for sub, year, data_class, vin in delta.counted:
+            crossborder.setdefault((sub, year, data_class.value), []).append(self.vehicle_ref(vin))
+        ctx = Context(
+            shard=self.origin,
+            instance=self.config.worker,
+            now=now,
+            bundle=bundle,
+            vehicle_ref=self.vehicle_ref,
+            digest=self.keys.payload_digest,
+            pseudonym_key=self.keys.pseudonym_key,
+            deadletter_prefix=self.config.output.deadletter_prefix,
+        )
+        t_commit = time.perf_counter()
+        with self.store.transaction() as tx:
+            written = commit_batch(
+                tx,
+                ctx,
+                dead=dead,
+                decisions=decisions,
+                shaped=shaped,
+                released=delta.released,
+                discarded=delta.discarded,
+                seen=fresh_keys,
+                vehicle_states=vehicle_docs,
+                crossborder=crossborder,
+            )
+        self.metrics.batch_commit_seconds.observe(time.perf_counter() - t_commit)
+        self.state = new_state
+        for env in envelopes:
+            if env.ack is not None:
+                env.ack()
+        self.drainer.wake()
+        self._count(
+            envelopes,
+            len(batch),
+            duplicates,
+            written,
+            [d.reason for d in dead],
+            time.perf_counter() - t0,
+        )
+        return written
+
+    def _vehicle_docs(self, state: StateSnapshot, vehicles: set[str]) -> dict[str, bytes]:
+        held: dict[str, list[HeldView]] = {}
+        for view in state.held:
+            if view.vehicle in vehicles:
+                held.setdefault(view.vehicle, []).append(view)
+        docs = {}
+        for vin in vehicles:
+            sent = {sub: times[vin] for sub, times in state.last_sent.items() if vin in times}
+            docs[vin] = encode_state(state.trips.get(vin), sent, held.get(vin, ()))
+        return docs
+
+    def _count(
+        self,
+        envelopes: Sequence[Envelope],
+        rows: int,
+        duplicates: int,
+        written: Written,
+        dead_reasons: list[str],
+        seconds: float,
+    ) -> None:
+        m = self.metrics
+        m.messages.inc(len(envelopes))
+        m.duplicates.inc(duplicates)
+        m.audit_entries.inc(written.entries)
+        for (sub, decision), n in written.decisions.items():
+            if sub:
+                m.decisions.labels(sub, decision).inc(n)
+        for reason in dead_reasons:
+            m.deadletters.labels(reason).inc()
+        m.observe_stage(
+            "pipeline",
+            received=rows,
+            sent=rows - duplicates - written.deadletters,
+            discarded=duplicates,
+            failed=written.deadletters,
+            seconds=seconds,
+        )
+        m.stale_acks.set(self.source.stale_acks)
+        t = self.totals
+        t.messages += len(envelopes)
+        t.records += rows
+        t.duplicates += duplicates
+        t.add(written)
+
+    # -- running -------------------------------------------------------------------------
+    def _publish_checkpoint(self, origin: str, note: bytes) -> None:
+        topic = f"{self.config.output.checkpoint_prefix}/{self.config.worker}"
+        self.publisher.publish(topic, note, lambda ok: None, retain=True, timeout=10)
+        self.metrics.checkpoint_size.set(int(note.split(b"\n")[1]))
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Connect the publisher and the input, start delivering the outbox."""
+        self.publisher.start()
+        if not self.publisher.wait_connected(timeout):
+            raise TimeoutError(f"could not connect to {self.spec} within {timeout}s")
+        self.drainer.start()
+        self.source.start()
+        if not self.source.wait_connected(timeout):
+            raise TimeoutError(f"could not subscribe at {self.spec} within {timeout}s")
+        self._ready.set()
+        log.info(
+            "gateway %s running: %s -> %s", self.config.worker, self.config.input.topic, self.spec
+        )
+
+    def wait_ready(self, timeout: float) -> bool:
+        """True once connected and subscribed."""
+        return self._ready.wait(timeout)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish (safe from a signal handler)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Process micro-batches until :meth:`stop`; then shut down gracefully."""
+        cfg = self.config.input
+        wait = cfg.batch_wait_ms / 1000
+        last_tick = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                envelopes = self.source.get_batch(cfg.batch_max, wait)
+                if envelopes:
+                    self.process(envelopes)
+                if time.monotonic() - last_tick >= 1.0:
+                    last_tick = time.monotonic()
+                    self._tick()
+        finally:
+            self.shutdown()
+
+    def _tick(self) -> None:
+        self.audit.checkpoint_if_due()
+        with self.store.snapshot() as rd:
+            self.metrics.outbox_pending.set(count_pending(rd, self.origin))
+
+    def shutdown(self, drain_timeout: float = 10.0) -> None:
+        """Stop reading, finish what is queued, drain the outbox, checkpoint, disconnect."""
+        self.source.stop()
+        leftover = self.source.get_batch(self.config.input.queue_bound, 0)
+        if leftover:
+            # Received but not processed: not acknowledged, the broker keeps them.
+            log.info("%d received messages left unacknowledged for redelivery", len(leftover))
+        self.drainer.drain(drain_timeout)
+        self.drainer.stop()
+        self.audit.close()
+        self.publisher.flush(drain_timeout)
+        self.publisher.stop()
+        self.store.close()
+
+    def pending_views(self) -> int:
+        """Views committed and not yet confirmed by the broker."""
+        with self.store.snapshot() as rd:
+            return count_pending(rd, self.origin)
+
+
+def store_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` store URL, for messages to people."""
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None

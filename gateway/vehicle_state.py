@@ -1,0 +1,85 @@
+"""Per-vehicle decision state as stored documents.
+
+The decision engine reads one :class:`~gateway.policy.state.StateSnapshot`; the service keeps
+it in memory (one worker owns its vehicles) and writes, in each batch's transaction, the
+state of every vehicle the batch touched: its trip, its down-sampling times per subscriber
+and its held views. On start-up the snapshot is rebuilt from these documents, so a
+restarted worker continues exactly where its last commit left off.
+
+The document is keyed by the vehicle id as received: it is the worker's own working state
+in its own store, like the dead letters, never exported, never in the audit log.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from gateway.policy.state import HeldView, TripState
+
+_VERSION = 1
+
+
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def encode(
+    trip: TripState | None, last_sent: Mapping[str, float], held: Iterable[HeldView]
+) -> bytes:
+    """The stored document of one vehicle (NaN is stored as null)."""
+    doc = {
+        "v": _VERSION,
+        "trip": None if trip is None else list(trip),
+        "last_sent": dict(last_sent),
+        "held": [
+            [
+                h.subscriber,
+                h.trip_start,
+                h.time,
+                h.lat,
+                h.lon,
+                h.message_id,
+                h.decision,
+                list(h.rules),
+                dict(h.transforms),
+                h.precision_m,
+                h.basis,
+                dict(h.view),
+            ]
+            for h in held
+        ],
+    }
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def decode(vehicle: str, data: bytes) -> tuple[TripState | None, dict[str, float], list[HeldView]]:
+    """Inverse of :func:`encode`."""
+    doc = orjson.loads(data)
+    trip_raw = doc.get("trip")
+    trip = None
+    if trip_raw is not None:
+        n = [_float(x) for x in trip_raw[:7]]
+        trip = TripState(n[0], n[1], n[2], n[3], n[4], n[5], n[6], ended=bool(trip_raw[7]))
+    held = [
+        HeldView(
+            subscriber=h[0],
+            vehicle=vehicle,
+            trip_start=_float(h[1]),
+            time=_float(h[2]),
+            lat=_float(h[3]),
+            lon=_float(h[4]),
+            message_id=h[5],
+            decision=h[6],
+            rules=tuple(h[7]),
+            transforms=h[8],
+            precision_m=None if h[9] is None else float(h[9]),
+            basis=h[10],
+            view=h[11],
+        )
+        for h in doc.get("held", [])
+    ]
+    return trip, {k: float(v) for k, v in doc.get("last_sent", {}).items()}, held
