@@ -60,6 +60,7 @@ def test_a_rolled_back_batch_leaves_no_outbox_rows(store: Store) -> None:
 def test_one_view_per_audit_entry(store: Store) -> None:
     with store.transaction() as tx:
         add_outbox(tx, SHARD, [row(1)])
+
     def again() -> None:
         with store.transaction() as tx:
             add_outbox(tx, SHARD, [row(1)])
