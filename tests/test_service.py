@@ -1,0 +1,169 @@
+"""The service's batch path in process, against a real SQLite store (no broker needed):
+commit-then-ack, de-duplication across batches and restarts, dead letters, counts."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from gateway.config import GatewayConfig, load_config
+from gateway.keys import init_keys
+from gateway.model import Envelope
+from gateway.service import Gateway
+from simulators.fleet import Fleet, FleetConfig
+
+VIN_RE = re.compile(rb"[A-HJ-NPR-Z0-9]{17}")
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> GatewayConfig:
+    init_keys(tmp_path / "keys")
+    return load_config(
+        None,
+        overrides={
+            ("broker", "url"): "mqtt://127.0.0.1:9",  # never connected in these tests
+            ("broker", "protocol"): "5",
+            ("store",): f"sqlite:///{tmp_path / 'gw.sqlite'}",
+            ("keys",): str(tmp_path / "keys"),
+        },
+        environ={},
+    )
+
+
+def fleet_envelopes(n_vehicles: int = 8, seconds: float = 20) -> list[Envelope]:
+    msgs = Fleet(FleetConfig(vehicles=n_vehicles), seed=3).messages(seconds, 1.0)
+    return [Envelope(m.topic, m.payload, 0.0, i + 1) for i, m in enumerate(msgs)]
+
+
+def db(config: GatewayConfig) -> sqlite3.Connection:
+    return sqlite3.connect(config.store.removeprefix("sqlite:///"))
+
+
+def held_per_subscriber(con: sqlite3.Connection) -> Counter[str]:
+    held: Counter[str] = Counter()
+    for (doc,) in con.execute("select state from vehicle_state"):
+        for view in orjson.loads(doc)["held"]:
+            held[view[0]] += 1
+    return held
+
+
+def test_every_record_is_audited_once_per_subscriber(config: GatewayConfig) -> None:
+    envelopes = fleet_envelopes()
+    gw = Gateway(config)
+    try:
+        for i in range(0, len(envelopes), 50):
+            gw.process(envelopes[i : i + 50])
+    finally:
+        gw.store.close()
+    subscribers = list(gw.holder.current.subscribers)
+    con = db(config)
+    entries = Counter(
+        sub for (sub,) in con.execute("select subscriber from audit_entries where kind='decision'")
+    )
+    held = held_per_subscriber(con)
+    for sub in subscribers:
+        assert entries[sub] + held[sub] == len(envelopes), sub
+    views = con.execute("select count(*) from outbox where subscriber != ''").fetchone()[0]
+    shared = con.execute(
+        "select count(*) from audit_entries where decision in ('shared', 'redacted')"
+    ).fetchone()[0]
+    assert views == shared == gw.totals.views
+    assert gw.totals.entries == sum(entries.values())
+
+
+def test_no_view_for_a_non_qualified_subscriber_holds_wgs84_or_a_vin(
+    config: GatewayConfig,
+) -> None:
+    envelopes = fleet_envelopes()
+    vins = {e.topic.split("/")[1].encode() for e in envelopes}
+    gw = Gateway(config)
+    try:
+        gw.process(envelopes)
+    finally:
+        gw.store.close()
+    rows = db(config).execute("select subscriber, payload from outbox where subscriber != ''")
+    seen = Counter()
+    for sub, payload in rows:
+        seen[sub] += 1
+        assert not set(VIN_RE.findall(payload)) & vins, sub
+        if sub != "mapco-nav":
+            assert b"wgs84" not in payload.lower(), sub
+    assert seen["mapco-nav"] > 0
+
+
+def test_redelivered_messages_are_not_decided_twice_even_after_a_restart(
+    config: GatewayConfig,
+) -> None:
+    envelopes = fleet_envelopes(4, 10)
+    gw = Gateway(config)
+    gw.process(envelopes)
+    first = gw.totals.entries
+    gw.process(envelopes[:10])  # a redelivery within the same run
+    assert gw.totals.duplicates == 10
+    assert gw.totals.entries == first
+    gw.store.close()
+
+    again = Gateway(config)  # a restarted worker: state and dedup window from the store
+    try:
+        assert len(again.state.held) == len(gw.state.held)
+        again.process(envelopes)
+        assert again.totals.duplicates == len(envelopes)
+        assert again.totals.entries == 0
+    finally:
+        again.store.close()
+
+
+def test_input_is_acknowledged_only_after_its_entries_are_committed(
+    config: GatewayConfig,
+) -> None:
+    gw = Gateway(config)
+    counts: list[int] = []
+
+    def ack() -> None:
+        with db(config) as con:
+            counts.append(con.execute("select count(*) from audit_entries").fetchone()[0])
+
+    env = fleet_envelopes(1, 1)[0]
+    try:
+        gw.process([Envelope(env.topic, env.payload, 0.0, 1, ack)])
+    finally:
+        gw.store.close()
+    assert counts == [len(gw.holder.current.subscribers)]
+
+
+def test_unusable_input_is_dead_lettered_audited_and_announced_without_its_content(
+    config: GatewayConfig,
+) -> None:
+    good = fleet_envelopes(1, 1)[0]
+    vin = good.topic.split("/")[1]
+    spoofed = Envelope("vehicles/LSVAU2180N2183294/telemetry", good.payload, 0.0, 2)
+    broken = Envelope(f"vehicles/{vin}/telemetry", b'{"secret": 31.2', 0.0, 3)
+    gw = Gateway(config)
+    try:
+        gw.process([good, spoofed, broken])
+    finally:
+        gw.store.close()
+    con = db(config)
+    reasons = sorted(r for (r,) in con.execute("select reason from deadletters"))
+    assert reasons == ["not-json", "vehicle-id-mismatch"]
+    stored = {p for (p,) in con.execute("select payload from deadletters")}
+    assert stored == {spoofed.payload, broken.payload}
+    audited = con.execute(
+        "select count(*) from audit_entries where decision = 'dead-lettered'"
+    ).fetchone()[0]
+    assert audited == 2
+    notices = list(con.execute("select topic, payload from outbox where subscriber = ''"))
+    assert sorted(t for t, _ in notices) == [
+        "gateway/deadletter/not-json",
+        "gateway/deadletter/vehicle-id-mismatch",
+    ]
+    for _, payload in notices:
+        assert set(orjson.loads(payload)) == {"reason", "vehicle", "digest", "audit_seq"}
+        assert b"secret" not in payload
+        assert vin.encode() not in payload
+    assert gw.totals.deadletters == 2
