@@ -65,3 +65,11 @@ def test_password_comes_from_the_named_environment_variable(
 def test_yaml_syntax_error_is_located(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"gateway.yaml:3: YAML syntax error"):
         load_config(write(tmp_path, "broker:\n  protocol: [5\n"), environ={})
+
+
+def test_the_shipped_example_config_loads() -> None:
+    example = Path(__file__).resolve().parent.parent / "deploy" / "gateway.yaml"
+    cfg = load_config(example, environ={})
+    assert cfg.worker == "gw-1"
+    assert cfg.broker.protocol == "5"
+    assert cfg.policies is None
