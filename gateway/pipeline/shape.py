@@ -135,15 +135,21 @@ def ephemeral_keys() -> PseudonymKeys:
 
 
 def iso_times(seconds: FloatArray) -> list[str]:
-    """UTC ISO 8601 strings (``...Z``) of Unix times: whole seconds when every time is whole,
-    else milliseconds. Each distinct time is formatted once."""
+    """UTC ISO 8601 strings (``...Z``) of Unix times, to the millisecond; whole seconds are
+    written without a fraction. Each distinct time is formatted once."""
     if len(seconds) == 0:
         return []
     ms = np.round(seconds * 1000.0).astype(np.int64)
     unique, inverse = np.unique(ms, return_inverse=True)
-    whole = bool((unique % 1000 == 0).all())
-    text = np.datetime_as_string(unique.astype("datetime64[ms]"), unit="s" if whole else "ms")
-    labels = np.array([f"{t}Z" for t in text.tolist()], dtype=object)
+    whole = unique % 1000 == 0
+    labels = np.empty(len(unique), dtype=object)
+    stamps = unique.astype("datetime64[ms]")
+    if whole.any():
+        text = np.datetime_as_string(stamps[whole], unit="s")
+        labels[whole] = [f"{t}Z" for t in text.tolist()]
+    if not whole.all():
+        text = np.datetime_as_string(stamps[~whole], unit="ms")
+        labels[~whole] = [f"{t}Z" for t in text.tolist()]
     out: list[str] = labels[inverse].tolist()
     return out
 

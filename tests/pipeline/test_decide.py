@@ -719,6 +719,22 @@ def test_a_gap_splits_trips_and_discards_held_views(bundle: PolicyBundle) -> Non
     assert len(state.apply(d2.delta).held) == 0
 
 
+def test_held_views_are_dropped_when_the_trip_ends_in_the_next_batch(
+    bundle: PolicyBundle,
+) -> None:
+    records = trace(5, 20.0)  # never 200 m from each other
+    records[-1]["Vehicle.LowVoltageSystemState"] = "OFF"
+    state = mid_trip(bundle, records, NOW)
+    d1, sh1 = run(bundle, records[:3], state=state)
+    state = state.apply(d1.delta, sh1.held)
+    held = {h.key for h in state.held if h.subscriber == "sh-traffic"}
+    assert len(held) == 3
+    d2, sh2 = run(bundle, records[3:], state=state)
+    assert held <= {h.key for h in d2.delta.discarded}  # the key-off ended the trip
+    assert not d2.delta.released
+    assert len(state.apply(d2.delta, sh2.held).held) == 0
+
+
 def test_sweep_discards_held_views_of_quiet_vehicles(bundle: PolicyBundle) -> None:
     records = trace(3, 30.0)
     d, sh = run(bundle, records)

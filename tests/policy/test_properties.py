@@ -1,0 +1,941 @@
+"""Property tests of the decision engine (hypothesis).
+
+* A simple per-record reference decide (below: one record, one subscriber at a time, with
+  scalar geometry and plain dictionaries for the state) agrees with the columnar engine on
+  random batches: verdicts, rule ids and outputs.
+* Cutting a stream into batches (carrying the state) gives the same outcome as one batch.
+* No view of a subscriber without a valid qualification ever contains a WGS-84 coordinate,
+  a position that is not the datum-transformed centre of a grid cell at least as coarse as
+  the floor, or a location-derived value finer than the view allows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.geo.altitude import coarsen_altitude
+from gateway.geo.datum import transform
+from gateway.geo.grid import cell_centres, format_cell_id, parse_cell_id, snap, split_cell_id
+from gateway.geo.zones import ZoneLevel
+from gateway.model import Batch
+from gateway.pipeline.classify import value_fits
+from gateway.pipeline.decide import Decisions, Verdict
+from gateway.pipeline.decode import decode_records
+from gateway.pipeline.shape import (
+    Shaped,
+    evaluate,
+    keyed_pseudonym,
+    trip_pseudonym,
+)
+from gateway.policy.bundle import PolicyBundle
+from gateway.policy.checks import ALTITUDE, LATITUDE, TIMESTAMP, VIN
+from gateway.policy.loader import load_bundle
+from gateway.policy.rules import RuleId
+from gateway.policy.schema import (
+    BEIJING,
+    AltitudeMode,
+    DerivedMode,
+    ExportDataClass,
+    FieldCategory,
+    IdentifierMode,
+    LegalBasis,
+    LegalBasisKind,
+    NoConsentFallback,
+    OutputDatum,
+    beijing_date,
+)
+from gateway.policy.state import (
+    KEY_OFF_SIGNAL,
+    KEY_OFF_VALUES,
+    ConsentBook,
+    ConsentRecord,
+    CrossBorderCount,
+    HeldSet,
+    HeldView,
+    StateSnapshot,
+    TripState,
+)
+from gateway.policy.view_schema import VIEW_SCHEMA, coordinate_names
+
+KEY_PREFIX = b"property-test:"
+VINS = [
+    "LSVAU2181P2100001",
+    "LFV2A21K9R4100002",
+    "LGXCE6CB2R0100003",
+    "LSJA24U33R5100005",
+    "LVHRU5850N6100077",
+]
+PLACES = [
+    (31.300, 121.552),  # example-prohibited-1
+    (31.174, 121.400),  # example-sensitive-1
+    (31.249, 121.329),  # example-sensitive-2
+    (31.2304, 121.4737),  # city
+    (31.05, 121.75),  # suburbs
+]
+PURPOSES = ["navigation-map", "usage-based-insurance", "traffic-management", "product-quality"]
+T0 = datetime(2026, 1, 15, 8, 0, tzinfo=BEIJING).timestamp()
+_OUTSIDE = {FieldCategory.LOCATION, FieldCategory.ALTITUDE, FieldCategory.VEHICLE_ID}
+
+
+def keys(subscriber: str) -> bytes:
+    return KEY_PREFIX + subscriber.encode().ljust(18, b"_")
+
+
+@pytest.fixture(scope="module")
+def bundles() -> dict[str, PolicyBundle]:
+    base = load_bundle()
+    oem = base.subscribers["oem-hq-de"]
+    extra = (
+        LegalBasis(
+            kind=LegalBasisKind.GEODATA_EXPORT_APPROVAL,
+            id="GEO-1",
+            covers=(ExportDataClass.GEOGRAPHIC_DATA,),
+            expires=date(2027, 6, 30),
+        ),
+        LegalBasis(
+            kind=LegalBasisKind.STANDARD_CONTRACT,
+            id="SCC-SPI",
+            covers=(ExportDataClass.SENSITIVE_PERSONAL_INFORMATION,),
+            expires=date(2028, 6, 30),
+        ),
+    )
+    subs = dict(base.subscribers)
+    subs["oem-hq-de"] = oem.model_copy(update={"legal_bases": (*oem.legal_bases, *extra)})
+    vin_view = subs["insureco-ubi"].view.model_copy(
+        update={
+            "identifier": IdentifierMode.VIN,
+            "fields": (*subs["insureco-ubi"].view.fields, VIN),
+            "no_consent": NoConsentFallback.TRIP_PSEUDONYM,
+        }
+    )
+    subs["insureco-ubi"] = subs["insureco-ubi"].model_copy(update={"view": vin_view})
+    return {
+        "default": base,
+        "variant": dataclasses.replace(base, subscribers=MappingProxyType(subs)),
+    }
+
+
+# --- random input ------------------------------------------------------------------------------
+
+
+@st.composite
+def streams(draw: Any) -> dict[str, Any]:
+    """Records of a few vehicles in time order, with a decision time and a starting state."""
+    n = draw(st.integers(min_value=1, max_value=24))
+    records: list[Any] = []
+    t = T0 + draw(st.floats(min_value=-3e7, max_value=9e7))
+    for _ in range(n):
+        t += draw(st.sampled_from([0.0, 1.0, 2.5, 7.0, 31.0, 200.0, 700.0]))
+        vin = draw(st.sampled_from(VINS))
+        rec: dict[str, Any] = {VIN: vin, TIMESTAMP: t}
+        if draw(st.integers(0, 9)) > 0:
+            base = draw(st.sampled_from(PLACES))
+            spread = draw(st.sampled_from([0.0, 0.0005, 0.002, 0.01]))
+            dlat = draw(st.floats(min_value=-spread, max_value=spread))
+            dlon = draw(st.floats(min_value=-spread, max_value=spread))
+            rec[LATITUDE] = base[0] + dlat
+            rec["Vehicle.CurrentLocation.Longitude"] = base[1] + dlon
+        if draw(st.booleans()):
+            rec[ALTITUDE] = draw(st.floats(min_value=-50, max_value=500))
+        for path in (
+            "Vehicle.Speed",
+            "Vehicle.CurrentLocation.Heading",
+            "Vehicle.TraveledDistance",
+        ):
+            if draw(st.booleans()):
+                rec[path] = draw(
+                    st.one_of(st.floats(min_value=-1e4, max_value=1e4), st.just("fast"))
+                )
+        if draw(st.integers(0, 3)) == 0:
+            rec["Vehicle.AngularVelocity.Yaw"] = draw(st.floats(min_value=-90, max_value=90))
+        if draw(st.booleans()):
+            rec["Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"] = 50.0
+        if draw(st.booleans()):
+            rec["Vehicle.Body.Lights.Hazard.IsSignaling"] = draw(st.booleans())
+        if draw(st.integers(0, 5)) == 0:
+            rec[KEY_OFF_SIGNAL] = "OFF"
+        if draw(st.integers(0, 4)) == 0:
+            rec["oem_private"] = 1
+        if draw(st.integers(0, 9)) == 0:
+            rec["msg_id"] = f"m{len(records)}"
+        if draw(st.integers(0, 12)) == 0:
+            del rec[TIMESTAMP]  # rejected
+        records.append(rec)
+    now = max(r.get(TIMESTAMP, t) for r in records) + draw(st.sampled_from([1.0, 3600.0]))
+    consents = [
+        ConsentRecord(
+            f"x{i}",
+            draw(st.sampled_from(VINS)),
+            draw(st.sampled_from(PURPOSES)),
+            T0 + draw(st.floats(min_value=-4e7, max_value=9e7)),
+            T0 + draw(st.floats(min_value=-3e7, max_value=1.2e8)),
+            draw(st.one_of(st.none(), st.floats(min_value=T0 - 3e7, max_value=T0 + 1e8))),
+        )
+        for i in range(draw(st.integers(0, 4)))
+    ]
+    first = min((r.get(TIMESTAMP, t) for r in records), default=t)
+    last_sent = {
+        sub: {
+            vin: first - draw(st.sampled_from([0.0, 1.0, 5.0, 29.0, 30.0, 600.0]))
+            for vin in draw(st.sets(st.sampled_from(VINS), max_size=3))
+        }
+        for sub in ("mapco-nav", "insureco-ubi", "sh-traffic", "oem-hq-de")
+    }
+    counted = draw(st.sampled_from([0, 99_998, 999_999]))
+    known = frozenset(draw(st.sets(st.sampled_from(VINS), max_size=2)))
+    return {
+        "records": records,
+        "now": now,
+        "consents": consents,
+        "counted": counted,
+        "known": known,
+        "mid_trip": draw(st.booleans()),
+        "last_sent": last_sent,
+        "cuts": sorted(draw(st.sets(st.integers(1, max(1, n - 1)), max_size=3))),
+    }
+
+
+def initial_state(bundle: PolicyBundle, case: dict[str, Any]) -> StateSnapshot:
+    book = ConsentBook.from_policy(bundle.consents).with_records(case["consents"])
+    year = datetime.fromtimestamp(case["now"], BEIJING).year
+    counts = {
+        ("oem-hq-de", year, c): CrossBorderCount(case["counted"], case["known"])
+        for c in (
+            ExportDataClass.PERSONAL_INFORMATION,
+            ExportDataClass.SENSITIVE_PERSONAL_INFORMATION,
+        )
+    }
+    trips = {}
+    if case["mid_trip"]:
+        first = min((r.get(TIMESTAMP, math.inf) for r in case["records"]), default=T0)
+        trips = {
+            v: TripState(first - 5, math.nan, math.nan, math.inf, first - 5, math.nan, math.nan)
+            for v in VINS
+        }
+    return StateSnapshot(
+        now=case["now"],
+        consents=book,
+        trips=trips,
+        crossborder=counts,
+        last_sent=case.get("last_sent", {}),
+    )
+
+
+# --- the per-record reference -----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Outcome:
+    verdict: str
+    rules: set[str]
+    output: dict[str, Any] | None = None
+    redacted: bool = False
+
+
+def _iso(t: float) -> str:
+    ms = round(t * 1000)
+    moment = datetime.fromtimestamp(ms // 1000, UTC)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}Z" if ms % 1000 == 0 else f"{text}.{ms % 1000:03d}Z"
+
+
+def _dist(a: tuple[float, float], b: tuple[float, float]) -> float:
+    dx = (b[1] - a[1]) * math.cos(math.radians(a[0]))
+    dy = b[0] - a[0]
+    return math.sqrt(dx * dx + dy * dy) * 6378137.0 * math.pi / 180.0
+
+
+class Reference:
+    """Decide one record for one subscriber at a time: the semantics, written plainly."""
+
+    def __init__(self, bundle: PolicyBundle, state: StateSnapshot) -> None:
+        self.bundle = bundle
+        self.state = state
+        self.day = beijing_date(state.now)
+        self.year = datetime.fromtimestamp(state.now, BEIJING).year
+        self.floor = bundle.rules.geo.grid_floor_m
+
+    # one subscriber's standing on the decision day
+    def settings(self, sub_id: str) -> dict[str, Any]:
+        sub = self.bundle.subscribers[sub_id]
+        view = sub.view
+        privileged = sub.mainland and sub.qualified_on(self.day)
+        grid = (
+            view.location_precision_m if privileged else max(view.location_precision_m, self.floor)
+        )
+        datum = view.datum if privileged else OutputDatum.GCJ02
+        altitude = view.altitude
+        if not privileged and altitude is AltitudeMode.KEEP:
+            altitude = AltitudeMode.REMOVE
+        derived = view.location_derived
+        if derived is DerivedMode.KEEP and not (privileged and grid == 0):
+            derived = DerivedMode.COARSEN
+        if privileged:
+            pos_rules = {"geo.raw-requires-qualification"} if grid == 0 else {"view.precision"}
+        else:
+            pos_rules = {"view.precision", "geo.grid-floor", "geo.datum-gcj02"}
+            if (
+                view.raw_location
+                or view.datum is OutputDatum.WGS84
+                or view.location_precision_m < self.floor
+            ):
+                pos_rules.add("geo.raw-requires-qualification")
+        approval = None
+        if sub.cross_border:
+            for b in sub.legal_bases_on(self.day, ExportDataClass.GEOGRAPHIC_DATA):
+                if b.kind is LegalBasisKind.GEODATA_EXPORT_APPROVAL:
+                    approval = b.id
+                    break
+        return {
+            "sub": sub,
+            "privileged": privileged,
+            "grid": grid,
+            "datum": datum,
+            "altitude": altitude,
+            "derived": derived,
+            "pos_rules": pos_rules,
+            "approval": approval,
+            "allowed": self.bundle.allowed_fields(sub_id),
+            "authorised": sub.authorised_zones_on(self.day) if sub.mainland else frozenset(),
+        }
+
+    def fields(self, rec: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """The record's classified values that fit their type, and whether any was dropped."""
+        values: dict[str, Any] = {}
+        dropped = False
+        for name in sorted(rec):
+            if name in (VIN, TIMESTAMP, LATITUDE, "Vehicle.CurrentLocation.Longitude", ALTITUDE,
+                        "msg_id"):  # fmt: skip
+                continue
+            path = self.bundle.resolve(name)
+            value = rec[name]
+            if value is None:
+                continue
+            if path is None or not value_fits(self.bundle.fields[path], value):
+                if path is None or path not in values:
+                    dropped = True
+                continue
+            if name == path or path not in values:
+                values[path] = value
+        return values, dropped
+
+    def static(self, cfg: dict[str, Any], rec: dict[str, Any] | None) -> dict[str, Any]:
+        """Everything about one (record, subscriber) that does not depend on other records."""
+        if rec is None:
+            return {"blocked": True, "rules": {"input.invalid"}}
+        sub = cfg["sub"]
+        view = sub.view
+        allowed = cfg["allowed"]
+        rules: set[str] = set()
+        values, dropped = self.fields(rec)
+        if dropped:
+            rules.add("field.unclassified")
+        has_pos = rec.get(LATITUDE) is not None
+        has_alt = isinstance(rec.get(ALTITUDE), float)
+        not_allowed = any(p not in allowed for p in values)
+        not_allowed |= has_pos and LATITUDE not in allowed
+        not_allowed |= has_alt and ALTITUDE not in allowed
+        if not_allowed:
+            rules.add("view.field-not-allowed")
+        lat = rec.get(LATITUDE)
+        lon = rec.get("Vehicle.CurrentLocation.Longitude")
+        prohibited = sensitive = False
+        centre = cell = None
+        if has_pos:
+            if cfg["grid"] == 0:
+                mask = self.bundle.zones.points_in_zones(lat, lon)
+                centre = (lat, lon)
+            else:
+                g = snap(lat, lon, cfg["grid"])
+                mask = self.bundle.zones.mask_cells(g)
+                centre = (float(g.lat[0]), float(g.lon[0]))
+                cell = format_cell_id(int(g.cell[0]))
+            hits = mask.zone_ids(0)
+            levels = [self.bundle.zones[z].level for z in hits if z not in cfg["authorised"]]
+            worst = ZoneLevel.PROHIBITED if mask.bad[0] else max(levels, default=ZoneLevel.NONE)
+            if set(hits) & cfg["authorised"]:
+                rules.add("zone.authorised")
+            if sub.cross_border and (hits or mask.bad[0]):
+                rules.add("xborder.important-data")
+            prohibited = worst == ZoneLevel.PROHIBITED
+            sensitive = worst == ZoneLevel.SENSITIVE
+            if prohibited:
+                rules.add("zone.prohibited")
+            if sensitive:
+                rules.add("zone.sensitive")
+        if prohibited:
+            keep = {"zone.prohibited", "xborder.important-data", "zone.authorised"}
+            return {"blocked": True, "rules": rules & keep, "has_pos": has_pos}
+        wants = has_pos and LATITUDE in allowed
+        out = wants
+        if sub.cross_border and cfg["approval"] is None and out:
+            rules.add("geo.mainland-only")
+            out = False
+        if sensitive:
+            out = False
+        gcj = None
+        if out and cfg["datum"] is OutputDatum.GCJ02:
+            r = transform(view.datum_transform, centre[0], centre[1])  # type: ignore[index]
+            if not r.ok[0]:
+                rules.add("geo.datum-unavailable")
+                out = False
+            else:
+                gcj = (float(r.lat[0]), float(r.lon[0]))
+        degraded = False
+        trip_id = False
+        consent = None
+        if out:
+            found = self.state.consents.active(rec[VIN], sub.purposes, rec[TIMESTAMP])
+            if found is not None:
+                rules.add("pi.trajectory-consent")
+                consent = found.id
+            elif view.no_consent is NoConsentFallback.DROP_LOCATION:
+                rules.add("pi.no-consent-drop-location")
+                out = False
+            else:
+                rules.add("pi.no-consent-trip-pseudonym")
+                trip_id = True
+                degraded |= view.identifier is not IdentifierMode.TRIP_PSEUDONYM
+        removed = wants and not out
+        degraded |= removed
+        if out:
+            rules |= cfg["pos_rules"]
+        alt_out = False
+        if ALTITUDE in allowed and LATITUDE in allowed:
+            if has_alt and wants and out:
+                if cfg["altitude"] is AltitudeMode.COARSEN:
+                    rules.add("geo.altitude-coarsened")
+                    alt_out = True
+                elif cfg["altitude"] is AltitudeMode.REMOVE:
+                    rules.add("geo.altitude-removed")
+                else:
+                    alt_out = True
+        elif ALTITUDE in allowed and has_alt:
+            rules.add("geo.altitude-removed")
+        derived_in = any(
+            self.bundle.fields[p].category is FieldCategory.LOCATION_DERIVED and p in allowed
+            for p in values
+        )
+        derived_lost = derived_in and (removed or sensitive)
+        degraded |= derived_lost
+        if cfg["derived"] is DerivedMode.KEEP:
+            if derived_lost:
+                rules.add("pi.location-derived")
+        elif derived_in:
+            rules.add("pi.location-derived")
+        vin_mode = view.identifier is IdentifierMode.VIN and VIN in allowed
+        if vin_mode and not trip_id:
+            rules.add("pi.vin-disclosed")
+        else:
+            rules.add("pi.vin-pseudonym")
+        step = view.time_precision_s
+        if math.floor(rec[TIMESTAMP] / step) * step != rec[TIMESTAMP]:
+            rules.add("view.time-precision")
+        return {
+            "blocked": False,
+            "rules": rules,
+            "out": out,
+            "degraded": degraded,
+            "trip_id": trip_id
+            or (view.identifier is IdentifierMode.TRIP_PSEUDONYM and not vin_mode),
+            "vin_mode": vin_mode and not trip_id,
+            "gcj": gcj,
+            "centre": centre,
+            "cell": cell,
+            "alt_out": alt_out,
+            "values": values,
+            "derived_ok": not derived_lost,
+            "consent": consent,
+            "has_pos": has_pos,
+        }
+
+    def output(
+        self, cfg: dict[str, Any], rec: dict[str, Any], info: dict[str, Any], trip_start: float
+    ) -> dict[str, Any]:
+        sub = cfg["sub"]
+        view = sub.view
+        key = keys(sub.id)
+        vin = rec[VIN]
+        if info["vin_mode"]:
+            vehicle = vin
+        elif info["trip_id"]:
+            vehicle = trip_pseudonym(key, vin, trip_start)
+        else:
+            vehicle = keyed_pseudonym(key, vin)
+        step = view.time_precision_s
+        out: dict[str, Any] = {
+            "schema": VIEW_SCHEMA,
+            "subscriber": sub.id,
+            "policy_version": self.bundle.version,
+            "vehicle": vehicle,
+            "time": _iso(math.floor(rec[TIMESTAMP] / step) * step),
+        }
+        allowed = cfg["allowed"]
+        if LATITUDE in allowed:
+            loc = None
+            if info["out"]:
+                lat_name, lon_name = coordinate_names(cfg["datum"])
+                lat, lon = info["gcj"] if info["gcj"] else info["centre"]
+                grid = cfg["grid"]
+                loc = {
+                    "datum": cfg["datum"].value,
+                    "precision_m": int(grid) if float(grid).is_integer() else grid,
+                    lat_name: lat,
+                    lon_name: lon,
+                }
+                if grid > 0:
+                    loc["cell"] = info["cell"]
+                if info["alt_out"]:
+                    alt = rec[ALTITUDE]
+                    if cfg["altitude"] is AltitudeMode.COARSEN:
+                        step_m = view.altitude_step_m
+                        loc["alt_m"] = float(coarsen_altitude(alt, step_m)[0])
+                        loc["alt_step_m"] = int(step_m) if float(step_m).is_integer() else step_m
+                    else:
+                        loc["alt_m"] = alt
+            out["location"] = loc
+        signals: dict[str, Any] = {}
+        for path, value in info["values"].items():
+            spec = self.bundle.fields[path]
+            if path not in allowed or spec.category in _OUTSIDE or path == TIMESTAMP:
+                continue
+            if spec.category is FieldCategory.LOCATION_DERIVED:
+                if not info["derived_ok"] or cfg["derived"] is DerivedMode.SUPPRESS:
+                    continue
+                if cfg["derived"] is DerivedMode.COARSEN:
+                    if spec.coarsen is None:
+                        continue
+                    k = math.floor(float(value) / spec.coarsen.step + 0.5)
+                    if spec.coarsen.wrap is not None:
+                        k %= round(spec.coarsen.wrap / spec.coarsen.step)
+                    value = k * spec.coarsen.step + 0.0
+                    if not math.isfinite(value):
+                        continue
+            elif spec.category is FieldCategory.TIME:
+                parsed = datetime.fromisoformat(value)
+                value = _iso(math.floor(parsed.timestamp() / step) * step)
+            signals[path] = value
+        out["signals"] = signals
+        return out
+
+    def run(self, records: list[Any]) -> dict[tuple[str, int], Outcome]:
+        """Outcome of every (subscriber, row) of one batch."""
+        bundle = self.bundle
+        state = self.state
+        gap = bundle.rules.trips.split_gap_s
+        live = []
+        for rec in records:
+            ok = (
+                isinstance(rec, dict)
+                and isinstance(rec.get(VIN), str)
+                and isinstance(rec.get(TIMESTAMP), (int, float))
+            )
+            live.append(ok)
+        order = sorted(
+            (i for i in range(len(records)) if live[i]),
+            key=lambda i: (records[i][VIN], records[i][TIMESTAMP], i),
+        )
+        # trips, one vehicle at a time in time order
+        trip: dict[int, dict[str, Any]] = {}
+        current: dict[str, dict[str, Any]] = {}
+        segments: dict[str, list[list[int]]] = {}
+        for i in order:
+            rec = records[i]
+            vin = rec[VIN]
+            t = rec[TIMESTAMP]
+            cur = current.get(vin)
+            if cur is None:
+                s = state.trips.get(vin)
+                if s is None or s.ended or t - s.last_time > gap:
+                    cur = None
+                else:
+                    cur = {
+                        "start": s.start_time,
+                        "start_pos": None
+                        if math.isnan(s.start_lat)
+                        else (s.start_lat, s.start_lon),
+                        "last_pos": None if math.isnan(s.last_lat) else (s.last_lat, s.last_lon),
+                        "last_t": s.last_time,
+                        "far": s.max_disp_m,
+                        "ended": False,
+                        "cont": True,
+                    }
+            elif cur["ended"] or t - cur["last_t"] > gap:
+                cur = None
+            if cur is None:
+                cur = {"start": t, "start_pos": None, "last_pos": None, "last_t": -math.inf,
+                       "far": 0.0, "ended": False, "cont": False}  # fmt: skip
+                segments.setdefault(vin, []).append([])
+            elif not segments.get(vin):
+                segments.setdefault(vin, []).append([])
+            current[vin] = cur
+            segments[vin][-1].append(i)
+            if rec.get(LATITUDE) is not None:
+                pos = (rec[LATITUDE], rec["Vehicle.CurrentLocation.Longitude"])
+                cur["last_pos"] = pos
+                if cur["start_pos"] is None:
+                    cur["start_pos"] = pos
+            disp = 0.0
+            if cur["start_pos"] is not None and cur["last_pos"] is not None:
+                disp = _dist(cur["start_pos"], cur["last_pos"])
+            cur["far"] = max(cur["far"], disp)
+            cur["last_t"] = max(cur["last_t"], t)
+            cur["ended"] = rec.get(KEY_OFF_SIGNAL) in KEY_OFF_VALUES
+            trip[i] = {"start": cur["start"], "pos": cur["last_pos"], "far": cur["far"],
+                       "cont": cur["cont"]}  # fmt: skip
+        seg_of: dict[int, tuple[str, int]] = {}
+        for vin, segs in segments.items():
+            for k, seg in enumerate(segs):
+                for i in seg:
+                    seg_of[i] = (vin, k)
+
+        def seg_ended(vin: str, k: int) -> bool:
+            segs = segments[vin]
+            return k < len(segs) - 1 or current[vin]["ended"] if k == len(segs) - 1 else True
+
+        outcomes: dict[tuple[str, int], Outcome] = {}
+        for sub_id in bundle.subscribers:
+            cfg = self.settings(sub_id)
+            view = cfg["sub"].view
+            infos = {}
+            for i, rec in enumerate(records):
+                info = self.static(cfg, rec if live[i] else None)
+                infos[i] = info
+                if info["blocked"]:
+                    outcomes[(sub_id, i)] = Outcome("block", info["rules"])
+            trim = view.trip_trim_m
+            passing = []
+            for i in order:
+                if infos[i]["blocked"]:
+                    continue
+                if trim > 0 and trip[i]["far"] < trim:
+                    outcomes[(sub_id, i)] = Outcome("block", {"pi.trip-trim"})
+                    continue
+                passing.append(i)
+            # down-sampling, per vehicle in time order
+            last = dict(state.last_sent.get(sub_id, {}))
+            sent = []
+            for i in passing:
+                vin, t = records[i][VIN], records[i][TIMESTAMP]
+                if view.min_interval_s <= 0 or t >= last.get(vin, -math.inf) + view.min_interval_s:
+                    sent.append(i)
+                    last[vin] = t
+                else:
+                    outcomes[(sub_id, i)] = Outcome("block", {"view.downsample"})
+            # cross-border thresholds, in time order
+            basis: dict[int, list[str]] = {}
+            if cfg["sub"].cross_border:
+                sent = self.gate(cfg, records, infos, sent, outcomes, basis)
+            # trip end: held until a later record of the trip is far enough
+            for i in sent:
+                info = infos[i]
+                rules = set(info["rules"])
+                for b in basis.get(i, ()):
+                    rules.add(b)
+                verdict = "redact" if info["degraded"] else "share"
+                if trim > 0:
+                    vin, k = seg_of[i]
+                    seg = segments[vin][k]
+                    later = seg[seg.index(i) + 1 :]
+                    here = trip[i]["pos"]
+                    released = here is not None and any(
+                        trip[j]["pos"] is not None and _dist(here, trip[j]["pos"]) >= trim
+                        for j in later
+                    )
+                    if not released:
+                        if seg_ended(vin, k):
+                            outcomes[(sub_id, i)] = Outcome("block", {"pi.trip-trim"})
+                            continue
+                        rules.add("pi.trip-trim")
+                        verdict = "held"
+                out = self.output(cfg, records[i], info, trip[i]["start"])
+                outcomes[(sub_id, i)] = Outcome(verdict, rules, out, info["degraded"])
+        return outcomes
+
+    def gate(
+        self,
+        cfg: dict[str, Any],
+        records: list[Any],
+        infos: dict[int, dict[str, Any]],
+        sent: list[int],
+        outcomes: dict[tuple[str, int], Outcome],
+        basis: dict[int, list[str]],
+    ) -> list[int]:
+        sub = cfg["sub"]
+        xb = self.bundle.rules.crossborder
+        tiers = {
+            ExportDataClass.PERSONAL_INFORMATION: xb.personal_information,
+            ExportDataClass.SENSITIVE_PERSONAL_INFORMATION: xb.sensitive_personal_information,
+        }
+        known: dict[ExportDataClass, set[str]] = {}
+        count: dict[ExportDataClass, int] = {}
+        for c in tiers:
+            entry = self.state.count((sub.id, self.year, c))
+            known[c], count[c] = set(entry.known), entry.count
+        keep = []
+        for i in sorted(sent, key=lambda i: (records[i][TIMESTAMP], records[i][VIN], i)):
+            vin = records[i][VIN]
+            classes = [ExportDataClass.PERSONAL_INFORMATION]
+            if infos[i]["out"]:
+                classes.append(ExportDataClass.SENSITIVE_PERSONAL_INFORMATION)
+            ok = True
+            cited: set[str] = set()
+            used: list[str] = []
+            for c in classes:
+                n = count[c] + (vin not in known[c])
+                tier = tiers[c]
+                level = 2 if (n >= tier.assessment_from or (xb.ciio and n >= 1)) else (
+                    1 if n >= tier.contract_from else 0)  # fmt: skip
+                cited.add(
+                    ["xborder.exempt", "xborder.tier-contract", "xborder.tier-assessment"][level]
+                )
+                if level:
+                    kinds = (
+                        {"standard_contract", "certification", "security_assessment"}
+                        if level == 1
+                        else {"security_assessment"}
+                    )
+                    found = [b.id for b in sub.legal_bases_on(self.day, c) if b.kind.value in kinds]
+                    if not found:
+                        ok = False
+                    else:
+                        used.append(found[0])
+            if ok:
+                for c in classes:
+                    if vin not in known[c]:
+                        known[c].add(vin)
+                        count[c] += 1
+                infos[i]["rules"] = infos[i]["rules"] | cited
+                basis[i] = []
+                infos[i]["basis"] = used
+                keep.append(i)
+            else:
+                outcomes[(sub.id, i)] = Outcome("block", cited | {"xborder.basis-missing"})
+        return sorted(keep, key=lambda i: (records[i][VIN], records[i][TIMESTAMP], i))
+
+
+# --- comparing the two ------------------------------------------------------------------------
+
+
+def columnar(d: Decisions, sh: Shaped) -> dict[tuple[str, int], Outcome]:
+    outputs: dict[tuple[int, int], dict[str, Any]] = {}
+    for s, row, view in zip(sh.subscriber.tolist(), sh.row.tolist(), sh.views, strict=True):
+        outputs[(s, row)] = view
+    for s, row, held in zip(
+        sh.held_subscriber.tolist(), sh.held_row.tolist(), sh.held, strict=True
+    ):
+        outputs[(s, row)] = dict(held.view)
+    out = {}
+    for v in d.plan.views:
+        for row in range(len(d.batch)):
+            verdict = Verdict(int(d.verdict[v.index, row])).label
+            out[(v.id, row)] = Outcome(
+                verdict,
+                set(d.rule_ids(v.index, row)),
+                outputs.get((v.index, row)),
+                bool(d.redacted[v.index, row]),
+            )
+    return out
+
+
+def same_output(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    if set(a) != set(b):
+        return False
+    for k in a:
+        if isinstance(a[k], dict) and isinstance(b[k], dict):
+            if set(a[k]) != set(b[k]):
+                return False
+            for kk in a[k]:
+                x, y = a[k][kk], b[k][kk]
+                if isinstance(x, float) and isinstance(y, float):
+                    if not math.isclose(x, y, rel_tol=0, abs_tol=1e-12):
+                        return False
+                elif x != y or type(x) is not type(y):
+                    return False
+        elif a[k] != b[k]:
+            return False
+    return True
+
+
+def decode(records: list[Any], bundle: PolicyBundle) -> Batch:
+    return decode_records(records, bundle.aliases)
+
+
+@settings(max_examples=60)
+@given(streams(), st.sampled_from(["default", "variant"]))
+def test_columnar_agrees_with_the_per_record_reference(
+    bundles: dict[str, PolicyBundle], case: dict[str, Any], which: str
+) -> None:
+    bundle = bundles[which]
+    state = initial_state(bundle, case)
+    records = case["records"]
+    d, sh = evaluate(decode(records, bundle), bundle, state, keys)
+    got = columnar(d, sh)
+    want = Reference(bundle, state).run(records)
+    assert set(got) == set(want)
+    for key, expected in want.items():
+        actual = got[key]
+        assert (actual.verdict, actual.rules) == (expected.verdict, expected.rules), (key, records)
+        if expected.verdict in ("share", "redact", "held"):
+            assert same_output(actual.output, expected.output), (
+                key,
+                actual.output,
+                expected.output,
+            )
+        else:
+            assert actual.output is None
+
+
+def stream_outcome(
+    bundle: PolicyBundle, records: list[Any], state: StateSnapshot, cuts: Iterable[int]
+) -> dict[tuple[str, int], tuple[str, dict[str, Any] | None]]:
+    """Final (verdict, output) of every (subscriber, record) when the stream is cut at
+    ``cuts``; held views released later become their decision, discarded ones blocks."""
+    bounds = [0, *cuts, len(records)]
+    result: dict[tuple[str, int], tuple[str, dict[str, Any] | None]] = {}
+    held_at: dict[str, tuple[str, int]] = {}  # message id -> (subscriber, record)
+    for lo, hi in itertools.pairwise(bounds):
+        if lo >= hi:
+            continue
+        part = records[lo:hi]
+        d, sh = evaluate(decode(part, bundle), bundle, state, keys)
+        for key, outcome in columnar(d, sh).items():
+            result[(key[0], lo + key[1])] = (outcome.verdict, outcome.output)
+        for s, row, view in zip(
+            sh.held_subscriber.tolist(), sh.held_row.tolist(), sh.held, strict=True
+        ):
+            held_at[view.message_id + view.subscriber] = (d.plan.views[s].id, lo + row)
+        for view in d.delta.released:
+            result[held_at[view.message_id + view.subscriber]] = (view.decision, dict(view.view))
+        for view in d.delta.discarded:
+            result[held_at[view.message_id + view.subscriber]] = ("block", None)
+        state = state.apply(d.delta, sh.held, now=state.now)
+    return result
+
+
+@settings(max_examples=80)
+@given(streams())
+def test_cutting_a_stream_into_batches_changes_nothing(
+    bundles: dict[str, PolicyBundle], case: dict[str, Any]
+) -> None:
+    bundle = bundles["default"]
+    records = [r for r in case["records"] if TIMESTAMP in r]  # a stream in time order
+    state = initial_state(bundle, case)
+    whole = stream_outcome(bundle, records, state, [])
+    cut = stream_outcome(bundle, records, state, case["cuts"])
+    assert set(whole) == set(cut)
+    for key in whole:
+        assert whole[key][0] == cut[key][0], key
+        assert same_output(whole[key][1], cut[key][1]), key
+
+
+@settings(max_examples=60)
+@given(streams(), st.sampled_from(["default", "variant"]))
+def test_no_unqualified_view_holds_a_fine_or_wgs84_position(
+    bundles: dict[str, PolicyBundle], case: dict[str, Any], which: str
+) -> None:
+    bundle = bundles[which]
+    state = initial_state(bundle, case)
+    records = case["records"]
+    d, sh = evaluate(decode(records, bundle), bundle, state, keys)
+    floor = bundle.rules.geo.grid_floor_m
+    raw = {
+        float(v)
+        for r in records
+        for k, v in r.items()
+        if k in (LATITUDE, "Vehicle.CurrentLocation.Longitude") and isinstance(v, float)
+    }
+    day = beijing_date(state.now)
+    outputs = [(d.plan.views[s], v) for s, v in zip(sh.subscriber.tolist(), sh.views, strict=True)]
+    outputs += [
+        (d.plan.views[s], h.view) for s, h in zip(sh.held_subscriber.tolist(), sh.held, strict=True)
+    ]
+    for view, obj in outputs:
+        sub = view.subscriber
+        qualified = sub.mainland and sub.qualified_on(day)
+        check_derived(bundle, view.id, qualified, obj)
+        location = obj.get("location")
+        if qualified or location is None:
+            continue
+        assert location["datum"] == "GCJ-02"
+        assert not any("wgs84" in k for k in location)
+        assert location["precision_m"] >= floor
+        band, ix, iy = split_cell_id(parse_cell_id(location["cell"]))
+        c_lat, c_lon = cell_centres(band, ix, iy, location["precision_m"])
+        expected = transform(sub.view.datum_transform, c_lat, c_lon)
+        assert math.isclose(location["lat_gcj02"], float(expected.lat[0]), abs_tol=1e-9)
+        assert math.isclose(location["lon_gcj02"], float(expected.lon[0]), abs_tol=1e-9)
+        numbers = [v for v in location.values() if isinstance(v, float)]
+        assert not raw & set(numbers)
+        if "alt_m" in location:
+            step = sub.view.altitude_step_m
+            assert step is not None and location["alt_m"] % step == 0
+
+
+def check_derived(bundle: PolicyBundle, sub_id: str, qualified: bool, obj: dict[str, Any]) -> None:
+    """Location-derived values are never finer than the view allows."""
+    view = bundle.subscribers[sub_id].view
+    raw_ok = qualified and view.raw_location and view.location_derived is DerivedMode.KEEP
+    for path, value in obj["signals"].items():
+        spec = bundle.fields[path]
+        if spec.category is not FieldCategory.LOCATION_DERIVED:
+            continue
+        assert view.location_derived is not DerivedMode.SUPPRESS
+        if raw_ok:
+            continue
+        assert spec.coarsen is not None
+        k = value / spec.coarsen.step
+        assert k == round(k)
+        if spec.coarsen.wrap is not None:
+            assert 0 <= value < spec.coarsen.wrap
+
+
+def test_the_reference_itself_covers_the_interesting_cases(
+    bundles: dict[str, PolicyBundle],
+) -> None:
+    """A fixed stream through the reference and the engine: the property tests' rule space."""
+    bundle = bundles["variant"]
+    records: list[Any] = []
+    t = T0
+    for i in range(40):
+        place = PLACES[i % len(PLACES)]
+        records.append(
+            {
+                VIN: VINS[i % len(VINS)],
+                TIMESTAMP: t,
+                LATITUDE: place[0] + 0.001 * i,
+                "Vehicle.CurrentLocation.Longitude": place[1],
+                ALTITUDE: 12.0,
+                "Vehicle.Speed": 33.0 + i,
+                "oem_private": 1,
+            }
+        )
+        t += 37.0
+    case = {"records": records, "now": t, "consents": [], "counted": 0, "known": frozenset(),
+            "mid_trip": False, "cuts": []}  # fmt: skip
+    state = initial_state(bundle, case)
+    d, sh = evaluate(decode(records, bundle), bundle, state, keys)
+    got = columnar(d, sh)
+    want = Reference(bundle, state).run(records)
+    assert {k: (o.verdict, o.rules) for k, o in got.items()} == {
+        k: (o.verdict, o.rules) for k, o in want.items()
+    }
+    cited = set().union(*(o.rules for o in want.values()))
+    assert len(cited) >= 18, sorted(cited)
+    assert cited <= {str(r) for r in RuleId}
+    assert {o.verdict for o in want.values()} >= {"share", "redact", "block", "held"}
+    assert len(HeldSet(sh.held)) == len(sh.held) and all(isinstance(h, HeldView) for h in sh.held)
+    assert np.all(np.isin(d.verdict, [0, 1, 2, 3]))
