@@ -83,23 +83,30 @@ def trip_pseudonym(key: bytes, vehicle: str, trip_start: float) -> str:
     return "pt-" + _mac(key, "trip", vehicle, str(round(trip_start * 1000)))
 
 
+def _record_part(record_id: str | None, time: float) -> str:
+    if record_id is not None:
+        return f"m:{record_id}"
+    return f"t:{round(time * 1000)}" if math.isfinite(time) else "t:none"
+
+
 def message_id(
-    key: bytes, subscriber: str, vehicle: str, record_id: str | None, time: float
+    key: bytes, subscriber: str, vehicle: str | None, record_id: str | None, time: float
 ) -> str:
     """The output message id of one record for one subscriber: 32 hex digits.
 
     Deterministic: derived from the vehicle, the record's own ``msg_id`` (or, without one,
     its timestamp in milliseconds) and the subscriber, so a redelivered input yields the same
     id and the subscriber can de-duplicate on it. Keyed, so it reveals nothing about the VIN.
+    Total: a rejected record without a vehicle id or a time still gets one (for its audit
+    entry).
     """
-    record = f"m:{record_id}" if record_id is not None else f"t:{round(time * 1000)}"
-    return _mac(key, "message", subscriber, vehicle, record)
+    return _mac(key, "message", subscriber, vehicle or "", _record_part(record_id, time))
 
 
 def message_ids(
     key: bytes,
     subscriber: str,
-    vehicles: list[str],
+    vehicles: list[str | None],
     record_ids: list[str | None],
     times: list[float],
 ) -> list[str]:
@@ -109,8 +116,8 @@ def message_ids(
     out = []
     for vin, rid, t in zip(vehicles, record_ids, times, strict=True):
         h = base.copy()
-        record = f"m:{rid}" if rid is not None else f"t:{round(t * 1000)}"
-        h.update(f"{vin}\x1f{record}".encode())
+        record = f"m:{rid}" if rid is not None else _record_part(None, t)
+        h.update(f"{vin or ''}\x1f{record}".encode())
         out.append(h.hexdigest())
     return out
 

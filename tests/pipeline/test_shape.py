@@ -254,6 +254,9 @@ def test_message_ids_are_stable_for_a_redelivered_record(bundle: PolicyBundle) -
     assert message_id(key, "mapco-nav", VIN, None, 1.0) != message_id(
         key, "mapco-nav", VIN, None, 1.002
     )
+    rejected = message_id(key, "mapco-nav", None, None, math.nan)  # never raises
+    assert rejected == message_id(key, "mapco-nav", None, None, math.nan)
+    assert message_ids(key, "mapco-nav", [None], [None], [math.nan]) == [rejected]
     assert message_ids(key, "mapco-nav", [VIN, VIN], ["m-42", None], [0.0, 1.0]) == [
         message_id(key, "mapco-nav", VIN, "m-42", 0.0),
         message_id(key, "mapco-nav", VIN, None, 1.0),
