@@ -54,6 +54,10 @@ def _mount() -> None:
 
     app.command("run")(run)
 
+    from gateway.demo import demo
+
+    app.command("demo")(demo)
+
 
 _mount()
 

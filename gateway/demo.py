@@ -1,0 +1,821 @@
+"""``icvgw demo``: the whole gateway on one machine, zero setup.
+
+One process runs four parts, each on its own thread:
+
+* an MQTT broker: the embedded amqtt broker (:mod:`gateway.broker`), or ``--broker URL``;
+* the gateway (:class:`gateway.service.Gateway`) with the default policy bundle and keys of
+  its own, storing its audit log in SQLite;
+* the fleet simulator (:mod:`simulators.fleet`), publishing at QoS 1 in real time;
+* a live table (stdout) of rates and counts per subscriber, refreshed twice a second.
+
+Everything the run produces lives in one working directory (a new temporary directory
+unless ``--workdir`` names one to keep): ``keys/`` (created on first use), ``policy/`` (the
+default bundle, its ``consents.yaml`` extended with consents for the simulated vehicles that
+consent), ``icvgw.sqlite`` (the store), ``verifier.pub`` (the checkpoint verifier keys) and
+``demo.log`` (the log; amqtt only from WARNING). The directory is left in place so the log
+can be verified and queried afterwards.
+
+The embedded broker speaks MQTT 3.1.1 only and keeps a queue only for sessions that log in,
+so the demo connects the gateway and the simulator with protocol 3.1.1 and the broker's
+per-run credentials (never printed), and subscribes without a ``$share`` group.
+
+On Ctrl-C, or when the ``--duration`` has been simulated, the simulator stops; the demo then
+waits (bounded) until the gateway has processed every message the broker confirmed and the
+outbox is empty, so the summary's counts are final. It stops the gateway (final signed
+checkpoint), verifies the audit log in-process with the key ring's public keys, checks that
+the log holds exactly the decisions the summary counts, and prints where the store is and
+how to verify and query it again. Exit status: 0 when all of that holds; 1 when
+verification fails, the counts are not final or disagree with the log, or a part fails;
+2 for invalid options.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+import shlex
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+
+    from gateway.audit.verify import ShardReport
+    from gateway.service import Gateway
+    from simulators.fleet import Fleet, Message
+    from simulators.publish import Publisher
+    from simulators.scenario import Scenario
+
+__all__ = ["Summary", "check_log", "demo", "demo_scenario", "write_demo_policy"]
+
+WORKER = "demo"
+"""The demo gateway's worker identity: its client ids are ``icvgw-demo-in``/``-out``."""
+
+DECISIONS = ("shared", "redacted", "blocked")
+_REFRESH_S = 0.5
+_START_TIMEOUT_S = 15.0
+_DRAIN_TIMEOUT_S = 60.0
+_RATE_WINDOW_S = 2.0
+_NO_DURATION_S = 30 * 86400.0  # "until Ctrl-C": the longest run the simulator accepts
+
+log = logging.getLogger(__name__)
+
+
+def demo(
+    vehicles: Annotated[int, typer.Option(help="Vehicles in the simulated fleet.", min=1)] = 50,
+    rate: Annotated[
+        float, typer.Option(help="Samples per second per vehicle, Hz (at most 100).")
+    ] = 1.0,
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Simulate this many seconds, then summarise (default: until Ctrl-C)."),
+    ] = None,
+    scenario: Annotated[
+        Path | None,
+        typer.Option(
+            help="Scenario YAML for the fleet (default: a mild mix with faults and zone "
+            "crossings).",
+            dir_okay=False,
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Fleet random seed (default: a new one each run).")
+    ] = None,
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            help="Use this broker (mqtt[s]://[user[:password]@]host[:port]) instead of the "
+            "embedded one; needs --protocol."
+        ),
+    ] = None,
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            help="MQTT protocol of --broker: 5 or 3.1.1 (the embedded broker: 3.1.1 only).",
+            metavar="5|3.1.1",
+        ),
+    ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Keep keys, policy and store in this directory (reused when it exists).",
+            file_okay=False,
+        ),
+    ] = None,
+    json_summary: Annotated[
+        Path | None,
+        typer.Option(
+            "--json-summary", help="Also write the summary as JSON to this file.", dir_okay=False
+        ),
+    ] = None,
+) -> None:
+    """Run broker, gateway and a simulated fleet together and watch the decisions live.
+
+    Ctrl-C (or --duration) ends the run: the summary's counts are final, the audit log is
+    verified, and the commands to verify and query it again are printed. Exit 0 only if
+    verification passes and the log holds exactly the counted decisions.
+    """
+    if not 0 < rate <= 100:
+        raise typer.BadParameter("must be in (0, 100] Hz", param_hint="--rate")
+    if duration is not None and not 0 < duration <= _NO_DURATION_S:
+        raise typer.BadParameter("must be in (0, 30 days] seconds", param_hint="--duration")
+    if protocol is not None and protocol not in ("5", "3.1.1"):
+        raise typer.BadParameter("must be 5 or 3.1.1", param_hint="--protocol")
+    if broker is None and protocol == "5":
+        raise typer.BadParameter(
+            "the embedded broker speaks MQTT 3.1.1 only; give --broker to use MQTT 5",
+            param_hint="--protocol",
+        )
+    if broker is not None and protocol is None:
+        raise typer.BadParameter(
+            "state the MQTT protocol of --broker (5 or 3.1.1)", param_hint="--protocol"
+        )
+    from rich.console import Console
+
+    from gateway.errors import GatewayError
+    from gateway.ingest.client import parse_broker_url
+
+    if broker is not None:
+        try:
+            parse_broker_url(broker, protocol="5" if protocol == "5" else "3.1.1")
+        except GatewayError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--broker") from exc
+    console = Console()
+    try:
+        directory = _workdir(workdir)
+    except OSError as exc:
+        typer.echo(f"icvgw demo: cannot use the working directory: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    with _demo_logging(directory / "demo.log"):
+        try:
+            options = _Options(
+                vehicles=vehicles,
+                rate=rate,
+                duration=duration,
+                scenario=scenario,
+                seed=secrets.randbits(32) if seed is None else seed,
+                broker=broker,
+                protocol="3.1.1" if broker is None else str(protocol),
+                workdir=directory,
+            )
+            summary = _Demo(options, console).run()
+        except GatewayError as exc:
+            log.info("demo failed: %s", exc)
+            typer.echo(f"icvgw demo: {exc}", err=True)
+            raise typer.Exit(2 if _is_setup_error(exc) else 1) from exc
+        except OSError as exc:
+            log.info("demo failed: %s", exc)
+            typer.echo(f"icvgw demo: {exc}", err=True)
+            raise typer.Exit(1) from exc
+    if json_summary is not None:
+        json_summary.write_text(json.dumps(summary.to_json(), indent=2) + "\n", encoding="utf-8")
+    _print_summary(console, summary)
+    if not summary.ok:
+        for problem in summary.problems:
+            typer.echo(f"icvgw demo: {problem}", err=True)
+        raise typer.Exit(1)
+
+
+def _is_setup_error(exc: Exception) -> bool:
+    from gateway.errors import ConfigError, PolicyError
+
+    return isinstance(exc, ConfigError | PolicyError)
+
+
+# -- the working directory ------------------------------------------------------------------
+
+
+def _workdir(given: Path | None) -> Path:
+    if given is None:
+        return Path(tempfile.mkdtemp(prefix="icvgw-demo-")).resolve()
+    given.mkdir(parents=True, exist_ok=True)
+    return given.resolve()
+
+
+def demo_scenario() -> Scenario:
+    """The default traffic: a mild mix that makes every rule of the default bundle fire —
+    a fifth of the vehicles cross restricted zones, 70 % consent, a few malformed, spoofed,
+    out-of-order and duplicate messages, some batch payloads, short trips with key-offs."""
+    from simulators.scenario import Batches, Consent, Faults, Scenario, Trips, ZoneCrossing
+
+    return Scenario(
+        zone_crossing=ZoneCrossing(share=0.2),
+        faults=Faults(malformed=0.02, duplicate=0.02, out_of_order=0.02, spoofed_vin=0.01),
+        batches=Batches(share=0.03, size=(2, 5)),
+        consent=Consent(share=0.7),
+        trips=Trips(duration_s=(120.0, 600.0), pause_s=(20.0, 90.0)),
+    )
+
+
+def write_demo_policy(directory: Path, consenting_vins: list[str], now: datetime) -> Path:
+    """Write the default bundle to ``directory`` with a consent for every purpose for each
+    of ``consenting_vins`` (granted a day before ``now``, expiring a year after), added to
+    the bundle's own consents. Other bundle files are copied byte for byte. Returns
+    ``directory``; the result loads with :func:`gateway.policy.loader.load_bundle`."""
+    import yaml
+
+    from gateway.policy.loader import BUNDLE_FILES
+    from gateway.resources import default_policy_dir
+
+    source = default_policy_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in BUNDLE_FILES:
+        if name != "consents.yaml":
+            (directory / name).write_bytes((source / name).read_bytes())
+    base = yaml.safe_load((source / "consents.yaml").read_text(encoding="utf-8")) or {}
+    purposes = list(
+        (yaml.safe_load((source / "subscribers.yaml").read_text(encoding="utf-8")) or {}).get(
+            "purposes", {}
+        )
+    )
+    granted = (now - timedelta(days=1)).replace(microsecond=0)
+    expires = granted + timedelta(days=366)
+    consents = list(base.get("consents") or [])
+    for vin in consenting_vins:
+        for i, purpose in enumerate(purposes, start=1):
+            consents.append(
+                {
+                    "id": f"demo-{vin.lower()}-{i}",
+                    "vin": vin,
+                    "purpose": purpose,
+                    "granted": granted,
+                    "expires": expires,
+                }
+            )
+    header = (
+        "# consents.yaml — written by `icvgw demo`: the default bundle's consents, plus one\n"
+        "# per purpose for each simulated vehicle that consents. Rewritten on every run.\n"
+    )
+    text = yaml.safe_dump({"consents": consents}, sort_keys=False, allow_unicode=True)
+    (directory / "consents.yaml").write_text(header + text, encoding="utf-8")
+    return directory
+
+
+@contextlib.contextmanager
+def _demo_logging(path: Path) -> Iterator[None]:
+    """Log to ``path`` (amqtt only from WARNING; Python warnings too); gateway errors also
+    to stderr. Restores the logging state afterwards."""
+    root = logging.getLogger()
+    quiet = {name: logging.getLogger(name) for name in ("amqtt", "transitions", "asyncio")}
+    saved_levels = {name: lg.level for name, lg in quiet.items()}
+    saved_root = root.level
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setLevel(logging.ERROR)
+    to_stderr.addFilter(lambda record: record.name.startswith(("gateway", "simulators")))
+    to_stderr.setFormatter(logging.Formatter("icvgw demo: %(name)s: %(message)s"))
+    root.addHandler(to_file)
+    root.addHandler(to_stderr)
+    root.setLevel(logging.INFO)
+    for lg in quiet.values():
+        lg.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        root.removeHandler(to_stderr)
+        root.removeHandler(to_file)
+        to_file.close()
+        root.setLevel(saved_root)
+        for name, lg in quiet.items():
+            lg.setLevel(saved_levels[name])
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Options:
+    vehicles: int
+    rate: float
+    duration: float | None
+    scenario: Path | None
+    seed: int
+    broker: str | None
+    protocol: str
+    workdir: Path
+
+
+@dataclass
+class Summary:
+    """What a demo run did, final once the gateway drained; ``problems`` empty means ok."""
+
+    workdir: Path
+    store: str
+    keys: Path
+    verifier: Path
+    shard: str
+    broker: str
+    seed: int
+    vehicles: int
+    seconds: float
+    published: int = 0
+    messages: int = 0
+    records: int = 0
+    duplicates: int = 0
+    entries: int = 0
+    deadletters: int = 0
+    views: int = 0
+    first_seq: int = 0
+    decisions: dict[str, dict[str, int]] = field(default_factory=dict)
+    delivered: dict[str, int] = field(default_factory=dict)
+    drained: bool = False
+    interrupted: bool = False
+    verification: list[str] = field(default_factory=list)
+    verified: bool = False
+    log_matches: bool = False
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when verification passed, the counts are final and match the audit log."""
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as plain JSON data (paths as strings)."""
+        return {
+            "ok": self.ok,
+            "verified": self.verified,
+            "drained": self.drained,
+            "log_matches": self.log_matches,
+            "interrupted": self.interrupted,
+            "problems": self.problems,
+            "workdir": str(self.workdir),
+            "store": self.store,
+            "keys": str(self.keys),
+            "verifier": str(self.verifier),
+            "shard": self.shard,
+            "first_seq": self.first_seq,
+            "broker": self.broker,
+            "seed": self.seed,
+            "vehicles": self.vehicles,
+            "seconds": round(self.seconds, 3),
+            "published": self.published,
+            "messages": self.messages,
+            "records": self.records,
+            "duplicates": self.duplicates,
+            "entries": self.entries,
+            "deadletters": self.deadletters,
+            "views": self.views,
+            "decisions": self.decisions,
+            "delivered": self.delivered,
+            "verification": self.verification,
+        }
+
+
+class _Simulation:
+    """Publishes the fleet's messages from a thread until they run out or :meth:`stop`."""
+
+    def __init__(self, messages: Iterator[Message], publisher: Publisher) -> None:
+        self._messages = messages
+        self.publisher = publisher
+        self._stop = threading.Event()
+        self.error: Exception | None = None
+        self._thread = threading.Thread(target=self._run, name="icvgw-demo-fleet", daemon=True)
+
+    @property
+    def published(self) -> int:
+        """Messages the broker confirmed so far."""
+        return self.publisher.stats.messages
+
+    @property
+    def running(self) -> bool:
+        """True until every message is published and confirmed (or publishing failed)."""
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        """Connect and start publishing."""
+        self.publisher.connect()
+        self._thread.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Publish no further message; wait for the confirmations of those already sent."""
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _until_stopped(self) -> Iterator[Message]:
+        for msg in self._messages:
+            if self._stop.is_set():
+                return
+            yield msg
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)
+
+    def _run(self) -> None:
+        from simulators.publish import publish_messages
+
+        try:
+            publish_messages(self._until_stopped(), self.publisher, sleep=self._sleep)
+        except Exception as exc:  # reported in the summary; the demo still drains
+            log.exception("simulator stopped")
+            self.error = exc
+        finally:
+            self.publisher.close()
+
+
+class _Demo:
+    def __init__(self, options: _Options, console: Console) -> None:
+        self.o = options
+        self.console = console
+        self.workdir = options.workdir
+        self.keys = self.workdir / "keys"
+        self.policy = self.workdir / "policy"
+        self.store = f"sqlite:///{self.workdir / 'icvgw.sqlite'}"
+        self.verifier = self.workdir / "verifier.pub"
+        self._interrupted = threading.Event()
+        self._rates: deque[tuple[float, int, dict[str, int]]] = deque()
+
+    # -- setup --------------------------------------------------------------------------
+    def _fleet(self) -> Fleet:
+        from simulators.fleet import Fleet, FleetConfig
+        from simulators.scenario import load_scenario
+
+        scenario = load_scenario(self.o.scenario) if self.o.scenario else demo_scenario()
+        config = FleetConfig(
+            vehicles=self.o.vehicles,
+            scenario=scenario,
+            start=datetime.now(UTC).replace(microsecond=0),
+            source=str(self.o.scenario) if self.o.scenario else "<demo scenario>",
+        )
+        return Fleet(config, self.o.seed)
+
+    def _keyring_ready(self) -> None:
+        from gateway.keys import KeyRing, init_keys
+
+        if self.keys.is_dir() and any(self.keys.iterdir()):
+            KeyRing.load(self.keys)
+        else:
+            init_keys(self.keys)
+
+    def _gateway(self, url: str) -> Gateway:
+        from prometheus_client import CollectorRegistry
+
+        from gateway.config import load_config
+        from gateway.service import Gateway
+
+        config = load_config(
+            None,
+            overrides={
+                ("worker",): WORKER,
+                ("broker", "url"): url,
+                ("broker", "protocol"): self.o.protocol,
+                ("store",): self.store,
+                ("keys",): str(self.keys),
+                ("policies",): str(self.policy),
+                ("checkpoint", "every_seconds"): 5.0,
+            },
+            environ={},  # the demo never picks up a production gateway's ICVGW_* settings
+        )
+        return Gateway(config, registry=CollectorRegistry())
+
+    # -- running ------------------------------------------------------------------------
+    def run(self) -> Summary:
+        from gateway.broker import EmbeddedBroker
+        from gateway.errors import GatewayError
+        from gateway.keys import KeyRing
+        from gateway.service import origin_of
+        from simulators.publish import Publisher
+
+        fleet = self._fleet()
+        self._keyring_ready()
+        write_demo_policy(self.policy, fleet.consenting_vins, datetime.now(UTC))
+        origin = origin_of(WORKER)
+        self.verifier.write_text(
+            "".join(k + "\n" for k in KeyRing.load(self.keys).verifier_keys(origin)),
+            encoding="utf-8",
+        )
+        embedded = EmbeddedBroker() if self.o.broker is None else None
+        summary = Summary(
+            workdir=self.workdir,
+            store=self.store,
+            keys=self.keys,
+            verifier=self.verifier,
+            shard=origin,
+            broker="",
+            seed=self.o.seed,
+            vehicles=self.o.vehicles,
+            seconds=0.0,
+        )
+        with contextlib.ExitStack() as stack:
+            if embedded is not None:
+                embedded.start()
+                stack.callback(embedded.stop)
+                url, shown = embedded.client_url, f"embedded amqtt at {embedded.url}"
+            else:
+                assert self.o.broker is not None
+                url, shown = self.o.broker, _without_password(self.o.broker)
+            summary.broker = f"{shown} (MQTT {self.o.protocol})"
+            gw = self._gateway(url)
+            with gw.store.snapshot() as rd:
+                head = rd.shard_state(origin)
+            summary.first_seq = head.size if head is not None else 0
+            runner = _GatewayThread(gw)
+            try:
+                gw.start(timeout=_START_TIMEOUT_S)
+            except (GatewayError, TimeoutError) as exc:
+                gw.shutdown(drain_timeout=0)
+                raise _failure(f"the gateway did not start: {exc}") from exc
+            runner.start()
+            stack.callback(runner.stop)
+            publisher = Publisher(
+                url,
+                protocol="5" if self.o.protocol == "5" else "3.1.1",
+                client_id=f"icvgw-demo-fleet-{secrets.token_hex(3)}",
+                timeout=30.0,
+            )
+            messages = fleet.messages(self.o.duration or _NO_DURATION_S, self.o.rate)
+            sim = _Simulation(messages, publisher)
+            try:
+                sim.start()
+            except GatewayError as exc:
+                raise _failure(f"the simulator could not connect: {exc}") from exc
+            stack.callback(sim.stop)
+            started = time.monotonic()
+            with self._signals():
+                self._watch(gw, runner, sim, summary, started)
+            summary.published = sim.published
+            if sim.error is not None:
+                summary.problems.append(f"the simulator failed: {sim.error}")
+            summary.drained = runner.alive and self._finished(gw, sim)
+            summary.seconds = time.monotonic() - started
+            runner.stop()
+            if runner.error is not None:
+                summary.problems.append(f"the gateway failed: {runner.error}")
+            self._final_counts(gw, summary)
+        summary.interrupted = self._interrupted.is_set()
+        if not summary.drained:
+            summary.problems.append(
+                f"the gateway did not finish within {_DRAIN_TIMEOUT_S:g} s: the counts are "
+                "not final"
+            )
+        check_log(summary)
+        return summary
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """First Ctrl-C (or SIGTERM): stop the simulator and summarise. A second: abort."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def first(_sig: int, _frame: Any) -> None:
+            self._interrupted.set()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        old_int = signal.signal(signal.SIGINT, first)
+        old_term = signal.signal(signal.SIGTERM, first)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+
+    def _watch(
+        self,
+        gw: Gateway,
+        runner: _GatewayThread,
+        sim: _Simulation,
+        summary: Summary,
+        started: float,
+    ) -> None:
+        from rich.live import Live
+
+        def render(status: str) -> RenderableType:
+            return self._table(gw, sim, summary, started, status)
+
+        with Live(
+            render("starting"), console=self.console, auto_refresh=False, transient=False
+        ) as live:
+            while sim.running and runner.alive and not self._interrupted.is_set():
+                self._interrupted.wait(_REFRESH_S)
+                live.update(render("running · Ctrl-C to stop and summarise"), refresh=True)
+            if self._interrupted.is_set():
+                live.update(render("stopping the simulator"), refresh=True)
+            sim.stop()
+            deadline = time.monotonic() + _DRAIN_TIMEOUT_S
+            while runner.alive and not self._finished(gw, sim) and time.monotonic() < deadline:
+                live.update(render("draining: processing what the broker confirmed"), refresh=True)
+                time.sleep(_REFRESH_S / 2)
+            live.update(render("done"), refresh=True)
+        if not self.console.is_interactive:
+            self.console.line()
+
+    def _finished(self, gw: Gateway, sim: _Simulation) -> bool:
+        return gw.totals.messages >= sim.published and gw.pending_views() == 0
+
+    def _final_counts(self, gw: Gateway, summary: Summary) -> None:
+        t = gw.totals
+        summary.messages = t.messages
+        summary.records = t.records
+        summary.duplicates = t.duplicates
+        summary.entries = t.entries
+        summary.deadletters = t.deadletters
+        summary.views = t.views
+        subscribers = list(gw.holder.current.subscribers)
+        decisions: dict[str, dict[str, int]] = {s: dict.fromkeys(DECISIONS, 0) for s in subscribers}
+        for (sub, decision), n in dict(t.decisions).items():
+            if sub:
+                decisions.setdefault(sub, dict.fromkeys(DECISIONS, 0))[decision] = n
+        summary.decisions = decisions
+        delivered = dict(gw.drainer.delivered)
+        summary.delivered = {s: delivered.get(s, 0) for s in decisions}
+
+    # -- the live table -----------------------------------------------------------------
+    def _table(
+        self, gw: Gateway, sim: _Simulation, summary: Summary, started: float, status: str
+    ) -> RenderableType:
+        from rich.table import Table
+
+        from gateway.errors import GatewayError
+
+        now = time.monotonic()
+        totals = gw.totals
+        messages = totals.messages
+        decisions = dict(totals.decisions)
+        delivered = dict(gw.drainer.delivered)
+        self._rates.append((now, messages, delivered))
+        while len(self._rates) > 2 and now - self._rates[1][0] >= _RATE_WINDOW_S:
+            self._rates.popleft()
+        t0, m0, d0 = self._rates[0]
+        span = max(now - t0, 1e-9)
+        msg_rate = (messages - m0) / span if now > t0 else 0.0
+        try:
+            pending = f"{gw.pending_views():,}"
+        except GatewayError:  # the gateway failed and closed its store
+            pending = "?"
+        elapsed = now - started
+        table = Table(
+            title=f"icvgw demo · {summary.broker} · {elapsed:,.0f} s · {status}",
+            caption=(
+                f"published {sim.published:,} · messages in {messages:,} ({msg_rate:,.1f}/s) · "
+                f"entries audited {totals.entries:,} · dead letters {totals.deadletters:,} · "
+                f"duplicates {totals.duplicates:,} · outbox pending {pending}"
+            ),
+            title_justify="left",
+            caption_justify="left",
+        )
+        table.add_column("subscriber")
+        table.add_column("views/s", justify="right")
+        table.add_column("delivered", justify="right")
+        for d in DECISIONS:
+            table.add_column(d, justify="right")
+        for sub in gw.holder.current.subscribers:
+            views_rate = (delivered.get(sub, 0) - d0.get(sub, 0)) / span if now > t0 else 0.0
+            table.add_row(
+                sub,
+                f"{views_rate:,.1f}",
+                f"{delivered.get(sub, 0):,}",
+                *(f"{decisions.get((sub, d), 0):,}" for d in DECISIONS),
+            )
+        return table
+
+
+def check_log(summary: Summary) -> None:
+    """Verify the run's audit shard with the key ring's public keys and compare the log's
+    decisions since ``summary.first_seq`` with the summary's counts. Sets ``verification``,
+    ``verified`` and ``log_matches``; adds to ``problems`` what fails, so ``summary.ok`` is
+    False unless both hold."""
+    from gateway.audit.store import AuditQuery, open_store
+    from gateway.audit.verify import verify_store
+    from gateway.keys import KeyRing
+
+    verifiers = KeyRing.load(summary.keys).verifiers(summary.shard)
+    with open_store(summary.store, migrate=False) as store:
+        reports = verify_store(store, verifiers, shards=[summary.shard])
+        logged: Counter[tuple[str, str]] = Counter()
+        with store.snapshot() as rd:
+            for e in rd.query(AuditQuery(shard=summary.shard, kind="decision")):
+                if e.seq >= summary.first_seq and e.decision is not None:
+                    logged[(e.subscriber or "", e.decision)] += 1
+    summary.verification = [_report_line(r) for r in reports]
+    summary.verified = bool(reports) and all(r.error is None for r in reports)
+    if not summary.verified:
+        summary.problems.append("audit verification FAILED")
+    counted: Counter[tuple[str, str]] = Counter(
+        {(s, d): n for s, by in summary.decisions.items() for d, n in by.items() if n}
+    )
+    if summary.deadletters:
+        counted[("", "dead-lettered")] = summary.deadletters
+    summary.log_matches = logged == counted and sum(logged.values()) == summary.entries
+    if not summary.log_matches:
+        summary.problems.append(
+            f"the audit log holds {sum(logged.values())} decisions of this run, "
+            f"the summary counts {summary.entries}"
+        )
+
+
+class _GatewayThread:
+    """Runs :meth:`Gateway.run` (which shuts the gateway down when it ends) on a thread."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="icvgw-demo-gateway", daemon=True)
+
+    @property
+    def alive(self) -> bool:
+        """True while the gateway runs."""
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start processing."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.gw.run()
+        except Exception as exc:
+            log.exception("gateway stopped")
+            self.error = exc
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop, finish the batch in hand, drain, write the final checkpoint, disconnect."""
+        self.gw.stop()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+
+def _failure(message: str) -> Exception:
+    from gateway.errors import GatewayError
+
+    return GatewayError(message)
+
+
+def _without_password(url: str) -> str:
+    """``url`` with any password removed (safe to print)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _report_line(r: ShardReport) -> str:
+    if r.error is not None:
+        where = f" at seq {r.error.seq}" if r.error.seq is not None else ""
+        return f"FAIL {r.origin}{where}: {r.error}"
+    return (
+        f"OK {r.origin}: {r.entries:,} entries, verified size {r.verified_size:,}, "
+        f"{r.checkpoints} signed checkpoint(s), root {r.root_b64}"
+    )
+
+
+def _print_summary(console: Console, s: Summary) -> None:
+    """The summary (stdout): counts, verification, and how to look at the store again."""
+    from rich.table import Table
+
+    table = Table(
+        title="summary: views delivered and decisions per subscriber", title_justify="left"
+    )
+    table.add_column("subscriber")
+    table.add_column("delivered", justify="right")
+    for d in DECISIONS:
+        table.add_column(d, justify="right")
+    for sub, by in s.decisions.items():
+        table.add_row(
+            sub, f"{s.delivered.get(sub, 0):,}", *(f"{by.get(d, 0):,}" for d in DECISIONS)
+        )
+    console.print(table)
+
+    def out(line: str) -> None:
+        console.print(line, highlight=False, soft_wrap=True)
+
+    stopped = " (stopped by Ctrl-C)" if s.interrupted else ""
+    out(
+        f"{s.seconds:,.1f} s{stopped}, {s.vehicles} vehicles (seed {s.seed}): "
+        f"{s.published:,} messages published, {s.messages:,} in ({s.records:,} records, "
+        f"{s.duplicates:,} duplicates), {s.entries:,} entries audited, "
+        f"{s.views:,} views, {s.deadletters:,} dead letters"
+    )
+    for line in s.verification:
+        out(f"audit verification: {line}")
+    if s.log_matches:
+        out("audit log: holds exactly the decisions counted above")
+    store = shlex.quote(s.store)
+    out(f"store: {s.store} (keys {s.keys}, log {s.workdir / 'demo.log'})")
+    verifier = shlex.quote(str(s.verifier))
+    out(f"verify again: icvgw audit verify --store {store} --public-key {verifier}")
+    out(f"query: icvgw audit query --store {store} --decision blocked --limit 20")
+    out("demo OK" if s.ok else "demo FAILED: " + "; ".join(s.problems))

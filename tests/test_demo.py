@@ -1,0 +1,231 @@
+"""``icvgw demo``: a real run as a subprocess, its summary checked against the audit log.
+
+The demo's own consistency check is not trusted here: the test opens the store itself,
+counts the run's decisions and dead letters, and runs ``icvgw audit verify`` separately.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from gateway.audit.outbox import count_pending, deadletters
+from gateway.audit.store import AuditQuery, open_store
+from gateway.cli import app
+from gateway.demo import Summary, check_log, write_demo_policy
+from gateway.policy.loader import BUNDLE_FILES, load_bundle
+from gateway.resources import default_policy_dir
+from gateway.testing import MosquittoBroker
+from simulators.vin import random_vins
+from tests.simulators.subscriber import Subscriber
+
+DECISIONS = ("shared", "redacted", "blocked")
+
+
+def run_demo(cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    summary = cwd / f"summary-{len(list(cwd.glob('summary-*')))}.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "demo", *args, "--json-summary", str(summary)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc, json.loads(summary.read_text(encoding="utf-8"))
+
+
+def logged_decisions(store_url: str, shard: str, first_seq: int) -> Counter[tuple[str, str]]:
+    """(subscriber, decision) -> entries of this run, read from the store directly."""
+    counts: Counter[tuple[str, str]] = Counter()
+    with open_store(store_url, migrate=False) as store, store.snapshot() as rd:
+        for e in rd.query(AuditQuery(shard=shard, kind="decision")):
+            if e.seq >= first_seq:
+                assert e.decision is not None
+                counts[(e.subscriber or "", e.decision)] += 1
+    return counts
+
+
+def check_against_store(summary: dict[str, Any]) -> Counter[tuple[str, str]]:
+    """The summary's counts are final and equal what the audit log holds for the run."""
+    assert summary["ok"] and summary["verified"] and summary["drained"], summary["problems"]
+    assert summary["messages"] >= summary["published"] > 0
+    logged = logged_decisions(summary["store"], summary["shard"], summary["first_seq"])
+    counted: Counter[tuple[str, str]] = Counter()
+    for sub, by in summary["decisions"].items():
+        for decision in DECISIONS:
+            if by[decision]:
+                counted[(sub, decision)] = by[decision]
+    if summary["deadletters"]:
+        counted[("", "dead-lettered")] = summary["deadletters"]
+    assert logged == counted
+    assert sum(logged.values()) == summary["entries"]
+    with open_store(summary["store"], migrate=False) as store, store.snapshot() as rd:
+        assert count_pending(rd, summary["shard"]) == 0
+        letters = [d for d in deadletters(rd, summary["shard"]) if d.seq >= summary["first_seq"]]
+    assert len(letters) == summary["deadletters"]
+    # Drained: every shared or redacted view was delivered, and nothing else was.
+    for sub, by in summary["decisions"].items():
+        assert summary["delivered"][sub] == by["shared"] + by["redacted"], sub
+    assert summary["views"] == sum(summary["delivered"].values())
+    return logged
+
+
+def audit_verify(cwd: Path, summary: dict[str, Any]) -> str:
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "gateway", "audit", "verify",
+            "--store", summary["store"], "--public-key", summary["verifier"],
+        ],
+        cwd=cwd, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_demo_summary_equals_the_audit_log(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    proc, summary = run_demo(
+        tmp_path, "--duration", "5", "--vehicles", "10", "--workdir", str(workdir)
+    )
+    logged = check_against_store(summary)
+    assert summary["first_seq"] == 0
+    assert summary["vehicles"] == 10 and summary["published"] >= 20
+    assert sum(summary["delivered"].values()) > 0
+    assert {sub for sub, _ in logged if sub} <= set(summary["decisions"])
+    assert set(summary["decisions"]) == {"mapco-nav", "insureco-ubi", "sh-traffic", "oem-hq-de"}
+    out = audit_verify(tmp_path, summary)
+    assert f"OK {summary['shard']}: verified size {summary['entries']}," in out
+    # The console: the live table and the summary on stdout, nothing on stderr (no amqtt
+    # or paho noise), the broker's per-run credentials nowhere.
+    assert proc.stderr == ""
+    assert "demo OK" in proc.stdout and "audit verification: OK" in proc.stdout
+    assert f"icvgw audit verify --store {summary['store']}" in proc.stdout
+    assert "embedded amqtt" in summary["broker"] and "MQTT 3.1.1" in summary["broker"]
+    assert "@" not in proc.stdout and "@" not in summary["broker"]
+    assert (workdir / "demo.log").is_file() and (workdir / "keys").is_dir()
+
+    # A second run in the kept directory reuses keys and store and appends to the log.
+    _, again = run_demo(tmp_path, "--duration", "2", "--vehicles", "3", "--workdir", str(workdir))
+    check_against_store(again)
+    assert again["first_seq"] == summary["entries"]
+    assert again["seed"] != summary["seed"]
+    out = audit_verify(tmp_path, again)
+    assert f"verified size {summary['entries'] + again['entries']}," in out
+
+    # The demo's own check fails (so the command exits 1) on counts the log does not hold,
+    # and on a log altered after the run.
+    def as_summary(data: dict[str, Any]) -> Summary:
+        return Summary(
+            workdir=Path(data["workdir"]),
+            store=data["store"],
+            keys=Path(data["keys"]),
+            verifier=Path(data["verifier"]),
+            shard=data["shard"],
+            broker=data["broker"],
+            seed=data["seed"],
+            vehicles=data["vehicles"],
+            seconds=data["seconds"],
+            entries=data["entries"],
+            deadletters=data["deadletters"],
+            first_seq=data["first_seq"],
+            decisions=data["decisions"],
+        )
+
+    recheck = as_summary(again)
+    check_log(recheck)
+    assert recheck.ok and recheck.verified and recheck.log_matches
+    miscounted = as_summary(again)
+    sub = next(s for s, by in miscounted.decisions.items() if by["blocked"])
+    miscounted.decisions[sub]["blocked"] -= 1
+    check_log(miscounted)
+    assert miscounted.verified and not miscounted.log_matches and not miscounted.ok
+    db = sqlite3.connect(workdir / "icvgw.sqlite")
+    try:
+        seq, body = db.execute(
+            "select seq, body from audit_entries where decision = 'blocked' order by seq limit 1"
+        ).fetchone()
+        with db:  # a blocked record rewritten as shared
+            db.execute(
+                "update audit_entries set body = ?, decision = 'shared' where seq = ?",
+                (body.replace(b'"blocked"', b'"shared"'), seq),
+            )
+    finally:
+        db.close()
+    tampered = as_summary(again)
+    check_log(tampered)
+    assert not tampered.verified and not tampered.ok
+    assert "audit verification FAILED" in tampered.problems
+    assert tampered.verification[0].startswith(f"FAIL icv-gateway/demo at seq {seq}")
+
+
+@pytest.mark.integration
+def test_demo_with_a_given_broker_delivers_what_it_counts(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    sub = Subscriber(mosquitto, topic="share/#")
+    try:
+        url = f"mqtt://demo-user:s3cret-pw@127.0.0.1:{mosquitto.port}"
+        args = ("--duration", "4", "--vehicles", "6", "--broker", url, "--protocol", "5")
+        proc, summary = run_demo(tmp_path, *args, "--workdir", str(tmp_path / "w"))
+        check_against_store(summary)
+        got = sub.wait_for(summary["views"], timeout=10)
+    finally:
+        sub.close()
+    per_sub = Counter(topic.split("/")[1] for topic, _ in set(got))
+    assert {s: n for s, n in summary["delivered"].items() if n} == dict(per_sub)
+    assert "s3cret-pw" not in proc.stdout + proc.stderr + json.dumps(summary)
+    assert summary["broker"] == f"mqtt://demo-user@127.0.0.1:{mosquitto.port} (MQTT 5)"
+    audit_verify(tmp_path, summary)
+
+
+def test_demo_policy_is_the_default_bundle_with_the_fleets_consents(tmp_path: Path) -> None:
+    import numpy as np
+
+    vins = random_vins(np.random.default_rng(3), 4)
+    now = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    target = write_demo_policy(tmp_path / "policy", vins, now)
+    default = default_policy_dir()
+    for name in BUNDLE_FILES:
+        if name != "consents.yaml":
+            assert (target / name).read_bytes() == (default / name).read_bytes(), name
+    bundle = load_bundle(target)
+    base = load_bundle(default)
+    assert set(base.consents) <= set(bundle.consents)
+    added = [c for c in bundle.consents if c not in base.consents]
+    purposes = set(bundle.purposes)
+    assert {(c.vin, c.purpose) for c in added} == {(v, p) for v in vins for p in purposes}
+    assert all(c.active_at(now) for c in added)
+    doc = yaml.safe_load((target / "consents.yaml").read_text(encoding="utf-8"))
+    assert len(doc["consents"]) == len(base.consents) + len(vins) * len(purposes)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--protocol", "5"], "3.1.1 only"),
+        (["--broker", "mqtt://127.0.0.1:1"], "state the MQTT protocol"),
+        (["--broker", "http://127.0.0.1:1", "--protocol", "5"], "mqtt://"),
+        (["--protocol", "4"], "must be 5 or 3.1.1"),
+        (["--rate", "0"], "(0, 100]"),
+        (["--duration", "-1"], "(0, 30 days]"),
+    ],
+)
+def test_demo_refuses_bad_options_before_starting_anything(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path / "w"), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not (tmp_path / "w").exists()
