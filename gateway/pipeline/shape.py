@@ -237,20 +237,32 @@ def shape(decisions: Decisions, keys: PseudonymKeys) -> Shaped:
         step = view.subscriber.view.time_precision_s
         stamps = iso_times(_truncate(t, step))
         signals = _signals(decisions, cls, s, rows, applied)
-        base = {
-            "schema": VIEW_SCHEMA,
-            "subscriber": view.id,
-            "policy_version": the_plan.bundle.version,
-        }
+        sub_id = view.id
+        version = the_plan.bundle.version
         if view.allows_location:
             locations = _locations(decisions, s, rows, applied)
             objs = [
-                {**base, "vehicle": vo, "time": ts, "location": loc, "signals": sig}
+                {
+                    "schema": VIEW_SCHEMA,
+                    "subscriber": sub_id,
+                    "policy_version": version,
+                    "vehicle": vo,
+                    "time": ts,
+                    "location": loc,
+                    "signals": sig,
+                }
                 for vo, ts, loc, sig in zip(vehicle_out, stamps, locations, signals, strict=True)
             ]
         else:
             objs = [
-                {**base, "vehicle": vo, "time": ts, "signals": sig}
+                {
+                    "schema": VIEW_SCHEMA,
+                    "subscriber": sub_id,
+                    "policy_version": version,
+                    "vehicle": vo,
+                    "time": ts,
+                    "signals": sig,
+                }
                 for vo, ts, sig in zip(vehicle_out, stamps, signals, strict=True)
             ]
         is_held = verdict[rows] == Verdict.HELD
@@ -381,21 +393,21 @@ def _locations(
     else:
         alt_out[:] = False
         alt_extra = {}
-    cells = layer.cell_ids(rows) if view.grid_m > 0 else None
-    result: list[dict[str, Any] | None] = []
-    for i, (p, la, lo, ao, al) in enumerate(
-        zip(pos.tolist(), lat.tolist(), lon.tolist(), alt_out.tolist(), alt.tolist(), strict=True)
-    ):
-        if not p:
-            result.append(None)
-            continue
-        loc = {**head, lat_name: la, lon_name: lo}
-        if cells is not None:
-            loc["cell"] = cells[i]
-        if ao:
+    datum, precision = head["datum"], head["precision_m"]
+    result: list[dict[str, Any] | None] = [
+        {"datum": datum, "precision_m": precision, lat_name: la, lon_name: lo} if p else None
+        for p, la, lo in zip(pos.tolist(), lat.tolist(), lon.tolist(), strict=True)
+    ]
+    if view.grid_m > 0:
+        for loc, cell in zip(result, layer.cell_ids(rows), strict=True):
+            if loc is not None:
+                loc["cell"] = cell
+    if alt_out.any():
+        for i, al in zip(np.flatnonzero(alt_out).tolist(), alt[alt_out].tolist(), strict=True):
+            loc = result[i]
+            assert loc is not None
             loc["alt_m"] = al
             loc.update(alt_extra)
-        result.append(loc)
     return result
 
 
@@ -441,10 +453,11 @@ def _signals(
             full_columns.append(values)
         else:
             partial.append((path, _object_column(values, present)))
-    if full_names:
-        out = [dict(zip(full_names, vals, strict=True)) for vals in zip(*full_columns, strict=True)]
-    else:
-        out = [{} for _ in range(len(rows))]
+    # Filled column by column: cheaper than building each row's dict from a tuple.
+    out: list[dict[str, Any]] = [{} for _ in range(len(rows))]
+    for name, column in zip(full_names, full_columns, strict=True):
+        for signals, value in zip(out, column, strict=True):
+            signals[name] = value
     for name, column in partial:
         for signals, value in zip(out, column, strict=True):
             if value is not None:
