@@ -29,7 +29,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from gateway.audit.log import AuditLog, CheckpointPolicy
-from gateway.audit.outbox import all_vehicle_state, count_pending, seen_records
+from gateway.audit.outbox import all_vehicle_state, count_pending, prune_seen, seen_records
 from gateway.audit.store import Store, open_store
 from gateway.commit import Context, DeadInput, Written, commit_batch
 from gateway.config import GatewayConfig
@@ -40,8 +40,10 @@ from gateway.ingest.source import MqttSource
 from gateway.keys import KeyRing
 from gateway.metrics import Metrics
 from gateway.model import Envelope, ErrorCode
+from gateway.pipeline.decide import sweep
 from gateway.pipeline.decode import decode, topic_vehicle
 from gateway.pipeline.shape import evaluate
+from gateway.policy.bundle import PolicyBundle
 from gateway.policy.holder import PolicyHolder
 from gateway.policy.schema import ExportDataClass, beijing_date
 from gateway.policy.state import (
@@ -142,6 +144,7 @@ class Gateway:
         self._refs: dict[str, str] = {}
         self.state = self._load_state()
         self._ready = threading.Event()
+        self._last_sweep = clock()
 
     # -- state ---------------------------------------------------------------------------
     def _load_state(self) -> StateSnapshot:
@@ -212,6 +215,7 @@ class Gateway:
             envelopes,
             aliases=bundle.aliases,
             max_payload=bundle.rules.ingest.max_payload_bytes,
+            max_records=bundle.rules.ingest.max_records_per_payload,
         )
         batch = decoded.batch
         dead: list[DeadInput] = []
@@ -286,16 +290,7 @@ class Gateway:
         crossborder: dict[tuple[str, int, str], list[str]] = {}
         for sub, year, data_class, vin in delta.counted:
             crossborder.setdefault((sub, year, data_class.value), []).append(self.vehicle_ref(vin))
-        ctx = Context(
-            shard=self.origin,
-            instance=self.config.worker,
-            now=now,
-            bundle=bundle,
-            vehicle_ref=self.vehicle_ref,
-            digest=self.keys.payload_digest,
-            pseudonym_key=self.keys.pseudonym_key,
-            deadletter_prefix=self.config.output.deadletter_prefix,
-        )
+        ctx = self._context(bundle, now)
         t_commit = time.perf_counter()
         with self.store.transaction() as tx:
             written = commit_batch(
@@ -320,6 +315,7 @@ class Gateway:
             envelopes,
             len(batch),
             duplicates,
+            len(batch) - len(rows),
             written,
             [d.reason for d in dead],
             time.perf_counter() - t0,
@@ -342,6 +338,7 @@ class Gateway:
         envelopes: Sequence[Envelope],
         rows: int,
         duplicates: int,
+        rejected: int,
         written: Written,
         dead_reasons: list[str],
         seconds: float,
@@ -355,12 +352,13 @@ class Gateway:
                 m.decisions.labels(sub, decision).inc(n)
         for reason in dead_reasons:
             m.deadletters.labels(reason).inc()
+        # Rows only: a payload that yielded no row is counted by ``deadletters`` alone.
         m.observe_stage(
             "pipeline",
             received=rows,
-            sent=rows - duplicates - written.deadletters,
+            sent=rows - duplicates - rejected,
             discarded=duplicates,
-            failed=written.deadletters,
+            failed=rejected,
             seconds=seconds,
         )
         m.stale_acks.set(self.source.stale_acks)
@@ -415,9 +413,54 @@ class Gateway:
             self.shutdown()
 
     def _tick(self) -> None:
+        """Once a second: checkpoint if due; every minute: end quiet trips, forget old
+        records seen."""
         self.audit.checkpoint_if_due()
         with self.store.snapshot() as rd:
             self.metrics.outbox_pending.set(count_pending(rd, self.origin))
+        now = self.clock()
+        if now - self._last_sweep >= 60:
+            self._last_sweep = now
+            self.sweep(now)
+
+    def sweep(self, now: float) -> Written:
+        """Discard held views of trips that ended by silence (audited as blocked), and
+        drop records older than the de-duplication window from it."""
+        bundle = self.holder.current
+        delta = sweep(self.state, bundle, now)
+        new_state = self.state.apply(delta, now=now)
+        touched = {h.vehicle for h in delta.discarded}
+        ctx = self._context(bundle, now)
+        window_ms = round((now - bundle.rules.ingest.dedup_window_s) * 1000)
+        with self.store.transaction() as tx:
+            written = commit_batch(
+                tx,
+                ctx,
+                dead=(),
+                decisions=None,
+                shaped=None,
+                released=(),
+                discarded=delta.discarded,
+                seen=(),
+                vehicle_states=self._vehicle_docs(new_state, touched),
+                crossborder={},
+            )
+            prune_seen(tx, window_ms)
+        self.state = new_state
+        self.totals.add(written)
+        return written
+
+    def _context(self, bundle: PolicyBundle, now: float) -> Context:
+        return Context(
+            shard=self.origin,
+            instance=self.config.worker,
+            now=now,
+            bundle=bundle,
+            vehicle_ref=self.vehicle_ref,
+            digest=self.keys.payload_digest,
+            pseudonym_key=self.keys.pseudonym_key,
+            deadletter_prefix=self.config.output.deadletter_prefix,
+        )
 
     def shutdown(self, drain_timeout: float = 10.0) -> None:
         """Stop reading, finish what is queued, drain the outbox, checkpoint, disconnect."""

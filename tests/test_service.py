@@ -167,3 +167,34 @@ def test_unusable_input_is_dead_lettered_audited_and_announced_without_its_conte
         assert b"secret" not in payload
         assert vin.encode() not in payload
     assert gw.totals.deadletters == 2
+
+
+def test_sweep_ends_quiet_trips_and_forgets_old_records(config: GatewayConfig) -> None:
+    envelopes = fleet_envelopes(4, 120)
+    t = [1_795_867_200.0]
+    gw = Gateway(config, clock=lambda: t[0])
+    try:
+        gw.process(envelopes)
+        held = len(gw.state.held)
+        assert held > 0  # trip-end trimming holds the latest records back
+        t[0] += 120 + gw.holder.current.rules.trips.split_gap_s + 1  # past the last record
+        written = gw.sweep(t[0])
+        assert written.entries == held
+        assert len(gw.state.held) == 0
+        t[0] += gw.holder.current.rules.ingest.dedup_window_s + 1
+        gw.sweep(t[0])
+    finally:
+        gw.store.close()
+    con = db(config)
+    entries = Counter(
+        sub for (sub,) in con.execute("select subscriber from audit_entries where kind='decision'")
+    )
+    for sub in gw.holder.current.subscribers:
+        assert entries[sub] == len(envelopes), sub
+    assert held_per_subscriber(con) == Counter()
+    trimmed = con.execute(
+        "select count(*) from audit_entries "
+        "where decision='blocked' and rules like '%|pi.trip-trim|%'"
+    ).fetchone()[0]
+    assert trimmed >= held
+    assert con.execute("select count(*) from dedup").fetchone()[0] == 0
