@@ -690,6 +690,23 @@ class Decisions:
         """``(subscribers, rows)``."""
         return (len(self.plan.views), len(self.batch))
 
+    def columns(self) -> dict[str, npt.NDArray[Any]]:
+        """The pairs as flat columns, subscriber-major: ``row``, ``subscriber`` (index into
+        ``plan.views``), ``verdict``, ``rules`` (bit sets), ``applied``, ``precision_m``
+        (NaN where no position goes), ``consent``, ``basis``."""
+        S, n = self.shape
+        precision = np.array([v.grid_m for v in self.plan.views], dtype=np.float64)
+        return {
+            "row": np.tile(np.arange(n, dtype=np.intp), S),
+            "subscriber": np.repeat(np.arange(S, dtype=np.intp), n),
+            "verdict": self.verdict.ravel(),
+            "rules": self.rules.ravel(),
+            "applied": self.applied.ravel(),
+            "precision_m": np.where(self.position, precision[:, None], np.nan).ravel(),
+            "consent": self.consent.ravel(),
+            "basis": self.basis.ravel(),
+        }
+
     def layer(self, s: int) -> GeoLayer:
         """The geo layer subscriber ``s`` is decided on."""
         return self.located.layer(self.plan.views[s].grid_m)

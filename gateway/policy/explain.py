@@ -265,6 +265,8 @@ def run_explain(
     if output_format == "json":
         stdout.write(json.dumps([i.as_json() for i in result.items], ensure_ascii=False, indent=2))
         stdout.write("\n")
+        if result.ephemeral:
+            print(_EPHEMERAL, file=stderr)
         return 0
     _render(result, bundle, stdout)
     return 0
@@ -280,10 +282,7 @@ def _render(result: Explained, bundle: PolicyBundle, stream: TextIO) -> None:
         f"policy [bold]{bundle.short_version}[/bold] ({bundle.directory}); decided as of {stamp}"
     )
     if result.ephemeral:
-        console.print(
-            "pseudonyms and message ids use an [bold]ephemeral key[/bold] (no --keys): they "
-            "match nothing the gateway sends"
-        )
+        console.print(_EPHEMERAL)
     many = result.records > 1
     table = Table(show_lines=True)
     if many:
@@ -320,6 +319,12 @@ def _render(result: Explained, bundle: PolicyBundle, stream: TextIO) -> None:
         label = f"record {item.record}, " if many else ""
         console.rule(f"{label}{item.subscriber}")
         console.print_json(json.dumps(item.output, ensure_ascii=False))
+
+
+_EPHEMERAL = (
+    "pseudonyms and message ids use an ephemeral key (no --keys): they match nothing the "
+    "gateway sends"
+)
 
 
 def _style(decision: str, text: str) -> str:

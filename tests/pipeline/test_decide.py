@@ -857,6 +857,16 @@ def test_privilege_needs_mainland_storage(bundle: PolicyBundle) -> None:
     assert plan(bundle, NOW).views[0].privileged
 
 
+def test_flat_columns(bundle: PolicyBundle) -> None:
+    d, _ = run(bundle, [record(), record(where=PROHIBITED)])
+    cols = d.columns()
+    assert cols["row"].tolist() == [0, 1] * 4
+    assert cols["subscriber"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert cols["verdict"].tolist() == d.verdict.ravel().tolist()
+    assert cols["precision_m"][0] == 0 and np.isnan(cols["precision_m"][1])  # mapco: raw; blocked
+    assert cols["consent"][0] == "c-0002"
+
+
 def test_stages_can_run_one_by_one(bundle: PolicyBundle) -> None:
     batch = decode_records([record()], bundle.aliases)
     p = plan(bundle, NOW)

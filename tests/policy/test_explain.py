@@ -82,6 +82,15 @@ def test_json_lists_every_subscriber_with_decision_rules_and_output(tmp_path: Pa
         assert out["message_id"] and "audit_seq" not in out
 
 
+def test_json_says_on_stderr_that_the_key_is_ephemeral(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["policy", "explain", "--format", "json", str(write(tmp_path, RECORD))]
+    )
+    assert result.exit_code == 0
+    assert "ephemeral key" in result.stderr
+    json.loads(result.stdout)  # stdout stays exactly the JSON array
+
+
 def test_subscriber_option_filters_and_repeats(tmp_path: Path) -> None:
     path = str(write(tmp_path, RECORD))
     one = explain_json("--subscriber", "oem-hq-de", path)
