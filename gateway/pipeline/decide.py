@@ -56,8 +56,14 @@ Each arrow of RULES.md, per (record, subscriber), in this order:
 
 A record's verdict is ``block`` if nothing goes, ``redact`` if something the view would
 normally receive was removed or degraded by a rule that this record triggered (zone, consent,
-export, datum area), else ``share``. Trips, down-sampling and the cross-border counts follow
-each vehicle's records in time order (ties by row order); they are the only sequential parts.
+export, datum area), else ``share``.
+
+Order. Trips, trimming and down-sampling follow each vehicle's records in time order (ties by
+row order); down-sampling picks its records before the cross-border gate, which then takes
+the picked records of all vehicles in time order (ties by vehicle id, then row). These are
+the only sequential parts; everything else is computed on whole columns, one subscriber at a
+time. Cutting a stream into batches in time order, carrying the state, gives the same
+outcome as one batch (a held view released by a later batch is sent then).
 """
 
 from __future__ import annotations
