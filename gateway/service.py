@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from gateway.audit.entries import AdminAction, AdminEntry
 from gateway.audit.log import AuditLog, CheckpointPolicy
 from gateway.audit.outbox import all_vehicle_state, count_pending, prune_seen, seen_records
 from gateway.audit.store import Store, open_store
@@ -170,6 +171,21 @@ class Gateway:
             held=HeldSet(held),
         )
 
+    def _policy_loaded(self) -> None:
+        """Audit the bundle version now in force and take its consents."""
+        bundle = self.holder.current
+        log.info("policy version %s in force", bundle.short_version)
+        self.state = replace(self.state, consents=ConsentBook.from_policy(bundle.consents))
+        entry = AdminEntry(
+            time=self.clock(),
+            instance=self.config.worker,
+            action=AdminAction.POLICY_LOADED,
+            subject=bundle.version,
+            details={"directory": str(self.holder.directory.name)},
+        )
+        with self.store.transaction() as tx:
+            tx.append_audit([entry], shard=self.origin)
+
     def vehicle_ref(self, vin: str) -> str:
         """The keyed reference of a VIN (cached: the same VINs recur every second)."""
         ref = self._refs.get(vin)
@@ -208,7 +224,7 @@ class Gateway:
         """Decide and commit one micro-batch; acknowledges its input after the commit."""
         t0 = time.perf_counter()
         if self.holder.poll():
-            log.info("policy version %s in force", self.holder.current.short_version)
+            self._policy_loaded()
         bundle = self.holder.current
         now = self.clock()
         decoded = decode(
@@ -375,7 +391,9 @@ class Gateway:
         self.metrics.checkpoint_size.set(int(note.split(b"\n")[1]))
 
     def start(self, timeout: float = 30.0) -> None:
-        """Connect the publisher and the input, start delivering the outbox."""
+        """Audit the policy in force, connect the publisher and the input, start delivering
+        the outbox."""
+        self._policy_loaded()
         self.publisher.start()
         if not self.publisher.wait_connected(timeout):
             raise TimeoutError(f"could not connect to {self.spec} within {timeout}s")

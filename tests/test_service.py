@@ -198,3 +198,36 @@ def test_sweep_ends_quiet_trips_and_forgets_old_records(config: GatewayConfig) -
     ).fetchone()[0]
     assert trimmed >= held
     assert con.execute("select count(*) from dedup").fetchone()[0] == 0
+
+
+def test_policy_reload_is_audited_and_a_broken_bundle_keeps_the_last_good(
+    config: GatewayConfig, tmp_path: Path
+) -> None:
+    import shutil
+
+    from gateway.resources import default_policy_dir
+
+    bundle_dir = tmp_path / "policy"
+    shutil.copytree(default_policy_dir(), bundle_dir)
+    cfg = config.model_copy(update={"policies": str(bundle_dir)})
+    gw = Gateway(cfg)
+    try:
+        first = gw.holder.current.version
+        rules = bundle_dir / "rules.yaml"
+        rules.write_text(rules.read_text().replace("split_gap_s: 600", "split_gap_s: 900"))
+        gw.process(fleet_envelopes(1, 1))
+        second = gw.holder.current.version
+        assert second != first
+        rules.write_text("geo: [unclosed\n")
+        gw.process(fleet_envelopes(1, 2)[1:])
+        assert gw.holder.current.version == second
+        assert gw.holder.last_error is not None
+    finally:
+        gw.store.close()
+    loaded = [
+        subject
+        for (subject,) in db(cfg).execute(
+            "select body from audit_entries where kind = 'admin' order by seq"
+        )
+    ]
+    assert [orjson.loads(b)["subject"] for b in loaded] == [second]
