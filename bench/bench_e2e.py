@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import multiprocessing as mp
+import os
 import shutil
 import signal
 import subprocess
@@ -327,7 +328,7 @@ class GatewayMode(Mode):
         out_inflight: int,
     ) -> None:
         super().__init__(ctx, workdir, broker)
-        home = workdir / "gateway"
+        home = workdir / "home"
         home.mkdir(parents=True)
         self.home = home
         self.outputs = gw.write_bundle(
@@ -641,7 +642,8 @@ def report(settings: Settings, results: Sequence[ModeResult], elapsed: float) ->
         f"{settings.max_inflight:,} (load), {settings.out_inflight:,} (relay, gateway); "
         f"gateway: {settings.zones:,} zones, {settings.consents} consent(s) per vehicle, "
         f"delivery {settings.delivery}; "
-        f"run took {elapsed:,.0f} s.",
+        f"run took {elapsed:,.0f} s; load average at the end "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}.",
         "",
         "| mode | input msg/s | output msg/s | × raw | × relay | latency load msg/s "
         "| p50 ms | p99 ms | peak RSS MiB |",
