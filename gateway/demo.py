@@ -330,6 +330,7 @@ class Summary:
     records: int = 0
     duplicates: int = 0
     entries: int = 0
+    admin_entries: int = 0
     deadletters: int = 0
     views: int = 0
     first_seq: int = 0
@@ -371,6 +372,7 @@ class Summary:
             "records": self.records,
             "duplicates": self.duplicates,
             "entries": self.entries,
+            "admin_entries": self.admin_entries,
             "deadletters": self.deadletters,
             "views": self.views,
             "decisions": self.decisions,
@@ -626,6 +628,7 @@ class _Demo:
         summary.records = t.records
         summary.duplicates = t.duplicates
         summary.entries = t.entries
+        summary.admin_entries = t.admin
         summary.deadletters = t.deadletters
         summary.views = t.views
         subscribers = list(gw.holder.current.subscribers)

@@ -65,13 +65,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Totals:
-    """Running totals since start, for the demo's summary and the API."""
+    """Running totals since start, for the demo's summary and the API. ``entries`` counts
+    decision entries, ``admin`` administrative ones (policy loaded)."""
 
     messages: int = 0
     records: int = 0
     duplicates: int = 0
     deadletters: int = 0
     entries: int = 0
+    admin: int = 0
     views: int = 0
     decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
 
@@ -185,6 +187,7 @@ class Gateway:
         )
         with self.store.transaction() as tx:
             tx.append_audit([entry], shard=self.origin)
+        self.totals.admin += 1
 
     def vehicle_ref(self, vin: str) -> str:
         """The keyed reference of a VIN (cached: the same VINs recur every second)."""

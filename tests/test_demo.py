@@ -106,7 +106,9 @@ def test_demo_summary_equals_the_audit_log(tmp_path: Path) -> None:
     assert {sub for sub, _ in logged if sub} <= set(summary["decisions"])
     assert set(summary["decisions"]) == {"mapco-nav", "insureco-ubi", "sh-traffic", "oem-hq-de"}
     out = audit_verify(tmp_path, summary)
-    assert f"OK {summary['shard']}: verified size {summary['entries']}," in out
+    size = summary["entries"] + summary["admin_entries"]
+    assert summary["admin_entries"] == 1  # the policy version in force
+    assert f"OK {summary['shard']}: verified size {size}," in out
     # The console: the live table and the summary on stdout, nothing on stderr (no amqtt
     # or paho noise), the broker's per-run credentials nowhere.
     assert proc.stderr == ""
@@ -119,10 +121,10 @@ def test_demo_summary_equals_the_audit_log(tmp_path: Path) -> None:
     # A second run in the kept directory reuses keys and store and appends to the log.
     _, again = run_demo(tmp_path, "--duration", "2", "--vehicles", "3", "--workdir", str(workdir))
     check_against_store(again)
-    assert again["first_seq"] == summary["entries"]
+    assert again["first_seq"] == size
     assert again["seed"] != summary["seed"]
     out = audit_verify(tmp_path, again)
-    assert f"verified size {summary['entries'] + again['entries']}," in out
+    assert f"verified size {size + again['entries'] + again['admin_entries']}," in out
 
     # The demo's own check fails (so the command exits 1) on counts the log does not hold,
     # and on a log altered after the run.
