@@ -53,7 +53,7 @@ import yaml
 
 from bench import e2e_gateway as gw
 from bench.common import machine
-from bench.mqtt_load import peak_rss_mb, publisher_main, relay_main, subscriber_main
+from bench.mqtt_load import cpu_seconds, peak_rss_mb, publisher_main, relay_main, subscriber_main
 from gateway.resources import default_policy_dir
 from gateway.testing import MosquittoBroker, free_port
 from simulators.fleet import Fleet, FleetConfig
@@ -131,6 +131,8 @@ class Phase:
     seconds: float
     publish_seconds: float
     latencies_ms: np.ndarray
+    commit_ms: np.ndarray | None = None
+    cpu_seconds: float | None = None
     held: int = 0
     unmatched: int = 0
     per_subscriber: dict[str, int] = field(default_factory=dict)
@@ -226,6 +228,14 @@ class Mode:
         """Output key -> input ``msg_id`` for the inputs ``msg_ids``."""
         return {m: m for m in msg_ids}
 
+    def commit_times(self) -> dict[str, float] | None:
+        """Output key -> when the middle committed it (Unix seconds), where it says."""
+        return None
+
+    def middle_pid(self) -> int | None:
+        """Process id of what sits between publisher and subscribers (None for raw)."""
+        return None
+
     def counts_for_latency(self, key: str) -> bool:
         """False for outputs a policy holds back on purpose."""
         return True
@@ -297,6 +307,9 @@ class RelayMode(Mode):
             self.out_inflight,
         )
         self.relay.reply(30.0)
+
+    def middle_pid(self) -> int | None:
+        return None if self.relay is None else self.relay.proc.pid
 
     def check_alive(self) -> None:
         if self.relay is not None and not self.relay.proc.is_alive():
@@ -389,6 +402,12 @@ class GatewayMode(Mode):
 
     def counts_for_latency(self, key: str) -> bool:
         return gw.subscriber_of(key) in self.immediate
+
+    def commit_times(self) -> dict[str, float] | None:
+        return gw.outbox_commit_times(self.home / "store.sqlite")
+
+    def middle_pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
 
     def subscriber_of(self, key: str) -> str:
         return gw.subscriber_of(key)
@@ -558,16 +577,22 @@ class Bench:
         """Publish ``count`` messages from ``first`` (paced at ``rate`` or saturating), wait
         until drained, and match what arrived against what was sent."""
         base = mode.total()
+        pid = mode.middle_pid()
+        cpu_before = None if pid is None else cpu_seconds(pid)
         timeout = 60.0 + (count / rate if rate else count / 100.0)
         _, send_times, msg_ids, _confirmed, publish_end = self.publisher.call(
             "run", first, count, rate, timeout=timeout
         )
         expected = None if mode.expected_per_input is None else count * mode.expected_per_input
         self._drain(mode, expected, base)
+        cpu_after = None if pid is None else cpu_seconds(pid)
         arrivals, keys = mode.collect()
         sent_at = dict(zip(msg_ids, send_times.tolist(), strict=True))
         index = mode.trace(msg_ids)
         latencies: list[float] = []
+        committed = mode.commit_times()
+        wall = time.time() - time.monotonic()  # both clocks are system-wide
+        to_commit: list[float] = []
         held = unmatched = 0
         per_sub: dict[str, int] = {}
         for t, key in zip(arrivals.tolist(), keys, strict=True):
@@ -582,6 +607,8 @@ class Bench:
                 held += 1
             elif mode.counts_for_latency(key):
                 latencies.append((t - sent) * 1000.0)
+                if committed is not None and key in committed:
+                    to_commit.append((committed[key] - wall - sent) * 1000.0)
             else:
                 held += 1
         start = float(send_times[0])
@@ -592,6 +619,10 @@ class Bench:
             seconds=end - start,
             publish_seconds=publish_end - start,
             latencies_ms=np.array(latencies),
+            commit_ms=None if committed is None else np.array(to_commit),
+            cpu_seconds=(
+                None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+            ),
             held=held,
             unmatched=unmatched,
             per_subscriber=per_sub,
@@ -673,6 +704,18 @@ def report(settings: Settings, results: Sequence[ModeResult], elapsed: float) ->
                 f"{lat.held:,} held back by policy, {lat.unmatched:,} unmatched; "
                 f"max {_num(float(lat.latencies_ms.max()) if lat.latencies_ms.size else None)}"
                 " ms"
+            )
+            if lat.commit_ms is not None and lat.commit_ms.size:
+                p50, p99 = np.percentile(lat.commit_ms, [50, 99])
+                lines.append(
+                    f"- {r.mode}: send -> store commit p50 {p50:,.1f} ms, p99 {p99:,.1f} ms "
+                    "(the rest is the outbox drainer and the broker)"
+                )
+        sat = r.saturation
+        if sat is not None and sat.cpu_seconds is not None and sat.seconds > 0:
+            lines.append(
+                f"- {r.mode}: {sat.cpu_seconds / sat.seconds:.0%} of one core during saturation, "
+                f"{sat.cpu_seconds / sat.inputs * 1e6:,.0f} µs CPU per input"
             )
         if r.saturation is not None and r.saturation.per_subscriber and r.mode == "gateway":
             parts = ", ".join(f"{k} {v:,}" for k, v in sorted(r.saturation.per_subscriber.items()))

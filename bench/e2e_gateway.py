@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -191,3 +192,14 @@ def by_subscriber(keys: Iterable[str]) -> Mapping[str, int]:
         sub = subscriber_of(key)
         counts[sub] = counts.get(sub, 0) + 1
     return counts
+
+
+def outbox_commit_times(store: Path) -> dict[str, float] | None:
+    """``subscriber/message_id`` -> when the gateway committed the view (Unix seconds), read
+    from its SQLite outbox; None if the store cannot be read that way."""
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+            rows = db.execute("select subscriber, message_id, created_ms from outbox").fetchall()
+    except sqlite3.Error:
+        return None
+    return {f"{sub}/{mid}": created / 1000.0 for sub, mid, created in rows}
