@@ -760,14 +760,23 @@ class Decisions:
         zoned[has_site] = layer.mask.level[site[has_site]] != 0
         bits_list = self.applied[s, rows].tolist()
         pos_list = self.position[s, rows].tolist()
+        dropped = self.classified.dropped[rows].tolist()
         view = self.plan.views[s]
         cache = self._transform_cache
+        names_of: dict[int, tuple[str, ...]] = {0: ()}
         out: list[dict[str, Any]] = []
-        for row, bits, pos, in_zone in zip(
-            rows.tolist(), bits_list, pos_list, zoned.tolist(), strict=True
+        for row, bits, pos, in_zone, kind in zip(
+            rows.tolist(), bits_list, pos_list, zoned.tolist(), dropped, strict=True
         ):
             zones = layer.zone_ids(row) if in_zone else ()
-            names = self.classified.unclassified_names(row) if bits & _UNCLASSIFIED_BIT else ()
+            names: tuple[str, ...] = ()
+            if bits & _UNCLASSIFIED_BIT:
+                known = names_of.get(kind) if kind > 0 else None
+                if known is None:
+                    known = self.classified.unclassified_names(row)
+                    if kind > 0:
+                        names_of[kind] = known
+                names = known
             key = (s, bits, pos, zones, names)
             cached = cache.get(key)
             if cached is None:
