@@ -4,9 +4,9 @@ and how an output record is traced back to the input that caused it.
 The bundle is a copy of the shipped default with the benchmark's scale: the default zones
 plus random ones up to ``zones`` (spread over East China, so a few dozen lie on the fleet's
 roads around Shanghai), and consents for the fleet's consenting vehicles. By default every
-subscriber's delivery is rewritten to MQTT (``share/<id>``) so that all four views leave
-through the broker, the same fan-out the zero-work relay copies; ``delivery="as-is"`` keeps
-the shipped channels (webhook and HTTP stream views then never reach the broker).
+subscriber's delivery is set to MQTT (``share/<id>``, as the shipped bundle has it) so that
+all four views leave through the broker, the fan-out the zero-work relay copies;
+``delivery="as-is"`` keeps whatever channels the shipped bundle names.
 """
 
 from __future__ import annotations
