@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from gateway import consents
 from gateway.audit.entries import AdminAction, AdminEntry
 from gateway.audit.log import AuditLog, CheckpointPolicy
 from gateway.audit.outbox import all_vehicle_state, count_pending, prune_seen, seen_records
@@ -48,7 +49,6 @@ from gateway.policy.bundle import PolicyBundle
 from gateway.policy.holder import PolicyHolder
 from gateway.policy.schema import ExportDataClass, beijing_date
 from gateway.policy.state import (
-    ConsentBook,
     CounterKey,
     CrossBorderCount,
     HeldSet,
@@ -148,10 +148,10 @@ class Gateway:
         self.state = self._load_state()
         self._ready = threading.Event()
         self._last_sweep = clock()
+        self._policy_loaded()
 
     # -- state ---------------------------------------------------------------------------
     def _load_state(self) -> StateSnapshot:
-        bundle = self.holder.current
         trips: dict[str, TripState] = {}
         last_sent: dict[str, dict[str, float]] = {}
         held: list[HeldView] = []
@@ -167,17 +167,19 @@ class Gateway:
         log.info("loaded decision state of %d vehicles (%d held views)", len(stored), len(held))
         return StateSnapshot(
             now=self.clock(),
-            consents=ConsentBook.from_policy(bundle.consents),
             trips=trips,
             last_sent=last_sent,
             held=HeldSet(held),
         )
 
     def _policy_loaded(self) -> None:
-        """Audit the bundle version now in force and take its consents."""
+        """Audit the bundle version now in force; seed the store with its consents."""
         bundle = self.holder.current
         log.info("policy version %s in force", bundle.short_version)
-        self.state = replace(self.state, consents=ConsentBook.from_policy(bundle.consents))
+        now = self.clock()
+        self.totals.admin += consents.seed(
+            self.store, bundle, self.vehicle_ref, at=now, instance=self.config.worker
+        )
         entry = AdminEntry(
             time=self.clock(),
             instance=self.config.worker,
@@ -275,8 +277,11 @@ class Gateway:
             mid = msg_ids[row]
             record = f"m:{mid}" if mid is not None else f"t:{round(times[row] * 1000)}"
             keys.append((self.vehicle_ref(vehicles[row]), record))
+        batch_vins = {vehicles[row] for row in rows.tolist()}
+        vin_of = {self.vehicle_ref(v): v for v in batch_vins}
         with self.store.snapshot() as rd:
             seen = seen_records(rd, keys)
+            book = consents.book(consents.of_vehicles(rd, list(vin_of)), vin_of)
         fresh: list[int] = []
         fresh_keys: list[tuple[str, str]] = []
         taken: set[tuple[str, str]] = set()
@@ -292,6 +297,7 @@ class Gateway:
         state = replace(
             self.state,
             now=now,
+            consents=book,
             crossborder=self._crossborder(work_vehicles, now),
         )
         decisions = shaped = None
@@ -394,9 +400,7 @@ class Gateway:
         self.metrics.checkpoint_size.set(int(note.split(b"\n")[1]))
 
     def start(self, timeout: float = 30.0) -> None:
-        """Audit the policy in force, connect the publisher and the input, start delivering
-        the outbox."""
-        self._policy_loaded()
+        """Connect the publisher and the input, start delivering the outbox."""
         self.publisher.start()
         if not self.publisher.wait_connected(timeout):
             raise TimeoutError(f"could not connect to {self.spec} within {timeout}s")
