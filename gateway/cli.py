@@ -50,6 +50,10 @@ def _mount() -> None:
 
     app.command("simulate")(simulate)
 
+    from gateway.consent_cli import app as consent_app
+
+    app.add_typer(consent_app, name="consent")
+
     from gateway.run_cli import run
 
     app.command("run")(run)

@@ -78,3 +78,39 @@ def test_a_withdrawal_in_the_store_applies_to_the_next_batch(config: GatewayConf
     with_consent = ["pi.trajectory-consent" in e["rules"] for e in entries]
     assert with_consent == [True, True, False, False]
     assert [e["basis"] for e in entries[:2]] == ["c-test", "c-test"]
+
+
+def test_consent_cli_grants_lists_and_withdraws(config: GatewayConfig) -> None:
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+
+    runner = CliRunner()
+    vin = "LSVAU2180N2183294"
+    base = ["--store", config.store]
+    out = runner.invoke(
+        app,
+        ["consent", "grant", *base, "--keys", config.keys, "--vin", vin,
+         "--purpose", "traffic-management", "--expires", "2030-01-01T00:00:00+08:00",
+         "--id", "c-cli"],
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    listed = runner.invoke(app, ["consent", "list", *base, "--keys", config.keys, "--vin", vin])
+    assert "c-cli" in listed.output and "traffic-management" in listed.output
+    assert vin not in listed.output
+    gone = runner.invoke(app, ["consent", "withdraw", *base, "c-cli"])
+    assert gone.exit_code == 0, gone.output
+    again = runner.invoke(app, ["consent", "withdraw", *base, "c-cli"])
+    assert again.exit_code == 1
+    bad = runner.invoke(
+        app,
+        ["consent", "grant", *base, "--keys", config.keys, "--vin", vin,
+         "--purpose", "p", "--expires", "2030-01-01T00:00:00"],
+    )  # fmt: skip
+    assert bad.exit_code == 2
+    with sqlite3.connect(config.store.removeprefix("sqlite:///")) as con:
+        actions = [
+            orjson.loads(b)["subject"]
+            for (b,) in con.execute("select body from audit_entries where kind='admin'")
+        ]
+    assert actions.count("c-cli") == 2  # granted, then withdrawn: both audited
