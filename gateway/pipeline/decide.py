@@ -882,7 +882,7 @@ def decide(
         trip_lat[trips.order] = trips.lat
         trip_lon[trips.order] = trips.lon
     unclassified_any = classified.any_unclassified & live
-    consents = _ConsentIndex(batch, state)
+    consents = _ConsentIndex(batch, trips, state)
 
     last_sent: dict[str, dict[str, float]] = {}
     counted: list[tuple[str, int, ExportDataClass, str]] = []
@@ -1128,19 +1128,21 @@ def decide(
 class _ConsentIndex:
     """Per-row look-ups of a batch's consents, from the book's sorted columns."""
 
-    def __init__(self, batch: Batch, state: StateSnapshot) -> None:
+    def __init__(self, batch: Batch, trips: _Trips, state: StateSnapshot) -> None:
+        n = len(batch)
         self.time = batch.time
         self.book = state.consents.columns()
-        names = np.array([v if isinstance(v, str) else "" for v in batch.vehicle], dtype=str)
+        self.lo = np.zeros(n, dtype=np.intp)
+        self.count = np.zeros(n, dtype=np.intp)
         vins = self.book.vins
-        if len(vins) and len(names):
+        if len(vins) and len(trips.order):
+            names = trips.vehicles.astype(str)  # the batch's vehicles, once each
             pos = np.minimum(np.searchsorted(vins, names), len(vins) - 1)
             found = vins[pos] == names
-            self.lo = np.where(found, self.book.lo[pos], 0)
-            self.count = np.where(found, self.book.count[pos], 0)
-        else:
-            self.lo = np.zeros(len(names), dtype=np.intp)
-            self.count = np.zeros(len(names), dtype=np.intp)
+            lo = np.where(found, self.book.lo[pos], 0)
+            count = np.where(found, self.book.count[pos], 0)
+            self.lo[trips.order] = lo[trips.veh]
+            self.count[trips.order] = count[trips.veh]
 
     def lookup(self, purposes: Iterable[str], rows: BoolArray) -> npt.NDArray[np.object_]:
         """Per row (where ``rows``): id of the consent (smallest id) active at the row's time
@@ -1150,7 +1152,7 @@ class _ConsentIndex:
         if idx.size == 0:
             return out
         book = self.book
-        wanted = np.isin(book.purposes, list(purposes))
+        wanted = book.purpose_mask(purposes)
         cnt = self.count[idx]
         pair_row = np.repeat(idx, cnt)
         offsets = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)
@@ -1190,8 +1192,10 @@ def _downsample(trips: _Trips, ok: BoolArray, interval: float, seeds: FloatArray
 def _last_sent_seeds(trips: _Trips, state: StateSnapshot, sub_id: str) -> FloatArray:
     """Per vehicle code: when the subscriber was last sent a record of it (-inf: never)."""
     get = state.last_sent.get(sub_id, {}).get
-    inf = -np.inf
-    return np.array([get(v, inf) for v in trips.vehicles.tolist()], dtype=np.float64)
+    n = len(trips.vehicles)
+    return np.fromiter(
+        map(get, trips.vehicles.tolist(), itertools.repeat(-np.inf, n)), np.float64, count=n
+    )
 
 
 def _record_last_sent(

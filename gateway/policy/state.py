@@ -109,6 +109,7 @@ class ConsentColumns:
 
     ``vins`` is sorted and unique; the consents of ``vins[k]`` are entries
     ``lo[k] : lo[k] + count[k]`` of ``ids``/``purposes``/``start``/``end``, sorted by id.
+    ``purpose_code`` numbers each entry's purpose: ``purpose_names[purpose_code[i]]``.
     """
 
     vins: npt.NDArray[np.str_]
@@ -118,6 +119,14 @@ class ConsentColumns:
     purposes: npt.NDArray[np.object_]
     start: npt.NDArray[np.float64]
     end: npt.NDArray[np.float64]
+    purpose_code: npt.NDArray[np.intp]
+    purpose_names: tuple[str, ...]
+
+    def purpose_mask(self, purposes: Iterable[str]) -> npt.NDArray[np.bool_]:
+        """Entries whose purpose is one of ``purposes``."""
+        wanted = [i for i, name in enumerate(self.purpose_names) if name in set(purposes)]
+        out: npt.NDArray[np.bool_] = np.isin(self.purpose_code, wanted)
+        return out
 
 
 class ConsentBook:
@@ -175,6 +184,8 @@ class ConsentBook:
             vins = sorted(self._by_vin)
             recs = [r for vin in vins for r in self._by_vin[vin]]
             count = np.array([len(self._by_vin[v]) for v in vins], dtype=np.intp)
+            names = tuple(sorted({r.purpose for r in recs}))
+            number = {name: i for i, name in enumerate(names)}
             self._columns = ConsentColumns(
                 vins=np.array(vins, dtype=str) if vins else np.array([], dtype=str),
                 lo=(np.cumsum(count) - count).astype(np.intp),
@@ -183,6 +194,8 @@ class ConsentBook:
                 purposes=np.array([r.purpose for r in recs], dtype=object),
                 start=np.array([r.granted for r in recs], dtype=np.float64),
                 end=np.array([r.end for r in recs], dtype=np.float64),
+                purpose_code=np.array([number[r.purpose] for r in recs], dtype=np.intp),
+                purpose_names=names,
             )
         return self._columns
 
