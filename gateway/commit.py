@@ -64,6 +64,7 @@ class Written:
     views: int = 0
     deadletters: int = 0
     decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    outbox: list[OutboxRow] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +180,7 @@ def commit_batch(
         tx.lock_crossborder(recipient, year)
         tx.add_crossborder_subjects(recipient, year, refs, category=category, at=ctx.now)
     out.entries = len(entries)
+    out.outbox = outbox
     out.views = sum(1 for r in outbox if r.subscriber)
     out.deadletters = len(letters)
     return out

@@ -335,7 +335,7 @@ class Gateway:
         for env in envelopes:
             if env.ack is not None:
                 env.ack()
-        self.drainer.wake()
+        self.drainer.submit(written.outbox)
         self._count(
             envelopes,
             len(batch),
@@ -472,6 +472,7 @@ class Gateway:
             )
             prune_seen(tx, window_ms)
         self.state = new_state
+        self.drainer.submit(written.outbox)
         self.totals.add(written)
         return written
 

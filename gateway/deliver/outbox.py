@@ -1,27 +1,30 @@
 """The outbox drainer: committed views go to their sink; confirmed ones are marked delivered.
 
-Rows are read in audit order after a cursor, published, and marked delivered in batches when
-the broker confirms them (PUBACK). After a restart the cursor starts from the beginning, so
-every view that was committed but not confirmed is sent again under its own message id;
-subscribers de-duplicate on that id. A refused publish moves the cursor back so the row is
-tried again.
+After each commit the service hands the drainer the rows it just wrote (no re-read from the
+store on the hot path); at start-up the drainer loads every row still pending, so a view
+that was committed but never confirmed — the gateway died first — is sent again under its
+own message id, and subscribers de-duplicate on that id. Confirmations (PUBACK) are marked
+in the store in batches; a refused publish is queued again.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from gateway.audit.outbox import count_pending, mark_delivered, pending_outbox
+from gateway.audit.outbox import OutboxRow, count_pending, mark_delivered, pending_outbox
 from gateway.audit.store import Store
 from gateway.deliver.mqtt import MqttPublisher
 from gateway.errors import DeliveryError
 from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+_MARK_EVERY_S = 0.2
 
 
 class OutboxDrainer:
@@ -35,88 +38,95 @@ class OutboxDrainer:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.time,
-        batch: int = 500,
     ) -> None:
         self.store = store
         self.shard = shard
         self.publisher = publisher
         self.metrics = metrics
         self.clock = clock
-        self.batch = batch
-        self._cursor = -1
+        self._queue: collections.deque[OutboxRow] = collections.deque()
         self._lock = threading.Lock()
         self._confirmed: list[int] = []
-        self._refused: list[int] = []
-        self._inflight = 0
+        self._refused: list[OutboxRow] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.delivered: dict[str, int] = {}
 
     def start(self) -> None:
-        """Start the background thread."""
+        """Load what is still pending from the store, then start the background thread."""
+        self._queue.clear()  # the store is the truth: anything submitted is in it
+        after = -1
+        while True:
+            with self.store.snapshot() as rd:
+                rows = pending_outbox(rd, self.shard, after_seq=after, limit=5000)
+            if not rows:
+                break
+            self._queue.extend(rows)
+            after = rows[-1].seq
+        if self._queue:
+            log.info("%d committed views not yet confirmed: sending them again", len(self._queue))
         self._thread = threading.Thread(target=self._run, name="icvgw-outbox", daemon=True)
         self._thread.start()
 
-    def wake(self) -> None:
-        """New rows were committed: look now rather than at the next poll."""
+    def submit(self, rows: Iterable[OutboxRow]) -> None:
+        """Rows just committed: send them (in this order)."""
+        self._queue.extend(rows)
         self._wake.set()
 
-    def _done(self, seq: int, subscriber: str, ok: bool) -> None:
+    def wake(self) -> None:
+        """Look at the queue now rather than at the next poll."""
+        self._wake.set()
+
+    def _done(self, row: OutboxRow, ok: bool) -> None:
         with self._lock:
-            self._inflight -= 1
-            (self._confirmed if ok else self._refused).append(seq)
             if ok:
-                self.delivered[subscriber] = self.delivered.get(subscriber, 0) + 1
-        if ok and subscriber:
-            self.metrics.delivered.labels(subscriber).inc()
+                self._confirmed.append(row.seq)
+                self.delivered[row.subscriber] = self.delivered.get(row.subscriber, 0) + 1
+            else:
+                self._refused.append(row)
+        if ok and row.subscriber:
+            self.metrics.delivered.labels(row.subscriber).inc()
 
     def _flush_confirmed(self) -> None:
         with self._lock:
             confirmed, self._confirmed = self._confirmed, []
             refused, self._refused = self._refused, []
-            if refused:
-                self._cursor = min(self._cursor, min(refused) - 1)
         if refused:
             log.warning("%d publishes refused by the broker; retrying", len(refused))
+            self._queue.extendleft(reversed(refused))
         if confirmed:
             with self.store.transaction() as tx:
                 mark_delivered(tx, self.shard, confirmed, round(self.clock() * 1000))
 
     def _run(self) -> None:
+        last_mark = time.monotonic()
         while not self._stop.is_set():
             try:
-                self._flush_confirmed()
-                with self.store.snapshot() as rd:
-                    rows = pending_outbox(rd, self.shard, after_seq=self._cursor, limit=self.batch)
-                if not rows:
-                    self._wake.wait(0.2)
+                if time.monotonic() - last_mark >= _MARK_EVERY_S:
+                    last_mark = time.monotonic()
+                    self._flush_confirmed()
+                try:
+                    row = self._queue.popleft()
+                except IndexError:
+                    self._wake.wait(_MARK_EVERY_S)
                     self._wake.clear()
                     continue
-                for row in rows:
-                    self._publish(row.seq, row.subscriber, row.topic, row.payload)
-                    if self._stop.is_set():
-                        break
+                self._publish(row)
             except Exception:
                 log.exception("outbox delivery failed; retrying in 1 s")
                 time.sleep(1.0)
 
-    def _publish(self, seq: int, subscriber: str, topic: str, payload: bytes) -> None:
+    def _publish(self, row: OutboxRow) -> None:
         while not self._stop.is_set():
-            with self._lock:
-                self._inflight += 1
             try:
                 self.publisher.publish(
-                    topic, payload, functools.partial(self._done, seq, subscriber), timeout=1.0
+                    row.topic, row.payload, functools.partial(self._done, row), timeout=1.0
                 )
+                return
             except DeliveryError:
-                with self._lock:
-                    self._inflight -= 1
                 self._flush_confirmed()
-                continue
-            with self._lock:
-                self._cursor = max(self._cursor, seq)
-            return
+        self._queue.appendleft(row)
 
     def drain(self, timeout: float) -> bool:
         """Wait until every committed view is confirmed (or ``timeout``); True if drained."""
