@@ -14,7 +14,10 @@ its own config and data directory):
   consents for the fleet), the store in SQLite on disk, every view delivered by MQTT.
 
 Traffic is the fleet simulator's (10,000 vehicles: real VINs, positions and VSS payloads),
-published at QoS 1 with at most ``--max-inflight`` unacknowledged messages. Per mode:
+published at QoS 1 with at most ``--max-inflight`` unacknowledged messages. The relay's and
+the gateway's output bound (``--out-inflight``, the gateway's ``output.max_inflight``) is the
+same for both, 100 by default: paho scans every in-flight message on each PUBACK, so a bound
+of 1,000 costs a publisher more than half its throughput (bench/RESULTS.md). Per mode:
 warm-up (probe until the first output arrives, then ``--warmup`` messages); saturation
 (``--messages`` as fast as the bounded publisher is confirmed, outputs counted until
 drained: rates are messages over first send to last arrival); latency (``--latency-seconds``
@@ -24,9 +27,11 @@ subscribers share the machine's cores: compare modes within one run.
 
 Latency is arrival minus send time (``time.monotonic``, one clock across processes). Raw and
 relayed copies carry the input's ``msg_id``; a gateway output's ``message_id`` is a keyed MAC
-of the input's ``msg_id`` the benchmark recomputes from the key directory it created. Views a
-policy holds back on purpose (trip trimming) are counted but left out of the percentiles.
-Peak RSS is each process's VmHWM (``/proc/<pid>/status``).
+of the input's ``msg_id`` the benchmark recomputes from the key directory it created. Views of
+subscribers whose policy holds records back on purpose (trip trimming) are counted but left
+out of the percentiles. For the gateway the latency is also split at the store commit (the
+outbox row's creation time). Peak RSS is each process's VmHWM (``/proc/<pid>/status``); CPU
+is the process's user + system time during saturation.
 """
 
 from __future__ import annotations
