@@ -99,7 +99,10 @@ class Publisher:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
-        self._client.max_inflight_messages_set(max_inflight)
+        # This class bounds what is outstanding itself (publish waits below _limit). paho's
+        # own limit stays 0: set, paho scans its in-flight table on every PUBACK, and it
+        # cannot be changed on an open connection.
+        self._client.max_inflight_messages_set(0)
 
     # -- paho callbacks (network thread) ------------------------------------------------
 
@@ -114,7 +117,6 @@ class Publisher:
                 receive_max = getattr(props, "ReceiveMaximum", None) if props else None
                 if receive_max:
                     self._limit = min(self.max_inflight, int(receive_max))
-                    client.max_inflight_messages_set(self._limit)
             self._cond.notify_all()
 
     def _on_disconnect(

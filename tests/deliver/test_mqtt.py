@@ -100,3 +100,26 @@ def test_publishes_while_broker_is_down_are_sent_after_it_returns(
     sub.disconnect()
     sub.loop_stop()
     assert sorted(int(p) for p in got) == list(range(20))
+
+
+def test_the_broker_receive_maximum_caps_inflight() -> None:
+    # Mosquitto announces its max_inflight_messages as Receive Maximum in CONNACK.
+    with MosquittoBroker(extra_config="max_inflight_messages 20") as broker:
+        sub, got = subscriber(broker, "share/#")
+        pub = MqttPublisher(parse_broker_url(broker.url), "gw-out-3", max_inflight=500)
+        pub.start()
+        assert pub.wait_connected(5)
+        results: list[bool] = []
+        peak = 0
+        try:
+            assert pub.limit == 20
+            for i in range(500):
+                pub.publish("share/s/v/telemetry", b"%d" % i, results.append)
+                peak = max(peak, pub.inflight())
+            assert pub.flush(20)
+        finally:
+            pub.stop()
+            sub.disconnect()
+            sub.loop_stop()
+        assert results == [True] * 500
+        assert peak <= 20

@@ -142,18 +142,27 @@ def test_pacing_follows_at_over_speedup(speedup: float, expected: list[float]) -
     assert fake.flushed
 
 
+@pytest.mark.integration
 def test_broker_receive_maximum_lowers_the_in_flight_bound() -> None:
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-    from paho.mqtt.reasoncodes import ReasonCode
+    # Mosquitto announces max_inflight_messages as Receive Maximum in its CONNACK. The
+    # publisher must stay under it on an open connection (paho refuses to change its own
+    # limit while connected, which once killed the network thread here).
+    messages = list(Fleet(FleetConfig(vehicles=10), seed=2).messages(30, 1))
+    with MosquittoBroker(extra_config="max_inflight_messages 20") as broker:
+        sub = Subscriber(broker)
+        peak = 0
+        try:
+            with Publisher(broker.url, max_inflight=1000) as pub:
+                assert pub._limit == 20
 
-    pub = Publisher("mqtt://127.0.0.1:1", max_inflight=1000)
-    props = Properties(PacketTypes.CONNACK)  # type: ignore[no-untyped-call]
-    props.ReceiveMaximum = 20
-    pub._on_connect(pub._client, None, None, ReasonCode(PacketTypes.CONNACK, "Success"), props)
-    assert pub._limit == 20
-    assert pub._client.max_inflight_messages == 20
-    bigger = Properties(PacketTypes.CONNACK)  # type: ignore[no-untyped-call]
-    bigger.ReceiveMaximum = 65535
-    pub._on_connect(pub._client, None, None, ReasonCode(PacketTypes.CONNACK, "Success"), bigger)
-    assert pub._limit == 1000
+                def watch(msg: Message) -> None:
+                    nonlocal peak
+                    peak = max(peak, pub.inflight)
+
+                stats = publish_messages(messages, pub, speedup=0, progress=watch)
+            got = sub.wait_for(len(messages))
+        finally:
+            sub.close()
+    assert stats.messages == len(messages)
+    assert len(got) == len(messages)
+    assert 0 < peak <= 20
