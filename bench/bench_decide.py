@@ -17,8 +17,10 @@ classify and the bundle's per-batch plan. Times are the process's CPU time
 (``time.process_time``), so the figures are per core; the whole stream is replayed
 ``--repeats`` times from the same state and the fastest pass (decide + shape) is shown, since
 other processes on a shared machine still slow a pass down through its caches. The garbage
-collector runs with its defaults; one more line shows the same passes with it paused, since
-its share is large (the outputs are many small Python objects).
+collector runs with its defaults; its share is large (the outputs are many small Python
+objects, and each full collection walks the loaded zones and policy), so two more lines show
+the same passes after ``gc.freeze()`` (which a service can call once its policy is loaded)
+and with the collector paused (the engine's own cost).
 
 The reference is a simple per-record implementation of the same path on a sample: for each
 record and subscriber, snap the point, build its cell polygon, query an STRtree of the zones,
@@ -263,12 +265,18 @@ def main() -> None:
     runs = [run_engine(bundle, fleet, fleet.payloads[2:]) for _ in range(args.repeats)]
     timing = min(runs, key=lambda r: r.decide + r.shape)
     gc.collect()
-    gc.disable()  # to show what the collector costs: the outputs are many small objects
+    gc.freeze()  # what a long-running service can do once its policy and zones are loaded
+    frozen = min(
+        (run_engine(bundle, fleet, fleet.payloads[2:]) for _ in range(args.repeats)),
+        key=lambda r: r.decide + r.shape,
+    )
+    gc.disable()  # the engine's own cost, without the collector
     paused = min(
         (run_engine(bundle, fleet, fleet.payloads[2:]) for _ in range(args.repeats)),
         key=lambda r: r.decide + r.shape,
     )
     gc.enable()
+    gc.unfreeze()
     n = timing.records
     total = timing.geo + timing.decide + timing.shape
     t0 = clock()
@@ -289,9 +297,9 @@ def main() -> None:
         print(f"| {name} | {seconds / n * 1e6:.2f} | {n / seconds:,.0f} |")
     print(f"| per-record reference (sample of {len(sample):,}) | {1e6 / ref_rate:.1f} "
           f"| {ref_rate:,.0f} |")  # fmt: skip
-    paused_ds = paused.decide + paused.shape
-    print(f"| decide + shape, garbage collector paused | {paused_ds / n * 1e6:.2f} "
-          f"| {n / paused_ds:,.0f} |")  # fmt: skip
+    for label, run in (("after gc.freeze()", frozen), ("garbage collector paused", paused)):
+        ds = run.decide + run.shape
+        print(f"| decide + shape, {label} | {ds / n * 1e6:.2f} | {n / ds:,.0f} |")
     print()
     print(
         f"{n:,} records, {pairs:,} (record, subscriber) pairs: {mix}; "
