@@ -6,7 +6,8 @@ paths by the policy's alias map before anything else looks at them.
 
 Two kinds of failure, both without raising:
 
-* the whole payload is unusable (oversize, not JSON, not an object or array, empty array):
+* the whole payload is unusable (oversize, not JSON, not an object or array, empty array,
+  more records than the bundle allows):
   a :class:`DeadLetter` for the envelope, no rows;
 * one record is unusable (not an object, no vehicle id, no or bad timestamp, a coordinate that
   is not a number, vehicle id differs from the topic's): the row is in the batch, rejected
@@ -39,6 +40,7 @@ MSG_ID = "msg_id"
 _COLUMNS = frozenset({VIN, LATITUDE, LONGITUDE, ALTITUDE, TIMESTAMP, MSG_ID})
 
 DEFAULT_MAX_PAYLOAD = 256 * 1024
+DEFAULT_MAX_RECORDS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,7 @@ def decode(
     *,
     aliases: Mapping[str, str] | None = None,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
+    max_records: int = DEFAULT_MAX_RECORDS,
     vehicle_from_topic: Callable[[str], str | None] | None = topic_vehicle,
 ) -> Decoded:
     """Decode envelopes into one batch. Never raises on payload content.
@@ -97,6 +100,11 @@ def decode(
             continue
         if not items:
             dead.append(DeadLetter(index, "empty", "empty JSON array"))
+            continue
+        if len(items) > max_records:
+            dead.append(
+                DeadLetter(index, "too-many-records", f"{len(items)} > {max_records} records")
+            )
             continue
         want = vehicle_from_topic(env.topic) if vehicle_from_topic is not None else None
         for item in items:
