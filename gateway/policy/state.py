@@ -70,9 +70,12 @@ CounterKey = tuple[str, int, ExportDataClass]
 """``(subscriber id, calendar year in Beijing time, data class)`` of a cross-border count."""
 
 
-@dataclass(frozen=True, slots=True)
-class ConsentRecord:
-    """One consent as Unix times: active from ``granted`` until ``expires`` or ``revoked``."""
+class ConsentRecord(NamedTuple):
+    """One consent as Unix times: active from ``granted`` until ``expires`` or ``revoked``.
+
+    (A named tuple of plain values: the garbage collector stops tracking it, which matters
+    with a consent per vehicle and purpose.)
+    """
 
     id: str
     vin: str
