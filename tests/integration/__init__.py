@@ -1,0 +1,1 @@
+"""End-to-end and fault tests against a real Mosquitto and the gateway as a process."""
