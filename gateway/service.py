@@ -17,6 +17,7 @@ outbox, writes a final checkpoint and disconnects.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -190,6 +191,9 @@ class Gateway:
         with self.store.transaction() as tx:
             tx.append_audit([entry], shard=self.origin)
         self.totals.admin += 1
+        # The bundle (10,000 zones, the policy) lives until the next reload: keep it out of
+        # the collector's generations, whose full passes otherwise walk it every few batches.
+        gc.freeze()
 
     def vehicle_ref(self, vin: str) -> str:
         """The keyed reference of a VIN (cached: the same VINs recur every second)."""
