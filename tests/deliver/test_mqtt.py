@@ -117,9 +117,13 @@ def test_the_broker_receive_maximum_caps_inflight() -> None:
                 pub.publish("share/s/v/telemetry", b"%d" % i, results.append)
                 peak = max(peak, pub.inflight())
             assert pub.flush(20)
+            deadline = time.monotonic() + 10
+            while len(got) < 500 and time.monotonic() < deadline:
+                time.sleep(0.05)
         finally:
             pub.stop()
             sub.disconnect()
             sub.loop_stop()
         assert results == [True] * 500
         assert peak <= 20
+        assert sorted(int(p) for p in got) == list(range(500))
