@@ -195,6 +195,12 @@ class Gateway:
         # the collector's generations, whose full passes otherwise walk it every few batches.
         gc.freeze()
 
+    def _dead_id(self, env: Envelope) -> str:
+        """A stable id for an unusable input: a keyed digest of its topic and bytes, so a
+        redelivery gets the same id (and is recognised) and the id reveals nothing."""
+        digest = self.keys.payload_digest(env.topic.encode() + b"\0" + env.payload)
+        return "dl:" + digest.rsplit(":", 1)[-1][:32]
+
     def vehicle_ref(self, vin: str) -> str:
         """The keyed reference of a VIN (cached: the same VINs recur every second)."""
         ref = self._refs.get(vin)
@@ -254,12 +260,15 @@ class Gateway:
                     env.topic,
                     env.payload,
                     self.vehicle_ref(vin) if vin else None,
-                    f"in:{env.message_id}",
+                    self._dead_id(env),
                 )
             )
         ok = batch.ok
+        # A record's place in its own payload (rows of one payload are contiguous).
+        first_row = np.searchsorted(batch.source, batch.source, side="left")
         for row in np.flatnonzero(~ok).tolist():
             env = envelopes[int(batch.source[row])]
+            index = row - int(first_row[row])
             vin = topic_vehicle(env.topic)
             dead.append(
                 DeadInput(
@@ -268,7 +277,7 @@ class Gateway:
                     env.topic,
                     env.payload,
                     self.vehicle_ref(vin) if vin else None,
-                    f"in:{env.message_id}:{row}",
+                    f"{self._dead_id(env)}:{index}",
                 )
             )
         # De-duplication: the same record (vehicle, msg_id or timestamp) is decided once.
@@ -283,9 +292,15 @@ class Gateway:
             keys.append((self.vehicle_ref(vehicles[row]), record))
         batch_vins = {vehicles[row] for row in rows.tolist()}
         vin_of = {self.vehicle_ref(v): v for v in batch_vins}
+        dead_keys = [(d.vehicle_ref or "-", d.message_id) for d in dead]
         with self.store.snapshot() as rd:
-            seen = seen_records(rd, keys)
+            seen = seen_records(rd, keys + dead_keys)
             book = consents.book(consents.of_vehicles(rd, list(vin_of)), vin_of)
+        # A redelivered unusable input is not dead-lettered (and audited) twice either.
+        unseen = [not (k in seen or k in dead_keys[:i]) for i, k in enumerate(dead_keys)]
+        dead_dups = unseen.count(False)
+        dead = [d for d, keep in zip(dead, unseen, strict=True) if keep]
+        dead_keys = [k for k, keep in zip(dead_keys, unseen, strict=True) if keep]
         fresh: list[int] = []
         fresh_keys: list[tuple[str, str]] = []
         taken: set[tuple[str, str]] = set()
@@ -330,7 +345,7 @@ class Gateway:
                 shaped=shaped,
                 released=delta.released,
                 discarded=delta.discarded,
-                seen=fresh_keys,
+                seen=fresh_keys + dead_keys,
                 vehicle_states=vehicle_docs,
                 crossborder=crossborder,
             )
@@ -344,6 +359,7 @@ class Gateway:
             envelopes,
             len(batch),
             duplicates,
+            dead_dups,
             len(batch) - len(rows),
             written,
             [d.reason for d in dead],
@@ -367,6 +383,7 @@ class Gateway:
         envelopes: Sequence[Envelope],
         rows: int,
         duplicates: int,
+        dead_duplicates: int,
         rejected: int,
         written: Written,
         dead_reasons: list[str],
@@ -374,7 +391,7 @@ class Gateway:
     ) -> None:
         m = self.metrics
         m.messages.inc(len(envelopes))
-        m.duplicates.inc(duplicates)
+        m.duplicates.inc(duplicates + dead_duplicates)
         m.audit_entries.inc(written.entries)
         for (sub, decision), n in written.decisions.items():
             if sub:
@@ -394,7 +411,7 @@ class Gateway:
         t = self.totals
         t.messages += len(envelopes)
         t.records += rows
-        t.duplicates += duplicates
+        t.duplicates += duplicates + dead_duplicates
         t.add(written)
 
     # -- running -------------------------------------------------------------------------
@@ -478,6 +495,9 @@ class Gateway:
         self.state = new_state
         self.drainer.submit(written.outbox)
         self.totals.add(written)
+        self.metrics.audit_entries.inc(written.entries)
+        for (sub, decision), n in written.decisions.items():
+            self.metrics.decisions.labels(sub, decision).inc(n)
         return written
 
     def _context(self, bundle: PolicyBundle, now: float) -> Context:

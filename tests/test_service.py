@@ -182,8 +182,11 @@ def test_sweep_ends_quiet_trips_and_forgets_old_records(config: GatewayConfig) -
         held = len(gw.state.held)
         assert held > 0  # trip-end trimming holds the latest records back
         t[0] += 120 + gw.holder.current.rules.trips.split_gap_s + 1  # past the last record
+        before = gw.metrics.registry.get_sample_value("icvgw_audit_entries_total") or 0
         written = gw.sweep(t[0])
         assert written.entries == held
+        after = gw.metrics.registry.get_sample_value("icvgw_audit_entries_total")
+        assert after == before + held
         assert len(gw.state.held) == 0
         t[0] += gw.holder.current.rules.ingest.dedup_window_s + 1
         gw.sweep(t[0])
@@ -236,3 +239,38 @@ def test_policy_reload_is_audited_and_a_broken_bundle_keeps_the_last_good(
     ]
     loaded = [b["subject"] for b in bodies if b["action"] == "policy.loaded"]
     assert loaded == [first, second]
+
+
+def test_a_redelivered_unusable_input_is_dead_lettered_once(config: GatewayConfig) -> None:
+    good = fleet_envelopes(1, 1)[0]
+    vin = good.topic.split("/")[1]
+    broken = Envelope(f"vehicles/{vin}/telemetry", b"{not json", 0.0, 7)
+    bad_row = Envelope(good.topic, b'[{"Vehicle.VehicleIdentification.VIN": "%s"}]' % vin.encode(),
+                       0.0, 8)  # fmt: skip
+    gw = Gateway(config)
+    try:
+        gw.process([broken, bad_row])
+        # the bad record now sits at another row of the batch: still the same input
+        gw.process([good, Envelope(broken.topic, broken.payload, 0.0, 99), bad_row])
+    finally:
+        gw.store.close()
+    again = Gateway(config)  # and after a restart
+    try:
+        again.process([broken, bad_row])
+    finally:
+        again.store.close()
+    con = db(config)
+    assert sorted(r for (r,) in con.execute("select reason from deadletters")) == [
+        "missing-timestamp",
+        "not-json",
+    ]
+    ids = [
+        orjson.loads(b)["msg"]
+        for (b,) in con.execute(
+            "select body from audit_entries where decision = 'dead-lettered' order by seq"
+        )
+    ]
+    assert len(ids) == 2
+    assert all(i.startswith("dl:") for i in ids)
+    assert gw.totals.duplicates == 2
+    assert again.totals.duplicates == 2
