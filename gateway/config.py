@@ -41,6 +41,9 @@ class BrokerConfig(_Model):
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    sys_stats: bool = True
+    """Read the broker's own drop counter ($SYS/broker/publish/messages/dropped, Mosquitto)
+    and export it as ``icvgw_broker_dropped_messages``."""
 
 
 class InputConfig(_Model):

@@ -78,6 +78,12 @@ class Metrics:
             "Acks dropped because they belonged to an earlier connection",
             registry=registry,
         )
+        self.broker_dropped = Gauge(
+            "icvgw_broker_dropped_messages",
+            "Messages the broker reports it dropped (queue or in-flight limits), broker-wide, "
+            "since the broker started ($SYS/broker/publish/messages/dropped)",
+            registry=registry,
+        )
         self.batch_commit_seconds = Histogram(
             "icvgw_commit_seconds",
             "Time to commit one micro-batch in the store",

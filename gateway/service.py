@@ -86,6 +86,10 @@ class Totals:
         self.decisions.update(written.decisions)
 
 
+DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+"""Mosquitto's count of messages it dropped (offline queue or in-flight limits)."""
+
+
 def origin_of(worker: str) -> str:
     """The audit shard origin of a worker (also its checkpoint key name)."""
     return f"icv-gateway/{worker}"
@@ -139,6 +143,7 @@ class Gateway:
             client_id=f"icvgw-{config.worker}-in",
             group=config.input.group,
             queue_bound=config.input.queue_bound,
+            watch={DROPPED_TOPIC: self._broker_dropped} if config.broker.sys_stats else None,
         )
         self.drainer = OutboxDrainer(
             self.store, self.origin, self.publisher, self.metrics, clock=clock
@@ -194,6 +199,12 @@ class Gateway:
         # The bundle (10,000 zones, the policy) lives until the next reload: keep it out of
         # the collector's generations, whose full passes otherwise walk it every few batches.
         gc.freeze()
+
+    def _broker_dropped(self, payload: bytes) -> None:
+        try:
+            self.metrics.broker_dropped.set(int(payload))
+        except ValueError:
+            log.warning("unreadable broker drop counter: %r", payload[:40])
 
     def _dead_id(self, env: Envelope) -> str:
         """A stable id for an unusable input: a keyed digest of its topic and bytes, so a

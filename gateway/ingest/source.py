@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -38,6 +39,7 @@ class MqttSource:
         client_id: str,
         group: str | None = None,
         queue_bound: int = 1000,
+        watch: Mapping[str, Callable[[bytes], None]] | None = None,
     ) -> None:
         self.spec = spec
         self.topic = f"$share/{group}/{topic}" if group else topic
@@ -54,6 +56,11 @@ class MqttSource:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+        # Broker statistics ($SYS topics) go to their handler, never into the pipeline.
+        self._watch = dict(watch or {})
+        self._sub_mid: int | None = None
+        for topic, handler in self._watch.items():
+            self._client.message_callback_add(topic, self._watcher(handler))
 
     # -- paho thread -------------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
@@ -62,13 +69,27 @@ class MqttSource:
             return
         with self._lock:
             self._generation += 1
+        for topic in self._watch:
+            client.subscribe(topic, qos=0)
         if flags.session_present:
             self._connected.set()
         else:  # ready once the broker confirms the subscription (on_subscribe)
-            client.subscribe(self.topic, qos=1)
+            self._sub_mid = client.subscribe(self.topic, qos=1)[1]
         log.info("ingest connected to %s (session present: %s)", self.spec, flags.session_present)
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _m: int, codes: Any, _p: Any) -> None:
+    @staticmethod
+    def _watcher(handler: Callable[[bytes], None]) -> Callable[..., None]:
+        def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+            try:
+                handler(bytes(msg.payload))
+            except Exception:
+                log.exception("handler for %s failed", msg.topic)
+
+        return on_message
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, codes: Any, _p: Any) -> None:
+        if mid != self._sub_mid:
+            return  # a statistics subscription: optional, a refusal is fine
         if any(code.is_failure for code in codes):
             log.error("broker refused the subscription to %s: %s", self.topic, codes)
             return

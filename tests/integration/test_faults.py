@@ -25,6 +25,9 @@ import numpy as np
 import orjson
 import pytest
 
+from gateway.config import load_config
+from gateway.keys import init_keys
+from gateway.service import Gateway
 from gateway.testing import MosquittoBroker
 from simulators.fleet import Fleet, Kind, Message
 from simulators.scenario import Batches, Faults, load_scenario
@@ -241,9 +244,10 @@ def test_broker_killed_loses_only_what_it_had_not_saved(
 
 
 def test_broker_counts_what_it_drops(tmp_path: Path) -> None:
-    """The counter a gateway could export: Mosquitto 2.0 publishes
-    ``$SYS/broker/publish/messages/dropped``, messages dropped by queue or in-flight limits
-    (here an offline persistent session with room for 5). The fault tests assert it is 0."""
+    """Mosquitto 2.0 publishes ``$SYS/broker/publish/messages/dropped``, messages dropped by
+    queue or in-flight limits (here an offline persistent session with room for 5); the
+    gateway exports it. The fault tests assert it is 0. (What a SIGKILLed broker loses is
+    counted nowhere.)"""
     with MosquittoBroker(
         workdir=tmp_path / "small", extra_config="sys_interval 1\nmax_queued_messages 5"
     ) as small:
@@ -259,6 +263,33 @@ def test_broker_counts_what_it_drops(tmp_path: Path) -> None:
             interval=0.5,
         )
         assert dropped == 15
+        # ... and the gateway exports it as icvgw_broker_dropped_messages.
+        init_keys(tmp_path / "keys")
+        cfg = load_config(
+            None,
+            overrides={
+                ("broker", "url"): small.url,
+                ("broker", "protocol"): "5",
+                ("store",): f"sqlite:///{tmp_path / 'gw.sqlite'}",
+                ("keys",): str(tmp_path / "keys"),
+            },
+            environ={},
+        )
+        gw = Gateway(cfg)
+        gw.start(timeout=10)
+        try:
+            gauge = wait_for(
+                lambda: (
+                    gw.metrics.registry.get_sample_value("icvgw_broker_dropped_messages") or None
+                ),
+                30,
+                "the exported drop counter",
+                interval=0.2,
+            )
+        finally:
+            gw.stop()
+            gw.shutdown(drain_timeout=1)
+        assert gauge == 15
 
 
 def test_messages_published_while_gateway_is_down(
