@@ -53,7 +53,7 @@ class InputConfig(_Model):
     group: str | None = None
     queue_bound: int = Field(default=1000, ge=1, le=65535)
     batch_max: int = Field(default=500, ge=1, le=100_000)
-    batch_wait_ms: int = Field(default=50, ge=1, le=10_000)
+    batch_wait_ms: int = Field(default=2, ge=1, le=10_000)
 
 
 class OutputConfig(_Model):
