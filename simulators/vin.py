@@ -2,7 +2,7 @@
 check digit at position 9.
 
 The check digit: each character is transliterated to a number (digits as themselves,
-``A``–``Z`` by the table below; ``I``, ``O`` and ``Q`` never occur), multiplied by the weight
+``A``–``Z`` by the ISO 3779 table; ``I``, ``O`` and ``Q`` never occur), multiplied by the weight
 of its position (8, 7, 6, 5, 4, 3, 2, 10, 0, 9, 8, 7, 6, 5, 4, 3, 2), the products summed and
 taken modulo 11; a remainder of 10 is written ``X``.
 
@@ -13,9 +13,10 @@ in form and check digit, not registered to real vehicles.
 from __future__ import annotations
 
 import hashlib
-import re
 
 import numpy as np
+
+from gateway.policy.codes import is_valid_vin, vin_check_digit
 
 __all__ = [
     "CHINESE_WMIS",
@@ -25,15 +26,6 @@ __all__ = [
     "vin_for_id",
 ]
 
-WEIGHTS = (8, 7, 6, 5, 4, 3, 2, 10, 0, 9, 8, 7, 6, 5, 4, 3, 2)
-TRANSLITERATION: dict[str, int] = {
-    **{str(d): d for d in range(10)},
-    **dict(zip("ABCDEFGH", range(1, 9), strict=True)),
-    **dict(zip("JKLMN", range(1, 6), strict=True)),
-    "P": 7,
-    "R": 9,
-    **dict(zip("STUVWXYZ", range(2, 10), strict=True)),
-}
 VIN_ALPHABET = "0123456789ABCDEFGHJKLMNPRSTUVWXYZ"
 """The 33 characters allowed in a VIN (no ``I``, ``O``, ``Q``)."""
 
@@ -57,26 +49,14 @@ CHINESE_WMIS = (
 )
 """World manufacturer identifiers assigned to manufacturers in China, used for generated VINs."""
 
-_SHAPE = re.compile(r"[0-9A-HJ-NPR-Z]{17}")
-
 
 def check_digit(vin: str) -> str:
-    """The check digit (``0``–``9`` or ``X``) that position 9 of ``vin`` must hold.
+    """The check digit (``0``–``9`` or ``X``) that position 9 of ``vin`` must hold (upper-
+    cased first); the policy's VIN rule (:func:`gateway.policy.codes.vin_check_digit`).
 
-    Position 9 itself is ignored (weight 0). Raises ``ValueError`` if ``vin`` is not 17
-    characters of the VIN alphabet.
+    Raises ``ValueError`` if ``vin`` is not 17 characters of the VIN alphabet.
     """
-    vin = vin.upper()
-    if len(vin) != 17 or any(c not in TRANSLITERATION for c in vin):
-        raise ValueError(f"not 17 VIN characters (0-9, A-Z without I, O, Q): {vin!r}")
-    total = sum(TRANSLITERATION[c] * w for c, w in zip(vin, WEIGHTS, strict=True))
-    remainder = total % 11
-    return "X" if remainder == 10 else str(remainder)
-
-
-def is_valid_vin(vin: str) -> bool:
-    """True when ``vin`` has 17 VIN characters (upper case) and a correct check digit."""
-    return bool(_SHAPE.fullmatch(vin)) and vin[8] == check_digit(vin)
+    return vin_check_digit(vin.upper())
 
 
 def _with_check_digit(body: str) -> str:
