@@ -62,9 +62,9 @@ def test_invalid_vins(vin: str) -> None:
 
 
 def test_check_digit_rejects_non_vin_characters() -> None:
-    with pytest.raises(ValueError, match="VIN characters"):
+    with pytest.raises(ValueError, match="17 characters from 0-9 and A-Z without I, O and Q"):
         check_digit("1M8GDM9AXKP04278O")
-    with pytest.raises(ValueError, match="VIN characters"):
+    with pytest.raises(ValueError, match="17 characters from 0-9 and A-Z without I, O and Q"):
         check_digit("SHORT")
 
 
