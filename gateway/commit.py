@@ -65,6 +65,7 @@ class Written:
     deadletters: int = 0
     decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
     outbox: list[OutboxRow] = field(default_factory=list)
+    counted: dict[tuple[str, int, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +179,9 @@ def commit_batch(
     save_vehicle_state(tx, dict(vehicle_states), now_ms)
     for (recipient, year, category), refs in crossborder.items():
         tx.lock_crossborder(recipient, year)
-        tx.add_crossborder_subjects(recipient, year, refs, category=category, at=ctx.now)
+        out.counted[(recipient, year, category)] = tx.add_crossborder_subjects(
+            recipient, year, refs, category=category, at=ctx.now
+        )
     out.entries = len(entries)
     out.outbox = outbox
     out.views = sum(1 for r in outbox if r.subscriber)

@@ -151,6 +151,9 @@ class Gateway:
         self.totals = Totals()
         self._stop = threading.Event()
         self._refs: dict[str, str] = {}
+        # Distinct vehicles counted per (recipient, year, data class): read from the store
+        # once, then kept up to date by this worker's commits (refreshed by the sweep).
+        self._xb_counts: dict[tuple[str, int, str], int] = {}
         self.state = self._load_state()
         self._ready = threading.Event()
         self._last_sweep = clock()
@@ -177,6 +180,14 @@ class Gateway:
             last_sent=last_sent,
             held=HeldSet(held),
         )
+
+    def poll_policy(self) -> bool:
+        """Reload the bundle if its files changed or SIGHUP asked for it; True if a new
+        version came into force. Called once a second, not per batch: it hashes the files."""
+        if self.holder.poll():
+            self._policy_loaded()
+            return True
+        return False
 
     def _policy_loaded(self) -> None:
         """Audit the bundle version now in force; seed the store with its consents."""
@@ -237,7 +248,10 @@ class Gateway:
         with self.store.snapshot() as rd:
             for sub in subs:
                 for data_class in ExportDataClass:
-                    count = rd.crossborder_count(sub.id, year, data_class.value)
+                    key = (sub.id, year, data_class.value)
+                    count = self._xb_counts.get(key)
+                    if count is None:
+                        count = self._xb_counts[key] = rd.crossborder_count(*key)
                     if count == 0:
                         continue
                     new = set(rd.crossborder_new(sub.id, year, refs, data_class.value))
@@ -249,8 +263,6 @@ class Gateway:
     def process(self, envelopes: Sequence[Envelope]) -> Written:
         """Decide and commit one micro-batch; acknowledges its input after the commit."""
         t0 = time.perf_counter()
-        if self.holder.poll():
-            self._policy_loaded()
         bundle = self.holder.current
         now = self.clock()
         decoded = decode(
@@ -361,6 +373,9 @@ class Gateway:
                 crossborder=crossborder,
             )
         self.metrics.batch_commit_seconds.observe(time.perf_counter() - t_commit)
+        for counter, added in written.counted.items():
+            if counter in self._xb_counts:
+                self._xb_counts[counter] += added
         self.state = new_state
         for env in envelopes:
             if env.ack is not None:
@@ -470,8 +485,9 @@ class Gateway:
             self.shutdown()
 
     def _tick(self) -> None:
-        """Once a second: checkpoint if due; every minute: end quiet trips, forget old
-        records seen."""
+        """Once a second: reload the policy if it changed, checkpoint if due; every minute:
+        end quiet trips, forget old records seen."""
+        self.poll_policy()
         self.audit.checkpoint_if_due()
         with self.store.snapshot() as rd:
             self.metrics.outbox_pending.set(count_pending(rd, self.origin))
@@ -504,6 +520,7 @@ class Gateway:
             )
             prune_seen(tx, window_ms)
         self.state = new_state
+        self._xb_counts.clear()  # other workers may have counted too: read again
         self.drainer.submit(written.outbox)
         self.totals.add(written)
         self.metrics.audit_entries.inc(written.entries)

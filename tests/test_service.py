@@ -222,10 +222,12 @@ def test_policy_reload_is_audited_and_a_broken_bundle_keeps_the_last_good(
         first = gw.holder.current.version
         rules = bundle_dir / "rules.yaml"
         rules.write_text(rules.read_text().replace("split_gap_s: 600", "split_gap_s: 900"))
+        assert gw.poll_policy()
         gw.process(fleet_envelopes(1, 1))
         second = gw.holder.current.version
         assert second != first
         rules.write_text("geo: [unclosed\n")
+        assert not gw.poll_policy()
         gw.process(fleet_envelopes(1, 2)[1:])
         assert gw.holder.current.version == second
         assert gw.holder.last_error is not None
@@ -274,3 +276,29 @@ def test_a_redelivered_unusable_input_is_dead_lettered_once(config: GatewayConfi
     assert all(i.startswith("dl:") for i in ids)
     assert gw.totals.duplicates == 2
     assert again.totals.duplicates == 2
+
+
+def test_cross_border_counts_persist_and_stay_consistent_with_the_store(
+    config: GatewayConfig,
+) -> None:
+    envelopes = fleet_envelopes(6, 30)
+    gw = Gateway(config)
+    try:
+        gw.process(envelopes[:60])
+        gw.process(envelopes[60:])
+        with gw.store.snapshot() as rd:
+            stored = {
+                key: rd.crossborder_count(*key) for key in gw._xb_counts if gw._xb_counts[key]
+            }
+        cached = {k: v for k, v in gw._xb_counts.items() if v}
+    finally:
+        gw.store.close()
+    con = db(config)
+    counted = con.execute(
+        "select recipient, count(*) from crossborder_subjects group by recipient"
+    ).fetchall()
+    assert counted, "nothing was counted for the cross-border subscriber"
+    assert {r for r, _ in counted} == {"oem-hq-de"}
+    assert cached == stored
+    subjects = [s for (s,) in con.execute("select subject from crossborder_subjects")]
+    assert all(s.startswith("k") and ":" in s for s in subjects)  # keyed refs, never VINs
