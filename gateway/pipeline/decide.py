@@ -106,6 +106,7 @@ from gateway.policy.state import (
     StateDelta,
     StateSnapshot,
     TripState,
+    TripTable,
 )
 
 __all__ = [
@@ -512,7 +513,7 @@ def _trips(
             ended=empty_b,
             start=empty_f,
             state_disp=empty_f,
-            new_state={},
+            new_state=TripTable(),
         )
     t = batch.time[order]
     key_off = classified.key_off[order]
@@ -520,8 +521,7 @@ def _trips(
     p_lat = np.where(has_pos, batch.lat[order], np.nan)
     p_lon = np.where(has_pos, batch.lon[order], np.nan)
 
-    trips_state = state.trips
-    get = trips_state.get
+    get = TripTable.of(state.trips).rows().get
     columns = np.fromiter(
         itertools.chain.from_iterable([get(v, _NO_TRIP) for v in vehicles.tolist()]),
         dtype=np.float64,
@@ -581,11 +581,10 @@ def _trips(
     ks = np.flatnonzero(vehicle_last_seg)
     ends = last[ks]
     last_time = np.where(cont[ks], np.maximum(t[ends], s_last[seg_veh[ks]]), t[ends])
-    new_state = dict(
-        zip(
-            vehicles[seg_veh[ks]].tolist(),
-            map(
-                TripState._make,
+    new_state = TripTable(
+        dict(
+            zip(
+                vehicles[seg_veh[ks]].tolist(),
                 zip(
                     start[ks].tolist(),
                     lat0[ks].tolist(),
@@ -597,8 +596,8 @@ def _trips(
                     key_off[ends].tolist(),
                     strict=True,
                 ),
-            ),
-            strict=True,
+                strict=True,
+            )
         )
     )
     return _Trips(

@@ -19,12 +19,14 @@ per distinct vehicle (and trip) of a batch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -394,14 +396,20 @@ def _locations(
         alt_out[:] = False
         alt_extra = {}
     datum, precision = head["datum"], head["precision_m"]
-    result: list[dict[str, Any] | None] = [
-        {"datum": datum, "precision_m": precision, lat_name: la, lon_name: lo} if p else None
-        for p, la, lo in zip(pos.tolist(), lat.tolist(), lon.tolist(), strict=True)
+    at = np.flatnonzero(pos)
+    columns: list[Iterable[Any]] = [
+        repeat(datum),
+        repeat(precision),
+        lat[at].tolist(),
+        lon[at].tolist(),
     ]
+    names: tuple[str, ...] = ("datum", "precision_m", lat_name, lon_name)
     if view.grid_m > 0:
-        for loc, cell in zip(result, layer.cell_ids(rows), strict=True):
-            if loc is not None:
-                loc["cell"] = cell
+        columns.append(layer.cell_ids(rows[at]))
+        names += ("cell",)
+    located = np.full(len(rows), None, dtype=object)
+    located[at] = list(map(_dict_maker(names), *columns))
+    result: list[dict[str, Any] | None] = located.tolist()
     if alt_out.any():
         for i, al in zip(np.flatnonzero(alt_out).tolist(), alt[alt_out].tolist(), strict=True):
             loc = result[i]
@@ -453,16 +461,29 @@ def _signals(
             full_columns.append(values)
         else:
             partial.append((path, _object_column(values, present)))
-    # Filled column by column: cheaper than building each row's dict from a tuple.
-    out: list[dict[str, Any]] = [{} for _ in range(len(rows))]
-    for name, column in zip(full_names, full_columns, strict=True):
-        for signals, value in zip(out, column, strict=True):
-            signals[name] = value
+    # The complete columns in one dict display per row (a generated function: cheaper than
+    # filling the dicts column by column); the partial ones added where present.
+    out: list[dict[str, Any]]
+    if full_names:
+        out = list(map(_dict_maker(tuple(full_names)), *full_columns))
+    else:
+        out = [{} for _ in range(len(rows))]
     for name, column in partial:
         for signals, value in zip(out, column, strict=True):
             if value is not None:
                 signals[name] = value
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _dict_maker(names: tuple[str, ...]) -> Callable[..., dict[str, Any]]:
+    """A function of ``len(names)`` positional values returning ``{names[i]: value_i}``,
+    keys in ``names`` order (compiled once per tuple of names; the names are written as
+    literals with ``repr``, so any string is safe)."""
+    params = ", ".join(f"v{i}" for i in range(len(names)))
+    body = ", ".join(f"{name!r}: v{i}" for i, name in enumerate(names))
+    maker: Callable[..., dict[str, Any]] = eval(f"lambda {params}: {{{body}}}", {})
+    return maker
 
 
 def _object_column(values: list[Any], present: npt.NDArray[np.bool_]) -> list[Any]:

@@ -59,6 +59,7 @@ __all__ = [
     "StateDelta",
     "StateSnapshot",
     "TripState",
+    "TripTable",
 ]
 
 KEY_OFF_SIGNAL = "Vehicle.LowVoltageSystemState"
@@ -73,8 +74,9 @@ CounterKey = tuple[str, int, ExportDataClass]
 class ConsentRecord(NamedTuple):
     """One consent as Unix times: active from ``granted`` until ``expires`` or ``revoked``.
 
-    (A named tuple of plain values: the garbage collector stops tracking it, which matters
-    with a consent per vehicle and purpose.)
+    (A :class:`ConsentBook` stores its records as plain tuples: the garbage collector stops
+    tracking those, but never a named tuple, which matters with a consent per vehicle and
+    purpose.)
     """
 
     id: str
@@ -143,10 +145,10 @@ class ConsentBook:
 
     def __init__(self, records: Iterable[ConsentRecord] = ()) -> None:
         by_id = {r.id: r for r in records}
-        by_vin: dict[str, list[ConsentRecord]] = {}
+        by_vin: dict[str, list[tuple[Any, ...]]] = {}
         for record in sorted(by_id.values(), key=lambda r: r.id):
-            by_vin.setdefault(record.vin, []).append(record)
-        self._by_vin: Mapping[str, tuple[ConsentRecord, ...]] = MappingProxyType(
+            by_vin.setdefault(record.vin, []).append(tuple(record))
+        self._by_vin: Mapping[str, tuple[tuple[Any, ...], ...]] = MappingProxyType(
             {vin: tuple(recs) for vin, recs in by_vin.items()}
         )
         self._columns: ConsentColumns | None = None
@@ -161,11 +163,11 @@ class ConsentBook:
 
     def records(self) -> tuple[ConsentRecord, ...]:
         """Every record, by vehicle then id."""
-        return tuple(r for recs in self._by_vin.values() for r in recs)
+        return tuple(map(ConsentRecord._make, (r for recs in self._by_vin.values() for r in recs)))
 
     def for_vehicle(self, vin: str) -> tuple[ConsentRecord, ...]:
         """The consents of one vehicle, sorted by id (empty if it has none)."""
-        return self._by_vin.get(vin, ())
+        return tuple(map(ConsentRecord._make, self._by_vin.get(vin, ())))
 
     def active(self, vin: str, purposes: Iterable[str], when: float) -> ConsentRecord | None:
         """The consent (smallest id) of ``vin`` for one of ``purposes`` active at ``when``."""
@@ -185,7 +187,7 @@ class ConsentBook:
         """The book as sorted columns (built once, then cached)."""
         if self._columns is None:
             vins = sorted(self._by_vin)
-            recs = [r for vin in vins for r in self._by_vin[vin]]
+            recs = [ConsentRecord._make(r) for vin in vins for r in self._by_vin[vin]]
             count = np.array([len(self._by_vin[v]) for v in vins], dtype=np.intp)
             names = tuple(sorted({r.purpose for r in recs}))
             number = {name: i for i, name in enumerate(names)}
@@ -227,6 +229,49 @@ class TripState(NamedTuple):
     def has_start(self) -> bool:
         """True once a position of this trip is known."""
         return not math.isnan(self.start_lat)
+
+
+class TripTable(Mapping[str, TripState]):
+    """Trip states by vehicle (immutable): a :class:`TripState` per vehicle on access.
+
+    Stored as plain tuples: the garbage collector stops tracking a tuple of plain values, but
+    never a named tuple, and the engine makes one state per vehicle per batch.
+    """
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: Mapping[str, tuple[Any, ...]] | None = None) -> None:
+        self._rows: dict[str, tuple[Any, ...]] = dict(rows or {})
+
+    @classmethod
+    def of(cls, trips: Mapping[str, TripState] | None) -> TripTable:
+        """``trips`` as a table (itself if it already is one)."""
+        if isinstance(trips, TripTable):
+            return trips
+        return cls({vin: tuple(trip) for vin, trip in (trips or {}).items()})
+
+    def __getitem__(self, vin: str) -> TripState:
+        return TripState._make(self._rows[vin])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, vin: object) -> bool:
+        return vin in self._rows
+
+    def __repr__(self) -> str:
+        return f"TripTable({dict(self.items())!r})"
+
+    def rows(self) -> Mapping[str, tuple[Any, ...]]:
+        """The states as plain tuples in :class:`TripState` field order (read-only)."""
+        return MappingProxyType(self._rows)
+
+    def merged(self, newer: Mapping[str, TripState]) -> TripTable:
+        """A copy where the vehicles of ``newer`` take its states."""
+        return TripTable({**self._rows, **TripTable.of(newer)._rows})
 
 
 class HeldView(NamedTuple):
@@ -345,7 +390,8 @@ class StateSnapshot:
     held: HeldSet = field(default_factory=HeldSet)
 
     def __post_init__(self) -> None:
-        for name in ("trips", "last_sent", "crossborder"):
+        object.__setattr__(self, "trips", TripTable.of(self.trips))
+        for name in ("last_sent", "crossborder"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
 
     def count(self, key: CounterKey) -> CrossBorderCount:
@@ -360,7 +406,7 @@ class StateSnapshot:
         For tests, tools and ``policy explain``: it chains batches in memory exactly as the
         service chains them through its store.
         """
-        trips = {**self.trips, **delta.trips}
+        trips = TripTable.of(self.trips).merged(delta.trips)
         last_sent = dict(self.last_sent)
         for sub, times in delta.last_sent.items():
             last_sent[sub] = {**last_sent.get(sub, {}), **times}
