@@ -457,16 +457,20 @@ def crossborder_gate(
 class _Trips:
     """The live rows in (vehicle, time, row) order, split into trip segments.
 
-    Arrays indexed by sorted position: ``order`` (row index), ``veh`` (vehicle code),
-    ``time``, ``seg`` (segment), ``lat``/``lon`` (position carried forward within the trip,
-    NaN while unknown), ``disp`` (distance from the trip's first position, 0 while unknown).
-    Per segment: ``first``/``last`` sorted positions, ``cont`` (continues the state's trip),
-    ``ended`` (the trip ends inside the batch), ``start`` (trip start time), ``state_disp``
-    (distance already reached before the batch).
+    ``vehicles`` are the batch's vehicle ids, sorted and unique (also as a string array,
+    ``names``, and a list, ``vehicle_list``). Arrays indexed by sorted position: ``order``
+    (row index), ``veh`` (vehicle code), ``time``, ``seg`` (segment), ``lat``/``lon``
+    (position carried forward within the trip, NaN while unknown), ``disp`` (distance from
+    the trip's first position, 0 while unknown). Per segment: ``first``/``last`` sorted
+    positions, ``cont`` (continues the state's trip), ``ended`` (the trip ends inside the
+    batch), ``start`` (trip start time), ``state_disp`` (distance already reached before the
+    batch).
     """
 
     order: IntpArray
     vehicles: npt.NDArray[np.object_]
+    names: npt.NDArray[np.str_]
+    vehicle_list: list[str]
     veh: IntpArray
     time: FloatArray
     seg: IntpArray
@@ -487,8 +491,9 @@ def _trips(
 ) -> _Trips:
     live_rows = np.flatnonzero(batch.ok)
     names = batch.vehicle[live_rows].astype(str)
-    vehicles, code = np.unique(names, return_inverse=True)
-    vehicles = vehicles.astype(object)
+    unique, code = np.unique(names, return_inverse=True)
+    vehicles = unique.astype(object)
+    vehicle_list: list[str] = vehicles.tolist()
     code = code.astype(np.intp)
     order_local = np.lexsort((live_rows, batch.time[live_rows], code))
     order = live_rows[order_local]
@@ -501,6 +506,8 @@ def _trips(
         return _Trips(
             order=order,
             vehicles=vehicles,
+            names=unique,
+            vehicle_list=vehicle_list,
             veh=veh,
             time=empty_f,
             seg=empty_i,
@@ -523,7 +530,7 @@ def _trips(
 
     get = TripTable.of(state.trips).rows().get
     columns = np.fromiter(
-        itertools.chain.from_iterable([get(v, _NO_TRIP) for v in vehicles.tolist()]),
+        itertools.chain.from_iterable([get(v, _NO_TRIP) for v in vehicle_list]),
         dtype=np.float64,
         count=8 * len(vehicles),
     ).reshape(-1, 8)
@@ -603,6 +610,8 @@ def _trips(
     return _Trips(
         order=order,
         vehicles=vehicles,
+        names=unique,
+        vehicle_list=vehicle_list,
         veh=veh,
         time=t,
         seg=seg,
@@ -1135,7 +1144,7 @@ class _ConsentIndex:
         self.count = np.zeros(n, dtype=np.intp)
         vins = self.book.vins
         if len(vins) and len(trips.order):
-            names = trips.vehicles.astype(str)  # the batch's vehicles, once each
+            names = trips.names  # the batch's vehicles, once each
             pos = np.minimum(np.searchsorted(vins, names), len(vins) - 1)
             found = vins[pos] == names
             lo = np.where(found, self.book.lo[pos], 0)
@@ -1193,7 +1202,7 @@ def _last_sent_seeds(trips: _Trips, state: StateSnapshot, sub_id: str) -> FloatA
     get = state.last_sent.get(sub_id, {}).get
     n = len(trips.vehicles)
     return np.fromiter(
-        map(get, trips.vehicles.tolist(), itertools.repeat(-np.inf, n)), np.float64, count=n
+        map(get, trips.vehicle_list, itertools.repeat(-np.inf, n)), np.float64, count=n
     )
 
 
@@ -1254,7 +1263,7 @@ def _settle_held(
     mine = np.flatnonzero(held.subscriber == sub_id)
     if mine.size == 0:
         return empty, empty
-    names = trips.vehicles.astype(str)
+    names = trips.names
     wanted = held.vehicle[mine].astype(str)
     code = np.minimum(np.searchsorted(names, wanted), len(names) - 1)
     present = names[code] == wanted

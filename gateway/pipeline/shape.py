@@ -115,12 +115,17 @@ def message_ids(
     """:func:`message_id` of many records of one subscriber (same results, cheaper)."""
     base = hashlib.blake2b(key=key, digest_size=16)
     base.update(f"message\x1f{subscriber}\x1f".encode())
-    out = []
-    for vin, rid, t in zip(vehicles, record_ids, times, strict=True):
-        h = base.copy()
-        record = f"m:{rid}" if rid is not None else _record_part(None, t)
-        h.update(f"{vin or ''}\x1f{record}".encode())
-        out.append(h.hexdigest())
+    parts = [
+        f"{vin or ''}\x1fm:{rid}" if rid is not None else f"{vin or ''}\x1f{_record_part(None, t)}"
+        for vin, rid, t in zip(vehicles, record_ids, times, strict=True)
+    ]
+    copy = base.copy
+    out: list[str] = []
+    append = out.append
+    for part in parts:
+        h = copy()
+        h.update(part.encode())
+        append(h.hexdigest())
     return out
 
 
