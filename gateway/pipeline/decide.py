@@ -181,6 +181,11 @@ def rule_ids(bits: int) -> tuple[str, ...]:
     return cached
 
 
+def _set(bits: npt.NDArray[Any], where: BoolArray, value: Any) -> None:
+    """``bits[where] |= value`` in place, in one pass (no temporary selection)."""
+    np.bitwise_or(bits, value, out=bits, where=where)
+
+
 def _bits(*rules: RuleId) -> U64:
     out = U64(0)
     for rule in rules:
@@ -906,8 +911,8 @@ def decide(
         degraded = np.zeros(n, dtype=bool)
 
         # --- fields -------------------------------------------------------------------
-        r[unclassified_any] |= _BIT[RuleId.FIELD_UNCLASSIFIED]
-        a[unclassified_any] |= np.uint32(Applied.UNCLASSIFIED_REMOVED)
+        _set(r, unclassified_any, _BIT[RuleId.FIELD_UNCLASSIFIED])
+        _set(a, unclassified_any, np.uint32(Applied.UNCLASSIFIED_REMOVED))
         not_allowed = np.zeros(n, dtype=bool)
         for path, present in classified.present.items():
             if path not in view.allowed:
@@ -919,8 +924,8 @@ def decide(
         if ALTITUDE not in view.allowed:
             not_allowed |= has_alt
         not_allowed &= live
-        r[not_allowed] |= _BIT[RuleId.VIEW_FIELD_NOT_ALLOWED]
-        a[not_allowed] |= np.uint32(Applied.FIELDS_REMOVED)
+        _set(r, not_allowed, _BIT[RuleId.VIEW_FIELD_NOT_ALLOWED])
+        _set(a, not_allowed, np.uint32(Applied.FIELDS_REMOVED))
 
         # --- zones --------------------------------------------------------------------
         layer = located.layer(view.grid_m)
@@ -930,49 +935,49 @@ def decide(
         zone_hit = live_pos & (full_level != ZoneLevel.NONE)
         if view.authorised:
             auth_hit = layer.hits_any(view.authorised)
-            r[auth_hit & live_pos] |= _BIT[RuleId.ZONE_AUTHORISED]
+            _set(r, auth_hit & live_pos, _BIT[RuleId.ZONE_AUTHORISED])
         prohibited = live_pos & (level == ZoneLevel.PROHIBITED)
         sensitive = live_pos & (level == ZoneLevel.SENSITIVE)
         if view.cross_border:
-            r[zone_hit] |= _BIT[RuleId.XBORDER_IMPORTANT_DATA]
-        r[prohibited] |= _BIT[RuleId.ZONE_PROHIBITED]
-        r[sensitive] |= _BIT[RuleId.ZONE_SENSITIVE]
-        a[sensitive | prohibited] |= np.uint32(Applied.ZONE_MASKED)
+            _set(r, zone_hit, _BIT[RuleId.XBORDER_IMPORTANT_DATA])
+        _set(r, prohibited, _BIT[RuleId.ZONE_PROHIBITED])
+        _set(r, sensitive, _BIT[RuleId.ZONE_SENSITIVE])
+        _set(a, sensitive | prohibited, np.uint32(Applied.ZONE_MASKED))
         blocked = ~live | prohibited
 
         # --- position -----------------------------------------------------------------
         wants_pos = live_pos & view.allows_location & ~prohibited
         out_pos = wants_pos.copy()
         if view.cross_border and view.geo_approval is None:
-            r[out_pos] |= _BIT[RuleId.GEO_MAINLAND_ONLY]
+            _set(r, out_pos, _BIT[RuleId.GEO_MAINLAND_ONLY])
             out_pos[:] = False
         out_pos &= ~sensitive
         if view.transform is not None:
             unavailable = out_pos & ~layer.outputs[view.transform].ok
-            r[unavailable] |= _BIT[RuleId.GEO_DATUM_UNAVAILABLE]
+            _set(r, unavailable, _BIT[RuleId.GEO_DATUM_UNAVAILABLE])
             out_pos &= ~unavailable
         trip_pseudonym = np.zeros(n, dtype=bool)
         consent_ids = consents.lookup(sub.purposes, out_pos)
         has_consent = out_pos & np.not_equal(consent_ids, _NONE)
-        r[has_consent] |= _BIT[RuleId.PI_TRAJECTORY_CONSENT]
+        _set(r, has_consent, _BIT[RuleId.PI_TRAJECTORY_CONSENT])
         consent_col[s, has_consent] = consent_ids[has_consent]
         no_consent = out_pos & ~has_consent
         if cfg.no_consent is NoConsentFallback.DROP_LOCATION:
-            r[no_consent] |= _BIT[RuleId.PI_NO_CONSENT_DROP_LOCATION]
+            _set(r, no_consent, _BIT[RuleId.PI_NO_CONSENT_DROP_LOCATION])
             out_pos &= ~no_consent
         else:
-            r[no_consent] |= _BIT[RuleId.PI_NO_CONSENT_TRIP_PSEUDONYM]
+            _set(r, no_consent, _BIT[RuleId.PI_NO_CONSENT_TRIP_PSEUDONYM])
             trip_pseudonym |= no_consent
             if cfg.identifier is not IdentifierMode.TRIP_PSEUDONYM:
                 degraded |= no_consent
         removed = wants_pos & ~out_pos
         degraded |= removed
-        a[removed] |= np.uint32(Applied.POSITION_REMOVED)
-        r[out_pos] |= U64(view.position_rules)
+        _set(a, removed, np.uint32(Applied.POSITION_REMOVED))
+        _set(r, out_pos, U64(view.position_rules))
         if view.grid_m > 0:
-            a[out_pos] |= np.uint32(Applied.GRID)
+            _set(a, out_pos, np.uint32(Applied.GRID))
         if view.datum is OutputDatum.GCJ02:
-            a[out_pos] |= np.uint32(Applied.DATUM_GCJ02)
+            _set(a, out_pos, np.uint32(Applied.DATUM_GCJ02))
         if view.cross_border and view.geo_approval is not None:
             basis_col[s, out_pos] = view.geo_approval
 
@@ -981,17 +986,17 @@ def decide(
             alt_in = has_alt & wants_pos
             keep_alt = alt_in & out_pos
             if view.altitude is AltitudeMode.COARSEN:
-                r[keep_alt] |= _BIT[RuleId.GEO_ALTITUDE_COARSENED]
-                a[keep_alt] |= np.uint32(Applied.ALTITUDE_COARSENED)
+                _set(r, keep_alt, _BIT[RuleId.GEO_ALTITUDE_COARSENED])
+                _set(a, keep_alt, np.uint32(Applied.ALTITUDE_COARSENED))
             elif view.altitude is AltitudeMode.REMOVE:
-                r[keep_alt] |= _BIT[RuleId.GEO_ALTITUDE_REMOVED]
-                a[keep_alt] |= np.uint32(Applied.ALTITUDE_REMOVED)
+                _set(r, keep_alt, _BIT[RuleId.GEO_ALTITUDE_REMOVED])
+                _set(a, keep_alt, np.uint32(Applied.ALTITUDE_REMOVED))
             lost = alt_in & ~out_pos
-            a[lost] |= np.uint32(Applied.ALTITUDE_REMOVED)
+            _set(a, lost, np.uint32(Applied.ALTITUDE_REMOVED))
         elif ALTITUDE in view.allowed:
             dropped = has_alt & live
-            r[dropped] |= _BIT[RuleId.GEO_ALTITUDE_REMOVED]
-            a[dropped] |= np.uint32(Applied.ALTITUDE_REMOVED)
+            _set(r, dropped, _BIT[RuleId.GEO_ALTITUDE_REMOVED])
+            _set(a, dropped, np.uint32(Applied.ALTITUDE_REMOVED))
 
         # --- location-derived ---------------------------------------------------------
         derived_in = np.zeros(n, dtype=bool)
@@ -1000,25 +1005,29 @@ def decide(
                 derived_in |= present
         derived_in &= live
         derived_lost = derived_in & (removed | sensitive)
-        a[derived_lost] |= np.uint32(Applied.DERIVED_REMOVED)
+        _set(a, derived_lost, np.uint32(Applied.DERIVED_REMOVED))
         degraded |= derived_lost
         if view.derived is DerivedMode.KEEP:
-            r[derived_lost] |= _BIT[RuleId.PI_LOCATION_DERIVED]
+            _set(r, derived_lost, _BIT[RuleId.PI_LOCATION_DERIVED])
         else:
-            r[derived_in] |= _BIT[RuleId.PI_LOCATION_DERIVED]
+            _set(r, derived_in, _BIT[RuleId.PI_LOCATION_DERIVED])
             rest = derived_in & ~derived_lost
-            a[rest] |= np.uint32(
-                Applied.DERIVED_COARSENED
-                if view.derived is DerivedMode.COARSEN
-                else Applied.DERIVED_REMOVED
+            _set(
+                a,
+                rest,
+                np.uint32(
+                    Applied.DERIVED_COARSENED
+                    if view.derived is DerivedMode.COARSEN
+                    else Applied.DERIVED_REMOVED
+                ),
             )
 
         # --- identifier and time --------------------------------------------------------
         mode = cfg.identifier
         if mode is IdentifierMode.VIN and VIN in view.allowed:
             ident = np.where(trip_pseudonym, Applied.TRIP_PSEUDONYM, Applied.VIN)
-            r[live & ~trip_pseudonym] |= _BIT[RuleId.PI_VIN_DISCLOSED]
-            r[live & trip_pseudonym] |= _BIT[RuleId.PI_VIN_PSEUDONYM]
+            _set(r, live & ~trip_pseudonym, _BIT[RuleId.PI_VIN_DISCLOSED])
+            _set(r, live & trip_pseudonym, _BIT[RuleId.PI_VIN_PSEUDONYM])
         else:
             base = (
                 Applied.TRIP_PSEUDONYM
@@ -1026,13 +1035,13 @@ def decide(
                 else Applied.KEYED_PSEUDONYM
             )
             ident = np.where(trip_pseudonym, Applied.TRIP_PSEUDONYM, base)
-            r[live] |= _BIT[RuleId.PI_VIN_PSEUDONYM]
-        a[live] |= ident[live].astype(np.uint32)
+            _set(r, live, _BIT[RuleId.PI_VIN_PSEUDONYM])
+        _set(a, live, ident.astype(np.uint32))
         step = cfg.time_precision_s
         with np.errstate(invalid="ignore"):
             truncated = live & (np.floor(batch.time / step) * step != batch.time)
-        r[truncated] |= _BIT[RuleId.VIEW_TIME_PRECISION]
-        a[truncated] |= np.uint32(Applied.TIME_TRUNCATED)
+        _set(r, truncated, _BIT[RuleId.VIEW_TIME_PRECISION])
+        _set(a, truncated, np.uint32(Applied.TIME_TRUNCATED))
 
         # --- verdict before the sequential rules --------------------------------------
         v = np.where(degraded, Verdict.REDACT, Verdict.SHARE).astype(np.uint8)

@@ -436,7 +436,7 @@ def _signals(
     step = view.subscriber.view.time_precision_s
     full_names: list[str] = []
     full_columns: list[list[Any]] = []
-    partial: list[tuple[str, list[Any]]] = []
+    partial: list[tuple[str, npt.NDArray[np.object_], npt.NDArray[np.bool_]]] = []
     for path in sorted(cls.specs):
         spec = cls.specs[path]
         if path not in view.allowed or spec.category in _OUTSIDE_SIGNALS or path == TIMESTAMP:
@@ -465,19 +465,35 @@ def _signals(
             full_names.append(path)
             full_columns.append(values)
         else:
-            partial.append((path, _object_column(values, present)))
-    # The complete columns in one dict display per row (a generated function: cheaper than
-    # filling the dicts column by column); the partial ones added where present.
-    out: list[dict[str, Any]]
-    if full_names:
-        out = list(map(_dict_maker(tuple(full_names)), *full_columns))
-    else:
-        out = [{} for _ in range(len(rows))]
-    for name, column in partial:
-        for signals, value in zip(out, column, strict=True):
-            if value is not None:
-                signals[name] = value
-    return out
+            column = np.fromiter(values, dtype=object, count=len(values))
+            partial.append((path, column, present & np.not_equal(column, _NONE)))
+    n = len(rows)
+    if not partial:
+        if full_names:
+            return list(map(_dict_maker(tuple(full_names)), *full_columns))
+        return [{} for _ in range(n)]
+    # Rows grouped by which partial columns they carry; each group built by one generated
+    # dict display per row (cheaper than filling the dicts column by column).
+    pattern = np.zeros(n, dtype=np.int64)
+    for j, (_, _, where) in enumerate(partial):
+        pattern |= where.astype(np.int64) << j
+    kinds, inverse = np.unique(pattern, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    full_arrays = [np.fromiter(c, dtype=object, count=n) for c in full_columns]
+    out = np.empty(n, dtype=object)
+    for k, code in enumerate(kinds.tolist()):
+        chosen = [j for j in range(len(partial)) if code >> j & 1]
+        names = (*full_names, *(partial[j][0] for j in chosen))
+        at = np.flatnonzero(inverse == k)
+        if names:
+            columns = [c[at].tolist() for c in full_arrays]
+            columns += [partial[j][1][at].tolist() for j in chosen]
+            built: list[dict[str, Any]] = list(map(_dict_maker(names), *columns))
+        else:
+            built = [{} for _ in range(len(at))]
+        out[at] = built
+    result: list[dict[str, Any]] = out.tolist()
+    return result
 
 
 @functools.lru_cache(maxsize=256)
@@ -489,10 +505,6 @@ def _dict_maker(names: tuple[str, ...]) -> Callable[..., dict[str, Any]]:
     body = ", ".join(f"{name!r}: v{i}" for i, name in enumerate(names))
     maker: Callable[..., dict[str, Any]] = eval(f"lambda {params}: {{{body}}}", {})
     return maker
-
-
-def _object_column(values: list[Any], present: npt.NDArray[np.bool_]) -> list[Any]:
-    return [v if p else None for v, p in zip(values, present.tolist(), strict=True)]
 
 
 def _time_column(values: list[Any], present: npt.NDArray[np.bool_], step: float) -> list[Any]:
