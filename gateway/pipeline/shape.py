@@ -435,13 +435,14 @@ def _signals(
     derived_ok = (applied & np.uint32(Applied.DERIVED_REMOVED)) == 0
     step = view.subscriber.view.time_precision_s
     full_names: list[str] = []
-    full_columns: list[list[Any]] = []
-    partial: list[tuple[str, npt.NDArray[np.object_], npt.NDArray[np.bool_]]] = []
+    full_columns: list[npt.NDArray[Any]] = []
+    partial: list[tuple[str, npt.NDArray[Any], npt.NDArray[np.bool_]]] = []
     for path in sorted(cls.specs):
         spec = cls.specs[path]
         if path not in view.allowed or spec.category in _OUTSIDE_SIGNALS or path == TIMESTAMP:
             continue
         present = cls.present[path][rows]
+        column: npt.NDArray[Any]
         if spec.category is FieldCategory.LOCATION_DERIVED:
             if view.derived is DerivedMode.SUPPRESS:
                 continue
@@ -449,28 +450,29 @@ def _signals(
             if view.derived is DerivedMode.COARSEN:
                 if path not in cls.coarsened:
                     continue
-                numbers = cls.coarsened[path][rows]
-                present &= np.isfinite(numbers)
-                values: list[Any] = numbers.tolist()
+                column = cls.coarsened[path][rows]
+                present &= np.isfinite(column)
             else:
-                values = cls.values[path][rows].tolist()
+                column = cls.values[path][rows]
         elif spec.category is FieldCategory.TIME:
-            values = _time_column(cls.values[path][rows].tolist(), present, step)
-            present = present & np.not_equal(np.array(values, dtype=object), _NONE)
+            times = _time_column(cls.values[path][rows].tolist(), present, step)
+            column = np.fromiter(times, dtype=object, count=len(times))
+            present = present & np.not_equal(column, _NONE)
         else:
-            values = cls.values[path][rows].tolist()
+            column = cls.values[path][rows]
         if not present.any():
             continue
         if present.all():
             full_names.append(path)
-            full_columns.append(values)
+            full_columns.append(column)
         else:
-            column = np.fromiter(values, dtype=object, count=len(values))
-            partial.append((path, column, present & np.not_equal(column, _NONE)))
+            if column.dtype == object:
+                present = present & np.not_equal(column, _NONE)
+            partial.append((path, column, present))
     n = len(rows)
     if not partial:
         if full_names:
-            return list(map(_dict_maker(tuple(full_names)), *full_columns))
+            return list(map(_dict_maker(tuple(full_names)), *(c.tolist() for c in full_columns)))
         return [{} for _ in range(n)]
     # Rows grouped by which partial columns they carry; each group built by one generated
     # dict display per row (cheaper than filling the dicts column by column).
@@ -479,14 +481,13 @@ def _signals(
         pattern |= where.astype(np.int64) << j
     kinds, inverse = np.unique(pattern, return_inverse=True)
     inverse = inverse.reshape(-1)
-    full_arrays = [np.fromiter(c, dtype=object, count=n) for c in full_columns]
     out = np.empty(n, dtype=object)
     for k, code in enumerate(kinds.tolist()):
         chosen = [j for j in range(len(partial)) if code >> j & 1]
         names = (*full_names, *(partial[j][0] for j in chosen))
         at = np.flatnonzero(inverse == k)
         if names:
-            columns = [c[at].tolist() for c in full_arrays]
+            columns = [c[at].tolist() for c in full_columns]
             columns += [partial[j][1][at].tolist() for j in chosen]
             built: list[dict[str, Any]] = list(map(_dict_maker(names), *columns))
         else:
