@@ -353,23 +353,21 @@ def _identifiers(
         for v in set(vehicles).difference(cache):
             cache[v] = keyed_pseudonym(key, v)
         return [cache[v] for v in vehicles]
-    out: list[str] = []
-    trips = _trip_cache(key)
+    out = list(vehicles)  # the VIN where the view discloses it
     keyed = _keyed_cache(key)
-    for v, is_trip, is_vin, start in zip(
-        vehicles, trip.tolist(), vin.tolist(), starts.tolist(), strict=True
-    ):
-        if is_trip:
-            pid = trips.get((v, start))
-            if pid is None:
-                pid = trips[(v, start)] = trip_pseudonym(key, v, start)
-        elif is_vin:
-            pid = v
-        else:
-            pid = keyed.get(v)
-            if pid is None:
-                pid = keyed[v] = keyed_pseudonym(key, v)
-        out.append(pid)
+    at = np.flatnonzero(~trip & ~vin).tolist()
+    for v in {vehicles[i] for i in at}.difference(keyed):
+        keyed[v] = keyed_pseudonym(key, v)
+    for i in at:
+        out[i] = keyed[vehicles[i]]
+    trips = _trip_cache(key)
+    at_trip = np.flatnonzero(trip)
+    for i, start in zip(at_trip.tolist(), starts[at_trip].tolist(), strict=True):
+        v = vehicles[i]
+        pid = trips.get((v, start))
+        if pid is None:
+            pid = trips[(v, start)] = trip_pseudonym(key, v, start)
+        out[i] = pid
     return out
 
 
