@@ -43,9 +43,29 @@ def postgres_base_url() -> str:
     try:
         with psycopg.connect(url, connect_timeout=3) as conn:
             conn.execute("select 1")
+    except psycopg.OperationalError as exc:
+        if 'database "' in str(exc) and "does not exist" in str(exc):
+            _create_database(url)  # a server is there, the test database is not yet
+        else:
+            service_missing(f"PostgreSQL at {url}: {exc}")
     except psycopg.Error as exc:
         service_missing(f"PostgreSQL at {url}: {exc}")
     return url
+
+
+def _create_database(url: str) -> None:
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(url)
+    name = params.get("dbname")
+    admin = make_conninfo(url, dbname="postgres")
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(str(name))))
+    except psycopg.Error as exc:
+        service_missing(f"PostgreSQL: cannot create database {name}: {exc}")
 
 
 @pytest.fixture
