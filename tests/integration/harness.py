@@ -862,23 +862,28 @@ def verify_audit(deployment: Deployment, trusted: Sequence[Path] = ()) -> str:
     return done.stdout
 
 
-def broker_counter(broker: MosquittoBroker, name: str, timeout: float = 10.0) -> int:
-    """A ``$SYS/broker/...`` counter of Mosquitto (needs ``sys_interval`` set)."""
-    got: list[int] = []
+def first_message(broker: MosquittoBroker, topic: str, timeout: float = 10.0) -> bytes:
+    """The first message a fresh subscriber gets on ``topic`` (a retained one, or the next)."""
+    got: list[bytes] = []
     ready = threading.Event()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
 
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        got.append(int(msg.payload))
+        got.append(bytes(msg.payload))
         ready.set()
 
     client.on_message = on_message
     client.connect(broker.host, broker.port)
     client.loop_start()
     try:
-        client.subscribe(f"$SYS/broker/{name}", qos=0)
-        assert ready.wait(timeout), f"no $SYS/broker/{name} within {timeout:g} s"
+        client.subscribe(topic, qos=1)
+        assert ready.wait(timeout), f"nothing on {topic} within {timeout:g} s"
         return got[0]
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def broker_counter(broker: MosquittoBroker, name: str, timeout: float = 10.0) -> int:
+    """A ``$SYS/broker/...`` counter of Mosquitto (needs ``sys_interval`` set)."""
+    return int(first_message(broker, f"$SYS/broker/{name}", timeout))

@@ -15,9 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
 
 from gateway.config import load_config
@@ -37,6 +35,7 @@ from tests.integration.harness import (
     check_audit,
     check_delivery,
     check_no_leaks,
+    first_message,
     merged,
     publish,
     read_store,
@@ -60,24 +59,7 @@ def _metres(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 def _retained(broker: MosquittoBroker, topic: str, out: Path) -> Path:
     """Save the retained message of ``topic`` to ``out``."""
-    got: list[bytes] = []
-    ready = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-
-    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        got.append(bytes(msg.payload))
-        ready.set()
-
-    client.on_message = on_message
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        client.subscribe(topic, qos=1)
-        assert ready.wait(10), f"nothing retained on {topic}"
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    out.write_bytes(got[0])
+    out.write_bytes(first_message(broker, topic))
     return out
 
 
