@@ -68,7 +68,6 @@ outcome as one batch (a held view released by a later batch is sent then).
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -103,11 +102,13 @@ from gateway.policy.schema import (
 from gateway.policy.state import (
     CounterKey,
     CrossBorderCount,
+    SentTimes,
     StateDelta,
     StateSnapshot,
     TripState,
     TripTable,
 )
+from gateway.policy.vehicles import VehicleIndex
 
 __all__ = [
     "Applied",
@@ -463,11 +464,11 @@ class _Trips:
     """The live rows in (vehicle, time, row) order, split into trip segments.
 
     ``vehicles`` are the batch's vehicle ids, sorted and unique (also as a string array,
-    ``names``, and a list, ``vehicle_list``). Arrays indexed by sorted position: ``order``
-    (row index), ``veh`` (vehicle code), ``time``, ``seg`` (segment), ``lat``/``lon``
-    (position carried forward within the trip, NaN while unknown), ``disp`` (distance from
-    the trip's first position, 0 while unknown). Per segment: ``first``/``last`` sorted
-    positions, ``cont`` (continues the state's trip), ``ended`` (the trip ends inside the
+    ``names``, a list, ``vehicle_list``, and their state numbers, ``codes``). Arrays indexed by
+    sorted position: ``order`` (row index), ``veh`` (vehicle code), ``time``, ``seg`` (segment),
+    ``lat``/``lon`` (position carried forward within the trip, NaN while unknown), ``disp``
+    (distance from the trip's first position, 0 while unknown). Per segment: ``first``/``last``
+    sorted positions, ``cont`` (continues the state's trip), ``ended`` (the trip ends inside the
     batch), ``start`` (trip start time), ``state_disp`` (distance already reached before the
     batch).
     """
@@ -476,6 +477,7 @@ class _Trips:
     vehicles: npt.NDArray[np.object_]
     names: npt.NDArray[np.str_]
     vehicle_list: list[str]
+    codes: IntpArray
     veh: IntpArray
     time: FloatArray
     seg: IntpArray
@@ -499,6 +501,7 @@ def _trips(
     unique, code = np.unique(names, return_inverse=True)
     vehicles = unique.astype(object)
     vehicle_list: list[str] = vehicles.tolist()
+    codes = state.vehicles.codes(vehicle_list)
     code = code.astype(np.intp)
     order_local = np.lexsort((live_rows, batch.time[live_rows], code))
     order = live_rows[order_local]
@@ -513,6 +516,7 @@ def _trips(
             vehicles=vehicles,
             names=unique,
             vehicle_list=vehicle_list,
+            codes=codes,
             veh=veh,
             time=empty_f,
             seg=empty_i,
@@ -525,7 +529,7 @@ def _trips(
             ended=empty_b,
             start=empty_f,
             state_disp=empty_f,
-            new_state=TripTable(),
+            new_state=TripTable.empty(state.vehicles),
         )
     t = batch.time[order]
     key_off = classified.key_off[order]
@@ -533,12 +537,7 @@ def _trips(
     p_lat = np.where(has_pos, batch.lat[order], np.nan)
     p_lon = np.where(has_pos, batch.lon[order], np.nan)
 
-    get = TripTable.of(state.trips).rows().get
-    columns = np.fromiter(
-        itertools.chain.from_iterable([get(v, _NO_TRIP) for v in vehicle_list]),
-        dtype=np.float64,
-        count=8 * len(vehicles),
-    ).reshape(-1, 8)
+    columns = state.trip_table.take(codes, _NO_TRIP)
     st_start, st_lat0, st_lon0, st_disp, s_last, st_llat, st_llon, ended_col = columns.T
     s_ended = ended_col != 0
 
@@ -593,30 +592,28 @@ def _trips(
     ks = np.flatnonzero(vehicle_last_seg)
     ends = last[ks]
     last_time = np.where(cont[ks], np.maximum(t[ends], s_last[seg_veh[ks]]), t[ends])
-    new_state = TripTable(
-        dict(
-            zip(
-                vehicles[seg_veh[ks]].tolist(),
-                zip(
-                    start[ks].tolist(),
-                    lat0[ks].tolist(),
-                    lon0[ks].tolist(),
-                    np.maximum(seg_max[ks], state_disp[ks]).tolist(),
-                    last_time.tolist(),
-                    lat[ends].tolist(),
-                    lon[ends].tolist(),
-                    key_off[ends].tolist(),
-                    strict=True,
-                ),
-                strict=True,
+    new_state = TripTable.of_codes(
+        state.vehicles,
+        codes[seg_veh[ks]],
+        np.column_stack(
+            (
+                start[ks],
+                lat0[ks],
+                lon0[ks],
+                np.maximum(seg_max[ks], state_disp[ks]),
+                last_time,
+                lat[ends],
+                lon[ends],
+                key_off[ends],
             )
-        )
+        ),
     )
     return _Trips(
         order=order,
         vehicles=vehicles,
         names=unique,
         vehicle_list=vehicle_list,
+        codes=codes,
         veh=veh,
         time=t,
         seg=seg,
@@ -896,8 +893,9 @@ def decide(
         trip_lon[trips.order] = trips.lon
     unclassified_any = classified.any_unclassified & live
     consents = _ConsentIndex(batch, trips, state)
+    held_veh = _held_vehicles(trips, state)
 
-    last_sent: dict[str, dict[str, float]] = {}
+    last_sent: dict[str, SentTimes] = {}
     counted: list[tuple[str, int, ExportDataClass, str]] = []
     released: list[int] = []
     discarded: list[int] = []
@@ -1088,7 +1086,7 @@ def decide(
                     basis_col[s, row] = f"{prior},{basis}" if prior else basis
             sorted_ok[gated[~allowed]] = False
         if len(order):
-            _record_last_sent(trips, sorted_ok, seeds, sub.id, last_sent)
+            _record_last_sent(trips, sorted_ok, seeds, sub.id, state.vehicles, last_sent)
         if trim > 0 and len(order):
             cand = np.flatnonzero(sorted_ok)
             go = _released(trips, cand, trim)
@@ -1101,7 +1099,7 @@ def decide(
             held_rows = order[waiting[~ended]]
             v[held_rows] = Verdict.HELD
             r[held_rows] |= _BIT[RuleId.PI_TRIP_TRIM]
-        rel, dis = _settle_held(trips, state, sub.id, trim)
+        rel, dis = _settle_held(trips, state, held_veh, sub.id, trim)
         released.extend(rel.tolist())
         discarded.extend(dis.tolist())
         final_block = v == Verdict.BLOCK
@@ -1208,11 +1206,8 @@ def _downsample(trips: _Trips, ok: BoolArray, interval: float, seeds: FloatArray
 
 def _last_sent_seeds(trips: _Trips, state: StateSnapshot, sub_id: str) -> FloatArray:
     """Per vehicle code: when the subscriber was last sent a record of it (-inf: never)."""
-    get = state.last_sent.get(sub_id, {}).get
-    n = len(trips.vehicles)
-    return np.fromiter(
-        map(get, trips.vehicle_list, itertools.repeat(-np.inf, n)), np.float64, count=n
-    )
+    seeds: FloatArray = state.sent_times(sub_id).take(trips.codes, (-np.inf,))[:, 0]
+    return seeds
 
 
 def _record_last_sent(
@@ -1220,7 +1215,8 @@ def _record_last_sent(
     sent: BoolArray,
     seeds: FloatArray,
     sub_id: str,
-    out: dict[str, dict[str, float]],
+    index: VehicleIndex,
+    out: dict[str, SentTimes],
 ) -> None:
     pos = np.flatnonzero(sent)
     if pos.size == 0:
@@ -1229,7 +1225,7 @@ def _record_last_sent(
     best = seeds.copy()
     np.maximum.at(best, veh, trips.time[pos])
     codes = np.unique(veh)
-    out[sub_id] = dict(zip(trips.vehicles[codes].tolist(), best[codes].tolist(), strict=True))
+    out[sub_id] = SentTimes.of_codes(index, trips.codes[codes], best[codes])
 
 
 def _gate(
@@ -1260,8 +1256,20 @@ def _gate(
     return pos, result
 
 
+def _held_vehicles(trips: _Trips, state: StateSnapshot) -> IntpArray:
+    """Per held view of ``state``: its vehicle's code in ``trips``, -1 if not in the batch."""
+    held = state.held
+    if len(held) == 0 or len(trips.order) == 0:
+        return np.full(len(held), -1, dtype=np.intp)
+    numbers = state.vehicles.codes(held.vehicle.tolist())
+    code_of = np.full(len(state.vehicles), -1, dtype=np.intp)
+    code_of[trips.codes] = np.arange(len(trips.codes))
+    out: IntpArray = code_of[numbers]
+    return out
+
+
 def _settle_held(
-    trips: _Trips, state: StateSnapshot, sub_id: str, trim: float
+    trips: _Trips, state: StateSnapshot, held_veh: IntpArray, sub_id: str, trim: float
 ) -> tuple[IntpArray, IntpArray]:
     """Indices (into ``state.held``) of the views held from earlier batches for ``sub_id``
     that this batch releases, and of those it discards (their trip ended)."""
@@ -1272,10 +1280,8 @@ def _settle_held(
     mine = np.flatnonzero(held.subscriber == sub_id)
     if mine.size == 0:
         return empty, empty
-    names = trips.names
-    wanted = held.vehicle[mine].astype(str)
-    code = np.minimum(np.searchsorted(names, wanted), len(names) - 1)
-    present = names[code] == wanted
+    code = held_veh[mine]
+    present = code >= 0
     mine, code = mine[present], code[present]  # vehicles without a record here: untouched
     if mine.size == 0:
         return empty, empty

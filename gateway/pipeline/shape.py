@@ -26,7 +26,6 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -243,35 +242,7 @@ def shape(decisions: Decisions, keys: PseudonymKeys) -> Shaped:
         mids = message_ids(key, view.id, vehicles, rid, t.tolist())
         step = view.subscriber.view.time_precision_s
         stamps = iso_times(_truncate(t, step))
-        signals = _signals(decisions, cls, s, rows, applied)
-        sub_id = view.id
-        version = the_plan.bundle.version
-        if view.allows_location:
-            locations = _locations(decisions, s, rows, applied)
-            objs = [
-                {
-                    "schema": VIEW_SCHEMA,
-                    "subscriber": sub_id,
-                    "policy_version": version,
-                    "vehicle": vo,
-                    "time": ts,
-                    "location": loc,
-                    "signals": sig,
-                }
-                for vo, ts, loc, sig in zip(vehicle_out, stamps, locations, signals, strict=True)
-            ]
-        else:
-            objs = [
-                {
-                    "schema": VIEW_SCHEMA,
-                    "subscriber": sub_id,
-                    "policy_version": version,
-                    "vehicle": vo,
-                    "time": ts,
-                    "signals": sig,
-                }
-                for vo, ts, sig in zip(vehicle_out, stamps, signals, strict=True)
-            ]
+        objs = _objects(decisions, cls, s, rows, applied, vehicle_out, stamps)
         is_held = verdict[rows] == Verdict.HELD
         if is_held.any():
             where = np.flatnonzero(is_held)
@@ -371,64 +342,108 @@ def _identifiers(
     return out
 
 
-def _locations(
-    decisions: Decisions, s: int, rows: IntpArray, applied: npt.NDArray[np.uint32]
-) -> list[dict[str, Any] | None]:
-    view = decisions.plan.views[s]
-    layer = decisions.layer(s)
-    pos = decisions.position[s, rows]
-    if not pos.any():
-        return [None] * len(rows)
-    if view.transform is not None:
-        out = layer.outputs[view.transform]
-        lat, lon = out.lat[rows], out.lon[rows]
-    else:
-        lat, lon = layer.lat[rows], layer.lon[rows]
-    lat_name, lon_name = coordinate_names(view.datum)
-    head = {"datum": view.datum.value, "precision_m": _number(view.grid_m)}
-    alt = decisions.batch.alt[rows]
-    alt_out = pos & np.isfinite(alt) & view.allows_altitude
-    alt_out &= (applied & np.uint32(Applied.ALTITUDE_REMOVED)) == 0
-    if view.altitude is AltitudeMode.COARSEN and view.altitude_step_m is not None:
-        alt = coarsen_altitude(alt, view.altitude_step_m)
-        alt_out &= np.isfinite(alt)
-        alt_extra: dict[str, Any] = {"alt_step_m": _number(view.altitude_step_m)}
-    elif view.altitude is AltitudeMode.KEEP:
-        alt_extra = {}
-    else:
-        alt_out[:] = False
-        alt_extra = {}
-    datum, precision = head["datum"], head["precision_m"]
-    at = np.flatnonzero(pos)
-    columns: list[Iterable[Any]] = [
-        repeat(datum),
-        repeat(precision),
-        lat[at].tolist(),
-        lon[at].tolist(),
-    ]
-    names: tuple[str, ...] = ("datum", "precision_m", lat_name, lon_name)
-    if view.grid_m > 0:
-        columns.append(layer.cell_ids(rows[at]))
-        names += ("cell",)
-    located = np.full(len(rows), None, dtype=object)
-    located[at] = list(map(_dict_maker(names), *columns))
-    result: list[dict[str, Any] | None] = located.tolist()
-    if alt_out.any():
-        for i, al in zip(np.flatnonzero(alt_out).tolist(), alt[alt_out].tolist(), strict=True):
-            loc = result[i]
-            assert loc is not None
-            loc["alt_m"] = al
-            loc.update(alt_extra)
-    return result
-
-
-def _signals(
+def _objects(
     decisions: Decisions,
     cls: Classified,
     s: int,
     rows: IntpArray,
     applied: npt.NDArray[np.uint32],
+    vehicle_out: list[str],
+    stamps: list[str],
 ) -> list[dict[str, Any]]:
+    """The output object of each of ``rows`` for subscriber ``s``.
+
+    Rows are grouped by which optional parts they carry (each partial signal, a location, an
+    altitude); each group's objects are built by one generated function per row, whose
+    nested dict displays make the object, its location and its signals in one call.
+    """
+    view = decisions.plan.views[s]
+    n = len(rows)
+    full_names, full_columns, partial = _signal_columns(decisions, cls, s, rows, applied)
+    optional: list[npt.NDArray[np.bool_]] = [where for _, _, where in partial]
+    loc_columns: list[npt.NDArray[Any]] = []
+    loc_names: tuple[str, ...] = ()
+    loc_head: tuple[tuple[str, Any], ...] = ()
+    alt_extra: tuple[tuple[str, Any], ...] = ()
+    alt: FloatArray = np.empty(0)
+    if view.allows_location:
+        pos = decisions.position[s, rows]
+        layer = decisions.layer(s)
+        if view.transform is not None:
+            out = layer.outputs[view.transform]
+            lat, lon = out.lat[rows], out.lon[rows]
+        else:
+            lat, lon = layer.lat[rows], layer.lon[rows]
+        loc_names = coordinate_names(view.datum)
+        loc_columns = [lat, lon]
+        if view.grid_m > 0 and pos.any():
+            cells = np.full(n, None, dtype=object)
+            at = np.flatnonzero(pos)
+            cells[at] = layer.cell_ids(rows[at])
+            loc_columns.append(cells)
+            loc_names += ("cell",)
+        loc_head = (("datum", view.datum.value), ("precision_m", _number(view.grid_m)))
+        alt = decisions.batch.alt[rows]
+        alt_out = pos & np.isfinite(alt) & view.allows_altitude
+        alt_out &= (applied & np.uint32(Applied.ALTITUDE_REMOVED)) == 0
+        if view.altitude is AltitudeMode.COARSEN and view.altitude_step_m is not None:
+            alt = coarsen_altitude(alt, view.altitude_step_m)
+            alt_out &= np.isfinite(alt)
+            alt_extra = (("alt_step_m", _number(view.altitude_step_m)),)
+        elif view.altitude is not AltitudeMode.KEEP:
+            alt_out[:] = False
+        optional += [pos, alt_out]
+    head = (
+        ("schema", VIEW_SCHEMA),
+        ("subscriber", view.id),
+        ("policy_version", decisions.plan.bundle.version),
+    )
+    common: list[npt.NDArray[Any] | list[Any]] = [vehicle_out, stamps, *full_columns]
+    if not optional:
+        maker = _object_maker(head, view.allows_location, None, tuple(full_names))
+        return list(map(maker, *(c if isinstance(c, list) else c.tolist() for c in common)))
+    pattern = np.zeros(n, dtype=np.int64)
+    for j, where in enumerate(optional):
+        pattern |= where.astype(np.int64) << j
+    kinds, inverse = np.unique(pattern, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    if len(kinds) > 1:
+        common = [np.asarray(c, dtype=object) if isinstance(c, list) else c for c in common]
+    result = np.empty(n, dtype=object) if len(kinds) > 1 else None
+    k_loc = len(partial)
+    for k, code in enumerate(kinds.tolist()):
+        chosen = [j for j in range(len(partial)) if code >> j & 1]
+        names = (*full_names, *(partial[j][0] for j in chosen))
+        location: tuple[tuple[str, Any], ...] | None = None
+        loc_cols: list[npt.NDArray[Any]] = []
+        if view.allows_location and code >> k_loc & 1:
+            loc_cols = list(loc_columns)
+            location = (*loc_head, *((name, None) for name in loc_names))
+            if code >> (k_loc + 1) & 1:
+                loc_cols.append(alt)
+                location += (("alt_m", None), *alt_extra)
+        maker = _object_maker(head, view.allows_location, location, names)
+        columns = [*common[:2], *loc_cols, *common[2:], *(partial[j][1] for j in chosen)]
+        if result is None:
+            return list(map(maker, *(c if isinstance(c, list) else c.tolist() for c in columns)))
+        at = np.flatnonzero(inverse == k)
+        result[at] = list(map(maker, *(np.asarray(c)[at].tolist() for c in columns)))
+    assert result is not None
+    built: list[dict[str, Any]] = result.tolist()
+    return built
+
+
+def _signal_columns(
+    decisions: Decisions,
+    cls: Classified,
+    s: int,
+    rows: IntpArray,
+    applied: npt.NDArray[np.uint32],
+) -> tuple[
+    list[str], list[npt.NDArray[Any]], list[tuple[str, npt.NDArray[Any], npt.NDArray[np.bool_]]]
+]:
+    """The signals subscriber ``s`` receives for ``rows``: names and columns of those every
+    row carries, and (name, column, which rows carry it) of the others."""
     view = decisions.plan.views[s]
     derived_ok = (applied & np.uint32(Applied.DERIVED_REMOVED)) == 0
     step = view.subscriber.view.time_precision_s
@@ -467,42 +482,45 @@ def _signals(
             if column.dtype == object:
                 present = present & np.not_equal(column, _NONE)
             partial.append((path, column, present))
-    n = len(rows)
-    if not partial:
-        if full_names:
-            return list(map(_dict_maker(tuple(full_names)), *(c.tolist() for c in full_columns)))
-        return [{} for _ in range(n)]
-    # Rows grouped by which partial columns they carry; each group built by one generated
-    # dict display per row (cheaper than filling the dicts column by column).
-    pattern = np.zeros(n, dtype=np.int64)
-    for j, (_, _, where) in enumerate(partial):
-        pattern |= where.astype(np.int64) << j
-    kinds, inverse = np.unique(pattern, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    out = np.empty(n, dtype=object)
-    for k, code in enumerate(kinds.tolist()):
-        chosen = [j for j in range(len(partial)) if code >> j & 1]
-        names = (*full_names, *(partial[j][0] for j in chosen))
-        at = np.flatnonzero(inverse == k)
-        if names:
-            columns = [c[at].tolist() for c in full_columns]
-            columns += [partial[j][1][at].tolist() for j in chosen]
-            built: list[dict[str, Any]] = list(map(_dict_maker(names), *columns))
-        else:
-            built = [{} for _ in range(len(at))]
-        out[at] = built
-    result: list[dict[str, Any]] = out.tolist()
-    return result
+    return full_names, full_columns, partial
 
 
-@functools.lru_cache(maxsize=256)
-def _dict_maker(names: tuple[str, ...]) -> Callable[..., dict[str, Any]]:
-    """A function of ``len(names)`` positional values returning ``{names[i]: value_i}``,
-    keys in ``names`` order (compiled once per tuple of names; the names are written as
-    literals with ``repr``, so any string is safe)."""
-    params = ", ".join(f"v{i}" for i in range(len(names)))
-    body = ", ".join(f"{name!r}: v{i}" for i, name in enumerate(names))
-    maker: Callable[..., dict[str, Any]] = eval(f"lambda {params}: {{{body}}}", {})
+@functools.lru_cache(maxsize=512)
+def _object_maker(
+    head: tuple[tuple[str, Any], ...],
+    has_location: bool,
+    location: tuple[tuple[str, Any], ...] | None,
+    signals: tuple[str, ...],
+) -> Callable[..., dict[str, Any]]:
+    """A function of (vehicle, time, the location's ``None`` entries in order, the signals in
+    order) returning the output object: ``head`` items, ``vehicle``, ``time``, ``location``
+    if ``has_location`` (``None`` if ``location`` is; else its items, the ``None`` ones
+    filled from the arguments) and ``signals``. Compiled once per shape; every name and
+    constant is written as a literal with ``repr`` (strings and numbers only), so any string
+    is safe."""
+    params: list[str] = ["vo", "ts"]
+    items = [f"{k!r}: {v!r}" for k, v in head]
+    items += ["'vehicle': vo", "'time': ts"]
+    if location is None:
+        if has_location:
+            items.append("'location': None")
+    else:
+        parts = []
+        for k, v in location:
+            if v is None:
+                params.append(f"l{len(params)}")
+                parts.append(f"{k!r}: {params[-1]}")
+            else:
+                parts.append(f"{k!r}: {v!r}")
+        items.append(f"'location': {{{', '.join(parts)}}}")
+    sig = []
+    for name in signals:
+        params.append(f"s{len(params)}")
+        sig.append(f"{name!r}: {params[-1]}")
+    items.append(f"'signals': {{{', '.join(sig)}}}")
+    maker: Callable[..., dict[str, Any]] = eval(
+        f"lambda {', '.join(params)}: {{{', '.join(items)}}}", {}
+    )
     return maker
 
 

@@ -45,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.policy.schema import Consent, ExportDataClass
+from gateway.policy.vehicles import VehicleIndex, VehicleRows
 
 __all__ = [
     "KEY_OFF_SIGNAL",
@@ -56,6 +57,7 @@ __all__ = [
     "CrossBorderCount",
     "HeldSet",
     "HeldView",
+    "SentTimes",
     "StateDelta",
     "StateSnapshot",
     "TripState",
@@ -231,47 +233,51 @@ class TripState(NamedTuple):
         return not math.isnan(self.start_lat)
 
 
-class TripTable(Mapping[str, TripState]):
+class TripTable(VehicleRows, Mapping[str, TripState]):
     """Trip states by vehicle (immutable): a :class:`TripState` per vehicle on access.
 
-    Stored as plain tuples: the garbage collector stops tracking a tuple of plain values, but
-    never a named tuple, and the engine makes one state per vehicle per batch.
+    Stored as a float array (:class:`VehicleRows`, the :class:`TripState` fields in order,
+    ``ended`` as 0/1), so the engine reads and writes a batch's trips with array operations.
     """
 
-    __slots__ = ("_rows",)
-
-    def __init__(self, rows: Mapping[str, tuple[Any, ...]] | None = None) -> None:
-        self._rows: dict[str, tuple[Any, ...]] = dict(rows or {})
+    __slots__ = ()
+    width = 8
 
     @classmethod
-    def of(cls, trips: Mapping[str, TripState] | None) -> TripTable:
-        """``trips`` as a table (itself if it already is one)."""
+    def of(cls, trips: Mapping[str, TripState] | None, index: VehicleIndex) -> TripTable:
+        """``trips`` as a table on ``index`` (itself if it already is one there)."""
         if isinstance(trips, TripTable):
-            return trips
-        return cls({vin: tuple(trip) for vin, trip in (trips or {}).items()})
+            return trips.rebased(index)
+        items = list((trips or {}).items())
+        return cls.of_rows(index, [v for v, _ in items], [tuple(t) for _, t in items])
 
     def __getitem__(self, vin: str) -> TripState:
-        return TripState._make(self._rows[vin])
+        row = self._row(vin)
+        if row is None:
+            raise KeyError(vin)
+        start, lat0, lon0, disp, last, lat, lon, ended = row.tolist()
+        return TripState(start, lat0, lon0, disp, last, lat, lon, bool(ended))
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._rows)
 
-    def __len__(self) -> int:
-        return len(self._rows)
+class SentTimes(VehicleRows, Mapping[str, float]):
+    """When one subscriber was last sent a record of each vehicle (immutable)."""
 
-    def __contains__(self, vin: object) -> bool:
-        return vin in self._rows
+    __slots__ = ()
+    width = 1
 
-    def __repr__(self) -> str:
-        return f"TripTable({dict(self.items())!r})"
+    @classmethod
+    def of(cls, times: Mapping[str, float] | None, index: VehicleIndex) -> SentTimes:
+        """``times`` as a table on ``index`` (itself if it already is one there)."""
+        if isinstance(times, SentTimes):
+            return times.rebased(index)
+        items = list((times or {}).items())
+        return cls.of_rows(index, [v for v, _ in items], [[t] for _, t in items])
 
-    def rows(self) -> Mapping[str, tuple[Any, ...]]:
-        """The states as plain tuples in :class:`TripState` field order (read-only)."""
-        return MappingProxyType(self._rows)
-
-    def merged(self, newer: Mapping[str, TripState]) -> TripTable:
-        """A copy where the vehicles of ``newer`` take its states."""
-        return TripTable({**self._rows, **TripTable.of(newer)._rows})
+    def __getitem__(self, vin: str) -> float:
+        row = self._row(vin)
+        if row is None:
+            raise KeyError(vin)
+        return float(row[0])
 
 
 class HeldView(NamedTuple):
@@ -388,11 +394,29 @@ class StateSnapshot:
     last_sent: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     crossborder: Mapping[CounterKey, CrossBorderCount] = field(default_factory=dict)
     held: HeldSet = field(default_factory=HeldSet)
+    vehicles: VehicleIndex = field(default_factory=VehicleIndex, compare=False, repr=False)
+    """The numbering of vehicle ids the per-vehicle tables use (shared with the snapshots
+    derived from this one)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "trips", TripTable.of(self.trips))
-        for name in ("last_sent", "crossborder"):
-            object.__setattr__(self, name, _frozen(getattr(self, name)))
+        index = self.vehicles
+        object.__setattr__(self, "trips", TripTable.of(self.trips, index))
+        sent = {sub: SentTimes.of(times, index) for sub, times in self.last_sent.items()}
+        object.__setattr__(self, "last_sent", MappingProxyType(sent))
+        object.__setattr__(self, "crossborder", _frozen(self.crossborder))
+
+    @property
+    def trip_table(self) -> TripTable:
+        """``trips`` as the table it is."""
+        assert isinstance(self.trips, TripTable)
+        return self.trips
+
+    def sent_times(self, subscriber: str) -> SentTimes:
+        """``last_sent[subscriber]`` as a table (empty if nothing was sent)."""
+        times = self.last_sent.get(subscriber)
+        if isinstance(times, SentTimes):
+            return times
+        return SentTimes.empty(self.vehicles)
 
     def count(self, key: CounterKey) -> CrossBorderCount:
         """The cross-border count for ``key`` (zero if none is recorded)."""
@@ -406,10 +430,11 @@ class StateSnapshot:
         For tests, tools and ``policy explain``: it chains batches in memory exactly as the
         service chains them through its store.
         """
-        trips = TripTable.of(self.trips).merged(delta.trips)
-        last_sent = dict(self.last_sent)
+        index = self.vehicles
+        trips = self.trip_table.merged(TripTable.of(delta.trips, index))
+        last_sent: dict[str, Mapping[str, float]] = dict(self.last_sent)
         for sub, times in delta.last_sent.items():
-            last_sent[sub] = {**last_sent.get(sub, {}), **times}
+            last_sent[sub] = self.sent_times(sub).merged(SentTimes.of(times, index))
         counts = dict(self.crossborder)
         added: dict[CounterKey, set[str]] = {}
         for sub, year, data_class, vehicle in delta.counted:
