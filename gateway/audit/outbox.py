@@ -114,14 +114,24 @@ def seen_records(reader: Reader, keys: Sequence[tuple[str, str]]) -> set[tuple[s
     found: set[tuple[str, str]] = set()
     for i in range(0, len(keys), _CHUNK):
         chunk = keys[i : i + _CHUNK]
-        marks = ",".join("(?,?)" for _ in chunk)
         params = [part for key in chunk for part in key]
-        rows = reader._all(
-            f"select vehicle, record from dedup where (vehicle, record) in (values {marks})",
-            params,
-        )
+        rows = reader._all(seen_query(len(chunk)), params)
         found.update((r[0], r[1]) for r in rows)
     return found
+
+
+def seen_query(n: int) -> str:
+    """The look-up of ``n`` (vehicle, record) pairs in ``dedup``, one primary-key probe each.
+
+    Written as a join with the list of pairs: SQLite plans ``(vehicle, record) in (values
+    ...)`` as a scan of the whole table, whose cost then grows with every record seen.
+    """
+    marks = ",".join("(?,?)" for _ in range(n))
+    return (
+        f"with wanted (vehicle, record) as (values {marks}) "
+        "select d.vehicle, d.record from wanted w "
+        "join dedup d on d.vehicle = w.vehicle and d.record = w.record"
+    )
 
 
 def add_seen(tx: Transaction, keys: Iterable[tuple[str, str]], at_ms: int) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import pytest
 
 from gateway.audit.outbox import (
@@ -18,6 +21,7 @@ from gateway.audit.outbox import (
     pending_outbox,
     prune_seen,
     save_vehicle_state,
+    seen_query,
     seen_records,
 )
 from gateway.audit.store import Store
@@ -81,6 +85,28 @@ def test_dedup_window_remembers_and_forgets(store: Store) -> None:
         assert prune_seen(tx, 1500) == 600
     with store.snapshot() as rd:
         assert seen_records(rd, keys) == set(keys[600:])
+
+
+def test_dedup_lookup_probes_the_key_instead_of_scanning_the_table(tmp_path: Path) -> None:
+    # The lookup runs once per micro-batch against a table that holds every record of the
+    # retention window: a plan that scans it makes each batch slower than the one before.
+    db = sqlite3.connect(tmp_path / "plan.db")
+    db.execute(
+        "create table dedup (vehicle text not null, record text not null, "
+        "seen_ms bigint not null, primary key (vehicle, record))"
+    )
+    plan = db.execute(f"explain query plan {seen_query(3)}", ["a", "b"] * 3).fetchall()
+    details = [row[3] for row in plan]
+    assert any(d.startswith("SEARCH d USING") and "vehicle=? AND record=?" in d for d in details)
+    assert not any(d.startswith("SCAN d") or d.startswith("SCAN dedup") for d in details)
+
+
+def test_dedup_lookup_matches_pairs_not_their_parts(store: Store) -> None:
+    with store.transaction() as tx:
+        add_seen(tx, [("v1", "r1"), ("v2", "r2")], 1000)
+    with store.snapshot() as rd:
+        assert seen_records(rd, [("v1", "r2"), ("v2", "r1"), ("v2", "r2")]) == {("v2", "r2")}
+        assert seen_records(rd, []) == set()
 
 
 def test_vehicle_state_upserts(store: Store) -> None:
