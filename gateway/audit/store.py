@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 from gateway.audit.entries import AdminAction, AdminEntry, AuditEntry, encode_entry, to_ms
 from gateway.audit.merkle import TILE_HEIGHT, CompactRange, node_hash
+from gateway.audit.walcheckpoint import WalCheckpointer
 from gateway.errors import AuditError, GatewayError, StoreError
 
 BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
@@ -829,7 +830,9 @@ class Store(ABC):
 
 
 class SqliteStore(Store):
-    """SQLite: one file, WAL journal, synchronous=FULL, writers serialised."""
+    """SQLite: one file, WAL journal, synchronous=FULL, writers serialised. A writing store
+    (one bound to a shard) checkpoints the log from a thread of its own
+    (:class:`~gateway.audit.walcheckpoint.WalCheckpointer`), not inside its commits."""
 
     kind = "sqlite"
     db_errors = (sqlite3.Error,)
@@ -846,8 +849,14 @@ class SqliteStore(Store):
             self._conn.execute("pragma journal_mode = wal")
             self._conn.execute("pragma synchronous = full")
             self._conn.execute("pragma foreign_keys = on")
+            if shard is not None:  # a writer: checkpoints leave the commit path
+                self._conn.execute("pragma wal_autocheckpoint = 0")
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite store {path}: {exc}") from exc
+        self.checkpointer: WalCheckpointer | None = None
+        if shard is not None:
+            self.checkpointer = WalCheckpointer(path)
+            self.checkpointer.start()
 
     def _cursor(self) -> _Cursor:
         return self._conn.cursor()
@@ -866,7 +875,9 @@ class SqliteStore(Store):
         """No-op: ``begin immediate`` already serialises every SQLite writer."""
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (the last one to close checkpoints the log)."""
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self._conn.close()
 
 
