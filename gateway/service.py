@@ -398,11 +398,11 @@ class Gateway:
         for view in state.held:
             if view.vehicle in vehicles:
                 held.setdefault(view.vehicle, []).append(view)
-        docs = {}
-        for vin in vehicles:
-            sent = {sub: times[vin] for sub, times in state.last_sent.items() if vin in times}
-            docs[vin] = encode_state(state.trips.get(vin), sent, held.get(vin, ()))
-        return docs
+        vins = list(vehicles)
+        return {
+            vin: encode_state(trip, sent, held.get(vin, ()))
+            for vin, (trip, sent) in zip(vins, state.vehicle_rows(vins), strict=True)
+        }
 
     def _count(
         self,

@@ -36,7 +36,7 @@ id were fixed when it was decided), so releasing it only emits it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -410,6 +410,22 @@ class StateSnapshot:
         """``trips`` as the table it is."""
         assert isinstance(self.trips, TripTable)
         return self.trips
+
+    def vehicle_rows(
+        self, vehicles: Sequence[str]
+    ) -> list[tuple[TripState | None, dict[str, float]]]:
+        """Per vehicle: its trip (or ``None``) and when each subscriber was last sent a record
+        of it (what the service stores per vehicle), read with one look-up per table."""
+        codes = self.vehicles.codes(vehicles)
+        has_trip, trips = self.trip_table.lookup(codes)
+        sent = [(sub, *self.sent_times(sub).lookup(codes)) for sub in self.last_sent]
+        out: list[tuple[TripState | None, dict[str, float]]] = []
+        for i, (t0, lat0, lon0, disp, last, lat, lon, end) in enumerate(trips.tolist()):
+            trip = (
+                TripState(t0, lat0, lon0, disp, last, lat, lon, bool(end)) if has_trip[i] else None
+            )
+            out.append((trip, {sub: float(t[i, 0]) for sub, f, t in sent if f[i]}))
+        return out
 
     def sent_times(self, subscriber: str) -> SentTimes:
         """``last_sent[subscriber]`` as a table (empty if nothing was sent)."""

@@ -98,13 +98,20 @@ class VehicleRows:
     def take(self, codes: IntpArray, missing: Sequence[float]) -> FloatArray:
         """The rows of vehicle numbers ``codes`` (shape ``(len(codes), width)``), ``missing``
         where the table has none."""
+        found, out = self.lookup(codes)
+        out[~found] = np.asarray(missing, dtype=np.float64)
+        return out
+
+    def lookup(self, codes: IntpArray) -> tuple[npt.NDArray[np.bool_], FloatArray]:
+        """Which of vehicle numbers ``codes`` the table holds, and their rows (undefined
+        where not held)."""
         out = np.empty((len(codes), self.width))
-        out[:] = np.asarray(missing, dtype=np.float64)
+        found = np.zeros(len(codes), dtype=bool)
         if len(self.codes) and len(codes):
             pos = np.minimum(np.searchsorted(self.codes, codes), len(self.codes) - 1)
             found = self.codes[pos] == codes
             out[found] = self.data[pos[found]]
-        return out
+        return found, out
 
     def merged(self, newer: VehicleRows) -> Self:
         """A copy where the vehicles of ``newer`` (on the same index) take its rows."""

@@ -90,3 +90,16 @@ def test_snapshot_apply_leaves_the_old_snapshot_as_it_was() -> None:
     assert after.last_sent["s"] == {"V1": 10.0, "V2": 20.0}
     assert after.vehicles is state.vehicles
     assert after.sent_times("nobody") == {}
+
+
+def test_vehicle_rows_reads_each_vehicles_trip_and_sent_times() -> None:
+    trip = TripState(0.0, 31.0, 121.0, 5.0, 10.0, 31.0, 121.0, True)
+    state = StateSnapshot(
+        now=0.0,
+        trips={"V1": trip},
+        last_sent={"a": {"V1": 10.0, "V2": 7.0}, "b": {"V2": 8.0}},
+    )
+    v1, v2, v3 = state.vehicle_rows(["V1", "V2", "V3"])
+    assert v1 == (trip, {"a": 10.0}) and isinstance(v1[0].ended, bool)  # type: ignore[union-attr]
+    assert v2 == (None, {"a": 7.0, "b": 8.0})
+    assert v3 == (None, {})
