@@ -13,6 +13,7 @@ locked.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from gateway.audit.outbox import (
 )
 from gateway.audit.store import Transaction
 from gateway.pipeline.decide import Decisions, Verdict
-from gateway.pipeline.shape import Shaped, encode_view, message_id
+from gateway.pipeline.shape import Shaped, encode_view, message_ids
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.state import HeldView
 
@@ -223,54 +224,71 @@ def _decisions(
     batch = decisions.batch
     n = len(batch)
     views = decisions.plan.views
-    view_at = {
-        (int(s), int(r)): i
-        for i, (s, r) in enumerate(
-            zip(shaped.subscriber.tolist(), shaped.row.tolist(), strict=True)
-        )
-    }
     refs = [ctx.vehicle_ref(v) for v in batch.vehicle.tolist()]
+    vehicles = batch.vehicle.tolist()
     record_ids = batch.msg_id.tolist() if batch.msg_id is not None else [None] * n
     times = batch.time.tolist()
+    instance, policy = ctx.instance, ctx.bundle.version
     for s, view in enumerate(views):
         sub_id = view.id
-        sub = ctx.bundle.subscribers[sub_id]
-        key = ctx.pseudonym_key(sub_id)
-        rows = np.arange(n, dtype=np.intp)
-        transforms = decisions.transforms_of(s, rows)
-        verdicts = decisions.verdict[s].tolist()
-        for row in range(n):
-            verdict = Verdict(verdicts[row])
-            if verdict is Verdict.HELD:
-                continue
-            decision = _AUDIT_DECISION[verdict]
-            precision = decisions.precision_m(s, row)
-            entry: dict[str, Any] = {
+        region = ctx.bundle.subscribers[sub_id].region
+        # Per row: the index of its shaped view (-1: none), then every entry column at once.
+        view_of = np.full(n, -1, dtype=np.intp)
+        mine = np.flatnonzero(shaped.subscriber == s)
+        view_of[shaped.row[mine]] = mine
+        verdicts = decisions.verdict[s]
+        rows = np.flatnonzero(verdicts != Verdict.HELD)
+        if rows.size == 0:
+            continue
+        unshaped = rows[view_of[rows] < 0].tolist()
+        ids = dict(
+            zip(
+                unshaped,
+                message_ids(
+                    ctx.pseudonym_key(sub_id),
+                    sub_id,
+                    [vehicles[r] for r in unshaped],
+                    [record_ids[r] for r in unshaped],
+                    [times[r] for r in unshaped],
+                ),
+                strict=True,
+            )
+        )
+        precision = np.where(decisions.position[s, rows], view.grid_m, np.nan)
+        columns = zip(
+            rows.tolist(),
+            verdicts[rows].tolist(),
+            decisions.rules_of(s, rows),
+            decisions.transforms_of(s, rows),
+            [None if math.isnan(p) else round(p) for p in precision.tolist()],
+            decisions.bases_of(s, rows),
+            view_of[rows].tolist(),
+            strict=True,
+        )
+        counts = out.decisions
+        for row, verdict, rules, transforms, precision_m, basis, index in columns:
+            decision = _AUDIT_DECISION[Verdict(verdict)]
+            common = {
                 "time": times[row],
-                "instance": ctx.instance,
+                "instance": instance,
                 "decision": decision,
-                "policy": ctx.bundle.version,
+                "policy": policy,
                 "vehicle": refs[row],
                 "subscriber": sub_id,
-                "region": sub.region,
-                "rules": decisions.rule_ids(s, row),
-                "transforms": transforms[row],
-                "precision_m": None if precision is None else round(precision),
-                "basis": decisions.basis_of(s, row),
+                "region": region,
+                "rules": rules,
+                "transforms": transforms,
+                "precision_m": precision_m,
+                "basis": basis,
             }
-            index = view_at.get((s, row))
-            if index is None:
-                entry["message_id"] = message_id(
-                    key, sub_id, batch.vehicle[row], record_ids[row], times[row]
-                )
-                entries.append(DecisionEntry(**entry))
-                out.decisions[(sub_id, decision.value)] += 1
+            counts[(sub_id, decision.value)] += 1
+            if index < 0:
+                entries.append(DecisionEntry(message_id=ids[row], **common))
                 seq += 1
                 continue
             msg = shaped.message_ids[index]
-            entry["message_id"] = msg
             data = encode_view(shaped.views[index], audit_seq=seq, message_id=msg)
-            entries.append(DecisionEntry(digest=ctx.digest(data), **entry))
+            entries.append(DecisionEntry(message_id=msg, digest=ctx.digest(data), **common))
             outbox.append(
                 OutboxRow(
                     seq,
@@ -281,6 +299,5 @@ def _decisions(
                     now_ms,
                 )
             )
-            out.decisions[(sub_id, decision.value)] += 1
             seq += 1
     return seq
