@@ -117,6 +117,18 @@ class MqttPublisher:
                 if remaining is not None and remaining <= 0:
                     raise DeliveryError("in-flight bound reached and nothing was acknowledged")
                 self._cond.wait(remaining if remaining is not None else 1.0)
+        self._send(topic, payload, done, retain)
+
+    def try_publish(self, topic: str, payload: bytes, done: Done) -> bool:
+        """:meth:`publish` if the in-flight bound allows it now; False (nothing sent) if not.
+        Never blocks."""
+        with self._cond:
+            if len(self._pending) >= self.limit:
+                return False
+        self._send(topic, payload, done, False)
+        return True
+
+    def _send(self, topic: str, payload: bytes, done: Done, retain: bool) -> None:
         info = self._client.publish(topic, payload, qos=1, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise DeliveryError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
@@ -142,3 +154,6 @@ class MqttPublisher:
         """Disconnect. Unacknowledged publishes stay in the outbox and are sent again."""
         self._client.disconnect()
         self._client.loop_stop()
+        # paho closes the socket pair that wakes its loop thread only when the client is
+        # garbage-collected (Client.__del__); a stopped publisher should hold no sockets.
+        self._client._reset_sockets(sockpair_only=True)

@@ -46,6 +46,7 @@ class OutboxDrainer:
         self.clock = clock
         self._queue: collections.deque[OutboxRow] = collections.deque()
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
         self._confirmed: list[int] = []
         self._refused: list[OutboxRow] = []
         self._wake = threading.Event()
@@ -70,9 +71,29 @@ class OutboxDrainer:
         self._thread.start()
 
     def submit(self, rows: Iterable[OutboxRow]) -> None:
-        """Rows just committed: send them (in this order)."""
-        self._queue.extend(rows)
-        self._wake.set()
+        """Rows just committed: send them (in this order).
+
+        While nothing older waits, they are published right here, in the caller's thread,
+        as far as the in-flight bound allows: handing them to the background thread cost a
+        wake-up and, with the pipeline thread busy on the next batch, a wait for the
+        interpreter lock before every publish. The rest goes to the background thread.
+        """
+        rows = list(rows)
+        if rows and self._send_lock.acquire(blocking=False):
+            try:
+                if not self._queue:
+                    sent = 0
+                    for row in rows:
+                        done = functools.partial(self._done, row)
+                        if not self.publisher.try_publish(row.topic, row.payload, done):
+                            break
+                        sent += 1
+                    rows = rows[sent:]
+            finally:
+                self._send_lock.release()
+        if rows:
+            self._queue.extend(rows)
+            self._wake.set()
 
     def wake(self) -> None:
         """Look at the queue now rather than at the next poll."""
@@ -106,13 +127,13 @@ class OutboxDrainer:
                 if time.monotonic() - last_mark >= _MARK_EVERY_S:
                     last_mark = time.monotonic()
                     self._flush_confirmed()
-                try:
-                    row = self._queue.popleft()
-                except IndexError:
+                with self._send_lock:  # rows leave the queue in order, one sender at a time
+                    row = self._queue.popleft() if self._queue else None
+                    if row is not None:
+                        self._publish(row)
+                if row is None:
                     self._wake.wait(_MARK_EVERY_S)
                     self._wake.clear()
-                    continue
-                self._publish(row)
             except Exception:
                 log.exception("outbox delivery failed; retrying in 1 s")
                 time.sleep(1.0)

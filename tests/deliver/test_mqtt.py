@@ -127,3 +127,30 @@ def test_the_broker_receive_maximum_caps_inflight() -> None:
         assert results == [True] * 500
         assert peak <= 20
         assert sorted(int(p) for p in got) == list(range(500))
+
+
+def test_try_publish_refuses_at_the_bound_without_blocking_and_sends_otherwise(
+    mosquitto: MosquittoBroker,
+) -> None:
+    got: list[bytes] = []
+    sub = persistent_subscriber(mosquitto, got)
+    pub = MqttPublisher(parse_broker_url(mosquitto.url), "gw-out-try", max_inflight=3)
+    results: list[bool] = []
+    # Not connected yet: nothing can be acknowledged, so the bound is reached after three.
+    accepted = [pub.try_publish("share/s/v/telemetry", b"%d" % i, results.append) for i in range(5)]
+    assert accepted == [True, True, True, False, False]
+    assert pub.inflight() == 3
+    pub.start()
+    try:
+        assert pub.flush(10)
+        assert pub.try_publish("share/s/v/telemetry", b"3", results.append)
+        assert pub.flush(10)
+    finally:
+        pub.stop()
+    deadline = time.monotonic() + 10
+    while len(got) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sub.disconnect()
+    sub.loop_stop()
+    assert results == [True] * 4
+    assert sorted(int(p) for p in got) == [0, 1, 2, 3]
