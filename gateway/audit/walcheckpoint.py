@@ -23,10 +23,12 @@ __all__ = ["WalCheckpointer"]
 class WalCheckpointer:
     """Passive WAL checkpoints of the database at ``path`` every ``every_s`` seconds."""
 
-    def __init__(self, path: str, every_s: float = 0.25) -> None:
+    def __init__(self, path: str, every_s: float = 0.25, restart_frames: int = 2048) -> None:
         self.path = path
         self.every_s = every_s
+        self.restart_frames = restart_frames
         self.runs = 0
+        self.restarts = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -46,14 +48,28 @@ class WalCheckpointer:
             self._thread = None
 
     def checkpoint(self, conn: sqlite3.Connection) -> tuple[int, int, int]:
-        """One passive checkpoint: (busy, log frames, frames checkpointed)."""
+        """One passive checkpoint: (busy, log frames, frames checkpointed).
+
+        A passive checkpoint never resets the log: the writer restarts it from the top only
+        when every frame is copied at the moment it begins a transaction, which a steady
+        stream of commits rarely allows, so the file would grow for good. Once the log
+        holds more than ``restart_frames`` and a passive pass has copied nearly all of it,
+        a restart checkpoint copies the rest and has the next writer start over; it holds
+        writers back only for those last frames.
+        """
         busy, frames, done = conn.execute("pragma wal_checkpoint(passive)").fetchone()
         self.runs += 1
+        if frames > self.restart_frames and frames - done < self.restart_frames // 8:
+            busy, frames, done = conn.execute("pragma wal_checkpoint(restart)").fetchone()
+            self.restarts += 1
         return int(busy), int(frames), int(done)
 
     def _run(self) -> None:
         try:
-            conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+            # No busy wait: a checkpoint that would have to wait for the writer is simply
+            # tried again next time (SQLite's busy handler sleeps in steps of up to 100 ms,
+            # and a restart checkpoint holds writers back while it waits).
+            conn = sqlite3.connect(self.path, timeout=0.0, check_same_thread=False)
         except sqlite3.Error as exc:
             log.warning("WAL checkpoints of %s not started: %s", self.path, exc)
             return

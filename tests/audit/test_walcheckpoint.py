@@ -60,3 +60,25 @@ def test_a_checkpointer_that_cannot_open_its_database_stops_quietly(tmp_path: Pa
     cp.start()
     cp.stop()
     assert cp.runs == 0
+
+
+def test_a_long_log_is_restarted_so_the_file_stops_growing(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("pragma journal_mode = wal")
+    writer.execute("pragma wal_autocheckpoint = 0")
+    writer.execute("create table t (x blob)")
+    cp = WalCheckpointer(str(path), restart_frames=16)
+    conn = sqlite3.connect(path, timeout=0.0)
+    sizes = []
+    for _ in range(5):
+        for _ in range(40):
+            writer.execute("insert into t values (randomblob(3000))")
+        cp.checkpoint(conn)
+        sizes.append((path.parent / "w.db-wal").stat().st_size)
+    conn.close()
+    writer.close()
+    # Each round restarts the log, so the writer starts again at its top: the file stays at
+    # one round's size instead of growing round after round.
+    assert cp.restarts == 5
+    assert max(sizes) == sizes[0]
