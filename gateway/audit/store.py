@@ -149,6 +149,16 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        3,
+        (
+            # Pending views by shard: with (delivered_ms, seq) alone, SQLite answered "what
+            # is pending in this shard" through the primary key, reading every row the
+            # shard ever delivered (23 ms at 44k rows, once a second).
+            "drop index outbox_pending",
+            "create index outbox_pending on outbox (shard, delivered_ms, seq)",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

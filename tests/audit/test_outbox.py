@@ -24,7 +24,7 @@ from gateway.audit.outbox import (
     seen_query,
     seen_records,
 )
-from gateway.audit.store import Store
+from gateway.audit.store import Store, open_store
 from gateway.errors import StoreError
 
 SHARD = "test/shard"
@@ -99,6 +99,26 @@ def test_dedup_lookup_probes_the_key_instead_of_scanning_the_table(tmp_path: Pat
     details = [row[3] for row in plan]
     assert any(d.startswith("SEARCH d USING") and "vehicle=? AND record=?" in d for d in details)
     assert not any(d.startswith("SCAN d") or d.startswith("SCAN dedup") for d in details)
+
+
+def test_pending_views_are_found_through_the_pending_index(tmp_path: Path) -> None:
+    # Asked once a second (the pending gauge) and at start-up: reading through the primary
+    # key instead would visit every view the shard ever delivered.
+    with open_store(f"sqlite:///{tmp_path / 's.db'}", shard=SHARD) as s:
+        conn = s._conn  # type: ignore[attr-defined]
+        for sql, params in (
+            ("select count(*) from outbox where shard = ? and delivered_ms is null", (SHARD,)),
+            (
+                "select seq from outbox where shard = ? and delivered_ms is null and seq > ? "
+                "order by seq limit ?",
+                (SHARD, -1, 10),
+            ),
+        ):
+            details = [r[3] for r in conn.execute(f"explain query plan {sql}", params)]
+            assert any(
+                "USING COVERING INDEX outbox_pending" in d or "USING INDEX outbox_pending" in d
+                for d in details
+            ), details
 
 
 def test_dedup_lookup_matches_pairs_not_their_parts(store: Store) -> None:
