@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
 from gateway.errors import PolicyError
 from gateway.policy import PolicyBundle, PolicyHolder, load_bundle
-from gateway.policy.holder import bundle_fingerprint
+from gateway.policy import holder as holder_module
+from gateway.policy.holder import HASH_EVERY, bundle_fingerprint
 from tests.policy.conftest import edit
 
 SUBSCRIBERS = "subscribers.yaml"
@@ -75,6 +77,36 @@ def test_poll_reloads_only_on_change(bundle_dir: Path) -> None:
     edit(bundle_dir / "rules.yaml", "split_gap_s: 600", "split_gap_s: 900")
     assert holder.poll() is True
     assert holder.current.version != before
+    assert holder.current.rules.trips.split_gap_s == 900
+
+
+def test_unchanged_files_are_not_hashed_on_every_poll(
+    bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holder = PolicyHolder(bundle_dir)
+    hashed: list[Path] = []
+
+    def counting(directory: Path) -> str:
+        hashed.append(directory)
+        return bundle_fingerprint(directory)
+
+    monkeypatch.setattr(holder_module, "bundle_fingerprint", counting)
+    for _ in range(HASH_EVERY):
+        assert holder.poll() is False
+    assert hashed == []
+    assert holder.poll() is False  # the backstop: hashed once every HASH_EVERY polls
+    assert len(hashed) == 1
+
+
+def test_an_edit_hidden_from_the_modification_time_is_still_found(bundle_dir: Path) -> None:
+    holder = PolicyHolder(bundle_dir)
+    rules = bundle_dir / "rules.yaml"
+    before = os.stat(rules)
+    # Same length, same modification time: what two quick edits on a coarse clock look like.
+    edit(rules, "split_gap_s: 600", "split_gap_s: 900")
+    os.utime(rules, ns=(before.st_atime_ns, before.st_mtime_ns))
+    found = [holder.poll() for _ in range(HASH_EVERY + 1)]
+    assert found[-1] is True and not any(found[:-1])
     assert holder.current.rules.trips.split_gap_s == 900
 
 
