@@ -80,17 +80,19 @@ class OutboxDrainer:
         """
         rows = list(rows)
         if rows and self._send_lock.acquire(blocking=False):
+            sent = 0
             try:
                 if not self._queue:
-                    sent = 0
                     for row in rows:
                         done = functools.partial(self._done, row)
                         if not self.publisher.try_publish(row.topic, row.payload, done):
                             break
                         sent += 1
-                    rows = rows[sent:]
+            except Exception:  # the committing thread must not fail: the thread retries
+                log.exception("publishing committed views failed; the drainer retries them")
             finally:
                 self._send_lock.release()
+            rows = rows[sent:]
         if rows:
             self._queue.extend(rows)
             self._wake.set()

@@ -15,6 +15,7 @@ from gateway.audit.outbox import OutboxRow, add_outbox, count_pending
 from gateway.audit.store import open_store
 from gateway.deliver.mqtt import Done, MqttPublisher
 from gateway.deliver.outbox import OutboxDrainer
+from gateway.errors import DeliveryError
 from gateway.ingest import parse_broker_url
 from gateway.metrics import Metrics
 from gateway.testing import MosquittoBroker
@@ -89,4 +90,32 @@ def test_rows_go_out_from_the_caller_then_from_the_thread_in_commit_order(
     assert {t for p, t in pub.senders if int(p) > 5} == {"icvgw-outbox"}
     with store.snapshot() as rd:
         assert count_pending(rd, SHARD) == 0
+    store.close()
+
+
+class FailingPublisher:
+    """Accepts the first ``ok`` publishes, then fails as paho does on a full queue."""
+
+    def __init__(self, ok: int) -> None:
+        self.ok = ok
+        self.sent: list[bytes] = []
+
+    def try_publish(self, topic: str, payload: bytes, done: Done) -> bool:
+        if len(self.sent) >= self.ok:
+            raise DeliveryError(f"publish to {topic} failed: message queue full")
+        self.sent.append(payload)
+        return True
+
+
+def test_a_publish_error_in_the_committing_thread_leaves_the_rows_to_the_drainer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'gw.db'}", shard=SHARD)
+    pub = FailingPublisher(ok=1)
+    drainer = OutboxDrainer(store, SHARD, pub, Metrics(CollectorRegistry()))  # type: ignore[arg-type]
+    batch = rows(1, 4)
+    drainer.submit(batch)  # must not raise into the pipeline
+    assert pub.sent == [b"1"]
+    assert list(drainer._queue) == batch[1:]
+    assert "drainer retries them" in caplog.text
     store.close()
