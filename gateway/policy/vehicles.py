@@ -158,5 +158,18 @@ class VehicleRows:
     def __contains__(self, vehicle: object) -> bool:
         return isinstance(vehicle, str) and self._row(vehicle) is not None
 
+    def __eq__(self, other: object) -> bool:
+        # Rows compared as arrays, NaN equal to NaN (a trip without a position yet is NaN
+        # there); against anything else, mapping equality.
+        if isinstance(other, VehicleRows) and type(other) is type(self):
+            other = other.rebased(self.index)
+            return np.array_equal(self.codes, other.codes) and np.array_equal(
+                self.data, other.data, equal_nan=True
+            )
+        equal: bool = super().__eq__(other)  # Mapping equality in the subclasses
+        return equal
+
+    __hash__ = None  # type: ignore[assignment]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({dict(zip(self, self.data.tolist(), strict=True))!r})"

@@ -103,3 +103,14 @@ def test_vehicle_rows_reads_each_vehicles_trip_and_sent_times() -> None:
     assert v1 == (trip, {"a": 10.0}) and isinstance(v1[0].ended, bool)  # type: ignore[union-attr]
     assert v2 == (None, {"a": 7.0, "b": 8.0})
     assert v3 == (None, {})
+
+
+def test_tables_compare_equal_with_nan_positions_and_against_plain_mappings() -> None:
+    trip = TripState(0.0, math.nan, math.nan, 0.0, 10.0, math.nan, math.nan)
+    state = StateSnapshot(now=0.0, trips={"V1": trip}, last_sent={"s": {"V1": 10.0}})
+    assert state.trips == state.trips
+    assert state == state.apply(StateDelta())
+    assert TripTable.of({"V1": trip}, VehicleIndex()) == state.trips  # another index
+    assert state.last_sent["s"] == {"V1": 10.0}
+    assert state.last_sent["s"] != {"V1": 11.0}
+    assert state.trips != TripTable.empty(state.vehicles)
