@@ -402,16 +402,12 @@ def _objects(
     if not optional:
         maker = _object_maker(head, view.allows_location, None, tuple(full_names))
         return list(map(maker, *(c if isinstance(c, list) else c.tolist() for c in common)))
-    pattern = np.zeros(n, dtype=np.int64)
-    for j, where in enumerate(optional):
-        pattern |= where.astype(np.int64) << j
-    kinds, inverse = np.unique(pattern, return_inverse=True)
-    inverse = inverse.reshape(-1)
+    kinds, inverse = _patterns(optional)
     if len(kinds) > 1:
         common = [np.asarray(c, dtype=object) if isinstance(c, list) else c for c in common]
     result = np.empty(n, dtype=object) if len(kinds) > 1 else None
     k_loc = len(partial)
-    for k, code in enumerate(kinds.tolist()):
+    for k, code in enumerate(kinds):
         chosen = [j for j in range(len(partial)) if code >> j & 1]
         names = (*full_names, *(partial[j][0] for j in chosen))
         location: tuple[tuple[str, Any], ...] | None = None
@@ -431,6 +427,20 @@ def _objects(
     assert result is not None
     built: list[dict[str, Any]] = result.tolist()
     return built
+
+
+def _patterns(flags: list[npt.NDArray[np.bool_]]) -> tuple[list[int], IntpArray]:
+    """The distinct combinations of ``flags`` over the rows, each as an int (bit ``j`` set if
+    ``flags[j]`` holds), and each row's index into them."""
+    if len(flags) < 63:  # the combination fits one int64 per row
+        pattern = np.zeros(len(flags[0]), dtype=np.int64)
+        for j, where in enumerate(flags):
+            pattern |= where.astype(np.int64) << j
+        kinds, inverse = np.unique(pattern, return_inverse=True)
+        return kinds.tolist(), inverse.reshape(-1)
+    rows, inverse = np.unique(np.column_stack(flags), axis=0, return_inverse=True)
+    codes = [sum(1 << j for j in np.flatnonzero(r).tolist()) for r in rows]
+    return codes, inverse.reshape(-1)
 
 
 def _signal_columns(

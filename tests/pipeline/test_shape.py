@@ -365,3 +365,16 @@ def test_trip_states_without_a_start_are_fine(bundle: PolicyBundle) -> None:
     )
     d, _sh = evaluate(decode_records([rec], bundle.aliases), bundle, state, keys)
     assert d.delta.trips[VIN].start_lat == rec["Vehicle.CurrentLocation.Latitude"]
+
+
+@pytest.mark.parametrize("width", [3, 62, 63, 70])
+def test_row_patterns_group_rows_by_their_flags_at_any_width(width: int) -> None:
+    from gateway.pipeline.shape import _patterns
+
+    rng = np.random.default_rng(width)
+    flags = [rng.random(200) < 0.1 for _ in range(width)]
+    kinds, inverse = _patterns(flags)
+    for row in range(200):
+        code = kinds[int(inverse[row])]
+        assert [bool(code >> j & 1) for j in range(width)] == [bool(f[row]) for f in flags]
+    assert len(set(kinds)) == len(kinds)
