@@ -344,8 +344,10 @@ class GatewayMode(Mode):
         consent_purposes: Sequence[str],
         delivery: str,
         out_inflight: int,
+        store: str,
     ) -> None:
         super().__init__(ctx, workdir, broker)
+        self.store = store
         home = workdir / "home"
         home.mkdir(parents=True)
         self.home = home
@@ -358,7 +360,11 @@ class GatewayMode(Mode):
         )
         gw.init_keys(home / "keys")
         self.config = gw.write_config(
-            home, broker_url=broker.url, api_port=free_port(), out_inflight=out_inflight
+            home,
+            broker_url=broker.url,
+            api_port=free_port(),
+            out_inflight=out_inflight,
+            store=store,
         )
         self.tracer = gw.GatewayTrace(home / "keys", self.outputs)
         self.immediate = {s.id for s in self.outputs if not s.trims_trips}
@@ -409,7 +415,7 @@ class GatewayMode(Mode):
         return gw.subscriber_of(key) in self.immediate
 
     def commit_times(self) -> dict[str, float] | None:
-        return gw.outbox_commit_times(self.home / "store.sqlite")
+        return gw.outbox_commit_times(self.home, self.store)
 
     def middle_pid(self) -> int | None:
         return None if self.proc is None else self.proc.pid
@@ -453,6 +459,7 @@ class Settings:
     seed: int
     delivery: str
     workdir: Path
+    store: str
 
 
 class Bench:
@@ -496,6 +503,7 @@ class Bench:
             consent_purposes=gw.CONSENT_PURPOSES[: self.s.consents],
             delivery=self.s.delivery,
             out_inflight=self.s.out_inflight,
+            store=self.s.store,
         )
 
     def run_mode(self, name: str, latency_rate: float | None) -> ModeResult:
@@ -677,7 +685,7 @@ def report(settings: Settings, results: Sequence[ModeResult], elapsed: float) ->
         f"{settings.latency_seconds:g} s paced for latency; in flight at most "
         f"{settings.max_inflight:,} (load), {settings.out_inflight:,} (relay, gateway); "
         f"gateway: {settings.zones:,} zones, {settings.consents} consent(s) per vehicle, "
-        f"delivery {settings.delivery}; "
+        f"delivery {settings.delivery}, store {settings.store.split(':', 1)[0]}; "
         f"run took {elapsed:,.0f} s; load average at the end "
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}.",
         "",
@@ -805,6 +813,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--delivery", choices=("mqtt", "as-is"), default="mqtt")
     parser.add_argument("--workdir", type=Path, default=None, help="kept after the run")
+    parser.add_argument(
+        "--store",
+        default=gw.SQLITE_STORE,
+        help="the gateway's store: SQLite in the run's directory (default) or the URL of an "
+        "empty PostgreSQL database",
+    )
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = sorted(set(modes) - set(MODES))
@@ -828,6 +842,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         delivery=args.delivery,
         workdir=workdir,
+        store=args.store,
     )
     started = time.monotonic()
     bench = Bench(settings)

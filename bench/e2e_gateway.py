@@ -109,19 +109,29 @@ def _dump(path: Path, doc: Any) -> None:
     )
 
 
+SQLITE_STORE = "sqlite:///store.sqlite"
+"""The gateway's store by default: a SQLite file beside its configuration."""
+
+
 def write_config(
-    out: Path, *, broker_url: str, api_port: int, out_inflight: int, worker: str = "bench-gw"
+    out: Path,
+    *,
+    broker_url: str,
+    api_port: int,
+    out_inflight: int,
+    worker: str = "bench-gw",
+    store: str = SQLITE_STORE,
 ) -> Path:
-    """Write ``gateway.yaml`` for a gateway reading ``broker_url`` (MQTT 5) with its store on
-    disk (SQLite), at most ``out_inflight`` unacknowledged outputs, and its keys, bundle and
-    store beside the file; return its path."""
+    """Write ``gateway.yaml`` for a gateway reading ``broker_url`` (MQTT 5) with its store at
+    ``store`` (default: SQLite beside the file), at most ``out_inflight`` unacknowledged
+    outputs, and its keys and bundle beside the file; return its path."""
     config = {
         "worker": worker,
         "broker": {"url": broker_url, "protocol": "5"},
         "output": {"topic_prefix": OUTPUT_PREFIX, "max_inflight": out_inflight},
         "api": {"host": "127.0.0.1", "port": api_port},
         "policies": "policies",
-        "store": "sqlite:///store.sqlite",
+        "store": store,
         "keys": "keys",
     }
     path = out / "gateway.yaml"
@@ -194,12 +204,23 @@ def by_subscriber(keys: Iterable[str]) -> Mapping[str, int]:
     return counts
 
 
-def outbox_commit_times(store: Path) -> dict[str, float] | None:
+def outbox_commit_times(home: Path, store: str = SQLITE_STORE) -> dict[str, float] | None:
     """``subscriber/message_id`` -> when the gateway committed the view (Unix seconds), read
-    from its SQLite outbox; None if the store cannot be read that way."""
-    try:
-        with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
-            rows = db.execute("select subscriber, message_id, created_ms from outbox").fetchall()
-    except sqlite3.Error:
-        return None
+    from its outbox (the SQLite file in ``home``, or the PostgreSQL database ``store``); None
+    if the store cannot be read that way."""
+    query = "select subscriber, message_id, created_ms from outbox"
+    if store.startswith(("postgresql://", "postgres://")):
+        import psycopg
+
+        try:
+            with psycopg.connect(store) as conn:
+                rows = conn.execute(query).fetchall()
+        except psycopg.Error:
+            return None
+    else:
+        try:
+            with sqlite3.connect(f"file:{home / 'store.sqlite'}?mode=ro", uri=True) as db:
+                rows = db.execute(query).fetchall()
+        except sqlite3.Error:
+            return None
     return {f"{sub}/{mid}": created / 1000.0 for sub, mid, created in rows}
