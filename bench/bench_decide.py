@@ -3,24 +3,24 @@
     python -m bench.bench_decide [--vehicles 5000] [--seconds 20] [--zones 10000]
                                  [--sample 1000] [--repeats 3]
 
-The default policy bundle (its four subscribers: raw for the qualified map provider, 1 km,
-50 m and 5 km grids for the others, trip trimming, down-sampling, consents, the cross-border
-gate) with its zones replaced by ``--zones`` random 24-vertex polygons (``bench.common``:
-radius 100-800 m, two thirds prohibited) spread over a 2° x 2° box around Shanghai. The fleet
-drives random walks at 12 m/s inside the same box and reports once a second; every
-micro-batch is one second of the whole fleet (``--vehicles`` records). Half the vehicles
-have a consent for each purpose. The state starts in steady state (every vehicle mid-trip,
-last-sent times spread over each view's interval) and is carried from batch to batch as the
-service does (``StateSnapshot.apply``). Each batch is decoded just before it is decided, outside
-the timings, and dropped after, as in the service; ``geo`` includes
-classify and the bundle's per-batch plan. Times are the process's CPU time
-(``time.process_time``), so the figures are per core; the whole stream is replayed
+The default policy bundle (its four subscribers: raw for the qualified map provider, 1 km, 50 m
+and 5 km grids for the others, trip trimming, down-sampling, consents, the cross-border gate)
+with its zones replaced by ``--zones`` random 24-vertex polygons (``bench.common``: radius
+100-800 m, two thirds prohibited) spread over a 2° x 2° box around Shanghai. The fleet drives
+random walks at 12 m/s inside the same box and reports once a second; every micro-batch is one
+second of the whole fleet (``--vehicles`` records). Half the vehicles have a consent for each
+purpose. The state starts in steady state (every vehicle mid-trip, last-sent times spread over
+each view's interval) and is carried from batch to batch as the service does
+(``StateSnapshot.apply``). Each batch is decoded just before it is decided, outside the timings,
+and it and everything made from it (decisions, outputs) are dropped before the next one, as in
+the service; ``geo`` includes classify and the bundle's per-batch plan. Times are the process's
+CPU time (``time.process_time``), so the figures are per core; the whole stream is replayed
 ``--repeats`` times from the same state and the fastest pass (decide + shape) is shown, since
 other processes on a shared machine still slow a pass down through its caches. The garbage
-collector runs with its defaults; its share is large (the outputs are many small Python
-objects, and each full collection walks the loaded zones and policy), so two more lines show
-the same passes after ``gc.freeze()`` (which a service can call once its policy is loaded)
-and with the collector paused (the engine's own cost).
+collector runs with its defaults; its share is large (the outputs are many small Python objects,
+and each full collection walks the loaded zones and policy), so two more lines show the same
+passes after ``gc.freeze()`` (which a service can call once its policy is loaded) and with the
+collector paused (the engine's own cost).
 
 The reference is a simple per-record implementation of the same path on a sample: for each
 record and subscriber, snap the point, build its cell polygon, query an STRtree of the zones,
@@ -179,6 +179,8 @@ def run_engine(bundle: PolicyBundle, fleet: Fleet, payloads: list[bytes]) -> Tim
         for v in decisions.verdict.ravel().tolist():
             label = Verdict(v).label
             timing.verdicts[label] = timing.verdicts.get(label, 0) + 1
+        # The service drops a batch and everything made from it once it is committed.
+        del batch, classified, located, decisions, shaped
     return timing
 
 
