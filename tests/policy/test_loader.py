@@ -7,6 +7,7 @@ state exactly which line each problem must name without depending on the bundle'
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,3 +164,34 @@ def test_every_mistake_listed_at_once(bundle_dir: Path) -> None:
         f"{z}:{feature_line(zones, 1)}: features[1]: 'level' must be one of ['prohibited', "
         "'sensitive'], got 'forbidden'",
     ]
+
+
+def test_the_collector_is_paused_while_loading_and_restored_after(
+    bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    from gateway.policy import loader
+
+    seen: list[bool] = []
+    real = loader._load
+
+    def spying(directory: str | Path | None) -> Any:
+        seen.append(gc.isenabled())
+        return real(directory)
+
+    monkeypatch.setattr(loader, "_load", spying)
+    assert gc.isenabled()
+    load_bundle(bundle_dir)
+    assert seen == [False] and gc.isenabled()
+    edit(bundle_dir / "rules.yaml", "geo:\n", "geo: [\n")  # broken: the load raises
+    with pytest.raises(PolicyError):
+        load_bundle(bundle_dir)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with pytest.raises(PolicyError):
+            load_bundle(bundle_dir)
+        assert not gc.isenabled()  # a caller's own pause is left alone
+    finally:
+        gc.enable()
