@@ -246,10 +246,7 @@ class TripTable(VehicleRows, Mapping[str, TripState]):
     @classmethod
     def of(cls, trips: Mapping[str, TripState] | None, index: VehicleIndex) -> TripTable:
         """``trips`` as a table on ``index`` (itself if it already is one there)."""
-        if isinstance(trips, TripTable):
-            return trips.rebased(index)
-        items = list((trips or {}).items())
-        return cls.of_rows(index, [v for v, _ in items], [tuple(t) for _, t in items])
+        return cls.of_mapping(trips, index, tuple)
 
     def __getitem__(self, vin: str) -> TripState:
         row = self._row(vin)
@@ -268,10 +265,7 @@ class SentTimes(VehicleRows, Mapping[str, float]):
     @classmethod
     def of(cls, times: Mapping[str, float] | None, index: VehicleIndex) -> SentTimes:
         """``times`` as a table on ``index`` (itself if it already is one there)."""
-        if isinstance(times, SentTimes):
-            return times.rebased(index)
-        items = list((times or {}).items())
-        return cls.of_rows(index, [v for v, _ in items], [[t] for _, t in items])
+        return cls.of_mapping(times, index, lambda t: (t,))
 
     def __getitem__(self, vin: str) -> float:
         row = self._row(vin)

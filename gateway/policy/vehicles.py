@@ -14,9 +14,9 @@ returns a new one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import repeat
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -94,6 +94,20 @@ class VehicleRows:
         """A table of ``data[i]`` for ``vehicles[i]`` (unique ids)."""
         rows = np.array(data, dtype=np.float64).reshape(len(vehicles), cls.width)
         return cls.of_codes(index, index.codes(vehicles), rows)
+
+    @classmethod
+    def of_mapping(
+        cls,
+        values: Mapping[str, Any] | None,
+        index: VehicleIndex,
+        row: Callable[[Any], Sequence[float]],
+    ) -> Self:
+        """``values`` (vehicle id -> value, ``row(value)`` its floats) as a table on ``index``;
+        a table of this class is rebased rather than rebuilt."""
+        if isinstance(values, cls):
+            return values.rebased(index)
+        items = list((values or {}).items())
+        return cls.of_rows(index, [v for v, _ in items], [row(x) for _, x in items])
 
     def take(self, codes: IntpArray, missing: Sequence[float]) -> FloatArray:
         """The rows of vehicle numbers ``codes`` (shape ``(len(codes), width)``), ``missing``
