@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -32,10 +32,24 @@ from gateway.policy.schema import (
     SubscribersDoc,
 )
 
-__all__ = ["BUNDLE_SCHEMA", "PolicyBundle", "bundle_version", "canonical_content"]
+__all__ = [
+    "BUNDLE_SCHEMA",
+    "PolicyBundle",
+    "bundle_version",
+    "canonical_chunks",
+    "canonical_content",
+]
 
 BUNDLE_SCHEMA = "icvgw.policy/1"
 """Format tag of the bundle files; part of the hashed content."""
+
+
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+_SPLIT_DEPTH = 3
+"""Containers this deep or shallower are written piece by piece (a bundle's top level, its
+documents, their lists of zones or consents); each deeper value is one ``json`` call."""
 
 
 def canonical_content(
@@ -46,6 +60,19 @@ def canonical_content(
     zones_geojson: Any,
 ) -> bytes:
     """The bytes the version hashes: validated documents and zones as canonical JSON."""
+    return b"".join(canonical_chunks(fields, subscribers, consents, rules, zones_geojson))
+
+
+def canonical_chunks(
+    fields: FieldsDoc,
+    subscribers: SubscribersDoc,
+    consents: ConsentsDoc,
+    rules: RulesDoc,
+    zones_geojson: Any,
+) -> Iterator[bytes]:
+    """:func:`canonical_content` in pieces that join to the same bytes, so the version can
+    be hashed without holding the whole text: 12 MB of zones made a 40 MB peak as one
+    string plus its encoding."""
     content = {
         "schema": BUNDLE_SCHEMA,
         "fields": fields.model_dump(mode="json"),
@@ -54,14 +81,41 @@ def canonical_content(
         "rules": rules.model_dump(mode="json"),
         "zones": zones_geojson,
     }
-    return json.dumps(
-        content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    for text in _pieces(content, _SPLIT_DEPTH):
+        yield text.encode("utf-8")
 
 
-def bundle_version(content: bytes) -> str:
-    """The version of a bundle: lower-case hex SHA-256 of its canonical content."""
-    return hashlib.sha256(content).hexdigest()
+def _pieces(value: Any, depth: int) -> Iterator[str]:
+    """``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` in
+    pieces. Keys are strings here (parsed JSON, validated documents dumped as JSON)."""
+    if depth and isinstance(value, dict):
+        if any(not isinstance(key, str) for key in value):
+            yield _CANONICAL.encode(value)  # json.dumps' own rules for such keys
+            return
+        sep = "{"
+        for key in sorted(value):
+            yield sep + _CANONICAL.encode(key) + ":"
+            yield from _pieces(value[key], depth - 1)
+            sep = ","
+        yield "}" if sep == "," else "{}"
+    elif depth and isinstance(value, list | tuple):
+        sep = "["
+        for item in value:
+            yield sep
+            yield from _pieces(item, depth - 1)
+            sep = ","
+        yield "]" if sep == "," else "[]"
+    else:
+        yield _CANONICAL.encode(value)
+
+
+def bundle_version(content: bytes | Iterable[bytes]) -> str:
+    """The version of a bundle: lower-case hex SHA-256 of its canonical content, given
+    whole or in pieces."""
+    digest = hashlib.sha256()
+    for piece in [content] if isinstance(content, bytes) else content:
+        digest.update(piece)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -100,10 +154,10 @@ class PolicyBundle:
         zones_geojson: Any,
     ) -> PolicyBundle:
         """Assemble a bundle from checked documents; computes the version."""
-        content = canonical_content(fields, subscribers, consents, rules, zones_geojson)
+        pieces = canonical_chunks(fields, subscribers, consents, rules, zones_geojson)
         return cls(
             directory=directory,
-            version=bundle_version(content),
+            version=bundle_version(pieces),
             fields=MappingProxyType(dict(fields.fields)),
             aliases=MappingProxyType(dict(fields.aliases)),
             purposes=MappingProxyType(dict(subscribers.purposes)),

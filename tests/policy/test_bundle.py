@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gateway.policy import RuleId, load_bundle
-from gateway.policy.schema import FieldCategory
+from gateway.policy.bundle import BUNDLE_SCHEMA, _pieces
+from gateway.policy.schema import (
+    ConsentsDoc,
+    FieldCategory,
+    FieldsDoc,
+    RulesDoc,
+    SubscribersDoc,
+)
+from gateway.policy.source import read_yaml
+from gateway.resources import default_policy_dir
 from tests.policy.conftest import edit
 
 
@@ -126,3 +138,47 @@ def test_every_rule_id_is_described() -> None:
         spec = bundle.rule(rule_id)
         assert 1 <= spec.section <= 6
         assert spec.description
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@given(_JSON)
+def test_canonical_pieces_join_to_one_json_document(value: object) -> None:
+    one_shot = json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    assert "".join(_pieces(value, 3)) == one_shot
+
+
+def test_version_is_the_hash_of_the_whole_content_as_one_document() -> None:
+    """The version is hashed piece by piece; it must be the SHA-256 of the canonical JSON
+    written in one go, as the module documents (and as earlier versions computed it)."""
+    root = default_policy_dir()
+    docs = {}
+    for name, model in (
+        ("fields", FieldsDoc),
+        ("subscribers", SubscribersDoc),
+        ("consents", ConsentsDoc),
+        ("rules", RulesDoc),
+    ):
+        source, problems = read_yaml(root / f"{name}.yaml", name)
+        assert source is not None and problems == []
+        docs[name] = model.model_validate(source.data).model_dump(mode="json")
+    content = {
+        "schema": BUNDLE_SCHEMA,
+        **docs,
+        "zones": json.loads((root / "zones.geojson").read_text(encoding="utf-8")),
+    }
+    text = json.dumps(
+        content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    assert load_bundle().version == hashlib.sha256(text.encode("utf-8")).hexdigest()
