@@ -70,11 +70,28 @@ def bundle_fingerprint(directory: Path) -> str:
     for path in paths:
         digest.update(path.name.encode() + b"\0")
         try:
-            data = path.read_bytes()
+            size = _hash_file(path, digest)
         except OSError as exc:
-            data = f"unreadable: {exc}".encode()
-        digest.update(len(data).to_bytes(8, "big") + data)
+            digest.update(f"unreadable: {exc}".encode())
+            size = -1
+        digest.update(size.to_bytes(8, "big", signed=True))
     return digest.hexdigest()
+
+
+_CHUNK = 1 << 20
+
+
+def _hash_file(path: Path, digest: hashlib._Hash) -> int:
+    """Feed the file to ``digest`` a chunk at a time; its size in bytes. Reading a 12 MB
+    zone file whole (and copying it once more) made a 23 MiB peak every 30 seconds."""
+    size = 0
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    with path.open("rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+            size += n
+    return size
 
 
 class PolicyHolder:
