@@ -19,6 +19,7 @@ from typing import Any, TypeAlias
 import orjson
 
 from gateway.errors import AuditError
+from gateway.jsonbytes import tight
 
 Json: TypeAlias = "str | int | bool | Sequence[Json] | Mapping[str, Json] | None"
 
@@ -93,8 +94,8 @@ def dumps_checked(value: Any, non_ascii_keys: bool) -> bytes:
     ``non_ascii_keys``)."""
     try:
         if non_ascii_keys:
-            return orjson.dumps(_sorted(value))
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+            return tight(orjson.dumps(_sorted(value)))
+        return tight(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise AuditError(f"canonical JSON: {exc}") from exc
 

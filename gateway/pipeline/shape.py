@@ -33,6 +33,7 @@ import numpy.typing as npt
 import orjson
 
 from gateway.geo.altitude import coarsen_altitude
+from gateway.jsonbytes import tight
 from gateway.model import Batch, FloatArray
 from gateway.pipeline.classify import Classified, classify
 from gateway.pipeline.decide import Applied, Decisions, Verdict, decide, plan
@@ -180,9 +181,11 @@ def _truncate(seconds: FloatArray, step: float) -> FloatArray:
 def encode_view(view: Mapping[str, Any], *, audit_seq: int, message_id: str) -> bytes:
     """The exact bytes delivered: the view with its audit sequence number and message id,
     as compact JSON with sorted keys (orjson). Deterministic for the same inputs."""
-    return orjson.dumps(
-        {**view, "audit_seq": int(audit_seq), "message_id": message_id},
-        option=orjson.OPT_SORT_KEYS,
+    return tight(
+        orjson.dumps(
+            {**view, "audit_seq": int(audit_seq), "message_id": message_id},
+            option=orjson.OPT_SORT_KEYS,
+        )
     )
 
 

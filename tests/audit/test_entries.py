@@ -22,6 +22,7 @@ from gateway.audit.entries import (
 )
 from gateway.keys import KeyRing
 from tests.audit.conftest import T0, decision
+from tests.test_jsonbytes import retained
 
 
 def test_decision_entry_carries_every_field_of_rules_section_5(ring: KeyRing) -> None:
@@ -87,3 +88,10 @@ def test_times_round_trip_and_match_the_iso_reference(ms: int) -> None:
 def test_parse_time_accepts_offsets_and_dates() -> None:
     assert parse_time("2025-01-01") == parse_time("2025-01-01T00:00:00Z")
     assert parse_time("2025-01-01T08:00:00+08:00") == parse_time("2025-01-01T00:00:00Z")
+
+
+def test_encoded_entries_hold_about_their_length(ring: KeyRing) -> None:
+    """Bodies are kept until their batch is written (10,000 at once for a consent seed)."""
+    entries = [decision(ring, i) for i in range(1_000)]
+    held, length = retained(lambda i: encode_entry(entries[i], i, None))
+    assert held < length + 1_000 * 64

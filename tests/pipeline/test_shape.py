@@ -46,6 +46,7 @@ from tests.pipeline.test_decide import (
     mid_trip,
     record,
 )
+from tests.test_jsonbytes import retained
 
 _KEYWORDS = {
     "$schema", "$id", "title", "description", "type", "const", "properties", "required",
@@ -378,3 +379,10 @@ def test_row_patterns_group_rows_by_their_flags_at_any_width(width: int) -> None
         code = kinds[int(inverse[row])]
         assert [bool(code >> j & 1) for j in range(width)] == [bool(f[row]) for f in flags]
     assert len(set(kinds)) == len(kinds)
+
+
+def test_encoded_views_hold_about_their_length() -> None:
+    """Views wait in the outbox queue until confirmed: each costs its length."""
+    view = {"vehicle": "v" * 16, "signals": {"Vehicle.Speed": 50}, "pad": "x" * 300}
+    held, length = retained(lambda i: encode_view(view, audit_seq=i, message_id=f"m{i}"))
+    assert held < length + 1_000 * 64
