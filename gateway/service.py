@@ -86,6 +86,13 @@ class Totals:
         self.decisions.update(written.decisions)
 
 
+FORGET_PER_RECORD = 2
+"""Expired de-duplication rows each batch forgets per record it remembers (plus
+:data:`FORGET_MIN`): forgetting keeps pace with remembering, and catches up after a pause."""
+FORGET_MIN = 16
+FORGET_PER_TICK = 2_000
+"""Expired rows forgotten once a second, so an idle gateway forgets too."""
+
 DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 """Mosquitto's count of messages it dropped (offline queue or in-flight limits)."""
 
@@ -372,6 +379,11 @@ class Gateway:
                 vehicle_states=vehicle_docs,
                 crossborder=crossborder,
             )
+            prune_seen(
+                tx,
+                self._dedup_edge_ms(bundle, now),
+                FORGET_MIN + FORGET_PER_RECORD * len(batch),
+            )
         self.metrics.batch_commit_seconds.observe(time.perf_counter() - t_commit)
         for counter, added in written.counted.items():
             if counter in self._xb_counts:
@@ -485,26 +497,34 @@ class Gateway:
             self.shutdown()
 
     def _tick(self) -> None:
-        """Once a second: reload the policy if it changed, checkpoint if due; every minute:
-        end quiet trips, forget old records seen."""
+        """Once a second: reload the policy if it changed, checkpoint if due, forget some
+        records seen that left the window; every minute: end quiet trips."""
         self.poll_policy()
         self.audit.checkpoint_if_due()
         with self.store.snapshot() as rd:
             self.metrics.outbox_pending.set(count_pending(rd, self.origin))
         now = self.clock()
+        self.forget_seen(now, FORGET_PER_TICK)
         if now - self._last_sweep >= 60:
             self._last_sweep = now
             self.sweep(now)
 
+    def _dedup_edge_ms(self, bundle: PolicyBundle, now: float) -> int:
+        return round((now - bundle.rules.ingest.dedup_window_s) * 1000)
+
+    def forget_seen(self, now: float, limit: int | None = None) -> int:
+        """Forget up to ``limit`` records (all if ``None``) that left the de-duplication
+        window, the oldest first; returns how many. Batches forget some as they commit."""
+        with self.store.transaction() as tx:
+            return prune_seen(tx, self._dedup_edge_ms(self.holder.current, now), limit)
+
     def sweep(self, now: float) -> Written:
-        """Discard held views of trips that ended by silence (audited as blocked), and
-        drop records older than the de-duplication window from it."""
+        """Discard held views of trips that ended by silence (audited as blocked)."""
         bundle = self.holder.current
         delta = sweep(self.state, bundle, now)
         new_state = self.state.apply(delta, now=now)
         touched = {h.vehicle for h in delta.discarded}
         ctx = self._context(bundle, now)
-        window_ms = round((now - bundle.rules.ingest.dedup_window_s) * 1000)
         with self.store.transaction() as tx:
             written = commit_batch(
                 tx,
@@ -518,7 +538,6 @@ class Gateway:
                 vehicle_states=self._vehicle_docs(new_state, touched),
                 crossborder={},
             )
-            prune_seen(tx, window_ms)
         self.state = new_state
         self._xb_counts.clear()  # other workers may have counted too: read again
         self.drainer.submit(written.outbox)

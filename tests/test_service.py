@@ -173,7 +173,7 @@ def test_unusable_input_is_dead_lettered_audited_and_announced_without_its_conte
     assert gw.totals.deadletters == 2
 
 
-def test_sweep_ends_quiet_trips_and_forgets_old_records(config: GatewayConfig) -> None:
+def test_sweep_ends_quiet_trips_and_old_records_are_forgotten(config: GatewayConfig) -> None:
     envelopes = fleet_envelopes(4, 120)
     t = [1_795_867_200.0]
     gw = Gateway(config, clock=lambda: t[0])
@@ -189,7 +189,7 @@ def test_sweep_ends_quiet_trips_and_forgets_old_records(config: GatewayConfig) -
         assert after == before + held
         assert len(gw.state.held) == 0
         t[0] += gw.holder.current.rules.ingest.dedup_window_s + 1
-        gw.sweep(t[0])
+        assert gw.forget_seen(t[0]) == len(envelopes)
     finally:
         gw.store.close()
     con = db(config)
@@ -302,3 +302,25 @@ def test_cross_border_counts_persist_and_stay_consistent_with_the_store(
     assert cached == stored
     subjects = [s for (s,) in con.execute("select subject from crossborder_subjects")]
     assert all(s.startswith("k") and ":" in s for s in subjects)  # keyed refs, never VINs
+
+
+def test_each_batch_forgets_a_bounded_number_of_expired_records(config: GatewayConfig) -> None:
+    """Forgetting is spread over the batches (a few rows each), never one long delete."""
+    from gateway.service import FORGET_MIN, FORGET_PER_RECORD
+
+    old = fleet_envelopes(10, 30)  # 300 records
+    msgs = Fleet(FleetConfig(vehicles=2), seed=11).messages(2, 1.0)
+    new = [Envelope(m.topic, m.payload, 0.0, 1_000 + i) for i, m in enumerate(msgs)]
+    t = [1_795_867_200.0]
+    gw = Gateway(config, clock=lambda: t[0])
+    try:
+        gw.process(old)
+        t[0] += gw.holder.current.rules.ingest.dedup_window_s + 1
+        gw.process(new)
+    finally:
+        gw.store.close()
+    budget = FORGET_MIN + FORGET_PER_RECORD * len(new)
+    con = db(config)
+    seen = Counter(ms for (ms,) in con.execute("select seen_ms from dedup"))
+    assert seen[round(t[0] * 1000)] == len(new)
+    assert sum(seen.values()) == len(old) - budget + len(new)

@@ -147,9 +147,24 @@ def add_seen(tx: Transaction, keys: Iterable[tuple[str, str]], at_ms: int) -> No
         )
 
 
-def prune_seen(tx: Transaction, before_ms: int) -> int:
-    """Forget records first seen before ``before_ms`` (the window's far edge)."""
-    tx._cur.execute(tx._q("delete from dedup where seen_ms < ?"), (before_ms,))
+def prune_seen(tx: Transaction, before_ms: int, limit: int | None = None) -> int:
+    """Forget records first seen before ``before_ms`` (the window's far edge), the oldest
+    first and at most ``limit`` of them; returns how many were forgotten.
+
+    Each row forgotten is a random page of the key index: the service forgets a few with
+    every batch instead of all of them once a minute, which with a day's window at 1,200
+    records/s meant deleting 72,000 rows (3.8 s, 173 MB of WAL) in one go.
+    """
+    if limit is None:
+        tx._cur.execute(tx._q("delete from dedup where seen_ms < ?"), (before_ms,))
+    else:
+        tx._cur.execute(
+            tx._q(
+                "delete from dedup where (vehicle, record) in (select vehicle, record "
+                "from dedup where seen_ms < ? order by seen_ms limit ?)"
+            ),
+            (before_ms, limit),
+        )
     return int(tx._cur.rowcount)
 
 

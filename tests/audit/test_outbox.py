@@ -144,3 +144,19 @@ def test_deadletters_keep_payload_and_reason(store: Store) -> None:
         assert add_deadletters(tx, SHARD, rows) == 2
     with store.snapshot() as rd:
         assert deadletters(rd, SHARD) == rows[::-1]
+
+
+def test_forgetting_a_bounded_number_takes_the_oldest_first(store: Store) -> None:
+    keys = [(f"k1:{i:032x}", f"r{i}") for i in range(100)]
+    with store.transaction() as tx:
+        for i, key in enumerate(keys):
+            add_seen(tx, [key], 1000 + i)
+    with store.transaction() as tx:
+        assert prune_seen(tx, 1050, limit=30) == 30  # 50 expired: the 30 oldest go
+    with store.snapshot() as rd:
+        assert seen_records(rd, keys) == set(keys[30:])
+    with store.transaction() as tx:
+        assert prune_seen(tx, 1050, limit=30) == 20  # only the expired ones
+        assert prune_seen(tx, 1050, limit=30) == 0
+    with store.snapshot() as rd:
+        assert seen_records(rd, keys) == set(keys[50:])
