@@ -727,6 +727,9 @@ class Store(ABC):
 
     kind = "abstract"
     for_update = ""
+    skip_locked = ""
+    """Appended to a sub-select of rows to delete: rows another transaction is deleting
+    are left to it (workers sharing a store forget the same oldest rows)."""
     db_errors: tuple[type[BaseException], ...] = ()
 
     def __init__(self, url: str, shard: str | None) -> None:
@@ -896,6 +899,7 @@ class PostgresStore(Store):
 
     kind = "postgresql"
     for_update = " for update"
+    skip_locked = " for update skip locked"
     blob_type = "bytea"
 
     def __init__(self, url: str, shard: str | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,29 @@ def test_forgetting_a_bounded_number_takes_the_oldest_first(store: Store) -> Non
         assert prune_seen(tx, 1050, limit=30) == 0
     with store.snapshot() as rd:
         assert seen_records(rd, keys) == set(keys[50:])
+
+
+def test_workers_forgetting_at_once_skip_each_others_rows(postgres_url: str) -> None:
+    """Two workers sharing a PostgreSQL store forget the same oldest rows: the second
+    skips what the first has locked instead of waiting for it (or deadlocking)."""
+    keys = [(f"k1:{i:032x}", f"r{i}") for i in range(100)]
+    with open_store(postgres_url, shard="w1") as one, open_store(postgres_url, shard="w2") as two:
+        with one.transaction() as tx:
+            add_seen(tx, keys, 1000)
+        with one.transaction() as tx1:
+            assert prune_seen(tx1, 2000, limit=30) == 30
+            done = threading.Event()
+            taken: list[int] = []
+
+            def other() -> None:
+                with two.transaction() as tx2:
+                    taken.append(prune_seen(tx2, 2000, limit=30))
+                done.set()
+
+            worker = threading.Thread(target=other)
+            worker.start()
+            assert done.wait(10), "the second worker waited for the first one's rows"
+            worker.join()
+        assert taken == [30]
+        with one.snapshot() as rd:
+            assert len(seen_records(rd, keys)) == 40
