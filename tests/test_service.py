@@ -243,6 +243,61 @@ def test_policy_reload_is_audited_and_a_broken_bundle_keeps_the_last_good(
     assert loaded == [first, second]
 
 
+def test_the_policy_thread_loads_and_the_pipeline_only_adopts(
+    config: GatewayConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running gateway loads an edited bundle on its policy thread, with the zone
+    indexes in use already built; the pipeline's once-a-second poll only swaps it in."""
+    import shutil
+    import threading
+    import time
+
+    from gateway.resources import default_policy_dir
+
+    bundle_dir = tmp_path / "policy"
+    shutil.copytree(default_policy_dir(), bundle_dir)
+    cfg = config.model_copy(update={"policies": str(bundle_dir)})
+    gw = Gateway(cfg)
+    loaders: list[str] = []
+    check = gw.holder.check
+
+    def recording_check() -> object:
+        loaders.append(threading.current_thread().name)
+        return check()
+
+    monkeypatch.setattr(gw.holder, "check", recording_check)
+    thread = threading.Thread(target=gw._watch_policy, name="icvgw-policy", daemon=True)
+    gw._policy_thread = thread
+    try:
+        gw.process(fleet_envelopes(2, 2))  # builds the band index of the fleet's area
+        bands = gw.holder.current.zones.bands_built()
+        assert bands
+        first = gw.holder.current.version
+        thread.start()
+        rules = bundle_dir / "rules.yaml"
+        rules.write_text(rules.read_text().replace("split_gap_s: 600", "split_gap_s: 900"))
+        deadline = time.monotonic() + 30
+        while not gw.poll_policy():
+            assert time.monotonic() < deadline, "the edited bundle never came into force"
+            time.sleep(0.05)
+        assert gw.holder.current.version != first
+        assert gw.holder.current.zones.bands_built() == bands  # warmed before adoption
+        gw.process(fleet_envelopes(2, 3)[2:])
+    finally:
+        gw.stop()
+        thread.join(5)
+        gw.store.close()
+    assert set(loaders) == {"icvgw-policy"}  # the pipeline never loaded
+    loaded = [
+        orjson.loads(body)["subject"]
+        for (body,) in db(cfg).execute(
+            "select body from audit_entries where kind = 'admin' order by seq"
+        )
+        if orjson.loads(body)["action"] == "policy.loaded"
+    ]
+    assert loaded == [first, gw.holder.current.version]
+
+
 def test_a_redelivered_unusable_input_is_dead_lettered_once(config: GatewayConfig) -> None:
     good = fleet_envelopes(1, 1)[0]
     vin = good.topic.split("/")[1]

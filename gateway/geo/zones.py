@@ -341,24 +341,35 @@ class ZoneSet:
         empty = np.empty(0, dtype=np.intp)
         return self._result(n, empty, empty, error)
 
-    def warm(self) -> tuple[int, ...]:
-        """Build now every per-band index a cell test could need; returns those bands.
+    def bands_built(self) -> tuple[int, ...]:
+        """The bands whose index has been built (by use or by :meth:`warm`)."""
+        return tuple(sorted(self._bands))
+
+    def warm(self, bands: Iterable[int] | None = None) -> tuple[int, ...]:
+        """Build now the per-band index of ``bands`` (default: every band a cell test
+        could need); returns the bands built.
 
         :meth:`mask_cells` builds a band's index on first use (about 0.4 s for 10,000
-        zones); call this at start-up so the first batch does not pay for it.
+        zones); a new zone set can be warmed with the bands its predecessor used, so the
+        first batch after a policy reload does not pay for it.
         """
-        bands: set[int] = set()
+        if bands is not None:
+            built = tuple(sorted(set(bands)))
+            for band in built:
+                self._band_index(band)
+            return built
+        wanted: set[int] = set()
         for west, south, east, north in self._bounds:
             first = int(np.clip(np.floor((west - _BAND_MARGIN_DEG + 180.0) / 6.0), 0, 59))
             last = int(np.clip(np.floor((east + _BAND_MARGIN_DEG + 180.0) / 6.0), 0, 59))
             for zone in range(first + 1, last + 2):
                 if north >= -_HEMISPHERE_MARGIN_DEG:
-                    bands.add(32600 + zone)
+                    wanted.add(32600 + zone)
                 if south <= _HEMISPHERE_MARGIN_DEG:
-                    bands.add(32700 + zone)
-        for band in sorted(bands):
+                    wanted.add(32700 + zone)
+        for band in sorted(wanted):
             self._band_index(band)
-        return tuple(sorted(bands))
+        return tuple(sorted(wanted))
 
     def _band_index(self, band: int) -> tuple[STRtree, IntpArray]:
         """STRtree of the buffered zones projected into ``band``'s CRS, and their indices.

@@ -115,6 +115,7 @@ class PolicyHolder:
         self._unhashed_polls = 0
         self._fingerprint = bundle_fingerprint(self.directory)
         self._bundle = loader(self.directory)
+        self._loaded = self._bundle.version  # of the last bundle that loaded, in force or not
         self.last_error: PolicyError | None = None
         self.failures = 0
         """Failed reloads since the holder was created."""
@@ -130,11 +131,21 @@ class PolicyHolder:
         self._requested.set()
 
     def reload(self) -> bool:
-        """Load the bundle again. True if it loaded and is now in force.
+        """Load the bundle again and put it in force. True if it loaded.
 
         On failure the previous bundle stays in force, the error is kept in
         :attr:`last_error` and logged, and False is returned. Never raises for a bad bundle.
         """
+        bundle = self.load()
+        if bundle is None:
+            return False
+        self.adopt(bundle)
+        return True
+
+    def load(self) -> PolicyBundle | None:
+        """Load the bundle again without putting it in force (:meth:`adopt` does): the
+        bundle, or ``None`` if it does not load (the error is kept and logged). Safe on a
+        background thread while another thread reads :attr:`current`."""
         with self._lock:
             self._requested.clear()
             fingerprint = bundle_fingerprint(self.directory)
@@ -147,16 +158,9 @@ class PolicyHolder:
                 error = PolicyError(Problem(str(self.directory), None, "", f"{exc!r}"))
             else:
                 self._fingerprint = fingerprint
-                previous, self._bundle = self._bundle, bundle
+                self._loaded = bundle.version
                 self.last_error = None
-                if bundle.version != previous.version:
-                    log.info(
-                        "policy %s: version %s replaces %s",
-                        self.directory,
-                        bundle.short_version,
-                        previous.short_version,
-                    )
-                return True
+                return bundle
             self._fingerprint = fingerprint
             self.last_error = error
             self.failures += 1
@@ -166,22 +170,46 @@ class PolicyHolder:
                 self._bundle.short_version,
                 error,
             )
+            return None
+
+    def adopt(self, bundle: PolicyBundle) -> bool:
+        """Put ``bundle`` (from :meth:`load` or :meth:`check`) in force; True if its
+        version differs from the one it replaces."""
+        previous, self._bundle = self._bundle, bundle
+        if bundle.version == previous.version:
             return False
+        log.info(
+            "policy %s: version %s replaces %s",
+            self.directory,
+            bundle.short_version,
+            previous.short_version,
+        )
+        return True
 
-    def poll(self) -> bool:
-        """Reload if a reload was requested or the files changed since the last attempt.
-
-        True if a bundle with a different version came into force. An unchanged bundle
-        that failed to load is not retried until its files change again (or a reload is
-        requested), so a broken edit is reported once, not on every poll.
+    def check(self) -> PolicyBundle | None:
+        """Load the bundle if a reload was requested or its files changed since the last
+        attempt; the bundle, not yet in force, if its version differs from the last one
+        that loaded (an edit that was reverted before the first was adopted gives the
+        bundle in force back). An unchanged bundle that failed to load is not retried until
+        its files change again (or a reload is requested), so a broken edit is reported
+        once.
         """
         if not self._requested.is_set():
             stat = bundle_stat(self.directory)
             if stat == self._stat and self._unhashed_polls < HASH_EVERY:
                 self._unhashed_polls += 1
-                return False
+                return None
             self._stat, self._unhashed_polls = stat, 0
             if bundle_fingerprint(self.directory) == self._fingerprint:
-                return False
-        before = self._bundle.version
-        return self.reload() and self._bundle.version != before
+                return None
+        before = self._loaded
+        bundle = self.load()
+        if bundle is None or bundle.version == before:
+            return None
+        return bundle
+
+    def poll(self) -> bool:
+        """:meth:`check` and :meth:`adopt` in one: True if a bundle with a different
+        version came into force."""
+        bundle = self.check()
+        return bundle is not None and self.adopt(bundle)

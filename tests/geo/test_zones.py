@@ -655,6 +655,17 @@ def test_warm_builds_the_bands_near_the_zones_and_changes_no_answer() -> None:
     assert south.warm() == (32618, 32619, 32718, 32719)
 
 
+def test_a_new_zone_set_can_be_warmed_with_the_bands_another_used() -> None:
+    """What a policy reload does: build the bands the set in force has needed, only."""
+    used = ZoneSet.from_geojson(EDGE_ZONES)
+    assert used.bands_built() == ()
+    used.mask_cells(snap([31.2], [121.5], 50.0))
+    assert used.bands_built() == (32651,)
+    fresh = ZoneSet.from_geojson(EDGE_ZONES)
+    assert fresh.warm(used.bands_built()) == (32651,)
+    assert fresh.bands_built() == (32651,)  # not every band near the zones
+
+
 def test_concurrent_first_use_of_a_band_gives_one_answer() -> None:
     zs = ZoneSet.from_geojson(EDGE_ZONES)
     rng = np.random.default_rng(7)

@@ -127,12 +127,34 @@ def test_broken_edit_reported_once_then_retried_on_next_change(bundle_dir: Path)
 
 
 def test_request_reload_is_honoured_by_poll(bundle_dir: Path) -> None:
-    holder = PolicyHolder(bundle_dir)
+    loads = 0
+
+    def counting(directory: Path) -> PolicyBundle:
+        nonlocal loads
+        loads += 1
+        return load_bundle(directory)
+
+    holder = PolicyHolder(bundle_dir, loader=counting)
     good = holder.current
     holder.request_reload()  # what a SIGHUP handler does
-    assert holder.poll() is False  # reloaded, same version
-    assert holder.current is not good
-    assert holder.current.version == good.version
+    assert holder.poll() is False  # loaded again: the same version
+    assert loads == 2
+    assert holder.current is good  # an equal bundle is not swapped in
+    assert holder.poll() is False and loads == 2
+
+
+def test_check_loads_without_putting_in_force(bundle_dir: Path) -> None:
+    """What a background thread does: load the edited bundle; the pipeline adopts it."""
+    holder = PolicyHolder(bundle_dir)
+    good = holder.current
+    assert holder.check() is None  # nothing changed
+    edit(bundle_dir / "rules.yaml", "dedup_window_s: 86400", "dedup_window_s: 3600")
+    new = holder.check()
+    assert new is not None and new.version != good.version
+    assert holder.current is good
+    assert holder.check() is None  # the same edit is not loaded twice
+    assert holder.adopt(new) is True
+    assert holder.current is new
 
 
 def test_unexpected_loader_error_keeps_last_good(bundle_dir: Path) -> None:
@@ -183,3 +205,19 @@ def test_fingerprint_reads_files_a_chunk_at_a_time(bundle_dir: Path) -> None:
     assert peak < 2 << 20  # one 1 MiB buffer, not the 8 MiB file
     zones.write_bytes(zones.read_bytes()[:-1] + b"\n")  # same size, last byte differs
     assert bundle_fingerprint(bundle_dir) != first
+
+
+def test_an_edit_reverted_before_adoption_gives_the_bundle_in_force_back(
+    bundle_dir: Path,
+) -> None:
+    holder = PolicyHolder(bundle_dir)
+    good = holder.current
+    rules = bundle_dir / "rules.yaml"
+    edit(rules, "dedup_window_s: 86400", "dedup_window_s: 3600")
+    edited = holder.check()
+    assert edited is not None  # loaded, waiting to be adopted
+    edit(rules, "dedup_window_s: 3600", "dedup_window_s: 86400")
+    back = holder.check()
+    assert back is not None and back.version == good.version  # supersedes the edit
+    assert holder.adopt(back) is False  # same version as in force: nothing new
+    assert holder.current.version == good.version
