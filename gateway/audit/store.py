@@ -926,7 +926,13 @@ class PostgresStore(Store):
         return cur
 
     def _begin(self, cur: _Cursor, write: bool) -> None:
-        cur.execute("begin" if write else "begin isolation level repeatable read read only")
+        # Writes run at read committed whatever the server's default: at repeatable read a
+        # batch would fail whenever another worker had just forgotten the same old records.
+        cur.execute(
+            "begin isolation level read committed"
+            if write
+            else "begin isolation level repeatable read read only"
+        )
 
     def _commit(self, cur: _Cursor) -> None:
         cur.execute("commit")

@@ -187,3 +187,20 @@ def test_workers_forgetting_at_once_skip_each_others_rows(postgres_url: str) -> 
         assert taken == [30]
         with one.snapshot() as rd:
             assert len(seen_records(rd, keys)) == 40
+
+
+def test_forgetting_works_whatever_isolation_the_server_defaults_to(postgres_url: str) -> None:
+    """A server (or role) whose default is repeatable read must not make a batch fail
+    because another worker forgot the same records after the batch began."""
+    strict = postgres_url + "%20-cdefault_transaction_isolation%3Drepeatable%5C%20read"
+    keys = [(f"k1:{i:032x}", f"r{i}") for i in range(100)]
+    with open_store(strict, shard="w1") as one, open_store(strict, shard="w2") as two:
+        with one.transaction() as tx:
+            add_seen(tx, keys, 1000)
+        with two.transaction() as tx2:
+            add_seen(tx2, [("k2", "fresh")], 5000)
+            with one.transaction() as tx1:
+                assert prune_seen(tx1, 2000, limit=30) == 30
+            assert prune_seen(tx2, 2000, limit=30) == 30  # the next 30, no error
+        with one.snapshot() as rd:
+            assert len(seen_records(rd, keys)) == 40
