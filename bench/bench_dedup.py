@@ -2,19 +2,20 @@
 
 A gateway that has run longer than its window (the shipped one is a day) forgets as many
 records as it remembers. This benchmark fills a SQLite store on disk with ``--rows``
-records already seen (``--window-minutes`` of traffic at ``--rate`` records/s, all of it
-past the window's edge by the time the run starts), then replays ``--minutes`` of
-traffic in batches of ``--batch`` records, each batch one transaction as the service
-commits it (remember the batch's keys, synchronous=FULL), two ways in one run:
+records already seen: exactly one window of traffic at ``--rate`` records/s, ending when
+the run starts, so from the first batch on records leave the window at the rate new ones
+arrive (the steady state of an old gateway, not a catch-up after a pause). It then replays
+``--minutes`` of traffic in batches of ``--batch`` records, each batch one transaction as
+the service commits it (remember the batch's keys, synchronous=FULL), two ways in one run:
 
 * **sweep**: the old way: nothing forgotten per batch, everything expired forgotten in
-  one transaction once a minute;
+  one transaction at the end of every minute;
 * **bounded**: the service's way: each batch forgets at most 16 + 2 per record, and the
   once-a-second tick up to 2,000.
 
-Time is simulated (the run is not paced): what is measured is how long each transaction
-holds the pipeline. Printed: transactions, p50 / p99 / max ms, total seconds, and rows
-forgotten.
+Both forget the same records over whole minutes. Time is simulated (the run is not
+paced): what is measured is how long each transaction holds the pipeline. Printed:
+transactions, p50 / p99 / max ms, total seconds, and rows forgotten.
 
     python -m bench.bench_dedup [--rows 2000000] [--minutes 3]
 """
@@ -68,10 +69,10 @@ def replay(
     times: list[float] = []
     forgotten = 0
     step_ms = batch * 1000 / rate
-    now_ms = 0.0
-    next_tick = next_sweep = 0.0
-    while now_ms < minutes * 60_000:
-        now_ms += step_ms
+    batches = round(minutes * 60_000 / step_ms)
+    next_tick, next_sweep = 1000.0, 60_000.0
+    for k in range(1, batches + 1):
+        now_ms = k * step_ms
         edge = round(now_ms) - window_ms
         picks = rng.integers(0, len(vehicles), batch)
         keys = [(vehicles[v], f"m:{secrets.token_hex(16)}") for v in picks]
@@ -83,9 +84,9 @@ def replay(
         times.append(time.perf_counter() - t0)
         limit: int | None
         if bounded and now_ms >= next_tick:
-            next_tick, limit = now_ms + 1000, FORGET_PER_TICK
-        elif not bounded and now_ms >= next_sweep:
-            next_sweep, limit = now_ms + 60_000, None
+            next_tick, limit = next_tick + 1000, FORGET_PER_TICK
+        elif not bounded and now_ms >= next_sweep - 1e-6:
+            next_sweep, limit = next_sweep + 60_000, None
         else:
             continue
         t0 = time.perf_counter()
