@@ -84,7 +84,7 @@ def format_path(path: Sequence[str | int]) -> str:
     ``fields[Vehicle.Speed].coarsen``."""
     out = ""
     for part in path:
-        if isinstance(part, int):
+        if not isinstance(part, str):
             out += f"[{part}]"
         elif _PLAIN_KEY.match(part):
             out += f".{part}" if out else part
@@ -106,7 +106,7 @@ def read_yaml(path: Path, display: str) -> tuple[Source | None, list[Problem]]:
     except OSError as exc:
         return None, [Problem(display, None, "", f"cannot read: {exc.strerror}")]
     try:
-        node = yaml.compose(text, Loader=_Composer)
+        node = _compose(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -114,12 +114,27 @@ def read_yaml(path: Path, display: str) -> tuple[Source | None, list[Problem]]:
         return None, [Problem(display, line, "", f"YAML syntax error: {message}")]
     except yaml.YAMLError as exc:
         return None, [Problem(display, None, "", f"YAML error: {exc}")]
-    builder = _Builder(display)
     if node is None:
         return Source(display, {}, {(): 1}), []
-    data = builder.build(node, ())
-    builder.close()
+    builder = _Builder(display)
+    try:
+        data = builder.build(node, ())
+    finally:
+        builder.close()
     return Source(display, data, builder.lines), builder.problems
+
+
+def _compose(text: str) -> yaml.Node | None:
+    """The document's node tree. libyaml refuses a little valid YAML that PyYAML's own
+    parser reads (a tab opening a block scalar, unknown directives, escaped surrogate
+    pairs) and words its errors less helpfully (it does not name a tab): where it fails,
+    the pure-Python parser decides, and its error is the one reported."""
+    if _Composer is _Loader:
+        return yaml.compose(text, Loader=_Loader)
+    try:
+        return yaml.compose(text, Loader=_Composer)
+    except yaml.YAMLError:
+        return yaml.compose(text, Loader=_Loader)
 
 
 class _Builder:
@@ -128,6 +143,7 @@ class _Builder:
         self.lines: dict[Loc, int] = {}
         self.problems: list[Problem] = []
         self._constructor = _Loader("")
+        self._open: set[int] = set()  # collections being built: an alias cycle ends here
 
     def close(self) -> None:
         """Let the nodes go. The constructor keeps every node it constructed, and a loader
@@ -138,34 +154,61 @@ class _Builder:
 
     def build(self, node: yaml.Node, path: Loc) -> Any:
         self.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            self._constructor.flatten_mapping(node)
-            result: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key_line = key_node.start_mark.line + 1
-                if not isinstance(key_node, yaml.ScalarNode):
-                    self.problems.append(
-                        Problem(self.file, key_line, format_path(path), "a key must be a scalar")
-                    )
-                    continue
-                key = self._constructor.construct_object(key_node)
-                child = (*path, key)
-                if key in result:
-                    self.problems.append(
-                        Problem(
-                            self.file,
-                            key_line,
-                            format_path(child),
-                            f"duplicate key (first given on line {self.lines[child]})",
-                        )
-                    )
-                    continue
-                self.lines[child] = key_line
-                result[key] = self.build(value_node, child)
-            return result
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            if id(node) in self._open:
+                self._problem(node, path, "an alias refers to a node that contains it")
+                return None
+            self._open.add(id(node))
+            try:
+                return self._collection(node, path)
+            finally:
+                self._open.discard(id(node))
+        return self._scalar(node, path)
+
+    def _collection(self, node: yaml.MappingNode | yaml.SequenceNode, path: Loc) -> Any:
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        return self._constructor.construct_object(node)
+        try:
+            self._constructor.flatten_mapping(node)
+        except yaml.YAMLError as exc:
+            self._problem(node, path, f"cannot merge: {exc}")
+            return None
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key_line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.problems.append(
+                    Problem(self.file, key_line, format_path(path), "a key must be a scalar")
+                )
+                continue
+            key = self._scalar(key_node, path)
+            child = (*path, key)
+            if key in result:
+                self.problems.append(
+                    Problem(
+                        self.file,
+                        key_line,
+                        format_path(child),
+                        f"duplicate key (first given on line {self.lines[child]})",
+                    )
+                )
+                continue
+            self.lines[child] = key_line
+            result[key] = self.build(value_node, child)
+        return result
+
+    def _scalar(self, node: yaml.Node, path: Loc) -> Any:
+        try:
+            return self._constructor.construct_object(node)
+        except (yaml.YAMLError, ValueError, TypeError, AttributeError, OverflowError) as exc:
+            # e.g. ``!!int xyz``, ``!!timestamp soon``, an unknown ``!tag``
+            self._problem(node, path, f"cannot read this value: {exc}")
+            return None
+
+    def _problem(self, node: yaml.Node, path: Loc, message: str) -> None:
+        self.problems.append(
+            Problem(self.file, node.start_mark.line + 1, format_path(path), message)
+        )
 
 
 _MESSAGES = {

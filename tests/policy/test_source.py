@@ -170,3 +170,53 @@ def test_reading_leaves_no_nodes_behind(tmp_path: Path) -> None:
             gc.enable()
     assert problems == [] and source is not None and len(source.data["items"]) == 200
     assert alive == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "data"),
+    [
+        ("description: |\n  \tText\n", {"description": "\tText\n"}),  # libyaml refuses
+        ("%FOO bar\n---\na: 1\n", {"a": 1}),  # an unknown directive: ignored
+        ('name: "\\ud83d\\ude00"\n', {"name": "\ud83d\ude00"}),  # as PyYAML reads it
+    ],
+)
+def test_valid_yaml_that_libyaml_refuses_still_loads(
+    tmp_path: Path, text: str, data: object
+) -> None:
+    source, problems = read_yaml(_write(tmp_path, text), "doc.yaml")
+    assert problems == [] and source is not None
+    assert source.data == data
+
+
+def test_a_tab_is_named_in_the_error(tmp_path: Path) -> None:
+    source, problems = read_yaml(_write(tmp_path, "items:\n\t- size: 1\n"), "doc.yaml")
+    assert source is None
+    assert len(problems) == 1 and problems[0].line == 2
+    assert "'\\t'" in problems[0].message
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field", "words"),
+    [
+        ("a: 1\nb: !!int xyz\n", 2, "b", "cannot read this value"),
+        ("a: 1\nwhen: !!timestamp soon\n", 2, "when", "cannot read this value"),
+        ("a: !custom 1\n", 1, "a", "cannot read this value"),
+        ("m:\n  <<: 1\n", 2, "m", "cannot merge"),
+        ("a: &x [1, *x]\n", 1, "a[1]", "contains it"),
+    ],
+)
+def test_values_that_cannot_be_read_are_located_problems(
+    tmp_path: Path, text: str, line: int, field: str, words: str
+) -> None:
+    source, problems = read_yaml(_write(tmp_path, text), "doc.yaml")
+    assert source is not None
+    assert [(p.line, p.field) for p in problems] == [(line, field)]
+    assert words in problems[0].message
+
+
+def test_keys_that_are_not_strings_are_shown_in_brackets(tmp_path: Path) -> None:
+    source, problems = read_yaml(_write(tmp_path, "~: 1\n7: {x: 2}\n"), "doc.yaml")
+    assert problems == [] and source is not None
+    assert source.data == {None: 1, 7: {"x": 2}}
+    assert format_path((7, "x")) == "[7].x"
+    assert format_path((None, "x")) == "[None].x"  # type: ignore[arg-type]
