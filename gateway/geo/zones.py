@@ -342,8 +342,10 @@ class ZoneSet:
         return self._result(n, empty, empty, error)
 
     def bands_built(self) -> tuple[int, ...]:
-        """The bands whose index has been built (by use or by :meth:`warm`)."""
-        return tuple(sorted(self._bands))
+        """The bands whose index has been built (by use or by :meth:`warm`); safe while
+        another thread builds one."""
+        with self._lock:
+            return tuple(sorted(self._bands))
 
     def warm(self, bands: Iterable[int] | None = None) -> tuple[int, ...]:
         """Build now the per-band index of ``bands`` (default: every band a cell test
