@@ -697,3 +697,23 @@ def test_geo_package_exports_the_zone_api() -> None:
     for name in ("ZoneSet", "Zone", "ZoneLevel", "MaskResult", "load_zones"):
         assert name in geo.__all__
     assert geo.ZoneSet is ZoneSet and geo.load_zones is load_zones
+
+
+@pytest.mark.parametrize("lon_0", [121.5, -70.25, 0.0, 179.75])
+def test_local_transverse_mercator_matches_the_crs_definition(lon_0: float) -> None:
+    """The buffering projection, written as a PROJ pipeline for speed, gives exactly what
+    the CRS it stands for gives."""
+    from pyproj import Transformer
+
+    from gateway.geo.zones import _local_tm
+
+    crs = f"+proj=tmerc +lat_0=0 +lon_0={lon_0!r} +k=1 +x_0=0 +y_0=0 +ellps=WGS84 +units=m"
+    by_crs = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    back_by_crs = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    forward, inverse = _local_tm(lon_0)
+    rng = np.random.default_rng(3)
+    lon = rng.uniform(lon_0 - 3, lon_0 + 3, 2000)
+    lat = rng.uniform(-80, 80, 2000)
+    xy = np.array(forward.transform(lon, lat))
+    assert np.array_equal(xy, np.array(by_crs.transform(lon, lat)))
+    assert np.array_equal(np.array(inverse.transform(*xy)), np.array(back_by_crs.transform(*xy)))
