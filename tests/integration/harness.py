@@ -186,6 +186,11 @@ class GatewayProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(30)
 
+    def reload(self) -> None:
+        """SIGHUP: load the policy bundle again (on the gateway's policy thread)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
     def terminate(self, timeout: float = 60.0) -> int:
         """SIGTERM (graceful: finish the batch, drain the outbox, checkpoint); the exit code."""
         assert self.proc is not None

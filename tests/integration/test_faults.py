@@ -1,6 +1,7 @@
 """Faults, each with a count check: the gateway killed with SIGKILL mid-stream and restarted;
 the broker stopped gracefully and restarted mid-stream; messages published while the gateway
-is down; a malformed and spoofed flood mixed into valid traffic.
+is down; a malformed and spoofed flood mixed into valid traffic; the policy edited and
+reloaded mid-stream.
 
 After each: every accepted record is audited exactly once per subscriber (or still held
 back by trip-end trimming), every unusable input is dead-lettered, every committed view
@@ -17,6 +18,7 @@ everything, which is what :func:`test_broker_restarted_mid_stream` relies on.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -433,3 +435,51 @@ def test_malformed_and_spoofed_flood(
         "missing-coordinate",
         "coordinate-out-of-range",
     }, reasons
+
+
+def test_policy_reloaded_mid_stream(
+    broker: MosquittoBroker,
+    deployment: Callable[[Fleet], Deployment],
+    gateway_process: Callable[[Deployment], GatewayProcess],
+    collector: MakeCollector,
+) -> None:
+    """An operator edits the bundle and sends SIGHUP while vehicles drive: the new version
+    comes into force between two batches, audited, and nothing is lost or repeated."""
+    fleet, messages = traffic(seed=17)
+    expected = Expected.of(messages)
+    dep = deployment(fleet)
+    out = collector("it-subscriber", ALL)
+    gw = gateway_process(dep)
+    gw.start()
+    first, rest = messages[: len(messages) // 2], messages[len(messages) // 2 :]
+    pub = BackgroundPublisher(broker, first, speedup=4)
+    third = len(expected.accepted) // 3
+    wait_for(lambda: True if read_store(dep.store).seen >= third else None, 60, "a third decided")
+    rules = dep.policies / "rules.yaml"
+    text = rules.read_text(encoding="utf-8")
+    assert "dedup_window_s: 86400" in text
+    # A new version that decides every record alike: the counts below stay exact.
+    rules.write_text(text.replace("dedup_window_s: 86400", "dedup_window_s: 86401"))
+    gw.reload()
+    pub.join()
+    publish(broker, rest)
+    repeats, _ = finish(gw, dep, expected, out)
+    assert repeats == 0
+    with sqlite3.connect(f"file:{dep.store}?mode=ro", uri=True) as db:
+        loaded = [
+            orjson.loads(body)["subject"]
+            for (body,) in db.execute(
+                "select body from audit_entries where kind = 'admin' order by seq"
+            )
+            if orjson.loads(body)["action"] == "policy.loaded"
+        ]
+        used = [
+            orjson.loads(body)["policy"]
+            for (body,) in db.execute(
+                "select body from audit_entries where kind = 'decision' order by seq"
+            )
+        ]
+    assert len(loaded) == 2 and loaded[0] != loaded[1], loaded
+    # Decisions name the version in force when they were made: the first, then the second.
+    switch = used.index(loaded[1])
+    assert set(used[:switch]) == {loaded[0]} and set(used[switch:]) == {loaded[1]}
