@@ -50,6 +50,29 @@ def test_outbox_pending_until_delivered_in_audit_order(store: Store) -> None:
         assert count_pending(rd, SHARD) == 1
 
 
+def test_marking_many_views_marks_exactly_those(store: Store) -> None:
+    """Marks go out 400 to a statement: across chunks, with repeats, none left over."""
+    with store.transaction() as tx:
+        add_outbox(tx, SHARD, [row(i) for i in range(1, 1001)])
+    confirmed = [i for i in range(1, 1001) if i % 7]  # 858 views, more than two chunks
+    with store.transaction() as tx:
+        mark_delivered(tx, SHARD, [*confirmed, 5, 5], 6000)
+        mark_delivered(tx, SHARD, [], 6000)
+    with store.snapshot() as rd:
+        assert [r.seq for r in pending_outbox(rd, SHARD, limit=1000)] == list(range(7, 1001, 7))
+
+
+def test_marks_find_their_rows_through_the_primary_key(tmp_path: Path) -> None:
+    with open_store(f"sqlite:///{tmp_path / 's.db'}", shard=SHARD) as s:
+        conn = s._conn  # type: ignore[attr-defined]
+        plan = conn.execute(
+            "explain query plan update outbox set delivered_ms = ? "
+            "where shard = ? and seq in (?,?,?)",
+            (1, SHARD, 1, 2, 3),
+        ).fetchall()
+    assert any("USING INDEX sqlite_autoindex_outbox_1 (shard=? AND seq=?)" in r[3] for r in plan)
+
+
 def test_a_rolled_back_batch_leaves_no_outbox_rows(store: Store) -> None:
     def crash() -> None:
         with store.transaction() as tx:

@@ -17,6 +17,7 @@ from gateway.audit.store import (
     Consent,
     Store,
     beijing_year,
+    insert_rows,
     open_store,
 )
 from gateway.audit.verify import verify_store
@@ -276,3 +277,31 @@ def test_postgres_url_without_psycopg_names_the_extra(monkeypatch: pytest.Monkey
     monkeypatch.setitem(sys.modules, "psycopg", None)
     with pytest.raises(StoreError, match=r"icv-gateway\[postgres\]"):
         open_store("postgresql://nobody@127.0.0.1:1/none")
+
+
+def test_insert_rows_uses_few_statements_within_the_parameter_limit() -> None:
+    """Rows go in as multi-row statements of at most 999 parameters: 250 rows of 10 columns
+    are three statements (99, 99, 52 rows), each with its values in row order."""
+    calls: list[tuple[str, list[object]]] = []
+
+    class Recording:
+        def execute(self, sql: str, params: list[object]) -> None:
+            calls.append((sql, params))
+
+    rows = [tuple(range(i * 10, i * 10 + 10)) for i in range(250)]
+    insert_rows(Recording(), str.upper, "insert into t (a)", rows, " on conflict do nothing")  # type: ignore[arg-type]
+    assert [len(p) for _, p in calls] == [990, 990, 520]
+    assert [v for _, p in calls for v in p] == list(range(2500))
+    assert all(sql.startswith("INSERT INTO T (A) VALUES (?,?,?") for sql, _ in calls)
+    assert all(sql.endswith(") ON CONFLICT DO NOTHING") for sql, _ in calls)
+    assert calls[2][0].count("(?") == 52
+    insert_rows(Recording(), str.upper, "insert into t (a)", [])
+    assert len(calls) == 3
+
+
+def test_many_rows_in_one_transaction_all_arrive(store: Store) -> None:
+    keys = [(f"k1:{i:032x}", f"r{i}") for i in range(2500)]  # 3 columns: 8 statements
+    with store.transaction() as tx:
+        tx.insert_rows("insert into dedup (vehicle, record, seen_ms)", [(*k, 7) for k in keys])
+    with store.snapshot() as rd:
+        assert rd._one("select count(*), min(seen_ms), max(seen_ms) from dedup") == (2500, 7, 7)
