@@ -21,6 +21,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -105,13 +106,27 @@ def finish(
     return repeats, fig.dead_repeats
 
 
-def test_gateway_killed_mid_stream_and_restarted(
+@dataclass
+class MidStream:
+    """A gateway process deciding the first half of the traffic, published in the
+    background, with a third of all accepted records decided already."""
+
+    expected: Expected
+    dep: Deployment
+    out: Collector
+    gw: GatewayProcess
+    publisher: BackgroundPublisher
+    rest: list[Message]
+
+
+def mid_stream(
+    seed: int,
     broker: MosquittoBroker,
     deployment: Callable[[Fleet], Deployment],
     gateway_process: Callable[[Deployment], GatewayProcess],
     collector: MakeCollector,
-) -> None:
-    fleet, messages = traffic(seed=11)
+) -> MidStream:
+    fleet, messages = traffic(seed)
     expected = Expected.of(messages)
     dep = deployment(fleet)
     out = collector("it-subscriber", ALL)
@@ -121,15 +136,25 @@ def test_gateway_killed_mid_stream_and_restarted(
     pub = BackgroundPublisher(broker, first, speedup=4)
     third = len(expected.accepted) // 3
     wait_for(lambda: True if read_store(dep.store).seen >= third else None, 60, "a third decided")
-    gw.kill()
-    at_kill = read_store(dep.store)
+    return MidStream(expected, dep, out, gw, pub, rest)
+
+
+def test_gateway_killed_mid_stream_and_restarted(
+    broker: MosquittoBroker,
+    deployment: Callable[[Fleet], Deployment],
+    gateway_process: Callable[[Deployment], GatewayProcess],
+    collector: MakeCollector,
+) -> None:
+    run = mid_stream(11, broker, deployment, gateway_process, collector)
+    run.gw.kill()
+    at_kill = read_store(run.dep.store)
     # Views committed and not confirmed at the kill: the only ones that may arrive twice.
     in_flight = {r.seq for r in at_kill.pending}
-    assert 0 < at_kill.seen < len(expected.accepted)
-    pub.join()
-    publish(broker, rest)  # while the gateway is dead: queued in its session
-    gw.start()
-    repeats, _ = finish(gw, dep, expected, out, may_repeat=in_flight, crashed=True)
+    assert 0 < at_kill.seen < len(run.expected.accepted)
+    run.publisher.join()
+    publish(broker, run.rest)  # while the gateway is dead: queued in its session
+    run.gw.start()
+    repeats, _ = finish(run.gw, run.dep, run.expected, run.out, may_repeat=in_flight, crashed=True)
     assert repeats <= len(in_flight)
 
 
@@ -445,27 +470,18 @@ def test_policy_reloaded_mid_stream(
 ) -> None:
     """An operator edits the bundle and sends SIGHUP while vehicles drive: the new version
     comes into force between two batches, audited, and nothing is lost or repeated."""
-    fleet, messages = traffic(seed=17)
-    expected = Expected.of(messages)
-    dep = deployment(fleet)
-    out = collector("it-subscriber", ALL)
-    gw = gateway_process(dep)
-    gw.start()
-    first, rest = messages[: len(messages) // 2], messages[len(messages) // 2 :]
-    pub = BackgroundPublisher(broker, first, speedup=4)
-    third = len(expected.accepted) // 3
-    wait_for(lambda: True if read_store(dep.store).seen >= third else None, 60, "a third decided")
-    rules = dep.policies / "rules.yaml"
+    run = mid_stream(17, broker, deployment, gateway_process, collector)
+    rules = run.dep.policies / "rules.yaml"
     text = rules.read_text(encoding="utf-8")
     assert "dedup_window_s: 86400" in text
     # A new version that decides every record alike: the counts below stay exact.
     rules.write_text(text.replace("dedup_window_s: 86400", "dedup_window_s: 86401"))
-    gw.reload()
-    pub.join()
-    publish(broker, rest)
-    repeats, _ = finish(gw, dep, expected, out)
+    run.gw.reload()
+    run.publisher.join()
+    publish(broker, run.rest)
+    repeats, _ = finish(run.gw, run.dep, run.expected, run.out)
     assert repeats == 0
-    with sqlite3.connect(f"file:{dep.store}?mode=ro", uri=True) as db:
+    with sqlite3.connect(f"file:{run.dep.store}?mode=ro", uri=True) as db:
         loaded = [
             orjson.loads(body)["subject"]
             for (body,) in db.execute(
