@@ -55,6 +55,11 @@ class ConfigError(GatewayError):
         self.problems = [problems] if isinstance(problems, Problem) else list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[list[Problem]]]:
+        # Pickled whole (a bundle loaded in a child process reports its problems through
+        # it); the default would rebuild it from the joined message, one problem a letter.
+        return type(self), (self.problems,)
+
     @property
     def file(self) -> str:
         return self.problems[0].file if self.problems else ""

@@ -14,6 +14,7 @@ import pytest
 from gateway.config import GatewayConfig, load_config
 from gateway.keys import init_keys
 from gateway.model import Envelope
+from gateway.policy.child import load_in_child
 from gateway.service import Gateway
 from simulators.fleet import Fleet, FleetConfig
 
@@ -258,12 +259,12 @@ def test_the_policy_thread_loads_and_the_pipeline_only_adopts(
     shutil.copytree(default_policy_dir(), bundle_dir)
     cfg = config.model_copy(update={"policies": str(bundle_dir)})
     gw = Gateway(cfg)
-    loaders: list[str] = []
+    loaders: list[tuple[str, object]] = []
     check = gw.holder.check
 
-    def recording_check() -> object:
-        loaders.append(threading.current_thread().name)
-        return check()
+    def recording_check(loader: object = None) -> object:
+        loaders.append((threading.current_thread().name, loader))
+        return check(loader)  # type: ignore[arg-type]
 
     monkeypatch.setattr(gw.holder, "check", recording_check)
     thread = threading.Thread(target=gw._watch_policy, name="icvgw-policy", daemon=True)
@@ -287,7 +288,8 @@ def test_the_policy_thread_loads_and_the_pipeline_only_adopts(
         gw.stop()
         thread.join(5)
         gw.store.close()
-    assert set(loaders) == {"icvgw-policy"}  # the pipeline never loaded
+    # The pipeline never loaded; the policy thread had a child process load.
+    assert set(loaders) == {("icvgw-policy", load_in_child)}
     loaded = [
         orjson.loads(body)["subject"]
         for (body,) in db(cfg).execute(

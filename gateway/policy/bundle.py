@@ -167,6 +167,21 @@ class PolicyBundle:
             zones=zones,
         )
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled with plain dicts for its read-only mappings (a bundle loaded in a child
+        process comes back this way)."""
+        return _restore, (
+            self.directory,
+            self.version,
+            dict(self.fields),
+            dict(self.aliases),
+            dict(self.purposes),
+            dict(self.subscribers),
+            self.consents,
+            self.rules,
+            self.zones,
+        )
+
     @property
     def short_version(self) -> str:
         """The first 12 hex digits of the version, for people."""
@@ -198,3 +213,27 @@ class PolicyBundle:
     def rule(self, rule_id: RuleId) -> RuleSpec:
         """The catalogue entry of a rule (every :class:`RuleId` has one in a loaded bundle)."""
         return self.rules.catalogue[str(rule_id)]
+
+
+def _restore(
+    directory: Path,
+    version: str,
+    fields: dict[str, FieldSpec],
+    aliases: dict[str, str],
+    purposes: dict[str, str],
+    subscribers: dict[str, Subscriber],
+    consents: tuple[Consent, ...],
+    rules: RulesDoc,
+    zones: ZoneSet,
+) -> PolicyBundle:
+    return PolicyBundle(
+        directory=directory,
+        version=version,
+        fields=MappingProxyType(fields),
+        aliases=MappingProxyType(aliases),
+        purposes=MappingProxyType(purposes),
+        subscribers=MappingProxyType(subscribers),
+        consents=consents,
+        rules=rules,
+        zones=zones,
+    )

@@ -142,15 +142,16 @@ class PolicyHolder:
         self.adopt(bundle)
         return True
 
-    def load(self) -> PolicyBundle | None:
-        """Load the bundle again without putting it in force (:meth:`adopt` does): the
-        bundle, or ``None`` if it does not load (the error is kept and logged). Safe on a
-        background thread while another thread reads :attr:`current`."""
+    def load(self, loader: Callable[[Path], PolicyBundle] | None = None) -> PolicyBundle | None:
+        """Load the bundle again without putting it in force (:meth:`adopt` does), with
+        ``loader`` or the holder's own: the bundle, or ``None`` if it does not load (the
+        error is kept and logged). Safe on a background thread while another thread reads
+        :attr:`current`."""
         with self._lock:
             self._requested.clear()
             fingerprint = bundle_fingerprint(self.directory)
             try:
-                bundle = self._loader(self.directory)
+                bundle = (loader or self._loader)(self.directory)
             except PolicyError as exc:
                 error = exc
             except Exception as exc:  # a bug must not take the policy in force with it
@@ -186,7 +187,7 @@ class PolicyHolder:
         )
         return True
 
-    def check(self) -> PolicyBundle | None:
+    def check(self, loader: Callable[[Path], PolicyBundle] | None = None) -> PolicyBundle | None:
         """Load the bundle if a reload was requested or its files changed since the last
         attempt; the bundle, not yet in force, if its version differs from the last one
         that loaded (an edit that was reverted before the first was adopted gives the
@@ -203,7 +204,7 @@ class PolicyHolder:
             if bundle_fingerprint(self.directory) == self._fingerprint:
                 return None
         before = self._loaded
-        bundle = self.load()
+        bundle = self.load(loader)
         if bundle is None or bundle.version == before:
             return None
         return bundle

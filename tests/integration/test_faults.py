@@ -21,6 +21,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -477,18 +478,14 @@ def test_policy_reloaded_mid_stream(
     # A new version that decides every record alike: the counts below stay exact.
     rules.write_text(text.replace("dedup_window_s: 86400", "dedup_window_s: 86401"))
     run.gw.reload()
+    # The rest is published once the new version is in force (loaded in a child process).
+    wait_for(lambda: True if len(_loaded(run.dep)) == 2 else None, 60, "the new version")
     run.publisher.join()
     publish(broker, run.rest)
     repeats, _ = finish(run.gw, run.dep, run.expected, run.out)
     assert repeats == 0
-    with sqlite3.connect(f"file:{run.dep.store}?mode=ro", uri=True) as db:
-        loaded = [
-            orjson.loads(body)["subject"]
-            for (body,) in db.execute(
-                "select body from audit_entries where kind = 'admin' order by seq"
-            )
-            if orjson.loads(body)["action"] == "policy.loaded"
-        ]
+    loaded = _loaded(run.dep)
+    with closing(sqlite3.connect(f"file:{run.dep.store}?mode=ro", uri=True)) as db:
         used = [
             orjson.loads(body)["policy"]
             for (body,) in db.execute(
@@ -499,3 +496,11 @@ def test_policy_reloaded_mid_stream(
     # Decisions name the version in force when they were made: the first, then the second.
     switch = used.index(loaded[1])
     assert set(used[:switch]) == {loaded[0]} and set(used[switch:]) == {loaded[1]}
+
+
+def _loaded(dep: Deployment) -> list[str]:
+    """The policy versions audited as loaded, in order."""
+    with closing(sqlite3.connect(f"file:{dep.store}?mode=ro", uri=True, timeout=30)) as db:
+        bodies = db.execute("select body from audit_entries where kind = 'admin' order by seq")
+        docs = [orjson.loads(body) for (body,) in bodies]
+    return [d["subject"] for d in docs if d["action"] == "policy.loaded"]
