@@ -213,7 +213,10 @@ class Gateway:
         bundle = self.holder.check(loader)
         if bundle is None:
             return
-        bundle.zones.warm(self.holder.current.zones.bands_built())
+        try:
+            bundle.zones.warm(self.holder.current.zones.bands_built())
+        except Exception:  # only a head start: the first batch builds what is missing
+            log.exception("policy: building the new zone indexes ahead of use failed")
         with self._next_lock:
             self._next_bundle = bundle
 
@@ -604,7 +607,8 @@ class Gateway:
             log.info("%d received messages left unacknowledged for redelivery", len(leftover))
         self.drainer.drain(drain_timeout)
         self.drainer.stop()
-        self._stop.set()  # ends the policy thread too
+        if not self._stop.is_set():  # ends the policy thread too
+            self._stop.set()
         if self._policy_thread is not None:
             self._policy_thread.join(drain_timeout)
         self.audit.close()

@@ -300,6 +300,36 @@ def test_the_policy_thread_loads_and_the_pipeline_only_adopts(
     assert loaded == [first, gw.holder.current.version]
 
 
+def test_a_failed_head_start_on_zone_indexes_does_not_lose_the_edit(
+    config: GatewayConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building the new zone indexes ahead of use is only a head start: if it fails, the
+    edited bundle still comes into force (it was already counted as loaded)."""
+    import shutil
+
+    from gateway.geo.zones import ZoneSet
+    from gateway.resources import default_policy_dir
+
+    bundle_dir = tmp_path / "policy"
+    shutil.copytree(default_policy_dir(), bundle_dir)
+    gw = Gateway(config.model_copy(update={"policies": str(bundle_dir)}))
+    try:
+        gw.process(fleet_envelopes(2, 2))
+        first = gw.holder.current.version
+
+        def broken(self: ZoneSet, bands: object = None) -> tuple[int, ...]:
+            raise MemoryError("no room for an index")
+
+        monkeypatch.setattr(ZoneSet, "warm", broken)
+        rules = bundle_dir / "rules.yaml"
+        rules.write_text(rules.read_text().replace("split_gap_s: 600", "split_gap_s: 900"))
+        assert gw.poll_policy()
+        assert gw.holder.current.version != first
+        gw.process(fleet_envelopes(2, 3)[2:])  # the first batch builds what it needs
+    finally:
+        gw.store.close()
+
+
 def test_a_redelivered_unusable_input_is_dead_lettered_once(config: GatewayConfig) -> None:
     good = fleet_envelopes(1, 1)[0]
     vin = good.topic.split("/")[1]

@@ -175,10 +175,12 @@ class PolicyHolder:
 
     def adopt(self, bundle: PolicyBundle) -> bool:
         """Put ``bundle`` (from :meth:`load` or :meth:`check`) in force; True if its
-        version differs from the one it replaces."""
-        previous, self._bundle = self._bundle, bundle
+        version differs from the one in force (an equal version keeps the bundle in force,
+        whose zone indexes are built)."""
+        previous = self._bundle
         if bundle.version == previous.version:
             return False
+        self._bundle = bundle
         log.info(
             "policy %s: version %s replaces %s",
             self.directory,
