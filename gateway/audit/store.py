@@ -175,8 +175,8 @@ def insert_rows(
     rows: Sequence[tuple[Any, ...]],
     tail: str = "",
 ) -> None:
-    """``head values (?,…),(?,…)… tail`` for ``rows``, in as few statements as the parameter
-    limit allows (``sql`` puts a query in the dialect's form).
+    """``head values (?,…),(?,…)… tail`` for ``rows``, in a few statements within the
+    parameter limit (``sql`` puts a query in the dialect's form).
 
     Not ``executemany``: the sqlite3 module lets go of the interpreter for every row it
     steps, and each time another busy thread (a policy being loaded) may keep it for up to
@@ -185,14 +185,19 @@ def insert_rows(
     if not rows:
         return
     width = len(rows[0])
-    per = max(1, _MAX_PARAMS // width)
+    most = 1 << (max(1, _MAX_PARAMS // width).bit_length() - 1)
     one = "(" + ",".join("?" * width) + ")"
-    for i in range(0, len(rows), per):
-        chunk = rows[i : i + per]
+    i = 0
+    while i < len(rows):
+        # Chunks of a power of two rows (44 = 32 + 8 + 4): a handful of distinct statements
+        # per table, so they stay in the connection's statement cache.
+        n = min(most, 1 << ((len(rows) - i).bit_length() - 1))
+        chunk = rows[i : i + n]
         cur.execute(
-            sql(f"{head} values {','.join([one] * len(chunk))}{tail}"),
+            sql(f"{head} values {','.join([one] * n)}{tail}"),
             [value for row in chunk for value in row],
         )
+        i += n
 
 
 def beijing_year(ts: float) -> int:
