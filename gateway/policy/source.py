@@ -106,7 +106,7 @@ def read_yaml(path: Path, display: str) -> tuple[Source | None, list[Problem]]:
     except OSError as exc:
         return None, [Problem(display, None, "", f"cannot read: {exc.strerror}")]
     try:
-        node = _compose(text)
+        node, by_libyaml = _compose(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -116,7 +116,7 @@ def read_yaml(path: Path, display: str) -> tuple[Source | None, list[Problem]]:
         return None, [Problem(display, None, "", f"YAML error: {exc}")]
     if node is None:
         return Source(display, {}, {(): 1}), []
-    builder = _Builder(display)
+    builder = _Builder(display, check_text=not by_libyaml)
     try:
         data = builder.build(node, ())
     finally:
@@ -124,22 +124,25 @@ def read_yaml(path: Path, display: str) -> tuple[Source | None, list[Problem]]:
     return Source(display, data, builder.lines), builder.problems
 
 
-def _compose(text: str) -> yaml.Node | None:
-    """The document's node tree. libyaml refuses a little valid YAML that PyYAML's own
-    parser reads (a tab opening a block scalar, unknown directives, escaped surrogate
-    pairs) and words its errors less helpfully (it does not name a tab): where it fails,
-    the pure-Python parser decides, and its error is the one reported."""
+def _compose(text: str) -> tuple[yaml.Node | None, bool]:
+    """The document's node tree, and whether libyaml parsed it. libyaml refuses a little
+    valid YAML that PyYAML's own parser reads (a tab opening a block scalar, unknown
+    directives) and words its errors less helpfully (it does not name a tab): where it
+    fails, the pure-Python parser decides, and its error is the one reported. That parser
+    lets escaped surrogates (``"\\ud83d"``) through as text that is not Unicode: the
+    builder then reports them."""
     if _Composer is _Loader:
-        return yaml.compose(text, Loader=_Loader)
+        return yaml.compose(text, Loader=_Loader), False
     try:
-        return yaml.compose(text, Loader=_Composer)
+        return yaml.compose(text, Loader=_Composer), True
     except yaml.YAMLError:
-        return yaml.compose(text, Loader=_Loader)
+        return yaml.compose(text, Loader=_Loader), False
 
 
 class _Builder:
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, *, check_text: bool = False) -> None:
         self.file = file
+        self._check_text = check_text  # strings may hold lone surrogates
         self.lines: dict[Loc, int] = {}
         self.problems: list[Problem] = []
         self._constructor = _Loader("")
@@ -199,11 +202,20 @@ class _Builder:
 
     def _scalar(self, node: yaml.Node, path: Loc) -> Any:
         try:
-            return self._constructor.construct_object(node)
+            value = self._constructor.construct_object(node)
         except (yaml.YAMLError, ValueError, TypeError, AttributeError, OverflowError) as exc:
             # e.g. ``!!int xyz``, ``!!timestamp soon``, an unknown ``!tag``
             self._problem(node, path, f"cannot read this value: {exc}")
             return None
+        if self._check_text and isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                self._problem(
+                    node, path, "not Unicode text (an escaped surrogate): write the character"
+                )
+                return None
+        return value
 
     def _problem(self, node: yaml.Node, path: Loc, message: str) -> None:
         self.problems.append(
