@@ -275,11 +275,11 @@ class Gateway:
         return ref
 
     def _crossborder(
-        self, vehicles: Sequence[str], now: float
+        self, bundle: PolicyBundle, vehicles: Sequence[str], now: float
     ) -> dict[CounterKey, CrossBorderCount]:
-        """Counts for every cross-border subscriber this year, with the batch's vehicles
-        that are already counted (what the engine needs; the store holds keyed refs)."""
-        bundle = self.holder.current
+        """Counts for every cross-border subscriber of ``bundle`` (the batch's) this year,
+        with the batch's vehicles that are already counted (what the engine needs; the
+        store holds keyed refs)."""
         year = beijing_date(now).year
         out: dict[CounterKey, CrossBorderCount] = {}
         subs = [s for s in bundle.subscribers.values() if s.cross_border]
@@ -382,7 +382,7 @@ class Gateway:
             self.state,
             now=now,
             consents=book,
-            crossborder=self._crossborder(work_vehicles, now),
+            crossborder=self._crossborder(bundle, work_vehicles, now),
         )
         decisions = shaped = None
         if len(work):
