@@ -184,7 +184,10 @@ class _Builder:
                     Problem(self.file, key_line, format_path(path), "a key must be a scalar")
                 )
                 continue
+            problems = len(self.problems)
             key = self._scalar(key_node, path)
+            if len(self.problems) > problems:
+                continue  # reported; its value cannot be placed
             child = (*path, key)
             if key in result:
                 self.problems.append(

@@ -220,3 +220,13 @@ def test_keys_that_are_not_strings_are_shown_in_brackets(tmp_path: Path) -> None
     assert source.data == {None: 1, 7: {"x": 2}}
     assert format_path((7, "x")) == "[7].x"
     assert format_path((None, "x")) == "[None].x"  # type: ignore[arg-type]
+
+
+def test_keys_that_cannot_be_read_are_reported_once_each(tmp_path: Path) -> None:
+    text = "a: 1\n!!int x: 2\n!!int y: 3\n"
+    source, problems = read_yaml(_write(tmp_path, text), "doc.yaml")
+    assert source is not None and source.data == {"a": 1}
+    assert [(p.line, p.message.split(":")[0]) for p in problems] == [
+        (2, "cannot read this value"),
+        (3, "cannot read this value"),
+    ]
