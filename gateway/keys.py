@@ -6,6 +6,8 @@ Layout (directory mode 0700, every file 0600)::
     audit-hmac.0001.key      HMAC-SHA256 key: vehicle references and payload digests in the log
     pseudonym.0001.key       master secret; HKDF(master, info="pseudonym:" + subscriber) per
                              subscriber, so two subscribers' pseudonyms cannot be joined
+    store.0001.key           AES-256-GCM key sealing the raw data the store must keep between
+                             batches (trip starts, held and pending views, dead letters)
 
 Each file holds one line: the 32 secret bytes in base64. The number is the key's
 *generation*: ``rotate`` adds generation N+1 beside the old ones, which stay readable so old
@@ -14,35 +16,42 @@ newest generation. Loading refuses a directory or key file that the group or oth
 access (:class:`gateway.errors.KeyStoreError`). Secrets never appear in reprs or errors.
 
 Values the log stores name their generation: a vehicle reference is ``k<gen>:<32 hex>``,
-a payload digest ``k<gen>:<64 hex>``.
+a payload digest ``k<gen>:<64 hex>``; a sealed value starts with its store-key generation.
+A key directory made before the store key existed gets generation 1 of it from
+:func:`ensure_store_key` (the gateway calls it at start).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import os
 import re
 import secrets
 import stat
+import struct
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.audit.note import NoteSigner, NoteVerifier
 from gateway.errors import KeyStoreError
 
-__all__ = ["KeyKind", "KeyRing", "init_keys", "rotate_keys"]
+__all__ = ["KeyKind", "KeyRing", "ensure_store_key", "init_keys", "rotate_keys"]
 
 KEY_BYTES = 32
-_FILE_RE = re.compile(r"^(audit-signing|audit-hmac|pseudonym)\.(\d{4,})\.key$")
+_FILE_RE = re.compile(r"^(audit-signing|audit-hmac|pseudonym|store)\.(\d{4,})\.key$")
 
 
 class KeyKind(StrEnum):
@@ -51,6 +60,11 @@ class KeyKind(StrEnum):
     SIGNING = "audit-signing"
     HMAC = "audit-hmac"
     PSEUDONYM = "pseudonym"
+    STORE = "store"
+
+
+_OPTIONAL = frozenset({KeyKind.STORE})
+"""Kinds a key directory made by an older gateway may lack (see :func:`ensure_store_key`)."""
 
 
 def _check_private(path: Path, st: os.stat_result, what: str) -> None:
@@ -114,10 +128,58 @@ def rotate_keys(directory: str | Path, kinds: Iterable[KeyKind] = tuple(KeyKind)
     ring = KeyRing.load(directory)
     path = ring.directory
     for kind in dict.fromkeys(kinds):
-        gen = ring.generation(kind) + 1
+        gen = max(ring.generations(kind), default=0) + 1
         _write_private(path, f"{kind.value}.{gen:04d}.key", secrets.token_bytes(KEY_BYTES))
     _fsync_dir(path)
     return KeyRing.load(path)
+
+
+def ensure_store_key(directory: str | Path) -> KeyRing:
+    """The ring of ``directory``, with generation 1 of the store key added if it has none
+    (a key directory made before the store sealed its raw data)."""
+    ring = KeyRing.load(directory)
+    if ring.generations(KeyKind.STORE):
+        return ring
+    try:
+        return rotate_keys(ring.directory, [KeyKind.STORE])
+    except KeyStoreError:  # another process added it at the same moment
+        return KeyRing.load(directory)
+
+
+class _Nonces:
+    """96-bit AES-GCM nonces, distinct for every value this process seals: a random 64-bit
+    prefix and a 32-bit counter (a new prefix when it wraps). Random 96-bit nonces would
+    be safe for only about 2**32 values per key, a few days at the gateway's rate."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._prefix = secrets.token_bytes(8)
+        self._count = 0
+
+    def next(self) -> bytes:
+        with self._lock:
+            if self._count >= 1 << 32:
+                self._prefix, self._count = secrets.token_bytes(8), 0
+            n = self._count
+            self._count += 1
+            return self._prefix + n.to_bytes(4, "big")
+
+
+_NONCES = _Nonces()
+
+
+@functools.lru_cache(maxsize=16)
+def _aead(key: bytes) -> AESGCM:
+    return AESGCM(key)
+
+
+@functools.lru_cache(maxsize=16)
+def _record_mac(key: bytes) -> hmac.HMAC:
+    return hmac.new(key, b"record:", hashlib.sha256)
+
+
+_SEAL_HEAD = struct.Struct(">H")
+NONCE_BYTES = 12
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -128,7 +190,7 @@ class KeyRing:
     _keys: Mapping[KeyKind, Mapping[int, bytes]]
 
     def __repr__(self) -> str:
-        gens = ", ".join(f"{k.value}={self.generation(k)}" for k in KeyKind)
+        gens = ", ".join(f"{k.value}={max(self._keys[k], default=0)}" for k in KeyKind)
         return f"KeyRing({str(self.directory)!r}, current: {gens})"
 
     @classmethod
@@ -153,14 +215,17 @@ class KeyRing:
                 continue
             keys[KeyKind(match.group(1))][int(match.group(2))] = _read_key(entry)
         for kind, gens in keys.items():
-            if not gens:
+            if not gens and kind not in _OPTIONAL:
                 raise KeyStoreError(f"{path}: no {kind.value} key; run 'icvgw keys init'")
         frozen = {k: MappingProxyType(dict(v)) for k, v in keys.items()}
         return cls(path, MappingProxyType(frozen))
 
     def generation(self, kind: KeyKind) -> int:
         """The newest generation of ``kind``: the one new work uses."""
-        return max(self._keys[kind])
+        gens = self._keys[kind]
+        if not gens:
+            raise KeyStoreError(f"{self.directory}: no {kind.value} key; run 'icvgw keys rotate'")
+        return max(gens)
 
     def generations(self, kind: KeyKind) -> list[int]:
         """Every generation of ``kind`` present, oldest first."""
@@ -209,6 +274,46 @@ class KeyRing:
         """The keyed digest of the exact bytes shared: ``k<gen>:<HMAC-SHA256 hex>``."""
         gen, key = self._secret(KeyKind.HMAC, generation)
         return f"k{gen}:{hmac.new(key, b'payload:' + data, hashlib.sha256).hexdigest()}"
+
+    def record_key(self, record: str, *, generation: int | None = None) -> str:
+        """The de-duplication key of a record id (``m:<msg_id>``, ``t:<ms>``): ``r:`` and a
+        keyed digest (HMAC-SHA256, 128 bits), so the store never holds the id itself (a
+        message id often embeds the VIN)."""
+        _, key = self._secret(KeyKind.HMAC, generation)
+        mac = _record_mac(key).copy()
+        mac.update(record.encode())
+        return "r:" + mac.hexdigest()[:32]
+
+    # sealing (data at rest) -------------------------------------------------------------------
+
+    def seal(self, data: bytes, aad: bytes) -> bytes:
+        """``data`` encrypted and authenticated with the newest store key (AES-256-GCM):
+        2-byte generation, 12-byte nonce (never reused), ciphertext and tag. ``aad`` binds
+        the value to the row that holds it (it must be given again to open it)."""
+        gen, key = self._secret(KeyKind.STORE, None)
+        nonce = _NONCES.next()
+        return _SEAL_HEAD.pack(gen) + nonce + _aead(key).encrypt(nonce, data, aad)
+
+    def unseal(self, blob: bytes, aad: bytes) -> bytes:
+        """Inverse of :meth:`seal`. Raises :class:`KeyStoreError` if the value's key
+        generation is not in the directory, or the value or ``aad`` is not the sealed one."""
+        if len(blob) < _SEAL_HEAD.size + NONCE_BYTES + 16:
+            raise KeyStoreError("sealed value too short")
+        (gen,) = _SEAL_HEAD.unpack_from(blob)
+        _, key = self._secret(KeyKind.STORE, gen)
+        start = _SEAL_HEAD.size
+        nonce = blob[start : start + NONCE_BYTES]
+        try:
+            return _aead(key).decrypt(nonce, blob[start + NONCE_BYTES :], aad)
+        except InvalidTag:
+            raise KeyStoreError(
+                f"a sealed value (store key {gen}) does not authenticate for its row"
+            ) from None
+
+    @staticmethod
+    def sealed_generation(blob: bytes) -> int:
+        """The store-key generation a sealed value was made with."""
+        return int(_SEAL_HEAD.unpack_from(blob)[0])
 
     # checkpoint signing ---------------------------------------------------------------------
 

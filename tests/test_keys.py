@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from gateway.audit.note import NoteVerifier, open_note, sign_note
 from gateway.cli import app
 from gateway.errors import KeyStoreError
-from gateway.keys import KeyKind, KeyRing, init_keys, rotate_keys
+from gateway.keys import KeyKind, KeyRing, ensure_store_key, init_keys, rotate_keys
 
 
 def _mode(path: Path) -> int:
@@ -31,7 +31,12 @@ def test_init_creates_private_directory_and_files(tmp_path: Path) -> None:
         os.umask(old)
     assert _mode(tmp_path / "keys") == 0o700
     files = sorted(p.name for p in (tmp_path / "keys").iterdir())
-    assert files == ["audit-hmac.0001.key", "audit-signing.0001.key", "pseudonym.0001.key"]
+    assert files == [
+        "audit-hmac.0001.key",
+        "audit-signing.0001.key",
+        "pseudonym.0001.key",
+        "store.0001.key",
+    ]
     assert all(_mode(tmp_path / "keys" / f) == 0o600 for f in files)
     assert all(ring.generation(k) == 1 for k in KeyKind)
 
@@ -119,7 +124,7 @@ def test_rotation_adds_generations_and_keeps_old_ones(tmp_path: Path) -> None:
     assert len(ring2.verifier_keys("log.example/a")) == 2
     assert _mode(tmp_path / "k" / "audit-signing.0002.key") == 0o600
     ring3 = rotate_keys(tmp_path / "k")
-    assert [ring3.generation(k) for k in KeyKind] == [3, 3, 2]
+    assert [ring3.generation(k) for k in KeyKind] == [3, 3, 2, 2]
 
 
 def test_signer_and_published_verifier_agree(tmp_path: Path) -> None:
@@ -159,3 +164,49 @@ def test_cli_init_rotate_public_list(tmp_path: Path) -> None:
     result = runner.invoke(app, ["keys", "list", "--dir", str(kd)])
     assert result.exit_code == 2
     assert "accessible by group or others" in result.output
+
+
+def test_sealed_values_open_only_for_their_row(tmp_path: Path) -> None:
+    ring = init_keys(tmp_path / "k")
+    a = ring.seal(b"LSVAU2180N2183294 31.2304", b"vehicle_state\x1fk1:ab")
+    b = ring.seal(b"LSVAU2180N2183294 31.2304", b"vehicle_state\x1fk1:ab")
+    assert b"LSVAU2180N2183294" not in a and a[2:14] != b[2:14]  # a nonce per value
+    assert ring.unseal(a, b"vehicle_state\x1fk1:ab") == b"LSVAU2180N2183294 31.2304"
+    with pytest.raises(KeyStoreError, match="does not authenticate"):
+        ring.unseal(a, b"vehicle_state\x1fk1:cd")  # copied to another row
+    with pytest.raises(KeyStoreError, match="does not authenticate"):
+        ring.unseal(a[:-1] + bytes([a[-1] ^ 1]), b"vehicle_state\x1fk1:ab")
+
+
+def test_store_key_rotation_keeps_old_values_readable(tmp_path: Path) -> None:
+    ring = init_keys(tmp_path / "k")
+    old = ring.seal(b"payload", b"row")
+    new_ring = rotate_keys(tmp_path / "k", [KeyKind.STORE])
+    new = new_ring.seal(b"payload", b"row")
+    assert (KeyRing.sealed_generation(old), KeyRing.sealed_generation(new)) == (1, 2)
+    assert new_ring.unseal(old, b"row") == new_ring.unseal(new, b"row") == b"payload"
+    with pytest.raises(KeyStoreError, match="no store generation 2"):
+        ring.unseal(new, b"row")
+    assert _mode(tmp_path / "k" / "store.0002.key") == 0o600
+
+
+def test_a_key_directory_without_a_store_key_gets_one(tmp_path: Path) -> None:
+    init_keys(tmp_path / "k")
+    (tmp_path / "k" / "store.0001.key").unlink()  # made by a gateway before sealing
+    ring = KeyRing.load(tmp_path / "k")
+    assert ring.generations(KeyKind.STORE) == []
+    with pytest.raises(KeyStoreError, match="no store key"):
+        ring.seal(b"x", b"row")
+    ring = ensure_store_key(tmp_path / "k")
+    assert ring.generation(KeyKind.STORE) == 1
+    assert ensure_store_key(tmp_path / "k").generations(KeyKind.STORE) == [1]
+    assert _mode(tmp_path / "k" / "store.0001.key") == 0o600
+
+
+def test_record_keys_are_keyed_digests(tmp_path: Path) -> None:
+    ring = init_keys(tmp_path / "k")
+    key = ring.record_key("m:LSVAU2180N2183294-17")
+    assert key.startswith("r:") and len(key) == 34 and "LSV" not in key
+    assert key == ring.record_key("m:LSVAU2180N2183294-17") != ring.record_key("m:x-17")
+    other = init_keys(tmp_path / "other").record_key("m:LSVAU2180N2183294-17")
+    assert other != key
