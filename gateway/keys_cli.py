@@ -44,10 +44,20 @@ def rotate_command(
         list[KeyKind] | None,
         typer.Option("--only", help="Rotate only this kind (repeatable). Default: every kind."),
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="Then re-seal this store's sealed data with the new store key "
+            "(sqlite:///PATH or postgresql://…; run it with the gateway stopped).",
+        ),
+    ] = None,
 ) -> None:
-    """Add a new generation; old generations stay for verification."""
+    """Add a new generation; old generations stay for verification (and, for the store
+    key, for reading what is still sealed with them: --store re-seals it now)."""
     try:
         ring = rotate_keys(directory, only or tuple(KeyKind))
+        resealed = None if store is None else _reseal(store, ring)
     except GatewayError as exc:
         raise _fail(exc) from exc
     kinds = only or list(KeyKind)
@@ -55,6 +65,22 @@ def rotate_command(
         f"rotated {ring.directory}: "
         + ", ".join(f"{k.value} now {ring.generation(k)}" for k in kinds)
     )
+    if resealed is not None:
+        typer.echo(
+            f"re-sealed {resealed} value(s) with store key {ring.generation(KeyKind.STORE)}; "
+            "older store keys are no longer needed by this store"
+        )
+
+
+def _reseal(url: str, ring: KeyRing) -> int:
+    from gateway.audit.outbox import reseal
+    from gateway.audit.store import open_store
+
+    with open_store(url, keys=ring) as s:
+        with s.transaction() as tx:
+            count = reseal(tx, ring.generation(KeyKind.STORE))
+        s.compact()
+    return count
 
 
 @app.command("public")
@@ -91,4 +117,7 @@ def list_command(directory: _Dir) -> None:
         raise _fail(exc) from exc
     for kind in KeyKind:
         gens = ring.generations(kind)
+        if not gens:
+            typer.echo(f"{kind.value}: none yet (the gateway adds generation 1 at start)")
+            continue
         typer.echo(f"{kind.value}: generations {', '.join(map(str, gens))} (current {gens[-1]})")

@@ -40,7 +40,7 @@ from gateway.deliver.mqtt import MqttPublisher
 from gateway.deliver.outbox import OutboxDrainer
 from gateway.ingest.client import BrokerSpec, parse_broker_url
 from gateway.ingest.source import MqttSource
-from gateway.keys import KeyRing
+from gateway.keys import ensure_store_key
 from gateway.metrics import Metrics
 from gateway.model import Envelope, ErrorCode
 from gateway.pipeline.decide import sweep
@@ -116,10 +116,10 @@ class Gateway:
         self.config = config
         self.clock = clock
         self.metrics = Metrics(registry or CollectorRegistry())
-        self.keys = KeyRing.load(config.keys)
+        self.keys = ensure_store_key(config.keys)
         self.holder = PolicyHolder(config.policies)
         self.origin = origin_of(config.worker)
-        self.store: Store = open_store(config.store, shard=self.origin)
+        self.store: Store = open_store(config.store, shard=self.origin, keys=self.keys)
         self.spec: BrokerSpec = parse_broker_url(
             config.broker.url,
             protocol=config.broker.protocol,
@@ -176,8 +176,8 @@ class Gateway:
         trips: dict[str, TripState] = {}
         last_sent: dict[str, dict[str, float]] = {}
         held: list[HeldView] = []
-        with self.store.snapshot() as rd:
-            stored = all_vehicle_state(rd)
+        with self.store.transaction() as tx:
+            stored = all_vehicle_state(tx)
         for vehicle, data in stored.items():
             trip, sent, views = decode_state(vehicle, data)
             if trip is not None:

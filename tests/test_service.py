@@ -11,11 +11,12 @@ from pathlib import Path
 import orjson
 import pytest
 
+from gateway.audit.outbox import row_aad
 from gateway.config import GatewayConfig, load_config
-from gateway.keys import init_keys
+from gateway.keys import KeyRing, init_keys
 from gateway.model import Envelope
 from gateway.policy.child import load_in_child
-from gateway.service import Gateway
+from gateway.service import Gateway, origin_of
 from simulators.fleet import Fleet, FleetConfig
 
 VIN_RE = re.compile(rb"[A-HJ-NPR-Z0-9]{17}")
@@ -45,9 +46,22 @@ def db(config: GatewayConfig) -> sqlite3.Connection:
     return sqlite3.connect(config.store.removeprefix("sqlite:///"))
 
 
-def held_per_subscriber(con: sqlite3.Connection) -> Counter[str]:
+def opened(config: GatewayConfig, table: str) -> list[tuple[str, bytes]]:
+    """The sealed (topic, payload) values of the outbox or the dead letters, opened."""
+    ring = KeyRing.load(config.keys)
+    shard = origin_of(config.worker)
+    out = []
+    for seq, sealed in db(config).execute(f"select seq, sealed from {table}"):
+        topic, _, payload = ring.unseal(sealed, row_aad(table, shard, seq)).partition(b"\0")
+        out.append((topic.decode(), payload))
+    return out
+
+
+def held_per_subscriber(config: GatewayConfig) -> Counter[str]:
+    ring = KeyRing.load(config.keys)
     held: Counter[str] = Counter()
-    for (doc,) in con.execute("select state from vehicle_state"):
+    for ref, sealed in db(config).execute("select vehicle, state from vehicle_state"):
+        doc = ring.unseal(sealed, row_aad("vehicle_state", ref)).partition(b"\0")[2]
         for view in orjson.loads(doc)["held"]:
             held[view[0]] += 1
     return held
@@ -66,7 +80,7 @@ def test_every_record_is_audited_once_per_subscriber(config: GatewayConfig) -> N
     entries = Counter(
         sub for (sub,) in con.execute("select subscriber from audit_entries where kind='decision'")
     )
-    held = held_per_subscriber(con)
+    held = held_per_subscriber(config)
     for sub in subscribers:
         assert entries[sub] + held[sub] == len(envelopes), sub
     views = con.execute("select count(*) from outbox where subscriber != ''").fetchone()[0]
@@ -87,9 +101,11 @@ def test_no_view_for_a_non_qualified_subscriber_holds_wgs84_or_a_vin(
         gw.process(envelopes)
     finally:
         gw.store.close()
-    rows = db(config).execute("select subscriber, payload from outbox where subscriber != ''")
-    seen = Counter()
-    for sub, payload in rows:
+    subs = [sub for (sub,) in db(config).execute("select subscriber from outbox")]
+    seen: Counter[str] = Counter()
+    for sub, (_, payload) in zip(subs, opened(config, "outbox"), strict=True):
+        if not sub:
+            continue
         seen[sub] += 1
         assert not set(VIN_RE.findall(payload)) & vins, sub
         if sub != "mapco-nav":
@@ -156,13 +172,13 @@ def test_unusable_input_is_dead_lettered_audited_and_announced_without_its_conte
     con = db(config)
     reasons = sorted(r for (r,) in con.execute("select reason from deadletters"))
     assert reasons == ["not-json", "vehicle-id-mismatch"]
-    stored = {p for (p,) in con.execute("select payload from deadletters")}
+    stored = {p for _, p in opened(config, "deadletters")}
     assert stored == {spoofed.payload, broken.payload}
     audited = con.execute(
         "select count(*) from audit_entries where decision = 'dead-lettered'"
     ).fetchone()[0]
     assert audited == 2
-    notices = list(con.execute("select topic, payload from outbox where subscriber = ''"))
+    notices = [n for n in opened(config, "outbox") if n[0].startswith("gateway/deadletter/")]
     assert sorted(t for t, _ in notices) == [
         "gateway/deadletter/not-json",
         "gateway/deadletter/vehicle-id-mismatch",
@@ -199,7 +215,7 @@ def test_sweep_ends_quiet_trips_and_old_records_are_forgotten(config: GatewayCon
     )
     for sub in gw.holder.current.subscribers:
         assert entries[sub] == len(envelopes), sub
-    assert held_per_subscriber(con) == Counter()
+    assert held_per_subscriber(config) == Counter()
     trimmed = con.execute(
         "select count(*) from audit_entries "
         "where decision='blocked' and rules like '%|pi.trip-trim|%'"

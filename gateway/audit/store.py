@@ -46,8 +46,9 @@ from gateway.errors import AuditError, GatewayError, StoreError
 
 BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 
-# Each migration: (version, statements). ``{blob}`` is BLOB (SQLite) or BYTEA (PostgreSQL).
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+# Each migration: (version, steps); a step is a statement (``{blob}`` is BLOB in SQLite,
+# BYTEA in PostgreSQL) or a function of (cursor, store) converting rows in Python.
+MIGRATIONS: tuple[tuple[int, tuple[str | Callable[[_Cursor, Store], None], ...]], ...] = (
     (
         1,
         (
@@ -159,8 +160,81 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "create index outbox_pending on outbox (shard, delivered_ms, seq)",
         ),
     ),
+    (
+        4,
+        (
+            # Data at rest: keyed vehicle references and sealed values only. Rows of version
+            # 3 (VINs, raw positions, raw payloads, message ids) are converted with the key
+            # directory (:func:`gateway.audit.outbox.seal_v3_rows`), then their tables go.
+            """create table vehicle_state_v4 (
+                vehicle text primary key,
+                state {blob} not null,
+                updated_ms bigint not null
+            )""",
+            """create table outbox_v4 (
+                shard text not null,
+                seq bigint not null,
+                subscriber text not null,
+                message_id text not null,
+                sealed {blob} not null,
+                created_ms bigint not null,
+                delivered_ms bigint,
+                primary key (shard, seq)
+            )""",
+            """create table deadletters_v4 (
+                shard text not null,
+                seq bigint not null,
+                ts_ms bigint not null,
+                reason text not null,
+                size bigint not null,
+                sealed {blob} not null,
+                primary key (shard, seq)
+            )""",
+            """create table dedup_v4 (
+                vehicle text not null,
+                record text not null,
+                seen_ms bigint not null,
+                primary key (vehicle, record)
+            )""",
+            lambda cur, store: _seal_v3_rows(cur, store),
+            "drop table vehicle_state",
+            "drop table outbox",
+            "drop table deadletters",
+            "drop table dedup",
+            "alter table vehicle_state_v4 rename to vehicle_state",
+            "alter table outbox_v4 rename to outbox",
+            "alter table deadletters_v4 rename to deadletters",
+            "alter table dedup_v4 rename to dedup",
+            "create index outbox_pending on outbox (shard, delivered_ms, seq)",
+            "create index dedup_seen on dedup (seen_ms)",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def _seal_v3_rows(cur: _Cursor, store: Store) -> None:
+    from gateway.audit.outbox import seal_v3_rows
+
+    store.converted = seal_v3_rows(cur, store)
+
+
+class AtRestKeys(Protocol):
+    """What the store needs of the key directory (:class:`gateway.keys.KeyRing`) to keep
+    vehicles as keyed references and raw data sealed."""
+
+    def seal(self, data: bytes, aad: bytes) -> bytes:
+        """``data`` encrypted and bound to ``aad``."""
+
+    def unseal(self, blob: bytes, aad: bytes) -> bytes:
+        """Inverse of :meth:`seal`."""
+
+    def vehicle_ref(self, vin: str, *, generation: int | None = None) -> str:
+        """The keyed reference of a VIN."""
+
+    def record_key(self, record: str, *, generation: int | None = None) -> str:
+        """The keyed digest of a record id."""
+
 
 _ENTRY_COLUMNS = "shard, seq, ts_ms, kind, subscriber, vehicle, decision, rules, body, leaf_hash"
 
@@ -774,6 +848,18 @@ class Store(ABC):
         self.url = url
         self.shard = shard
         self._lock = threading.RLock()
+        self.keys: AtRestKeys | None = None
+        self.converted = 0
+        """Rows the last migration converted to the sealed form (0: nothing to convert)."""
+
+    def at_rest(self) -> AtRestKeys:
+        """The keys that seal raw data and key vehicle references; :class:`StoreError` if
+        the store was opened without the key directory."""
+        if self.keys is None:
+            raise StoreError(
+                f"{self.kind} store: sealed data needs the key directory (open it with keys)"
+            )
+        return self.keys
 
     def sql(self, sql: str) -> str:
         """The dialect's form of a query written with ``?`` placeholders."""
@@ -798,6 +884,10 @@ class Store(ABC):
     @abstractmethod
     def lock_key(self, cur: _Cursor, key: str) -> None:
         """Take a lock on ``key`` until the transaction ends."""
+
+    @abstractmethod
+    def compact(self) -> None:
+        """Leave no bytes of deleted rows in the database files, where the database allows."""
 
     @abstractmethod
     def close(self) -> None:
@@ -861,11 +951,14 @@ class Store(ABC):
                 raise StoreError(
                     f"store schema version {current} is newer than this gateway ({SCHEMA_VERSION})"
                 )
-            for version, statements in MIGRATIONS:
+            for version, steps in MIGRATIONS:
                 if version <= current:
                     continue
-                for stmt in statements:
-                    cur.execute(stmt.format(blob=self.blob_type))
+                for step in steps:
+                    if isinstance(step, str):
+                        cur.execute(step.format(blob=self.blob_type))
+                    else:
+                        step(cur, self)
             cur.execute(
                 self.sql(
                     "insert into icvgw_meta (key, value) values (?, ?) "
@@ -896,6 +989,9 @@ class SqliteStore(Store):
             )
             self._conn.execute("pragma journal_mode = wal")
             self._conn.execute("pragma synchronous = full")
+            # Deleted rows (an erased vehicle, forgotten records) are overwritten with zeros
+            # in the file, not left in free pages.
+            self._conn.execute("pragma secure_delete = on")
             self._conn.execute("pragma foreign_keys = on")
             if shard is not None:  # a writer: checkpoints leave the commit path
                 self._conn.execute("pragma wal_autocheckpoint = 0")
@@ -921,6 +1017,16 @@ class SqliteStore(Store):
 
     def lock_key(self, cur: _Cursor, key: str) -> None:
         """No-op: ``begin immediate`` already serialises every SQLite writer."""
+
+    def compact(self) -> None:
+        """Rebuild the file and empty the write-ahead log, so no page of deleted or
+        converted rows survives in either (no transaction may be open)."""
+        with self._lock:
+            try:
+                self._conn.execute("vacuum")
+                self._conn.execute("pragma wal_checkpoint(truncate)")
+            except sqlite3.Error as exc:
+                raise StoreError(f"sqlite store: {exc}") from exc
 
     def close(self) -> None:
         """Close the connection (the last one to close checkpoints the log)."""
@@ -986,16 +1092,28 @@ class PostgresStore(Store):
         lock_id = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
         cur.execute("select pg_advisory_xact_lock(%s)", (lock_id,))
 
+    def compact(self) -> None:
+        """Nothing to do here: PostgreSQL drops a converted table's files; rows deleted
+        later stay (sealed) in their table until VACUUM reuses the space."""
+
     def close(self) -> None:
         """Close the connection."""
         self._conn.close()
 
 
-def open_store(url: str, *, shard: str | None = None, migrate: bool = True) -> Store:
+def open_store(
+    url: str,
+    *,
+    shard: str | None = None,
+    migrate: bool = True,
+    keys: AtRestKeys | None = None,
+) -> Store:
     """Open the store at ``url`` (``sqlite:///…`` or ``postgresql://…``), bring its schema
     up to date, and bind it to the audit ``shard`` this process writes (None: read-only use).
     With ``migrate=False`` (the auditor's tools) the schema is left alone and a missing SQLite
-    file is an error rather than a new, empty store.
+    file is an error rather than a new, empty store. ``keys`` (the key ring) seal and unseal
+    the store's raw data; without them, only the audit log and row counts can be used, and a
+    store of schema 3 holding vehicle data cannot be migrated.
 
     Raises :class:`StoreError` if the URL is not understood or the database does not answer.
     """
@@ -1008,9 +1126,12 @@ def open_store(url: str, *, shard: str | None = None, migrate: bool = True) -> S
         store = PostgresStore(url, shard)
     else:
         raise StoreError(f"unsupported store URL {url!r}: use sqlite:///PATH or postgresql://…")
+    store.keys = keys
     if migrate:
         try:
             store.migrate()
+            if store.converted:
+                store.compact()
         except BaseException:
             store.close()
             raise

@@ -31,8 +31,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    with open_store(store_url, shard=ORIGIN) as s:
+def store(store_url: str, ring: KeyRing) -> Iterator[Store]:
+    with open_store(store_url, shard=ORIGIN, keys=ring) as s:
         yield s
 
 

@@ -16,6 +16,7 @@ from gateway.audit.outbox import (
     add_seen,
     all_vehicle_state,
     count_pending,
+    deadletter,
     deadletters,
     load_vehicle_state,
     mark_delivered,
@@ -27,6 +28,7 @@ from gateway.audit.outbox import (
 )
 from gateway.audit.store import Store, open_store
 from gateway.errors import StoreError
+from gateway.keys import KeyRing
 
 SHARD = "test/shard"
 
@@ -159,7 +161,8 @@ def test_vehicle_state_upserts(store: Store) -> None:
         save_vehicle_state(tx, {"a": b"3"}, 11)
     with store.snapshot() as rd:
         assert load_vehicle_state(rd, ["a", "c"]) == {"a": b"3"}
-        assert all_vehicle_state(rd) == {"a": b"3", "b": b"2"}
+    with store.transaction() as tx:
+        assert all_vehicle_state(tx) == {"a": b"3", "b": b"2"}
 
 
 def test_deadletters_keep_payload_and_reason(store: Store) -> None:
@@ -167,7 +170,11 @@ def test_deadletters_keep_payload_and_reason(store: Store) -> None:
     with store.transaction() as tx:
         assert add_deadletters(tx, SHARD, rows) == 2
     with store.snapshot() as rd:
-        assert deadletters(rd, SHARD) == rows[::-1]
+        assert [(d.seq, d.reason, d.size) for d in deadletters(rd, SHARD)] == [
+            (1, "not-json", 4),
+            (0, "not-json", 4),
+        ]
+        assert [deadletter(rd, SHARD, i) for i in (0, 1, 2)] == [*rows, None]
 
 
 def test_forgetting_a_bounded_number_takes_the_oldest_first(store: Store) -> None:
@@ -186,11 +193,14 @@ def test_forgetting_a_bounded_number_takes_the_oldest_first(store: Store) -> Non
         assert seen_records(rd, keys) == set(keys[50:])
 
 
-def test_workers_forgetting_at_once_skip_each_others_rows(postgres_url: str) -> None:
+def test_workers_forgetting_at_once_skip_each_others_rows(postgres_url: str, ring: KeyRing) -> None:
     """Two workers sharing a PostgreSQL store forget the same oldest rows: the second
     skips what the first has locked instead of waiting for it (or deadlocking)."""
     keys = [(f"k1:{i:032x}", f"r{i}") for i in range(100)]
-    with open_store(postgres_url, shard="w1") as one, open_store(postgres_url, shard="w2") as two:
+    with (
+        open_store(postgres_url, shard="w1", keys=ring) as one,
+        open_store(postgres_url, shard="w2", keys=ring) as two,
+    ):
         with one.transaction() as tx:
             add_seen(tx, keys, 1000)
         with one.transaction() as tx1:
@@ -212,12 +222,17 @@ def test_workers_forgetting_at_once_skip_each_others_rows(postgres_url: str) -> 
             assert len(seen_records(rd, keys)) == 40
 
 
-def test_forgetting_works_whatever_isolation_the_server_defaults_to(postgres_url: str) -> None:
+def test_forgetting_works_whatever_isolation_the_server_defaults_to(
+    postgres_url: str, ring: KeyRing
+) -> None:
     """A server (or role) whose default is repeatable read must not make a batch fail
     because another worker forgot the same records after the batch began."""
     strict = postgres_url + "%20-cdefault_transaction_isolation%3Drepeatable%5C%20read"
     keys = [(f"k1:{i:032x}", f"r{i}") for i in range(100)]
-    with open_store(strict, shard="w1") as one, open_store(strict, shard="w2") as two:
+    with (
+        open_store(strict, shard="w1", keys=ring) as one,
+        open_store(strict, shard="w2", keys=ring) as two,
+    ):
         with one.transaction() as tx:
             add_seen(tx, keys, 1000)
         with two.transaction() as tx2:

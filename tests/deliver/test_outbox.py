@@ -17,6 +17,7 @@ from gateway.deliver.mqtt import Done, MqttPublisher
 from gateway.deliver.outbox import OutboxDrainer
 from gateway.errors import DeliveryError
 from gateway.ingest import parse_broker_url
+from gateway.keys import init_keys
 from gateway.metrics import Metrics
 from gateway.testing import MosquittoBroker
 from tests.deliver.test_mqtt import persistent_subscriber
@@ -59,7 +60,9 @@ def test_rows_go_out_from_the_caller_then_from_the_thread_in_commit_order(
 ) -> None:
     got: list[bytes] = []
     sub = persistent_subscriber(mosquitto, got)
-    store = open_store(f"sqlite:///{tmp_path / 'gw.db'}", shard=SHARD)
+    store = open_store(
+        f"sqlite:///{tmp_path / 'gw.db'}", shard=SHARD, keys=init_keys(tmp_path / "keys")
+    )
     pub = RecordingPublisher(parse_broker_url(mosquitto.url), "gw-drain", max_inflight=5)
     drainer = OutboxDrainer(store, SHARD, pub, Metrics(CollectorRegistry()))
     drainer.start()
@@ -110,7 +113,9 @@ class FailingPublisher:
 def test_a_publish_error_in_the_committing_thread_leaves_the_rows_to_the_drainer(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = open_store(f"sqlite:///{tmp_path / 'gw.db'}", shard=SHARD)
+    store = open_store(
+        f"sqlite:///{tmp_path / 'gw.db'}", shard=SHARD, keys=init_keys(tmp_path / "keys")
+    )
     pub = FailingPublisher(ok=1)
     drainer = OutboxDrainer(store, SHARD, pub, Metrics(CollectorRegistry()))  # type: ignore[arg-type]
     batch = rows(1, 4)

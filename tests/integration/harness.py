@@ -37,6 +37,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.audit.outbox import row_aad
 from gateway.keys import KeyRing, init_keys
 from gateway.pipeline.shape import message_ids
 from gateway.resources import default_policy_dir
@@ -574,8 +575,11 @@ def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def read_store(path: Path) -> StoreState:
-    """Read the audit log, outbox, dead letters, dedup window and held views (one snapshot)."""
+def read_store(path: Path, keys: Path | None = None) -> StoreState:
+    """Read the audit log, outbox, dead letters, dedup window and held views (one snapshot),
+    opening sealed values with the deployment's key directory (``keys``, by default the
+    ``keys`` directory beside the store)."""
+    ring = KeyRing.load(keys or path.parent / "keys")
     with _read_only(path) as db:
         db.execute("begin")
         entries = []
@@ -586,17 +590,23 @@ def read_store(path: Path) -> StoreState:
         ):
             doc = orjson.loads(body)
             entries.append(Entry(int(seq), sub, decision, doc["msg"], doc.get("digest")))
-        outbox = [
-            OutboxRow(int(r[0]), r[1], r[2], r[3], bytes(r[4]), int(r[5]), r[6] is not None)
-            for r in db.execute(
-                "select seq, subscriber, topic, message_id, payload, created_ms, delivered_ms "
-                "from outbox where shard = ? order by seq",
-                (ORIGIN,),
+        outbox = []
+        for r in db.execute(
+            "select seq, subscriber, sealed, message_id, created_ms, delivered_ms "
+            "from outbox where shard = ? order by seq",
+            (ORIGIN,),
+        ):
+            opened = ring.unseal(bytes(r[2]), row_aad("outbox", ORIGIN, r[0]))
+            topic, _, payload = opened.partition(b"\0")
+            outbox.append(
+                OutboxRow(
+                    int(r[0]), r[1], topic.decode(), r[3], payload, int(r[4]), r[5] is not None
+                )
             )
-        ]
         held: dict[str, list[str]] = {}
-        for (state,) in db.execute("select state from vehicle_state"):
-            for view in orjson.loads(state)["held"]:
+        for ref, state in db.execute("select vehicle, state from vehicle_state"):
+            doc = ring.unseal(bytes(state), row_aad("vehicle_state", ref)).partition(b"\0")[2]
+            for view in orjson.loads(doc)["held"]:
                 held.setdefault(view[0], []).append(view[5])
         seen = {(r[0], r[1]) for r in db.execute("select vehicle, record from dedup")}
         letters = int(

@@ -1,0 +1,141 @@
+"""The store at rest (schema 4): keyed vehicle references and sealed values only, a
+migration that converts a schema-3 store, re-sealing after a key rotation. SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from gateway.audit import store as store_module
+from gateway.audit.outbox import (
+    DeadLetterRow,
+    OutboxRow,
+    add_deadletters,
+    add_outbox,
+    all_vehicle_state,
+    deadletter,
+    pending_outbox,
+    reseal,
+    save_vehicle_state,
+    seen_records,
+)
+from gateway.audit.store import open_store
+from gateway.errors import KeyStoreError, StoreError
+from gateway.keys import KeyKind, KeyRing, rotate_keys
+
+SHARD = "icvgw.test/audit/w1"
+VIN = "LSVAU2180N2183294"
+LAT, LON = "31.2304412", "121.4737021"
+DOC = orjson.dumps({"v": 1, "trip": [1.0, float(LAT), float(LON), 0, 0, 0, 0, False]})
+PAYLOAD = f'{{"Vehicle.VehicleIdentification.VIN":"{VIN}","lat":{LAT},"lon":{LON}}}'.encode()
+TOPIC = f"vehicles/{VIN}/telemetry"
+
+
+def _v3_store(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store as schema 3 left it: VIN-keyed state, raw payloads, message ids with VINs."""
+    with monkeypatch.context() as m:
+        m.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:3])
+        m.setattr(store_module, "SCHEMA_VERSION", 3)
+        with open_store(url, shard=SHARD) as s, s.transaction() as tx:
+            q = tx._q
+            tx._cur.execute(
+                q("insert into vehicle_state (vehicle, state, updated_ms) values (?, ?, 5)"),
+                (VIN, DOC),
+            )
+            tx._cur.execute(
+                q(
+                    "insert into outbox (shard, seq, subscriber, topic, message_id, payload, "
+                    "created_ms) values (?, 1, 'mapco', ?, 'm1', ?, 5)"
+                ),
+                (SHARD, f"share/mapco/{VIN}/telemetry", PAYLOAD),
+            )
+            tx._cur.execute(
+                q(
+                    "insert into deadletters (shard, seq, ts_ms, reason, topic, payload) "
+                    "values (?, 0, 5, 'bad-value', ?, ?)"
+                ),
+                (SHARD, TOPIC, PAYLOAD),
+            )
+            tx._cur.execute(
+                q("insert into dedup (vehicle, record, seen_ms) values (?, ?, 5)"),
+                ("k1:" + "0" * 32, f"m:{VIN}-17"),
+            )
+
+
+def _schema(url: str) -> int:
+    with open_store(url, migrate=False) as s, s.snapshot() as rd:
+        row = rd._one("select value from icvgw_meta where key = 'schema_version'")
+    return int(row[0])
+
+
+def test_a_schema_3_store_is_sealed_by_the_migration(
+    store_url: str, ring: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _v3_store(store_url, monkeypatch)
+    # Without the key directory nothing is converted and nothing is lost.
+    with pytest.raises(StoreError, match="needs the key directory"):
+        open_store(store_url, shard=SHARD)
+    assert _schema(store_url) == 3
+    with open_store(store_url, shard=SHARD, keys=ring) as s:
+        assert s.converted == 4
+        with s.transaction() as tx:
+            assert all_vehicle_state(tx) == {VIN: DOC}
+        with s.snapshot() as rd:
+            assert pending_outbox(rd, SHARD) == [
+                OutboxRow(1, "mapco", f"share/mapco/{VIN}/telemetry", "m1", PAYLOAD, 5)
+            ]
+            assert deadletter(rd, SHARD, 0) == DeadLetterRow(0, 5, "bad-value", TOPIC, PAYLOAD)
+            key = ("k1:" + "0" * 32, f"m:{VIN}-17")
+            assert seen_records(rd, [key]) == {key}  # redelivery is still recognised
+            refs = [r[0] for r in rd._all("select vehicle from vehicle_state")]
+            assert refs == [ring.vehicle_ref(VIN)]
+    assert _schema(store_url) == store_module.SCHEMA_VERSION
+    if store_url.startswith("sqlite:///"):
+        path = Path(store_url.removeprefix("sqlite:///"))
+        for f in path.parent.glob(path.name + "*"):
+            data = f.read_bytes()
+            for secret in (VIN, LAT, LON, LAT[:8], LON[:9]):
+                assert secret.encode() not in data, (f.name, secret)
+
+
+def test_rows_are_bound_to_their_keys(store_url: str, ring: KeyRing) -> None:
+    with open_store(store_url, shard=SHARD, keys=ring) as s:
+        with s.transaction() as tx:
+            save_vehicle_state(tx, {VIN: DOC, "LSVAU2180N2183295": b"{}"}, 5)
+        with s.transaction() as tx:  # swap the two sealed states
+            rows = tx._all("select vehicle, state from vehicle_state order by vehicle")
+            for (ref, _), (_, state) in zip(rows, rows[::-1], strict=True):
+                tx._cur.execute(
+                    tx._q("update vehicle_state set state = ? where vehicle = ?"), (state, ref)
+                )
+        with pytest.raises(KeyStoreError, match="does not authenticate"), s.transaction() as tx:
+            all_vehicle_state(tx)
+
+
+def test_rotation_then_reseal_leaves_nothing_under_the_old_key(
+    store_url: str, ring: KeyRing
+) -> None:
+    with open_store(store_url, shard=SHARD, keys=ring) as s, s.transaction() as tx:
+        save_vehicle_state(tx, {VIN: DOC}, 5)
+        add_outbox(tx, SHARD, [OutboxRow(1, "s", "share/s/x/telemetry", "m1", PAYLOAD, 5)])
+        add_deadletters(tx, SHARD, [DeadLetterRow(2, 5, "bad-value", TOPIC, PAYLOAD)])
+    new = rotate_keys(ring.directory, [KeyKind.STORE])
+    with open_store(store_url, shard=SHARD, keys=new) as s:
+        with s.transaction() as tx:
+            assert reseal(tx, 2) == 3
+            assert reseal(tx, 2) == 0
+        with s.snapshot() as rd:
+            blobs = [r[0] for r in rd._all("select state from vehicle_state")]
+            blobs += [r[0] for r in rd._all("select sealed from outbox")]
+            blobs += [r[0] for r in rd._all("select sealed from deadletters")]
+            assert {KeyRing.sealed_generation(bytes(b)) for b in blobs} == {2}
+            assert deadletter(rd, SHARD, 2) == DeadLetterRow(2, 5, "bad-value", TOPIC, PAYLOAD)
+    with (
+        open_store(store_url, shard=SHARD, keys=ring) as s,
+        s.snapshot() as rd,
+        pytest.raises(KeyStoreError, match="no store generation 2"),
+    ):
+        deadletter(rd, SHARD, 2)  # the old ring alone cannot read what was re-sealed
