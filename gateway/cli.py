@@ -54,6 +54,11 @@ def _mount() -> None:
 
     app.add_typer(consent_app, name="consent")
 
+    from gateway.store_cli import deadletter_app, vehicle_app
+
+    app.add_typer(deadletter_app, name="deadletter")
+    app.add_typer(vehicle_app, name="vehicle")
+
     from gateway.run_cli import run
 
     app.command("run")(run)

@@ -54,6 +54,8 @@ class AdminAction(StrEnum):
     APIKEY_CREATED = "apikey.created"
     APIKEY_REVOKED = "apikey.revoked"
     RETENTION_PRUNED = "retention.pruned"
+    VEHICLE_ERASED = "vehicle.erased"
+    DEADLETTER_READ = "deadletter.read"
 
 
 _DECISIONS = {d.value: d.value for d in Decision}

@@ -1,0 +1,182 @@
+"""``icvgw deadletter`` and ``icvgw vehicle``: the store's working data, for the operator.
+
+Dead letters are kept sealed (:mod:`gateway.audit.outbox`): ``list`` shows what can be
+shown without the key directory (time, reason, keyed vehicle reference, size); ``show``
+opens one with it, and is audited (``deadletter.read``). ``vehicle erase`` deletes one
+vehicle's data from the store on request (PIPL art. 47), audited (``vehicle.erased``);
+the audit log keeps its keyed references. Both act on the store, not on a running
+gateway's memory: stop the worker that owns the vehicle first (see the README).
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    from gateway.audit.store import Store, Transaction
+    from gateway.keys import KeyRing
+
+deadletter_app = typer.Typer(
+    name="deadletter",
+    help="Dead letters: list them, open one (key directory needed; audited).",
+    no_args_is_help=True,
+)
+vehicle_app = typer.Typer(
+    name="vehicle",
+    help="One vehicle's data in the store: erase it on request (audited).",
+    no_args_is_help=True,
+)
+
+_Store = Annotated[str, typer.Option("--store", help="sqlite:///PATH or postgresql://…")]
+_Keys = Annotated[Path, typer.Option("--keys", help="The key directory.")]
+_Worker = Annotated[
+    str, typer.Option("--worker", help="The gateway worker whose shard records the action.")
+]
+
+
+def _fail(exc: GatewayError) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(2)
+
+
+def _time(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+
+
+def _open(store: str, worker: str, keys: KeyRing | None) -> Store:
+    from gateway.audit.store import open_store
+    from gateway.service import origin_of
+
+    return open_store(store, shard=origin_of(worker), keys=keys)
+
+
+@deadletter_app.command("list")
+def list_command(
+    store: _Store,
+    worker: _Worker = "gw-1",
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 50,
+    before: Annotated[
+        int | None, typer.Option("--before", help="Only those below this audit seq.")
+    ] = None,
+) -> None:
+    """The newest dead letters: audit seq, time, reason, vehicle reference, size. Nothing
+    of their content (no key directory needed)."""
+    from gateway.audit.outbox import deadletters
+    from gateway.audit.store import open_store
+    from gateway.service import origin_of
+
+    try:
+        with open_store(store, migrate=False) as s, s.snapshot() as rd:
+            rows = deadletters(rd, origin_of(worker), limit, before_seq=before)
+    except GatewayError as exc:
+        raise _fail(exc) from exc
+    for r in rows:
+        typer.echo(f"{r.seq}  {_time(r.ts_ms)}  {r.reason}  {r.vehicle or '-'}  {r.size} B")
+    if not rows:
+        typer.echo("no dead letters")
+
+
+@deadletter_app.command("show")
+def show_command(
+    store: _Store,
+    keys: _Keys,
+    seq: Annotated[int, typer.Argument(help="The dead letter's audit seq (from list).")],
+    worker: _Worker = "gw-1",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the payload's bytes to this file.")
+    ] = None,
+) -> None:
+    """Open one dead letter: its topic and payload as received (audited as read)."""
+    from gateway.audit.entries import AdminAction, AdminEntry
+    from gateway.audit.outbox import deadletter
+    from gateway.keys import KeyRing
+    from gateway.service import origin_of
+
+    shard = origin_of(worker)
+    now = datetime.now(UTC).timestamp()
+    try:
+        ring = KeyRing.load(keys)
+        with _open(store, worker, ring) as s, s.transaction() as tx:
+            row = deadletter(tx, shard, seq)
+            if row is not None:
+                entry = AdminEntry(
+                    time=now,
+                    instance=worker,
+                    action=AdminAction.DEADLETTER_READ,
+                    subject=f"{shard}#{seq}",
+                    details={"reason": row.reason},
+                )
+                tx.append_audit([entry], shard=shard)
+    except GatewayError as exc:
+        raise _fail(exc) from exc
+    if row is None:
+        typer.echo(f"error: no dead letter {seq} in {shard}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"seq {row.seq}  {_time(row.ts_ms)}  {row.reason}  {len(row.payload)} B kept")
+    typer.echo(f"topic: {row.topic}")
+    if out is not None:
+        out.write_bytes(row.payload)
+        typer.echo(f"payload written to {out}")
+        return
+    typer.echo("payload:")
+    sys.stdout.write(row.payload.decode("utf-8", errors="backslashreplace") + "\n")
+
+
+@vehicle_app.command("erase")
+def erase_command(
+    store: _Store,
+    keys: _Keys,
+    vin: Annotated[str, typer.Option("--vin", help="The vehicle to erase.")],
+    worker: _Worker = "gw-1",
+) -> None:
+    """Erase one vehicle's data from the store: decision state (trip, held views), views
+    not yet delivered and kept ones, dead letters, records seen; its consents are
+    withdrawn. One audited ``vehicle.erased`` entry; the audit log stays."""
+    from gateway.keys import KeyRing
+
+    now = datetime.now(UTC).timestamp()
+    try:
+        ring = KeyRing.load(keys)
+        with _open(store, worker, ring) as s:
+            with s.transaction() as tx:
+                details = erase(tx, ring, vin, at=now, instance=worker)
+            s.compact()
+    except GatewayError as exc:
+        raise _fail(exc) from exc
+    typer.echo(
+        f"erased {ring.vehicle_ref(vin)}: "
+        + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in details.items())
+    )
+
+
+def erase(tx: Transaction, ring: KeyRing, vin: str, *, at: float, instance: str) -> dict[str, int]:
+    """Erase ``vin``'s data in ``tx`` (see :func:`erase_command`) and audit it; returns
+    what was erased per kind."""
+    from gateway.audit.entries import AdminAction, AdminEntry
+    from gateway.audit.outbox import erase_vehicle, load_vehicle_state
+    from gateway.consents import of_vehicles
+    from gateway.vehicle_state import decode
+
+    refs = ring.vehicle_refs(vin)
+    held = sum(len(decode(vin, doc)[2]) for doc in load_vehicle_state(tx, [vin]).values())
+    details = {**erase_vehicle(tx, refs), "held_views": held}
+    withdrawn = 0
+    for c in of_vehicles(tx, refs):
+        withdrawn += tx.withdraw_consent(c.consent_id, at=at, instance=instance)
+    details["consents_withdrawn"] = withdrawn
+    entry = AdminEntry(
+        time=at,
+        instance=instance,
+        action=AdminAction.VEHICLE_ERASED,
+        subject=ring.vehicle_ref(vin),
+        details=dict(details),
+    )
+    tx.append_audit([entry])
+    return details

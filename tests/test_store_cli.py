@@ -1,0 +1,139 @@
+"""``icvgw deadletter`` and ``icvgw vehicle erase`` against a store a real gateway wrote."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gateway.audit.store import AuditQuery, open_store
+from gateway.audit.verify import verify_store
+from gateway.cli import app
+from gateway.config import GatewayConfig, load_config
+from gateway.keys import KeyRing, init_keys
+from gateway.model import Envelope
+from gateway.service import Gateway, origin_of
+from simulators.fleet import Fleet, FleetConfig
+
+WORKER = "gw-1"
+SHARD = origin_of(WORKER)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> GatewayConfig:
+    init_keys(tmp_path / "keys")
+    return load_config(
+        None,
+        overrides={
+            ("broker", "url"): "mqtt://127.0.0.1:9",  # never connected in these tests
+            ("broker", "protocol"): "5",
+            ("store",): f"sqlite:///{tmp_path / 'gw.sqlite'}",
+            ("keys",): str(tmp_path / "keys"),
+            ("worker",): WORKER,
+        },
+        environ={},
+    )
+
+
+def run_gateway(config: GatewayConfig, envelopes: list[Envelope]) -> None:
+    gw = Gateway(config)
+    try:
+        for i in range(0, len(envelopes), 50):
+            gw.process(envelopes[i : i + 50])
+    finally:
+        gw.store.close()
+
+
+def fleet(vehicles: int, seconds: float) -> tuple[list[Envelope], list[str]]:
+    f = Fleet(FleetConfig(vehicles=vehicles), seed=7)
+    msgs = list(f.messages(seconds, 1.0))
+    vins = sorted({m.topic.split("/")[1] for m in msgs})
+    return [Envelope(m.topic, m.payload, 0.0, i + 1) for i, m in enumerate(msgs)], vins
+
+
+def cli(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def rows_of(config: GatewayConfig, refs: list[str]) -> Counter[str]:
+    """Rows each working table holds of the vehicle with references ``refs``."""
+    marks = ",".join("?" for _ in refs)
+    via_audit = f"(shard, seq) in (select shard, seq from audit_entries where vehicle in ({marks}))"
+    out: Counter[str] = Counter()
+    with open_store(config.store, migrate=False) as s, s.snapshot() as rd:
+        for table, where in (
+            ("vehicle_state", f"vehicle in ({marks})"),
+            ("dedup", f"vehicle in ({marks})"),
+            ("outbox", via_audit),
+            ("deadletters", via_audit),
+        ):
+            out[table] = rd._one(f"select count(*) from {table} where {where}", refs)[0]
+    return out
+
+
+def test_deadletters_are_listed_without_content_and_shown_with_the_keys(
+    config: GatewayConfig,
+) -> None:
+    vin = "LSVAU2180N2183294"
+    bad = Envelope(f"vehicles/{vin}/telemetry", b'{"lat": 31.2304412', 0.0, 1)
+    run_gateway(config, [bad])
+    listed = cli("deadletter", "list", "--store", config.store)
+    ref = KeyRing.load(config.keys).vehicle_ref(vin)
+    assert "not-json" in listed and ref in listed and "18 B" in listed
+    assert vin not in listed and "31.23" not in listed
+    seq = listed.split()[0]
+    shown = cli("deadletter", "show", "--store", config.store, "--keys", str(config.keys), seq)
+    assert f"topic: vehicles/{vin}/telemetry" in shown and '{"lat": 31.2304412' in shown
+    with open_store(config.store, migrate=False) as s, s.snapshot() as rd:
+        reads = list(rd.query(AuditQuery(kind="admin", decision="deadletter.read")))
+    assert len(reads) == 1
+
+
+def test_erasing_a_vehicle_removes_its_data_and_nothing_else(config: GatewayConfig) -> None:
+    envelopes, vins = fleet(3, 120)
+    gone, kept = vins[0], vins[1:]
+    bad = Envelope(f"vehicles/{gone}/telemetry", b"not json", 0.0, 9999)
+    run_gateway(config, [*envelopes, bad])
+    ring = KeyRing.load(config.keys)
+    cli(
+        "consent", "grant", "--store", config.store, "--keys", str(config.keys), "--vin", gone,
+        "--purpose", "navigation-map", "--expires", "2099-01-01T00:00:00+08:00", "--id", "c-gone",
+    )  # fmt: skip
+    before = {v: rows_of(config, ring.vehicle_refs(v)) for v in vins}
+    assert all(before[gone][t] > 0 for t in ("vehicle_state", "dedup", "outbox", "deadletters"))
+    with open_store(config.store, migrate=False) as s, s.snapshot() as rd:
+        entries_before = rd.shard_state(SHARD)
+
+    out = cli(
+        "vehicle", "erase", "--store", config.store, "--keys", str(config.keys), "--vin", gone
+    )
+    assert ring.vehicle_ref(gone) in out and gone not in out
+
+    assert rows_of(config, ring.vehicle_refs(gone)) == Counter(
+        {"vehicle_state": 0, "dedup": 0, "outbox": 0, "deadletters": 0}
+    )
+    assert {v: rows_of(config, ring.vehicle_refs(v)) for v in kept} == {v: before[v] for v in kept}
+    with open_store(config.store, migrate=False) as s, s.snapshot() as rd:
+        assert entries_before is not None
+        erased = list(rd.query(AuditQuery(kind="admin", decision="vehicle.erased")))
+        assert len(erased) == 1 and erased[0].body is not None
+        assert ring.vehicle_ref(gone).encode() in erased[0].body
+        assert gone.encode() not in erased[0].body
+        consent = rd.consent("c-gone")
+        assert consent is not None and consent.withdrawn_at is not None
+        # The log keeps the vehicle's earlier entries, and still verifies.
+        head = rd.shard_state(SHARD)
+        assert head is not None and head.size > entries_before.size
+    with open_store(config.store, migrate=False) as s:
+        reports = verify_store(s, ring.verifiers(SHARD), shards=[SHARD])
+    assert reports and all(r.error is None for r in reports), reports
+    # A restarted gateway finds no state of the erased vehicle, the others' intact.
+    gw = Gateway(config)
+    try:
+        assert gone not in gw.state.trips and set(kept) <= set(gw.state.trips)
+    finally:
+        gw.store.close()
