@@ -34,6 +34,7 @@ import numpy as np
 from bench.common import machine
 from gateway.audit.outbox import add_seen, prune_seen
 from gateway.audit.store import Store, open_store
+from gateway.keys import init_keys
 from gateway.service import FORGET_MIN, FORGET_PER_RECORD, FORGET_PER_TICK
 
 SHARD = "bench"
@@ -116,8 +117,9 @@ def main() -> None:
     )
     try:
         template = base / "filled.sqlite"
+        ring = init_keys(base / "keys")  # record ids are stored as keyed digests
         t0 = time.perf_counter()
-        with open_store(f"sqlite:///{template}", shard=SHARD) as store:
+        with open_store(f"sqlite:///{template}", shard=SHARD, keys=ring) as store:
             fill(store, args.rows, args.rate, vehicles)
         size = template.stat().st_size / 1e6
         print(f"filled in {time.perf_counter() - t0:.0f} s ({size:.0f} MB)")
@@ -127,7 +129,7 @@ def main() -> None:
         for name, bounded in (("sweep", False), ("bounded", True)):
             path = base / f"{name}.sqlite"
             shutil.copy(template, path)
-            with open_store(f"sqlite:///{path}", shard=SHARD) as store:
+            with open_store(f"sqlite:///{path}", shard=SHARD, keys=ring) as store:
                 times, forgotten = replay(
                     store,
                     minutes=args.minutes,

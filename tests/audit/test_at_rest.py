@@ -15,8 +15,10 @@ from gateway.audit.outbox import (
     OutboxRow,
     add_deadletters,
     add_outbox,
+    add_seen,
     all_vehicle_state,
     deadletter,
+    erase_vehicle,
     pending_outbox,
     reseal,
     save_vehicle_state,
@@ -25,6 +27,7 @@ from gateway.audit.outbox import (
 from gateway.audit.store import open_store
 from gateway.errors import KeyStoreError, StoreError
 from gateway.keys import KeyKind, KeyRing, rotate_keys
+from tests.audit.conftest import decision
 
 SHARD = "icvgw.test/audit/w1"
 VIN = "LSVAU2180N2183294"
@@ -139,3 +142,30 @@ def test_rotation_then_reseal_leaves_nothing_under_the_old_key(
         pytest.raises(KeyStoreError, match="no store generation 2"),
     ):
         deadletter(rd, SHARD, 2)  # the old ring alone cannot read what was re-sealed
+
+
+def test_erase_vehicle_deletes_its_rows_only(store_url: str, ring: KeyRing) -> None:
+    vins = [VIN, "LSVAU2180N2183295"]
+    refs = [ring.vehicle_ref(v) for v in vins]
+    with open_store(store_url, shard=SHARD, keys=ring) as s:
+        with s.transaction() as tx:
+            seqs = tx.append_audit(
+                [decision(ring, i, vehicle=refs[i % 2]) for i in range(8)], shard=SHARD
+            ).seqs
+            add_outbox(tx, SHARD, [OutboxRow(q, "s", "t", f"m{q}", b"{}", 5) for q in seqs[:4]])
+            add_deadletters(tx, SHARD, [DeadLetterRow(q, 5, "x", "t", b"?") for q in seqs[4:]])
+            add_seen(tx, [(r, f"m:{r}-{i}") for r in refs for i in range(3)], 5)
+            save_vehicle_state(tx, {v: DOC for v in vins}, 5)
+        with s.transaction() as tx:
+            erased = erase_vehicle(tx, ring.vehicle_refs(VIN))
+        assert erased == {"vehicle_state": 1, "outbox": 2, "deadletters": 2, "dedup": 3}
+        with s.transaction() as tx:
+            assert all_vehicle_state(tx) == {vins[1]: DOC}
+            assert erase_vehicle(tx, [refs[1]]) == {
+                "vehicle_state": 1,
+                "outbox": 2,
+                "deadletters": 2,
+                "dedup": 3,
+            }
+            assert tx.shard_state(SHARD) is not None
+            assert tx.audit_head(SHARD).size == 8  # the log stays

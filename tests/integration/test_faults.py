@@ -234,7 +234,10 @@ def test_broker_killed_loses_only_what_it_had_not_saved(
         seen = read_store(dep.store).seen_keys
         return (
             True
-            if any((ring.vehicle_ref(vin), f"m:probe-{i}") in seen for i in range(n + 1))
+            if any(
+                (ring.vehicle_ref(vin), ring.record_key(f"m:probe-{i}")) in seen
+                for i in range(n + 1)
+            )
             else None
         )
 
