@@ -210,3 +210,21 @@ def test_record_keys_are_keyed_digests(tmp_path: Path) -> None:
     assert key == ring.record_key("m:LSVAU2180N2183294-17") != ring.record_key("m:x-17")
     other = init_keys(tmp_path / "other").record_key("m:LSVAU2180N2183294-17")
     assert other != key
+
+
+def test_cli_rotate_with_a_store_reseals_it(tmp_path: Path) -> None:
+    from gateway.audit.outbox import DeadLetterRow, add_deadletters, deadletter
+    from gateway.audit.store import open_store
+
+    ring = init_keys(tmp_path / "k")
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    row = DeadLetterRow(0, 5, "not-json", "vehicles/LSVAU2180N2183294/telemetry", b"{")
+    with open_store(url, shard="w", keys=ring) as s, s.transaction() as tx:
+        add_deadletters(tx, "w", [row])
+    args = ["keys", "rotate", "--dir", str(tmp_path / "k"), "--only", "store", "--store", url]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "store now 2" in result.output and "re-sealed 1 value(s)" in result.output
+    (tmp_path / "k" / "store.0001.key").unlink()  # no longer needed by this store
+    with open_store(url, keys=KeyRing.load(tmp_path / "k")) as s, s.snapshot() as rd:
+        assert deadletter(rd, "w", 0) == row
