@@ -6,8 +6,10 @@ state of every vehicle the batch touched: its trip, its down-sampling times per 
 and its held views. On start-up the snapshot is rebuilt from these documents, so a
 restarted worker continues exactly where its last commit left off.
 
-The document is keyed by the vehicle id as received: it is the worker's own working state
-in its own store, like the dead letters, never exported, never in the audit log.
+The document holds raw positions (trip start, held views) and is stored sealed, keyed by
+the vehicle's keyed reference with the VIN inside the sealed value
+(:func:`gateway.audit.outbox.save_vehicle_state`); it is never exported and never in the
+audit log.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Everything that must change together lives here, so one commit covers it: the audit log
 (entries, tree tiles, checkpoints, the shard's right edge), consents, cross-border subject
 counters, the delivery outbox, dead letters, the de-duplication window and per-vehicle
-decision state (:mod:`gateway.audit.outbox`); new tables are added as numbered migrations in
+decision state (:mod:`gateway.audit.outbox`, which keeps vehicles as keyed references and
+seals the raw data those tables need); new tables are added as numbered migrations in
 :data:`MIGRATIONS`.
 
 Selected by URL:
