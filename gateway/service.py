@@ -33,14 +33,14 @@ from gateway import consents
 from gateway.audit.entries import AdminAction, AdminEntry
 from gateway.audit.log import AuditLog, CheckpointPolicy
 from gateway.audit.outbox import all_vehicle_state, count_pending, prune_seen, seen_records
-from gateway.audit.store import Store, open_store
+from gateway.audit.store import Reader, Store, open_store
 from gateway.commit import Context, DeadInput, Written, commit_batch
 from gateway.config import GatewayConfig
 from gateway.deliver.mqtt import MqttPublisher
 from gateway.deliver.outbox import OutboxDrainer
 from gateway.ingest.client import BrokerSpec, parse_broker_url
 from gateway.ingest.source import MqttSource
-from gateway.keys import ensure_store_key
+from gateway.keys import KeyKind, ensure_store_key
 from gateway.metrics import Metrics
 from gateway.model import Envelope, ErrorCode
 from gateway.pipeline.decide import sweep
@@ -157,6 +157,7 @@ class Gateway:
             self.store, self.origin, self.publisher, self.metrics, clock=clock
         )
         self.totals = Totals()
+        self._started = clock()
         self._stop = threading.Event()
         self._refs: dict[str, str] = {}
         # Distinct vehicles counted per (recipient, year, data class): read from the store
@@ -359,7 +360,7 @@ class Gateway:
         vin_of = {self.vehicle_ref(v): v for v in batch_vins}
         dead_keys = [(d.vehicle_ref or "-", d.message_id) for d in dead]
         with self.store.snapshot() as rd:
-            seen = seen_records(rd, keys + dead_keys)
+            seen = self._seen(rd, keys + dead_keys, vin_of, now)
             book = consents.book(consents.of_vehicles(rd, list(vin_of)), vin_of)
         # A redelivered unusable input is not dead-lettered (and audited) twice either.
         unseen = [not (k in seen or k in dead_keys[:i]) for i, k in enumerate(dead_keys)]
@@ -439,6 +440,26 @@ class Gateway:
             time.perf_counter() - t0,
         )
         return written
+
+    def _seen(
+        self, rd: Reader, keys: list[tuple[str, str]], vin_of: dict[str, str], now: float
+    ) -> set[tuple[str, str]]:
+        """Which of ``keys`` were decided before. While records of an older HMAC key
+        generation can still be in the window (the key was rotated before this start),
+        their keys under that generation are looked up too."""
+        seen = seen_records(rd, keys)
+        gens = self.keys.generations(KeyKind.HMAC)
+        window = self.holder.current.rules.ingest.dedup_window_s
+        if len(gens) < 2 or now - self._started > window:
+            return seen
+        old = gens[-2]
+        earlier = {
+            (self.keys.vehicle_ref(vin_of[ref], generation=old), record): (ref, record)
+            for ref, record in keys
+            if ref in vin_of and not record.startswith("dl:")
+        }
+        found = seen_records(rd, list(earlier), generation=old)
+        return seen | {earlier[k] for k in found}
 
     def _vehicle_docs(self, state: StateSnapshot, vehicles: set[str]) -> dict[str, bytes]:
         held: dict[str, list[HeldView]] = {}

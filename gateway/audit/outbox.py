@@ -199,16 +199,20 @@ def deadletter(reader: Reader, shard: str, seq: int) -> DeadLetterRow | None:
     return DeadLetterRow(int(row[0]), int(row[1]), row[2], topic, payload)
 
 
-def stored_record(keys: AtRestKeys, record: str) -> str:
-    """The form a record key takes in the store: a keyed digest (``r:…``), except the
-    ``dl:`` ids of unusable inputs, which are keyed digests already."""
-    return record if record.startswith("dl:") else keys.record_key(record)
+def stored_record(keys: AtRestKeys, record: str, generation: int | None = None) -> str:
+    """The form a record key takes in the store: a keyed digest (``r:…``, with the HMAC
+    key of ``generation``, default the newest), except the ``dl:`` ids of unusable inputs,
+    which are keyed digests already."""
+    return record if record.startswith("dl:") else keys.record_key(record, generation=generation)
 
 
-def seen_records(reader: Reader, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which (vehicle reference, record key) pairs were decided before."""
+def seen_records(
+    reader: Reader, keys: Sequence[tuple[str, str]], *, generation: int | None = None
+) -> set[tuple[str, str]]:
+    """Which (vehicle reference, record key) pairs were decided before (record keys
+    digested with the HMAC key of ``generation``, default the newest)."""
     at_rest = reader._store.at_rest()
-    stored = {(v, stored_record(at_rest, r)): (v, r) for v, r in keys}
+    stored = {(v, stored_record(at_rest, r, generation)): (v, r) for v, r in keys}
     wanted = list(stored)
     found: set[tuple[str, str]] = set()
     for i in range(0, len(wanted), _CHUNK):
