@@ -142,18 +142,28 @@ def erase_command(
     from gateway.keys import KeyRing
 
     now = datetime.now(UTC).timestamp()
+    compacted: GatewayError | None = None
     try:
         ring = KeyRing.load(keys)
         with _open(store, worker, ring) as s:
             with s.transaction() as tx:
                 details = erase(tx, ring, vin, at=now, instance=worker)
-            s.compact()
+            try:
+                s.compact()
+            except GatewayError as exc:  # erased and committed all the same
+                compacted = exc
     except GatewayError as exc:
         raise _fail(exc) from exc
     typer.echo(
         f"erased {ring.vehicle_ref(vin)}: "
         + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in details.items())
     )
+    if compacted is not None:
+        typer.echo(
+            f"warning: the file was not compacted ({compacted}); the erased rows are zeroed "
+            "but older copies of their pages may remain in the WAL until its next checkpoint",
+            err=True,
+        )
 
 
 def erase(tx: Transaction, ring: KeyRing, vin: str, *, at: float, instance: str) -> dict[str, int]:
