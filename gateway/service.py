@@ -32,7 +32,13 @@ from prometheus_client import CollectorRegistry
 from gateway import consents
 from gateway.audit.entries import AdminAction, AdminEntry
 from gateway.audit.log import AuditLog, CheckpointPolicy
-from gateway.audit.outbox import all_vehicle_state, count_pending, prune_seen, seen_records
+from gateway.audit.outbox import (
+    all_vehicle_state,
+    count_pending,
+    prune_seen,
+    seen_records,
+    seen_under,
+)
 from gateway.audit.store import Reader, Store, open_store
 from gateway.commit import Context, DeadInput, Written, commit_batch
 from gateway.config import GatewayConfig
@@ -158,6 +164,7 @@ class Gateway:
         )
         self.totals = Totals()
         self._started = clock()
+        self._previous_hmac = self._previous_hmac_in_window()
         self._stop = threading.Event()
         self._refs: dict[str, str] = {}
         # Distinct vehicles counted per (recipient, year, data class): read from the store
@@ -448,11 +455,10 @@ class Gateway:
         generation can still be in the window (the key was rotated before this start),
         their keys under that generation are looked up too."""
         seen = seen_records(rd, keys)
-        gens = self.keys.generations(KeyKind.HMAC)
+        old = self._previous_hmac
         window = self.holder.current.rules.ingest.dedup_window_s
-        if len(gens) < 2 or now - self._started > window:
+        if old is None or now - self._started > window:
             return seen
-        old = gens[-2]
         earlier = {
             (self.keys.vehicle_ref(vin_of[ref], generation=old), record): (ref, record)
             for ref, record in keys
@@ -460,6 +466,15 @@ class Gateway:
         }
         found = seen_records(rd, list(earlier), generation=old)
         return seen | {earlier[k] for k in found}
+
+    def _previous_hmac_in_window(self) -> int | None:
+        """The previous HMAC key generation, if the de-duplication window holds records
+        keyed with it (the key was rotated while the worker was stopped)."""
+        gens = self.keys.generations(KeyKind.HMAC)
+        if len(gens) < 2:
+            return None
+        with self.store.snapshot() as rd:
+            return gens[-2] if seen_under(rd, f"k{gens[-2]}:") else None
 
     def _vehicle_docs(self, state: StateSnapshot, vehicles: set[str]) -> dict[str, bytes]:
         held: dict[str, list[HeldView]] = {}

@@ -223,6 +223,19 @@ def seen_records(
     return found
 
 
+def seen_under(reader: Reader, ref_prefix: str) -> bool:
+    """Whether the window holds records of vehicle references starting with ``ref_prefix``
+    (``k1:``: of HMAC key generation 1). SQLite compares bytes, so a range probes the
+    key's index; PostgreSQL's collation may not, so it matches the prefix (asked once at
+    start)."""
+    params: tuple[str, ...]
+    if reader._store.kind == "sqlite":  # ``ref_prefix`` ends in ":", and ";" follows it
+        sql, params = "vehicle >= ? and vehicle < ?", (ref_prefix, ref_prefix[:-1] + ";")
+    else:
+        sql, params = "vehicle like ?", (ref_prefix + "%",)
+    return reader._one(f"select 1 from dedup where {sql} limit 1", params) is not None
+
+
 def seen_query(n: int) -> str:
     """The look-up of ``n`` (vehicle, record) pairs in ``dedup``, one primary-key probe each.
 

@@ -25,6 +25,7 @@ from gateway.audit.outbox import (
     save_vehicle_state,
     seen_query,
     seen_records,
+    seen_under,
 )
 from gateway.audit.store import Store, open_store
 from gateway.errors import StoreError
@@ -242,3 +243,11 @@ def test_forgetting_works_whatever_isolation_the_server_defaults_to(
             assert prune_seen(tx2, 2000, limit=30) == 30  # the next 30, no error
         with one.snapshot() as rd:
             assert len(seen_records(rd, keys)) == 40
+
+
+def test_records_of_a_key_generation_are_found_by_prefix(store: Store) -> None:
+    with store.transaction() as tx:
+        add_seen(tx, [("k10:" + "a" * 32, "m:1"), ("k2:" + "b" * 32, "m:2")], 1000)
+    with store.snapshot() as rd:
+        assert seen_under(rd, "k2:") and seen_under(rd, "k10:")
+        assert not seen_under(rd, "k1:") and not seen_under(rd, "k3:")
