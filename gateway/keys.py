@@ -178,6 +178,14 @@ def _record_mac(key: bytes) -> hmac.HMAC:
     return hmac.new(key, b"record:", hashlib.sha256)
 
 
+@functools.lru_cache(maxsize=8192)
+def _record_digest(key: bytes, record: str) -> str:
+    # Cached: a batch's records are looked up, then remembered, with the same keys.
+    mac = _record_mac(key).copy()
+    mac.update(record.encode())
+    return "r:" + mac.hexdigest()[:32]
+
+
 _SEAL_HEAD = struct.Struct(">H")
 NONCE_BYTES = 12
 
@@ -280,9 +288,7 @@ class KeyRing:
         keyed digest (HMAC-SHA256, 128 bits), so the store never holds the id itself (a
         message id often embeds the VIN)."""
         _, key = self._secret(KeyKind.HMAC, generation)
-        mac = _record_mac(key).copy()
-        mac.update(record.encode())
-        return "r:" + mac.hexdigest()[:32]
+        return _record_digest(key, record)
 
     # sealing (data at rest) -------------------------------------------------------------------
 
