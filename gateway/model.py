@@ -60,6 +60,7 @@ class ErrorCode(IntEnum):
     BAD_TIMESTAMP = 22
     MISSING_VEHICLE_ID = 23
     VEHICLE_ID_MISMATCH = 24
+    INVALID_VIN = 25
 
     @property
     def reason(self) -> str:

@@ -312,6 +312,7 @@ class Gateway:
             aliases=bundle.aliases,
             max_payload=bundle.rules.ingest.max_payload_bytes,
             max_records=bundle.rules.ingest.max_records_per_payload,
+            check_digit=bundle.rules.ingest.verify_vin_check_digit,
         )
         batch = decoded.batch
         dead: list[DeadInput] = []

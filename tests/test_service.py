@@ -146,7 +146,7 @@ def test_unusable_input_is_dead_lettered_audited_and_announced_without_its_conte
 ) -> None:
     good = fleet_envelopes(1, 1)[0]
     vin = good.topic.split("/")[1]
-    spoofed = Envelope("vehicles/LSVAU2180N2183294/telemetry", good.payload, 0.0, 2)
+    spoofed = Envelope("vehicles/LSVAU218XN2183294/telemetry", good.payload, 0.0, 2)
     broken = Envelope(f"vehicles/{vin}/telemetry", b'{"secret": 31.2', 0.0, 3)
     gw = Gateway(config)
     try:

@@ -565,6 +565,7 @@ class IngestRules(_Model):
     dedup_window_s: PositiveNumber
     max_payload_bytes: Count
     max_records_per_payload: Count
+    verify_vin_check_digit: Annotated[bool, Field(strict=True)]
 
 
 class RuleSpec(_Model):
