@@ -566,6 +566,7 @@ class IngestRules(_Model):
     max_payload_bytes: Count
     max_records_per_payload: Count
     verify_vin_check_digit: Annotated[bool, Field(strict=True)]
+    oversize_keep_bytes: Annotated[int, BeforeValidator(_integer), Field(ge=0, le=65536)]
 
 
 class RuleSpec(_Model):
