@@ -61,6 +61,8 @@ class ErrorCode(IntEnum):
     MISSING_VEHICLE_ID = 23
     VEHICLE_ID_MISMATCH = 24
     INVALID_VIN = 25
+    TIMESTAMP_IN_FUTURE = 26
+    TIMESTAMP_TOO_OLD = 27
 
     @property
     def reason(self) -> str:

@@ -313,6 +313,7 @@ class Gateway:
             max_payload=bundle.rules.ingest.max_payload_bytes,
             max_records=bundle.rules.ingest.max_records_per_payload,
             check_digit=bundle.rules.ingest.verify_vin_check_digit,
+            window=(now - bundle.rules.ingest.max_age_s, now + bundle.rules.ingest.max_future_s),
         )
         batch = decoded.batch
         dead: list[DeadInput] = []

@@ -1,27 +1,42 @@
 """What a commit keeps of hostile input, over the real SQLite store: one copy of a dead
-payload per message, a bounded summary of an oversize one, a bounded topic."""
+payload per message, a bounded summary of an oversize one, a bounded topic; and no record
+time, however absurd, makes the audit log unverifiable or silences a vehicle."""
 
 from __future__ import annotations
 
 import base64
 import sqlite3
+import tempfile
+from collections import Counter
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from gateway.audit.entries import parse_time
+from gateway.audit.verify import verify_store
 from gateway.config import GatewayConfig, load_config
 from gateway.keys import init_keys
 from gateway.model import Envelope
 from gateway.pipeline.decode import LATITUDE, LONGITUDE, TIMESTAMP, VIN
 from gateway.service import Gateway
 from gateway.testing import make_vin
+from simulators.fleet import Fleet, FleetConfig
 
 V1 = make_vin(1)
+NOW = 1795867260.0  # the gateway's clock: a minute after the records' time
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> GatewayConfig:
+    return make_config(tmp_path)
+
+
+def make_config(tmp_path: Path) -> GatewayConfig:
     init_keys(tmp_path / "keys")
     return load_config(
         None,
@@ -44,7 +59,7 @@ def record(vin: str = V1, **extra: object) -> dict[str, object]:
 
 
 def run(config: GatewayConfig, envelopes: list[Envelope]) -> Gateway:
-    gw = Gateway(config)
+    gw = Gateway(config, clock=lambda: NOW)
     try:
         gw.process(envelopes)
     finally:
@@ -97,3 +112,59 @@ def test_an_oversize_payload_keeps_its_size_digest_and_a_prefix(config: GatewayC
     assert base64.b64decode(summary["prefix_base64"]) == payload[:4096]
     [(body,)] = list(con.execute("select body from audit_entries where kind = 'decision'"))
     assert orjson.loads(bytes(body))["digest"] == summary["digest"]
+
+
+offsets = st.integers(-1439, 1439).map(lambda m: timezone(timedelta(minutes=m)))
+stamps = st.one_of(
+    st.datetimes(timezones=offsets).map(datetime.isoformat),
+    st.datetimes(timezones=offsets).map(lambda d: d.isoformat().replace("+00:00", "Z")),
+    st.floats(),
+    st.floats(NOW - 1e6, NOW + 1e6),
+    st.integers(-(2**63), 2**64 - 1),
+    st.text(max_size=30),
+    st.sampled_from(["0001-01-01T00:00:00+00:00", "9999-12-31T23:59:59-23:59"]),
+)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(stamps, min_size=1, max_size=12))
+def test_no_record_time_makes_the_log_unverifiable(times: list[Any]) -> None:
+    records = [record(**{TIMESTAMP: t, "msg_id": f"m{i}"}) for i, t in enumerate(times)]
+    envelopes = [Envelope(f"vehicles/{V1}/telemetry", orjson.dumps(records), 0.0, 1)]
+    with tempfile.TemporaryDirectory() as tmp:
+        gw = Gateway(make_config(Path(tmp)), clock=lambda: NOW)
+        try:
+            gw.process(envelopes)
+            gw.audit.checkpoint(force=True)
+            reports = verify_store(gw.store, gw.keys.verifiers(gw.origin))
+            with gw.store.snapshot() as rd:
+                bodies = [e.body for e in rd.iter_entries(gw.origin) if e.body is not None]
+        finally:
+            gw.store.close()
+    assert [r.error for r in reports] == [None]
+    assert reports[0].entries > 0
+    for body in bodies:
+        when = parse_time(orjson.loads(body)["time"]) / 1000
+        assert NOW - 604800 <= when <= NOW + 300  # the record's time, or the gateway's
+
+
+def test_a_record_from_year_9999_does_not_silence_its_vehicle(tmp_path: Path) -> None:
+    start = datetime.fromtimestamp(NOW, UTC) - timedelta(minutes=10)
+    msgs = list(Fleet(FleetConfig(vehicles=1, start=start), seed=5).messages(300, 1.0))
+    vin = msgs[0].topic.split("/")[1]
+    poison = orjson.dumps(record(vin, **{TIMESTAMP: "9999-12-31T23:59:59Z", "msg_id": "x"}))
+    clean = [Envelope(m.topic, m.payload, 0.0, i + 2) for i, m in enumerate(msgs)]
+    views: list[Counter[str]] = []
+    for name, first in (("clean", []), ("poisoned", [Envelope(msgs[0].topic, poison, 0.0, 1)])):
+        cfg = make_config(tmp_path / name)
+        gw = Gateway(cfg, clock=lambda: NOW)
+        try:
+            gw.process(first)
+            for i in range(0, len(clean), 20):
+                gw.process(clean[i : i + 20])
+        finally:
+            gw.store.close()
+        con = db(cfg)
+        views.append(Counter(s for (s,) in con.execute("select subscriber from outbox")))
+    assert views[1] == views[0] + Counter({"": 1})  # the same views, and one dead letter
+    assert views[0]["sh-traffic"] > 0  # down-sampled to one record per 5 s

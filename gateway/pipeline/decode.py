@@ -19,7 +19,11 @@ the right check digit in position 9 (GB 16735); the policy may waive the check d
 
 A record with neither latitude nor longitude is valid and has no position (datum ``NONE``).
 Timestamps are ISO 8601 with a UTC offset (VSS style, ``...Z``) or Unix seconds as a number;
-a timestamp without an offset is rejected as ambiguous.
+a timestamp without an offset is rejected as ambiguous. Given a ``window`` (the gateway's
+clock minus ``rules.ingest.max_age_s`` to plus ``max_future_s``), a record stamped outside it
+is rejected as ``TIMESTAMP_TOO_OLD`` or ``TIMESTAMP_IN_FUTURE``; whatever the window, a time
+before 1970 or from year 5138 on (:data:`TIME_RANGE`) is a ``BAD_TIMESTAMP``, so every
+accepted time has a four-digit RFC 3339 form in the audit log.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ ALTITUDE = "Vehicle.CurrentLocation.Altitude"
 TIMESTAMP = "Vehicle.CurrentLocation.Timestamp"
 MSG_ID = "msg_id"
 _COLUMNS = frozenset({VIN, LATITUDE, LONGITUDE, ALTITUDE, TIMESTAMP, MSG_ID})
+
+TIME_RANGE = (0.0, 1e11)
+"""Record times the gateway can represent, Unix seconds: 1970-01-01 to year 5138."""
 
 DEFAULT_MAX_PAYLOAD = 256 * 1024
 DEFAULT_MAX_RECORDS = 1000
@@ -98,6 +105,7 @@ def decode(
     max_records: int = DEFAULT_MAX_RECORDS,
     vehicle_from_topic: Callable[[str], str | None] | None = topic_vehicle,
     check_digit: bool = True,
+    window: tuple[float, float] | None = None,
 ) -> Decoded:
     """Decode envelopes into one batch. Never raises on payload content.
 
@@ -106,7 +114,8 @@ def decode(
     another. A topic naming a vehicle id that is not a VIN (``vehicle_from_topic`` gives None
     for it, or its check digit is wrong) is dead-lettered whole (``invalid-topic-vin``). Pass
     ``None`` where there is no topic (e.g. ``policy explain``).
-    ``check_digit=False`` accepts VINs whose check digit is wrong.
+    ``check_digit=False`` accepts VINs whose check digit is wrong. ``window`` is the range
+    of record times accepted (Unix seconds, inclusive); None accepts any in :data:`TIME_RANGE`.
     """
     alias = aliases or {}
     records: list[Any] = []
@@ -143,7 +152,7 @@ def decode(
             records.append(item)
             sources.append(index)
             expected.append(want)
-    checks = _Checks(vehicle_from_topic is not None, check_digit)
+    checks = _Checks(vehicle_from_topic is not None, check_digit, window)
     return Decoded(_to_batch(records, sources, expected, alias, checks), dead)
 
 
@@ -156,7 +165,7 @@ def decode_records(
         list(range(len(records))),
         [None] * len(records),
         aliases or {},
-        _Checks(False, check_digit),
+        _Checks(False, check_digit, None),
     )
 
 
@@ -173,6 +182,7 @@ class _Checks:
 
     topic: bool  # its vehicle id must equal the topic's
     check_digit: bool  # its VIN's check digit must be right
+    window: tuple[float, float] | None  # its time must be within (Unix seconds)
 
 
 def _to_batch(
@@ -265,6 +275,12 @@ def _record_error(
         return ErrorCode.MISSING_TIMESTAMP
     if ts is None:
         return ErrorCode.BAD_TIMESTAMP
+    if checks.window is not None and ts > checks.window[1]:
+        return ErrorCode.TIMESTAMP_IN_FUTURE
+    if checks.window is not None and ts < checks.window[0]:
+        return ErrorCode.TIMESTAMP_TOO_OLD
+    if not TIME_RANGE[0] <= ts < TIME_RANGE[1]:
+        return ErrorCode.BAD_TIMESTAMP
     return ErrorCode.OK
 
 
@@ -286,8 +302,8 @@ def _timestamp(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        v = float(value)
-        return v if np.isfinite(v) and 0 <= v < 1e11 else None
+        v = float(value)  # an int beyond float's range is a JSON decode error already
+        return v if np.isfinite(v) else None
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
@@ -295,5 +311,5 @@ def _timestamp(value: Any) -> float | None:
             return None
         if parsed.tzinfo is None:
             return None
-        return parsed.timestamp()
+        return parsed.timestamp()  # year 1 or 9999 with any offset: a finite float
     return None

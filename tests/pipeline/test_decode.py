@@ -154,6 +154,35 @@ def test_only_valid_vins_are_vehicles(vin: str) -> None:
     assert bool(b.ok[0]) == is_valid_vin(vin)
 
 
+NOW = 1795867200.0  # the gateway's clock in the window tests
+WINDOW = (NOW - 604800, NOW + 300)
+
+
+@pytest.mark.parametrize(
+    ("stamp", "windowed", "unwindowed"),
+    [
+        ("0001-01-01T00:00:00+00:00", ErrorCode.TIMESTAMP_TOO_OLD, ErrorCode.BAD_TIMESTAMP),
+        ("1969-12-31T23:59:59Z", ErrorCode.TIMESTAMP_TOO_OLD, ErrorCode.BAD_TIMESTAMP),
+        ("9999-12-31T23:59:59-23:59", ErrorCode.TIMESTAMP_IN_FUTURE, ErrorCode.BAD_TIMESTAMP),
+        ("9999-12-31T23:59:59Z", ErrorCode.TIMESTAMP_IN_FUTURE, ErrorCode.BAD_TIMESTAMP),
+        (1e12, ErrorCode.TIMESTAMP_IN_FUTURE, ErrorCode.BAD_TIMESTAMP),
+        (-1, ErrorCode.TIMESTAMP_TOO_OLD, ErrorCode.BAD_TIMESTAMP),
+        (NOW + 301, ErrorCode.TIMESTAMP_IN_FUTURE, ErrorCode.OK),
+        (NOW - 604801, ErrorCode.TIMESTAMP_TOO_OLD, ErrorCode.OK),
+        (NOW + 300, ErrorCode.OK, ErrorCode.OK),
+        (NOW - 604800, ErrorCode.OK, ErrorCode.OK),
+    ],
+)
+def test_times_outside_the_window_have_their_own_reasons(
+    stamp: Any, windowed: ErrorCode, unwindowed: ErrorCode
+) -> None:
+    records = [rec(**{TIMESTAMP: stamp}), rec()]
+    out = decode([env(records)], window=WINDOW)
+    assert out.batch.error.tolist() == [windowed, ErrorCode.OK]
+    assert decode([env(records)]).batch.error.tolist()[0] == unwindowed
+    assert windowed is ErrorCode.OK or math.isnan(out.batch.time[0])
+
+
 def test_overflowing_number_is_a_dead_letter() -> None:
     payload = orjson.dumps(rec()).replace(b"31.23", b"1e999")
     assert [d.reason for d in decode([env(None, raw=payload)]).dead] == ["not-json"]
