@@ -151,6 +151,7 @@ class Gateway:
             client_id=f"icvgw-{config.worker}-in",
             group=config.input.group,
             queue_bound=config.input.queue_bound,
+            queue_bytes=config.input.queue_bytes,
             watch={DROPPED_TOPIC: self._broker_dropped} if config.broker.sys_stats else None,
         )
         self.drainer = OutboxDrainer(
