@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import sqlite3
 import tempfile
+import tracemalloc
 from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -168,3 +169,53 @@ def test_a_record_from_year_9999_does_not_silence_its_vehicle(tmp_path: Path) ->
         views.append(Counter(s for (s,) in con.execute("select subscriber from outbox")))
     assert views[1] == views[0] + Counter({"": 1})  # the same views, and one dead letter
     assert views[0]["sh-traffic"] > 0  # down-sampled to one record per 5 s
+
+
+def stored_bytes(con: sqlite3.Connection) -> int:
+    """Bytes of content the store holds: entries, views and notices, dead letters."""
+    return sum(
+        con.execute(q).fetchone()[0] or 0
+        for q in (
+            "select sum(length(body)) from audit_entries",
+            "select sum(length(payload) + length(topic)) from outbox",
+            "select sum(length(payload) + length(topic)) from deadletters",
+        )
+    )
+
+
+def test_a_flood_of_hostile_messages_grows_the_store_within_bounds(tmp_path: Path) -> None:
+    start = datetime.fromtimestamp(NOW, UTC) - timedelta(minutes=5)
+    msgs = list(Fleet(FleetConfig(vehicles=4, start=start), seed=7).messages(120, 1.0))
+    good = [Envelope(m.topic, m.payload, 0.0, i + 1) for i, m in enumerate(msgs)]
+    topic = good[0].topic
+    arrays = [orjson.dumps([record(**{LATITUDE: "x", "n": i})] * 300) for i in range(5)]
+    oversize = [bytes([i]) * 10_000_000 for i in range(5)]
+    hostile = [f"vehicles/{'<x>' * 10_000}{i}/telemetry" for i in range(5)]
+    flood = [Envelope(topic, p, 0.0, 0) for p in arrays + oversize]
+    flood += [Envelope(t, orjson.dumps(record()), 0.0, 0) for t in hostile]
+    stored: list[int] = []
+    views: list[Counter[str]] = []
+    peaks: list[int] = []
+    for name, extra in (("clean", []), ("flood", flood)):
+        cfg = make_config(tmp_path / name)
+        gw = Gateway(cfg, clock=lambda: NOW)
+        tracemalloc.start()
+        try:
+            for i in range(0, len(good), 32):
+                gw.process(good[i : i + 32] + extra[i // 32 : i // 32 + 1])
+            gw.process(extra[len(good) // 32 + 1 :])
+        finally:
+            peaks.append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+            gw.store.close()
+        con = db(cfg)
+        stored.append(stored_bytes(con))
+        views.append(Counter(s for (s,) in con.execute("select subscriber from outbox")))
+    dead = 5 * 300 + 5 + 5
+    assert views[1] == views[0] + Counter({"": dead})  # the well-formed traffic, all decided
+    kept = sum(len(p) for p in arrays) + 5 * 6_000 + 5 * 128
+    growth = stored[1] - stored[0]
+    print(f"store growth {growth:,} bytes for {dead} dead letters, payloads kept {kept:,}")
+    print(f"peak memory {peaks[0]:,} clean, {peaks[1]:,} with the flood")
+    assert growth <= kept + dead * 1_000  # each payload once, about 1 KB per dead letter
+    assert peaks[1] < peaks[0] + 3 * 10_000_000  # a few copies' worth of the largest message
