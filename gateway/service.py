@@ -334,10 +334,13 @@ class Gateway:
         ok = batch.ok
         # A record's place in its own payload (rows of one payload are contiguous).
         first_row = np.searchsorted(batch.source, batch.source, side="left")
+        dead_ids: dict[int, str] = {}  # one digest per payload, not one per bad record
         for row in np.flatnonzero(~ok).tolist():
             env = envelopes[int(batch.source[row])]
             index = row - int(first_row[row])
             vin = topic_vehicle(env.topic)
+            if int(batch.source[row]) not in dead_ids:
+                dead_ids[int(batch.source[row])] = self._dead_id(env)
             dead.append(
                 DeadInput(
                     now,
@@ -345,7 +348,7 @@ class Gateway:
                     env.topic,
                     env.payload,
                     self.vehicle_ref(vin) if vin else None,
-                    f"{self._dead_id(env)}:{index}",
+                    f"{dead_ids[int(batch.source[row])]}:{index}",
                 )
             )
         # De-duplication: the same record (vehicle, msg_id or timestamp) is decided once.
@@ -365,7 +368,8 @@ class Gateway:
             seen = seen_records(rd, keys + dead_keys)
             book = consents.book(consents.of_vehicles(rd, list(vin_of)), vin_of)
         # A redelivered unusable input is not dead-lettered (and audited) twice either.
-        unseen = [not (k in seen or k in dead_keys[:i]) for i, k in enumerate(dead_keys)]
+        first = {k: i for i, k in reversed(list(enumerate(dead_keys)))}  # linear, not i²
+        unseen = [k not in seen and first[k] == i for i, k in enumerate(dead_keys)]
         dead_dups = unseen.count(False)
         dead = [d for d, keep in zip(dead, unseen, strict=True) if keep]
         dead_keys = [k for k, keep in zip(dead_keys, unseen, strict=True) if keep]

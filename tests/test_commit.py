@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import sqlite3
 import tempfile
+import time
 import tracemalloc
 from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
@@ -219,3 +220,24 @@ def test_a_flood_of_hostile_messages_grows_the_store_within_bounds(tmp_path: Pat
     print(f"peak memory {peaks[0]:,} clean, {peaks[1]:,} with the flood")
     assert growth <= kept + dead * 1_000  # each payload once, about 1 KB per dead letter
     assert peaks[1] < peaks[0] + 3 * 10_000_000  # a few copies' worth of the largest message
+
+
+def test_a_batch_of_many_dead_records_is_committed_in_linear_time(tmp_path: Path) -> None:
+    """Payloads of 1,000 bad records, 2 in a batch and then 20: the redelivery check compared
+    each dead record with all before it (20,000² / 2 comparisons) and each bad record hashed
+    its whole payload again; ten times the input must cost about ten times the time."""
+    elapsed: list[float] = []
+    for n in (2, 20):
+        arrays = [orjson.dumps([record(**{LATITUDE: "x", "n": i})] * 1000) for i in range(n)]
+        envelopes = [Envelope(f"vehicles/{V1}/telemetry", p, 0.0, i) for i, p in enumerate(arrays)]
+        cfg = make_config(tmp_path / str(n))
+        gw = Gateway(cfg, clock=lambda: NOW)
+        try:
+            started = time.perf_counter()
+            gw.process(envelopes)
+            elapsed.append(time.perf_counter() - started)
+        finally:
+            gw.store.close()
+        [(letters,)] = list(db(cfg).execute("select count(*) from deadletters"))
+        assert letters == n * 1000
+    assert elapsed[1] < 20 * elapsed[0], [f"{t:.2f} s" for t in elapsed]
