@@ -29,7 +29,7 @@ accepted time has a four-digit RFC 3339 form in the audit log.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -183,6 +183,14 @@ class _Checks:
     topic: bool  # its vehicle id must equal the topic's
     check_digit: bool  # its VIN's check digit must be right
     window: tuple[float, float] | None  # its time must be within (Unix seconds)
+    known: dict[str, bool] = field(default_factory=dict)  # VINs seen in this call: valid?
+
+    def vin_ok(self, vin: str) -> bool:
+        """``is_vin`` with this call's check-digit setting, once per distinct VIN."""
+        ok = self.known.get(vin)
+        if ok is None:
+            ok = self.known[vin] = is_vin(vin, check_digit=self.check_digit)
+        return ok
 
 
 def _to_batch(
@@ -267,7 +275,7 @@ def _record_error(
     """The first thing wrong with a record's identity or time (``OK`` if nothing)."""
     if not isinstance(vin, str) or not vin:
         return ErrorCode.MISSING_VEHICLE_ID
-    if not is_vin(vin, check_digit=checks.check_digit):
+    if not checks.vin_ok(vin):
         return ErrorCode.INVALID_VIN
     if checks.topic and vin != expected:
         return ErrorCode.VEHICLE_ID_MISMATCH
