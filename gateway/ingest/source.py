@@ -172,6 +172,7 @@ class MqttSource:
     # -- pipeline thread ---------------------------------------------------------------
     def start(self) -> None:
         """Connect in the background; messages start arriving once connected."""
+        self._stopping.clear()
         connect_async(self._client, self.spec, persistent=True, receive_maximum=self.queue_bound)
         self._client.loop_start()
 
