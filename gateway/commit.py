@@ -13,6 +13,7 @@ locked.
 
 from __future__ import annotations
 
+import base64
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -83,6 +84,30 @@ class Context:
     deadletter_prefix: str
 
 
+TOPIC_KEEP_CHARS = 128
+"""A dead letter keeps at most this much of its topic (``vehicles/<VIN>/telemetry`` is 36)."""
+
+
+def kept_topic(topic: str) -> str:
+    """What a dead letter keeps of its topic: all of it up to :data:`TOPIC_KEEP_CHARS`
+    characters, else a prefix and the length (a topic may be 64 KB of anything)."""
+    if len(topic) <= TOPIC_KEEP_CHARS:
+        return topic
+    head = TOPIC_KEEP_CHARS - 32
+    return f"{topic[:head]}...[{len(topic)} characters]"
+
+
+def kept_payload(payload: bytes, digest: str, *, whole_up_to: int, prefix_bytes: int) -> bytes:
+    """What a dead letter keeps of its payload: all of it up to ``whole_up_to`` bytes (the
+    payload limit), else a summary of the oversize payload: its size, its keyed digest and its
+    first ``prefix_bytes`` bytes (base64). The caller keeps a payload once per message,
+    however many of its records are dead."""
+    if len(payload) <= whole_up_to:
+        return payload
+    prefix = base64.b64encode(payload[:prefix_bytes]).decode("ascii")
+    return orjson.dumps({"size": len(payload), "digest": digest, "prefix_base64": prefix})
+
+
 def view_topic(bundle: PolicyBundle, subscriber: str, view: Mapping[str, Any]) -> str:
     """``<subscriber's topic>/<vehicle pseudonym>/telemetry`` (``anonymous`` without one)."""
     delivery = bundle.subscribers[subscriber].view.delivery
@@ -110,7 +135,6 @@ def commit_batch(
     entries: list[DecisionEntry] = []
     outbox: list[OutboxRow] = []
     letters: list[DeadLetterRow] = []
-    version = ctx.bundle.version
     now_ms = round(ctx.now * 1000)
 
     def share(
@@ -123,35 +147,7 @@ def commit_batch(
         out.decisions[(sub, decision.value)] += 1
         seq += 1
 
-    for d in dead:
-        entries.append(
-            DecisionEntry(
-                time=d.time,
-                instance=ctx.instance,
-                message_id=d.message_id,
-                decision=Decision.DEAD_LETTERED,
-                policy=version,
-                vehicle=d.vehicle_ref,
-                digest=ctx.digest(d.payload),
-                reason=d.reason,
-                rules=("input.invalid",),
-            )
-        )
-        letters.append(DeadLetterRow(seq, now_ms, d.reason, d.topic, d.payload))
-        notice = orjson.dumps(
-            {
-                "reason": d.reason,
-                "vehicle": d.vehicle_ref,
-                "digest": ctx.digest(d.payload),
-                "audit_seq": seq,
-            }
-        )
-        outbox.append(
-            OutboxRow(seq, "", f"{ctx.deadletter_prefix}/{d.reason}", d.message_id, notice, now_ms)
-        )
-        out.decisions[("", Decision.DEAD_LETTERED.value)] += 1
-        seq += 1
-
+    seq = _dead_letters(ctx, dead, entries, outbox, letters, out, seq, now_ms)
     for h in released:
         sub = ctx.bundle.subscribers.get(h.subscriber)
         decision = _HELD_DECISION[h.decision]
@@ -188,6 +184,64 @@ def commit_batch(
     out.views = sum(1 for r in outbox if r.subscriber)
     out.deadletters = len(letters)
     return out
+
+
+def _dead_letters(
+    ctx: Context,
+    dead: Sequence[DeadInput],
+    entries: list[DecisionEntry],
+    outbox: list[OutboxRow],
+    letters: list[DeadLetterRow],
+    out: Written,
+    seq: int,
+    now_ms: int,
+) -> int:
+    """Audit, keep and announce each dead input; a payload is kept (and digested) once, with
+    the first of its dead records, however many there are. Returns the next seq."""
+    digests: dict[bytes, str] = {}  # one keyed digest per payload, however many bad records
+    ingest = ctx.bundle.rules.ingest
+    for d in dead:
+        first = d.payload not in digests
+        if first:
+            digests[d.payload] = ctx.digest(d.payload)
+        digest = digests[d.payload]
+        entries.append(
+            DecisionEntry(
+                time=d.time,
+                instance=ctx.instance,
+                message_id=d.message_id,
+                decision=Decision.DEAD_LETTERED,
+                policy=ctx.bundle.version,
+                vehicle=d.vehicle_ref,
+                digest=digest,
+                reason=d.reason,
+                rules=("input.invalid",),
+            )
+        )
+        kept = b""
+        if first:
+            kept = kept_payload(
+                d.payload,
+                digest,
+                whole_up_to=ingest.max_payload_bytes,
+                prefix_bytes=ingest.oversize_keep_bytes,
+            )
+        letters.append(DeadLetterRow(seq, now_ms, d.reason, kept_topic(d.topic), kept))
+        notice = orjson.dumps(
+            {
+                "reason": d.reason,
+                "vehicle": d.vehicle_ref,
+                "digest": digest,
+                "audit_seq": seq,
+            }
+        )
+        outbox.append(
+            OutboxRow(seq, "", f"{ctx.deadletter_prefix}/{d.reason}", d.message_id, notice, now_ms)
+        )
+        out.decisions[("", Decision.DEAD_LETTERED.value)] += 1
+        seq += 1
+
+    return seq
 
 
 def _held_entry(

@@ -52,6 +52,7 @@ class InputConfig(_Model):
     topic: str = "vehicles/+/telemetry"
     group: str | None = None
     queue_bound: int = Field(default=1000, ge=1, le=65535)
+    queue_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024, le=4 * 1024**3)
     batch_max: int = Field(default=500, ge=1, le=100_000)
     batch_wait_ms: int = Field(default=2, ge=1, le=10_000)
 

@@ -60,6 +60,9 @@ class ErrorCode(IntEnum):
     BAD_TIMESTAMP = 22
     MISSING_VEHICLE_ID = 23
     VEHICLE_ID_MISMATCH = 24
+    INVALID_VIN = 25
+    TIMESTAMP_IN_FUTURE = 26
+    TIMESTAMP_TOO_OLD = 27
 
     @property
     def reason(self) -> str:

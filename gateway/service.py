@@ -157,6 +157,7 @@ class Gateway:
             client_id=f"icvgw-{config.worker}-in",
             group=config.input.group,
             queue_bound=config.input.queue_bound,
+            queue_bytes=config.input.queue_bytes,
             watch={DROPPED_TOPIC: self._broker_dropped} if config.broker.sys_stats else None,
         )
         self.drainer = OutboxDrainer(
@@ -320,6 +321,8 @@ class Gateway:
             aliases=bundle.aliases,
             max_payload=bundle.rules.ingest.max_payload_bytes,
             max_records=bundle.rules.ingest.max_records_per_payload,
+            check_digit=bundle.rules.ingest.verify_vin_check_digit,
+            window=(now - bundle.rules.ingest.max_age_s, now + bundle.rules.ingest.max_future_s),
         )
         batch = decoded.batch
         dead: list[DeadInput] = []
@@ -339,10 +342,13 @@ class Gateway:
         ok = batch.ok
         # A record's place in its own payload (rows of one payload are contiguous).
         first_row = np.searchsorted(batch.source, batch.source, side="left")
+        dead_ids: dict[int, str] = {}  # one digest per payload, not one per bad record
         for row in np.flatnonzero(~ok).tolist():
             env = envelopes[int(batch.source[row])]
             index = row - int(first_row[row])
             vin = topic_vehicle(env.topic)
+            if int(batch.source[row]) not in dead_ids:
+                dead_ids[int(batch.source[row])] = self._dead_id(env)
             dead.append(
                 DeadInput(
                     now,
@@ -350,7 +356,7 @@ class Gateway:
                     env.topic,
                     env.payload,
                     self.vehicle_ref(vin) if vin else None,
-                    f"{self._dead_id(env)}:{index}",
+                    f"{dead_ids[int(batch.source[row])]}:{index}",
                 )
             )
         # De-duplication: the same record (vehicle, msg_id or timestamp) is decided once.
@@ -370,7 +376,8 @@ class Gateway:
             seen = self._seen(rd, keys + dead_keys, vin_of, now)
             book = consents.book(consents.of_vehicles(rd, list(vin_of)), vin_of)
         # A redelivered unusable input is not dead-lettered (and audited) twice either.
-        unseen = [not (k in seen or k in dead_keys[:i]) for i, k in enumerate(dead_keys)]
+        first = {k: i for i, k in reversed(list(enumerate(dead_keys)))}  # linear, not i²
+        unseen = [k not in seen and first[k] == i for i, k in enumerate(dead_keys)]
         dead_dups = unseen.count(False)
         dead = [d for d, keep in zip(dead, unseen, strict=True) if keep]
         dead_keys = [k for k, keep in zip(dead_keys, unseen, strict=True) if keep]

@@ -1,4 +1,4 @@
-"""Helpers for tests and benchmarks: a real Mosquitto broker on a free port.
+"""Helpers for tests and benchmarks: a real Mosquitto broker on a free port, valid VINs.
 
 The broker gets its own config and data directory — persistence with autosave, a large
 offline queue, raised in-flight limits — so fault tests (restart, SIGKILL) and benchmarks
@@ -16,6 +16,17 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+
+from gateway.policy.codes import vin_check_digit
+
+
+def make_vin(serial: int, prefix: str = "LSVAU2180N2") -> str:
+    """A valid VIN (ISO 3779 alphabet, right check digit): ``prefix`` (11 characters, the
+    check position included) then ``serial`` as six digits."""
+    if len(prefix) != 11 or not 0 <= serial < 1_000_000:
+        raise ValueError("a VIN is an 11-character prefix and a 6-digit serial")
+    raw = f"{prefix}{serial:06d}"
+    return raw[:8] + vin_check_digit(raw) + raw[9:]
 
 
 def free_port() -> int:

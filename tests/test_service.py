@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -20,6 +21,9 @@ from gateway.service import Gateway, origin_of
 from simulators.fleet import Fleet, FleetConfig
 
 VIN_RE = re.compile(rb"[A-HJ-NPR-Z0-9]{17}")
+# The fleet drives shortly before the gateway's clock: records older than the policy's
+# rules.ingest.max_age_s are dead-lettered.
+START = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
 
 
 @pytest.fixture
@@ -38,7 +42,7 @@ def config(tmp_path: Path) -> GatewayConfig:
 
 
 def fleet_envelopes(n_vehicles: int = 8, seconds: float = 20) -> list[Envelope]:
-    msgs = Fleet(FleetConfig(vehicles=n_vehicles), seed=3).messages(seconds, 1.0)
+    msgs = Fleet(FleetConfig(vehicles=n_vehicles, start=START), seed=3).messages(seconds, 1.0)
     return [Envelope(m.topic, m.payload, 0.0, i + 1) for i, m in enumerate(msgs)]
 
 
@@ -186,7 +190,7 @@ def test_unusable_input_is_dead_lettered_audited_and_announced_without_its_conte
 ) -> None:
     good = fleet_envelopes(1, 1)[0]
     vin = good.topic.split("/")[1]
-    spoofed = Envelope("vehicles/LSVAU2180N2183294/telemetry", good.payload, 0.0, 2)
+    spoofed = Envelope("vehicles/LSVAU218XN2183294/telemetry", good.payload, 0.0, 2)
     broken = Envelope(f"vehicles/{vin}/telemetry", b'{"secret": 31.2', 0.0, 3)
     gw = Gateway(config)
     try:
@@ -216,7 +220,7 @@ def test_unusable_input_is_dead_lettered_audited_and_announced_without_its_conte
 
 def test_sweep_ends_quiet_trips_and_old_records_are_forgotten(config: GatewayConfig) -> None:
     envelopes = fleet_envelopes(4, 120)
-    t = [1_795_867_200.0]
+    t = [START.timestamp()]
     gw = Gateway(config, clock=lambda: t[0])
     try:
         gw.process(envelopes)
@@ -436,9 +440,9 @@ def test_each_batch_forgets_a_bounded_number_of_expired_records(config: GatewayC
     from gateway.service import FORGET_MIN, FORGET_PER_RECORD
 
     old = fleet_envelopes(10, 30)  # 300 records
-    msgs = Fleet(FleetConfig(vehicles=2), seed=11).messages(2, 1.0)
+    msgs = Fleet(FleetConfig(vehicles=2, start=START), seed=11).messages(2, 1.0)
     new = [Envelope(m.topic, m.payload, 0.0, 1_000 + i) for i, m in enumerate(msgs)]
-    t = [1_795_867_200.0]
+    t = [START.timestamp()]
     gw = Gateway(config, clock=lambda: t[0])
     try:
         gw.process(old)

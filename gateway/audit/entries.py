@@ -82,7 +82,9 @@ def format_time(ms: int) -> str:
     sec, milli = divmod(ms, 1000)
     cached_sec, text = _second_cache  # one tuple: consistent even across threads
     if cached_sec != sec:
-        text = _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(sec))
+        t = _time.gmtime(sec)  # strftime's %Y is not zero-padded: year 999 would not parse
+        date = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+        text = f"{date}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
         _second_cache = (sec, text)
     return f"{text}.{milli:03d}Z"
 

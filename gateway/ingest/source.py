@@ -4,7 +4,11 @@ Threads meet here: paho's network thread only wraps each message in an
 :class:`~gateway.model.Envelope` and puts it on a bounded queue; the pipeline thread takes
 micro-batches with :meth:`MqttSource.get_batch` and calls each envelope's ``ack`` after the
 batch is committed. The queue bound equals the MQTT 5 Receive Maximum, so the broker never
-has more unacknowledged messages out to us than the queue holds.
+has more unacknowledged messages out to us than the queue holds. The queue is bounded in
+bytes of payload too (``queue_bytes``): a message that would take it past the bound waits in
+paho's thread until the pipeline has taken enough, so paho stops reading the socket and the
+broker keeps the rest. A message alone in the queue is always admitted (one oversize message
+cannot stall the input), so the queue holds at most ``max(queue_bytes, one payload)``.
 
 An acknowledgement is only sent on the connection the message arrived on: after a
 reconnect the broker redelivers the message anyway, and a PUBACK with an old packet id on
@@ -27,6 +31,9 @@ from gateway.model import Envelope
 
 log = logging.getLogger(__name__)
 
+DEFAULT_QUEUE_BYTES = 64 * 1024 * 1024
+"""Payload bytes the ingest queue holds at most (beside its bound in messages)."""
+
 
 class MqttSource:
     """Subscribe to ``topic`` (optionally in shared group ``group``) and queue envelopes."""
@@ -39,13 +46,19 @@ class MqttSource:
         client_id: str,
         group: str | None = None,
         queue_bound: int = 1000,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
         watch: Mapping[str, Callable[[bytes], None]] | None = None,
     ) -> None:
         self.spec = spec
         self.topic = f"$share/{group}/{topic}" if group else topic
         self.client_id = client_id
         self.queue_bound = queue_bound
+        self.queue_bytes = queue_bytes
         self._queue: queue.Queue[Envelope] = queue.Queue(maxsize=queue_bound)
+        self._bytes = 0  # payload bytes queued (guarded by _room)
+        self._room = threading.Condition()
+        self._stopping = threading.Event()
+        self.full_waits = 0  # messages that waited for room: back-pressure, counted
         self._lock = threading.Lock()
         self._generation = 0
         self._connected = threading.Event()
@@ -118,8 +131,35 @@ class MqttSource:
             message_id=mid,
             ack=ack,
         )
-        # Blocking here is the back-pressure for 3.1.1 brokers that ignore our bound.
-        self._queue.put(envelope)
+        self._admit(envelope)
+
+    def _admit(self, envelope: Envelope) -> None:
+        """Queue ``envelope`` once there is room in messages and bytes. Blocking here is the
+        back-pressure (3.1.1 brokers ignore our Receive Maximum; bytes have no MQTT bound).
+        On :meth:`stop` a waiting message is dropped unacknowledged: the broker redelivers."""
+        size = len(envelope.payload)
+        with self._room:
+            if self._bytes and self._bytes + size > self.queue_bytes:
+                self.full_waits += 1
+            while self._bytes and self._bytes + size > self.queue_bytes:
+                if self._stopping.is_set():
+                    return
+                self._room.wait(0.2)
+            self._bytes += size
+        while not self._stopping.is_set():
+            try:
+                self._queue.put(envelope, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        self._taken([envelope])
+
+    def _taken(self, envelopes: list[Envelope]) -> None:
+        if not envelopes:
+            return
+        with self._room:
+            self._bytes -= sum(len(e.payload) for e in envelopes)
+            self._room.notify_all()
 
     def _ack(self, generation: int, mid: int, qos: int) -> None:
         with self._lock:
@@ -132,6 +172,7 @@ class MqttSource:
     # -- pipeline thread ---------------------------------------------------------------
     def start(self) -> None:
         """Connect in the background; messages start arriving once connected."""
+        self._stopping.clear()
         connect_async(self._client, self.spec, persistent=True, receive_maximum=self.queue_bound)
         self._client.loop_start()
 
@@ -153,13 +194,20 @@ class MqttSource:
                     out.append(self._queue.get(timeout=remaining))
             except queue.Empty:
                 break
+        self._taken(out)
         return out
 
     def pending(self) -> int:
         """Envelopes queued and not yet taken."""
         return self._queue.qsize()
 
+    def pending_bytes(self) -> int:
+        """Payload bytes queued and not yet taken."""
+        with self._room:
+            return self._bytes
+
     def stop(self) -> None:
         """Stop reading: disconnect cleanly (the broker keeps the session and its queue)."""
+        self._stopping.set()
         self._client.disconnect()
         self._client.loop_stop()

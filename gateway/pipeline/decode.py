@@ -7,21 +7,29 @@ paths by the policy's alias map before anything else looks at them.
 Two kinds of failure, both without raising:
 
 * the whole payload is unusable (oversize, not JSON, not an object or array, empty array,
-  more records than the bundle allows):
+  more records than the bundle allows, a topic naming a vehicle id that is not a VIN):
   a :class:`DeadLetter` for the envelope, no rows;
-* one record is unusable (not an object, no vehicle id, no or bad timestamp, a coordinate that
-  is not a number, vehicle id differs from the topic's): the row is in the batch, rejected
-  with an :class:`~gateway.model.ErrorCode`, and is never shared.
+* one record is unusable (not an object, no vehicle id, a vehicle id that is not a VIN, no or
+  bad timestamp, a coordinate that is not a number, vehicle id differs from the topic's): the
+  row is in the batch, rejected with an :class:`~gateway.model.ErrorCode`, and is never shared.
+
+A VIN is 17 characters of ISO 3779's alphabet (``0-9 A-Z`` without ``I``, ``O``, ``Q``) with
+the right check digit in position 9 (GB 16735); the policy may waive the check digit
+(``rules.ingest.verify_vin_check_digit``), never the alphabet or the length.
 
 A record with neither latitude nor longitude is valid and has no position (datum ``NONE``).
 Timestamps are ISO 8601 with a UTC offset (VSS style, ``...Z``) or Unix seconds as a number;
-a timestamp without an offset is rejected as ambiguous.
+a timestamp without an offset is rejected as ambiguous. Given a ``window`` (the gateway's
+clock minus ``rules.ingest.max_age_s`` to plus ``max_future_s``), a record stamped outside it
+is rejected as ``TIMESTAMP_TOO_OLD`` or ``TIMESTAMP_IN_FUTURE``; whatever the window, a time
+before 1970 or from year 5138 on (:data:`TIME_RANGE`) is a ``BAD_TIMESTAMP``, so every
+accepted time has a four-digit RFC 3339 form in the audit log.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +38,7 @@ import orjson
 
 from gateway.geo.coords import check_coordinates
 from gateway.model import Batch, Datum, Envelope, ErrorCode, RowStatus
+from gateway.policy.codes import vin_check_digit
 
 VIN = "Vehicle.VehicleIdentification.VIN"
 LATITUDE = "Vehicle.CurrentLocation.Latitude"
@@ -38,6 +47,9 @@ ALTITUDE = "Vehicle.CurrentLocation.Altitude"
 TIMESTAMP = "Vehicle.CurrentLocation.Timestamp"
 MSG_ID = "msg_id"
 _COLUMNS = frozenset({VIN, LATITUDE, LONGITUDE, ALTITUDE, TIMESTAMP, MSG_ID})
+
+TIME_RANGE = (0.0, 1e11)
+"""Record times the gateway can represent, Unix seconds: 1970-01-01 to year 5138."""
 
 DEFAULT_MAX_PAYLOAD = 256 * 1024
 DEFAULT_MAX_RECORDS = 1000
@@ -61,9 +73,28 @@ class Decoded:
 
 
 def topic_vehicle(topic: str) -> str | None:
-    """The vehicle id in ``vehicles/<id>/telemetry``-shaped topics (second level), or None."""
-    parts = topic.split("/")
+    """The VIN in ``vehicles/<VIN>/telemetry``-shaped topics (second level), or None when
+    there is none or it is not VIN-shaped (17 characters of ISO 3779's alphabet; the check
+    digit is not looked at): a hostile id is never taken for a vehicle."""
+    named = _topic_id(topic)
+    return named if named is not None and is_vin(named, check_digit=False) else None
+
+
+def _topic_id(topic: str) -> str | None:
+    parts = topic.split("/", 2)
     return parts[1] if len(parts) >= 3 and parts[1] else None
+
+
+def is_vin(value: str, *, check_digit: bool = True) -> bool:
+    """True if ``value`` is 17 characters of ISO 3779's alphabet and, with ``check_digit``,
+    its position-9 check digit is right. Cheap on any string (a 30 KB one included)."""
+    if len(value) != 17 or not value.isascii() or not value.isalnum():
+        return False
+    try:
+        digit = vin_check_digit(value)
+    except ValueError:
+        return False
+    return not check_digit or value[8] == digit
 
 
 def decode(
@@ -73,12 +104,18 @@ def decode(
     max_payload: int = DEFAULT_MAX_PAYLOAD,
     max_records: int = DEFAULT_MAX_RECORDS,
     vehicle_from_topic: Callable[[str], str | None] | None = topic_vehicle,
+    check_digit: bool = True,
+    window: tuple[float, float] | None = None,
 ) -> Decoded:
     """Decode envelopes into one batch. Never raises on payload content.
 
     With ``vehicle_from_topic`` set, a record whose vehicle id differs from the topic's (or a
     topic without one) is rejected as ``VEHICLE_ID_MISMATCH``: one vehicle cannot publish for
-    another. Pass ``None`` where there is no topic (e.g. ``policy explain``).
+    another. A topic naming a vehicle id that is not a VIN (``vehicle_from_topic`` gives None
+    for it, or its check digit is wrong) is dead-lettered whole (``invalid-topic-vin``). Pass
+    ``None`` where there is no topic (e.g. ``policy explain``).
+    ``check_digit=False`` accepts VINs whose check digit is wrong. ``window`` is the range
+    of record times accepted (Unix seconds, inclusive); None accepts any in :data:`TIME_RANGE`.
     """
     alias = aliases or {}
     records: list[Any] = []
@@ -107,18 +144,53 @@ def decode(
             )
             continue
         want = vehicle_from_topic(env.topic) if vehicle_from_topic is not None else None
+        if vehicle_from_topic is not None and not _topic_names_vin(env.topic, want, check_digit):
+            # the detail never echoes the id: a topic may be 64 KB of anything
+            dead.append(DeadLetter(index, "invalid-topic-vin", "the topic's id is not a VIN"))
+            continue
         for item in items:
             records.append(item)
             sources.append(index)
             expected.append(want)
-    return Decoded(_to_batch(records, sources, expected, alias, vehicle_from_topic), dead)
+    checks = _Checks(vehicle_from_topic is not None, check_digit, window)
+    return Decoded(_to_batch(records, sources, expected, alias, checks), dead)
 
 
-def decode_records(records: Sequence[Any], aliases: Mapping[str, str] | None = None) -> Batch:
+def decode_records(
+    records: Sequence[Any], aliases: Mapping[str, str] | None = None, *, check_digit: bool = True
+) -> Batch:
     """Decode already-parsed records (no topic check): for tools and tests."""
     return _to_batch(
-        list(records), list(range(len(records))), [None] * len(records), aliases or {}, None
+        list(records),
+        list(range(len(records))),
+        [None] * len(records),
+        aliases or {},
+        _Checks(False, check_digit, None),
     )
+
+
+def _topic_names_vin(topic: str, want: str | None, check_digit: bool) -> bool:
+    """False if ``topic`` names a vehicle id that is not a VIN (True if it names none)."""
+    if want is None:
+        return _topic_id(topic) is None
+    return is_vin(want, check_digit=check_digit)
+
+
+@dataclass(frozen=True, slots=True)
+class _Checks:
+    """What a record is checked against besides its own shape."""
+
+    topic: bool  # its vehicle id must equal the topic's
+    check_digit: bool  # its VIN's check digit must be right
+    window: tuple[float, float] | None  # its time must be within (Unix seconds)
+    known: dict[str, bool] = field(default_factory=dict)  # VINs seen in this call: valid?
+
+    def vin_ok(self, vin: str) -> bool:
+        """``is_vin`` with this call's check-digit setting, once per distinct VIN."""
+        ok = self.known.get(vin)
+        if ok is None:
+            ok = self.known[vin] = is_vin(vin, check_digit=self.check_digit)
+        return ok
 
 
 def _to_batch(
@@ -126,7 +198,7 @@ def _to_batch(
     sources: list[int],
     expected: list[str | None],
     alias: Mapping[str, str],
-    vehicle_from_topic: Callable[[str], str | None] | None,
+    checks: _Checks,
 ) -> Batch:
     n = len(records)
     vehicle = np.full(n, None, dtype=object)
@@ -144,18 +216,11 @@ def _to_batch(
             continue
         rec = _flatten(raw, alias)
         vin = rec.get(VIN)
-        if isinstance(vin, str) and vin:
-            vehicle[i] = vin
         ts = _timestamp(rec.get(TIMESTAMP))
-        if not isinstance(vin, str) or not vin:
-            error[i] = ErrorCode.MISSING_VEHICLE_ID
-        elif vehicle_from_topic is not None and vin != expected[i]:
-            error[i] = ErrorCode.VEHICLE_ID_MISMATCH
-        elif TIMESTAMP not in rec:
-            error[i] = ErrorCode.MISSING_TIMESTAMP
-        elif ts is None:
-            error[i] = ErrorCode.BAD_TIMESTAMP
-        else:
+        error[i] = _record_error(rec, vin, ts, expected[i], checks)
+        if error[i] != ErrorCode.INVALID_VIN and isinstance(vin, str) and vin:
+            vehicle[i] = vin  # a string that is not a VIN is never anyone's vehicle id
+        if error[i] == ErrorCode.OK:
             time[i] = ts
         lat_in[i] = rec.get(LATITUDE)
         lon_in[i] = rec.get(LONGITUDE)
@@ -204,6 +269,29 @@ def _to_batch(
     )
 
 
+def _record_error(
+    rec: Mapping[str, Any], vin: Any, ts: float | None, expected: str | None, checks: _Checks
+) -> ErrorCode:
+    """The first thing wrong with a record's identity or time (``OK`` if nothing)."""
+    if not isinstance(vin, str) or not vin:
+        return ErrorCode.MISSING_VEHICLE_ID
+    if not checks.vin_ok(vin):
+        return ErrorCode.INVALID_VIN
+    if checks.topic and vin != expected:
+        return ErrorCode.VEHICLE_ID_MISMATCH
+    if TIMESTAMP not in rec:
+        return ErrorCode.MISSING_TIMESTAMP
+    if ts is None:
+        return ErrorCode.BAD_TIMESTAMP
+    if checks.window is not None and ts > checks.window[1]:
+        return ErrorCode.TIMESTAMP_IN_FUTURE
+    if checks.window is not None and ts < checks.window[0]:
+        return ErrorCode.TIMESTAMP_TOO_OLD
+    if not TIME_RANGE[0] <= ts < TIME_RANGE[1]:
+        return ErrorCode.BAD_TIMESTAMP
+    return ErrorCode.OK
+
+
 def _flatten(record: dict[str, Any], alias: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     stack: list[tuple[str, dict[str, Any]]] = [("", record)]
@@ -222,8 +310,8 @@ def _timestamp(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        v = float(value)
-        return v if np.isfinite(v) and 0 <= v < 1e11 else None
+        v = float(value)  # an int beyond float's range is a JSON decode error already
+        return v if np.isfinite(v) else None
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
@@ -231,5 +319,5 @@ def _timestamp(value: Any) -> float | None:
             return None
         if parsed.tzinfo is None:
             return None
-        return parsed.timestamp()
+        return parsed.timestamp()  # year 1 or 9999 with any offset: a finite float
     return None

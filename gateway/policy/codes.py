@@ -71,7 +71,7 @@ CN_SUBDIVISIONS = frozenset(
 _OUTSIDE_MAINLAND = frozenset({"HK", "MO", "TW", "CN-HK", "CN-MO", "CN-TW"})
 _SUBDIVISION = re.compile(r"^([A-Z]{2})-[A-Z0-9]{1,3}$")
 
-_VIN_CHARS = re.compile(r"^[A-HJ-NPR-Z0-9]{17}$")
+_VIN_CHARS = re.compile(r"[A-HJ-NPR-Z0-9]{17}")  # fullmatch: "$" would take a final "\n"
 _VIN_VALUES = {
     **{str(d): d for d in range(10)},
     **dict(zip("ABCDEFGH", range(1, 9), strict=True)),
@@ -113,7 +113,7 @@ def vin_check_digit(vin: str) -> str:
     Position 9 of ``vin`` is ignored. Raises ``ValueError`` if ``vin`` has the wrong length
     or a character outside ``0-9 A-Z`` without ``I``/``O``/``Q``.
     """
-    if not _VIN_CHARS.match(vin):
+    if not _VIN_CHARS.fullmatch(vin):
         raise ValueError("a VIN is 17 characters from 0-9 and A-Z without I, O and Q")
     total = sum(_VIN_VALUES[c] * w for c, w in zip(vin, _VIN_WEIGHTS, strict=True))
     remainder = total % 11
@@ -122,4 +122,4 @@ def vin_check_digit(vin: str) -> str:
 
 def is_valid_vin(vin: str) -> bool:
     """True if ``vin`` is well formed and its position-9 check digit is right."""
-    return bool(_VIN_CHARS.match(vin)) and vin[8] == vin_check_digit(vin)
+    return bool(_VIN_CHARS.fullmatch(vin)) and vin[8] == vin_check_digit(vin)

@@ -108,6 +108,7 @@ def explain(
         aliases=bundle.aliases,
         max_payload=bundle.rules.ingest.max_payload_bytes,
         vehicle_from_topic=None,
+        check_digit=bundle.rules.ingest.verify_vin_check_digit,
     )
     ephemeral = keys is None
     key_fn: PseudonymKeys

@@ -565,6 +565,11 @@ class IngestRules(_Model):
     dedup_window_s: PositiveNumber
     max_payload_bytes: Count
     max_records_per_payload: Count
+    verify_vin_check_digit: Annotated[bool, Field(strict=True)]
+    # a future time silences down-sampled views of its vehicle until then: at most a day
+    max_future_s: Annotated[float, BeforeValidator(_number), Field(gt=0, le=86400)]
+    max_age_s: PositiveNumber
+    oversize_keep_bytes: Annotated[int, BeforeValidator(_integer), Field(ge=0, le=65536)]
 
 
 class RuleSpec(_Model):

@@ -85,6 +85,13 @@ def test_times_round_trip_and_match_the_iso_reference(ms: int) -> None:
     assert parse_time(text) == ms
 
 
+@settings(max_examples=100)
+@given(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)))
+def test_every_four_digit_year_round_trips(when: datetime) -> None:
+    ms = (when.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    assert parse_time(format_time(ms)) == ms
+
+
 def test_parse_time_accepts_offsets_and_dates() -> None:
     assert parse_time("2025-01-01") == parse_time("2025-01-01T00:00:00Z")
     assert parse_time("2025-01-01T08:00:00+08:00") == parse_time("2025-01-01T00:00:00Z")

@@ -108,6 +108,37 @@ def test_receive_maximum_bounds_unacked_messages(mosquitto: MosquittoBroker) -> 
         src.stop()
 
 
+def test_the_queue_is_bounded_in_bytes_and_loses_nothing(mosquitto: MosquittoBroker) -> None:
+    spec = parse_broker_url(mosquitto.url, protocol="5")
+    src = MqttSource(spec, "vehicles/+/telemetry", client_id="gw-b", queue_bytes=256_000)
+    src.start()
+    assert src.wait_connected(10)
+    big = [(f"vehicles/V{i}/telemetry", bytes([i]) * 100_000) for i in range(12)]  # 1.2 MB
+    try:
+        publish(mosquitto, big)
+        time.sleep(0.5)
+        assert src.pending_bytes() == 200_000 and src.pending() == 2  # 200 KB of 1.2 MB
+        seen: list[bytes] = []
+        deadline = time.monotonic() + 20
+        while len(seen) < len(big) and time.monotonic() < deadline:
+            batch = src.get_batch(100, 0.3)
+            assert sum(len(e.payload) for e in batch) <= 256_000
+            for env in batch:
+                assert env.ack is not None
+                env.ack()
+            seen.extend(e.payload for e in batch)
+        assert sorted(seen) == sorted(p for _, p in big)  # nothing lost
+        assert src.full_waits > 0
+        publish(mosquitto, [("vehicles/V1/telemetry", b"x" * 900_000)])  # alone: taken
+        assert [len(e.payload) for e in collect(src, 1)] == [900_000]
+        publish(mosquitto, big)  # leave paho waiting for room: stop must still return
+        time.sleep(0.5)
+    finally:
+        started = time.monotonic()
+        src.stop()
+        assert time.monotonic() - started < 5
+
+
 def test_ack_from_an_earlier_connection_is_dropped(mosquitto: MosquittoBroker) -> None:
     src = make_source(mosquitto)
     try:

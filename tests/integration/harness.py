@@ -40,6 +40,7 @@ from paho.mqtt.properties import Properties
 from gateway.audit.outbox import row_aad
 from gateway.keys import KeyRing, init_keys
 from gateway.pipeline.shape import message_ids
+from gateway.policy.codes import is_valid_vin
 from gateway.resources import default_policy_dir
 from gateway.service import origin_of
 from gateway.testing import MosquittoBroker
@@ -414,7 +415,7 @@ def usable(item: Any, topic_vin: str | None) -> Record | None:
     if not isinstance(item, dict):
         return None
     vin = item.get(VIN)
-    if not isinstance(vin, str) or not vin or vin != topic_vin:
+    if not isinstance(vin, str) or not is_valid_vin(vin) or vin != topic_vin:
         return None
     t = _timestamp(item.get(TIMESTAMP))
     if t is None:
@@ -470,6 +471,8 @@ class Expected:
             or (isinstance(doc, list) and len(doc) > MAX_RECORDS)
         ):
             return 1
+        if topic_vin is not None and not is_valid_vin(topic_vin):
+            return 1  # the whole message: its topic names no vehicle
         dead = 0
         for item in doc if isinstance(doc, list) else [doc]:
             if isinstance(item, dict) and isinstance(item.get(VIN), str) and item[VIN]:

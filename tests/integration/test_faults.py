@@ -401,8 +401,8 @@ def _flood(fleet: Fleet, messages: list[Message], seed: int) -> list[Message]:
         bad.append((topic(other), orjson.dumps(s)))
     s = fresh(sample(), "no-topic-vin")
     bad.append(("vehicles//telemetry", orjson.dumps(s)))
-    # A vehicle nobody registered (not even a well-formed VIN): usable, and never disclosed.
-    stranger = "UNREGISTERED00042"
+    # A vehicle nobody registered (a valid VIN, in no consent): usable, and never disclosed.
+    stranger = "LSGUNREG8N9000042"
     s = {**sample(), VIN: stranger, "msg_id": "stranger-1"}
     bad.append((topic(stranger), orjson.dumps(s)))
     out = list(messages)

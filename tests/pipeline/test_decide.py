@@ -56,7 +56,7 @@ from gateway.policy.state import (
 VIN = "LSVAU2181P2100001"  # consents: usage-based-insurance (c-0001), navigation-map (c-0002)
 VIN_TRAFFIC = "LFV2A21K9R4100002"  # traffic-management until 2026-03-01 (c-0003)
 VIN_REVOKED = "LGXCE6CB2R0100003"  # usage-based-insurance, revoked 2025-06-01T18:45+08
-VIN_NONE = "LVHRU5850N6100077"  # no consent at all
+VIN_NONE = "LVHRU585XN6100077"  # no consent at all
 
 CITY = (31.2304, 121.4737)  # People's Square: no zone within 5 km cells
 PROHIBITED = (31.300, 121.552)  # inside example-prohibited-1

@@ -21,9 +21,11 @@ from gateway.pipeline.decode import (
     decode_records,
     topic_vehicle,
 )
+from gateway.policy.codes import is_valid_vin
+from gateway.testing import make_vin
 
-V1 = "LSVAU2180N2183294"
-V2 = "LFV2A21K6H3040212"
+V1 = make_vin(183294)
+V2 = make_vin(40212, "LFV2A21K6H3")
 
 
 def rec(vin: str = V1, **extra: Any) -> dict[str, Any]:
@@ -104,6 +106,83 @@ def test_bad_records_are_rejected_rows(record: Any, code: ErrorCode) -> None:
     assert b.status.tolist() == [RowStatus.REJECTED, RowStatus.OK]
 
 
+NOT_VINS = [
+    "x" * 30_000,
+    V1[:16],
+    V1 + "1",
+    V1[:16] + " ",
+    V1[:16] + "\n",
+    V1 + "\n",
+    V1[:15] + "🚗",
+    "<b>LSVAU218</b>29",
+    V1[:16].lower() + V1[16],
+    V1[:16] + "I",
+    V1[:16] + "O",
+    V1[:16] + "Q",
+    V1[:8] + ("1" if V1[8] != "1" else "2") + V1[9:],  # wrong check digit
+]
+
+
+@pytest.mark.parametrize("bad", NOT_VINS)
+def test_a_vehicle_id_that_is_not_a_vin_is_rejected(bad: str) -> None:
+    b = decode_records([rec(vin=bad), rec()])
+    assert b.error.tolist() == [ErrorCode.INVALID_VIN, ErrorCode.OK]
+    assert b.vehicle.tolist() == [None, V1]  # a hostile string is nobody's vehicle id
+
+
+@pytest.mark.parametrize("bad", NOT_VINS)
+def test_a_topic_whose_vehicle_is_not_a_vin_is_dead_lettered_whole(bad: str) -> None:
+    hostile = Envelope(f"vehicles/{bad}/telemetry", orjson.dumps([rec(vin=bad)] * 3), 0.0)
+    out = decode([hostile, env(rec())])
+    assert [(d.source, d.reason) for d in out.dead] == [(0, "invalid-topic-vin")]
+    assert len(out.dead[0].detail) < 40  # never echoes the id
+    assert out.batch.source.tolist() == [1] and out.batch.ok.all()
+
+
+def test_the_policy_may_waive_the_check_digit_but_not_the_alphabet() -> None:
+    wrong_digit = V1[:8] + ("1" if V1[8] != "1" else "2") + V1[9:]
+    b = decode_records([rec(vin=wrong_digit), rec(vin=V1[:16] + "O")], check_digit=False)
+    assert b.error.tolist() == [ErrorCode.OK, ErrorCode.INVALID_VIN]
+    topic = Envelope(f"vehicles/{wrong_digit}/telemetry", orjson.dumps(rec(vin=wrong_digit)), 0)
+    assert decode([topic], check_digit=False).batch.ok.all()
+    assert [d.reason for d in decode([topic]).dead] == ["invalid-topic-vin"]
+
+
+@given(st.text(min_size=15, max_size=19) | st.from_regex(r"[0-9A-Z]{17}", fullmatch=True))
+def test_only_valid_vins_are_vehicles(vin: str) -> None:
+    b = decode_records([rec(vin=vin)])
+    assert bool(b.ok[0]) == is_valid_vin(vin)
+
+
+NOW = 1795867200.0  # the gateway's clock in the window tests
+WINDOW = (NOW - 604800, NOW + 300)
+
+
+@pytest.mark.parametrize(
+    ("stamp", "windowed", "unwindowed"),
+    [
+        ("0001-01-01T00:00:00+00:00", ErrorCode.TIMESTAMP_TOO_OLD, ErrorCode.BAD_TIMESTAMP),
+        ("1969-12-31T23:59:59Z", ErrorCode.TIMESTAMP_TOO_OLD, ErrorCode.BAD_TIMESTAMP),
+        ("9999-12-31T23:59:59-23:59", ErrorCode.TIMESTAMP_IN_FUTURE, ErrorCode.BAD_TIMESTAMP),
+        ("9999-12-31T23:59:59Z", ErrorCode.TIMESTAMP_IN_FUTURE, ErrorCode.BAD_TIMESTAMP),
+        (1e12, ErrorCode.TIMESTAMP_IN_FUTURE, ErrorCode.BAD_TIMESTAMP),
+        (-1, ErrorCode.TIMESTAMP_TOO_OLD, ErrorCode.BAD_TIMESTAMP),
+        (NOW + 301, ErrorCode.TIMESTAMP_IN_FUTURE, ErrorCode.OK),
+        (NOW - 604801, ErrorCode.TIMESTAMP_TOO_OLD, ErrorCode.OK),
+        (NOW + 300, ErrorCode.OK, ErrorCode.OK),
+        (NOW - 604800, ErrorCode.OK, ErrorCode.OK),
+    ],
+)
+def test_times_outside_the_window_have_their_own_reasons(
+    stamp: Any, windowed: ErrorCode, unwindowed: ErrorCode
+) -> None:
+    records = [rec(**{TIMESTAMP: stamp}), rec()]
+    out = decode([env(records)], window=WINDOW)
+    assert out.batch.error.tolist() == [windowed, ErrorCode.OK]
+    assert decode([env(records)]).batch.error.tolist()[0] == unwindowed
+    assert windowed is ErrorCode.OK or math.isnan(out.batch.time[0])
+
+
 def test_overflowing_number_is_a_dead_letter() -> None:
     payload = orjson.dumps(rec()).replace(b"31.23", b"1e999")
     assert [d.reason for d in decode([env(None, raw=payload)]).dead] == ["not-json"]
@@ -142,6 +221,8 @@ def test_topic_vehicle() -> None:
     assert topic_vehicle(f"vehicles/{V1}/telemetry") == V1
     assert topic_vehicle("vehicles//telemetry") is None
     assert topic_vehicle("other") is None
+    assert topic_vehicle(f"vehicles/{V1}x/telemetry") is None  # not a VIN: no vehicle
+    assert topic_vehicle("vehicles/" + "x" * 30_000 + "/telemetry") is None
 
 
 def test_decode_records_skips_topic_check() -> None:

@@ -59,6 +59,7 @@ def test_published_vins() -> None:
     assert not is_valid_vin("1M8GDM9A1KP042788")
     assert not is_valid_vin("1M8GDM9AXKP04278")  # 16 characters
     assert not is_valid_vin("1M8GDM9AXKP04278I")  # I is not allowed
+    assert not is_valid_vin("1M8GDM9AXKP042788\n")  # a final newline is not the end
 
 
 def _reference_check_digit(vin: str) -> str:

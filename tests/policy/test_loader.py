@@ -195,3 +195,16 @@ def test_the_collector_is_paused_while_loading_and_restored_after(
         assert not gc.isenabled()  # a caller's own pause is left alone
     finally:
         gc.enable()
+
+
+def test_ingest_limits_are_checked(bundle_dir: Path) -> None:
+    rules = bundle_dir / "rules.yaml"
+    edit(rules, "max_future_s: 300 ", "max_future_s: 90000 ")
+    edit(rules, "verify_vin_check_digit: true", "verify_vin_check_digit: yes")
+    edit(rules, "max_age_s: 604800 ", "max_age_s: 0 ")
+    found = problems_of(bundle_dir)
+    assert [p.split(": ")[1] for p in found] == [
+        "ingest.verify_vin_check_digit",
+        "ingest.max_future_s",
+        "ingest.max_age_s",
+    ], found
