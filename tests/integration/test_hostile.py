@@ -13,6 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from gateway.audit.outbox import row_aad
+from gateway.keys import KeyRing
 from gateway.testing import MosquittoBroker
 from simulators.fleet import Fleet, Kind
 from tests.integration.harness import (
@@ -85,9 +87,15 @@ def test_hostile_flood_is_bounded_and_loses_nothing(
     peak = peak_rss(gw.proc.pid)
     repeats, dead_repeats = finish(gw, dep, expected, out)  # nothing lost, nothing twice
     assert (repeats, dead_repeats) == (0, 0)
+    ring = KeyRing.load(dep.store.parent / "keys")
     with closing(sqlite3.connect(dep.store)) as con:
-        kept = con.execute("select sum(length(payload)), max(length(topic)) from deadletters")
-        kept_bytes, longest_topic = kept.fetchone()
+        rows = con.execute("select shard, seq, sealed from deadletters").fetchall()
+    kept_bytes = longest_topic = 0
+    for shard, seq, sealed in rows:  # topic and payload are sealed together at rest
+        opened = ring.unseal(bytes(sealed), row_aad("deadletters", shard, seq))
+        topic, _, payload = opened.partition(b"\0")
+        kept_bytes += len(payload)
+        longest_topic = max(longest_topic, len(topic.decode()))
     bound = sum(len(p) if len(p) <= MAX_PAYLOAD else SUMMARY_MAX for p in expected.dead)
     print(f"dead payload bytes kept {kept_bytes:,} (bound {bound:,}); peak RSS {peak:,}")
     assert kept_bytes <= bound  # each dead payload once, an oversize one as a summary
