@@ -16,8 +16,9 @@ Each arrow of RULES.md, per (record, subscriber), in this order:
    navigation-map surveying qualification that is in and stores in mainland China gets its
    view as configured (raw WGS-84 if it asks: ``geo.raw-requires-qualification``). Everyone
    else gets a grid of at least ``geo.grid_floor_m`` (``geo.grid-floor``, ``view.precision``)
-   in GCJ-02 (``geo.datum-gcj02``); ``altitude: keep`` becomes remove and
-   ``location_derived: keep`` becomes coarsen.
+   in GCJ-02 (``geo.datum-gcj02``); ``altitude: keep`` becomes remove, a coarsened altitude
+   is never finer than ``geo.altitude_floor_m`` and ``location_derived: keep`` becomes
+   coarsen.
 3. Zones (§2), on the cell the row would be reported in at the subscriber's grid (the point,
    for raw): a ``prohibited`` hit blocks the record (``zone.prohibited``), a ``sensitive`` hit
    removes the position, altitude and location-derived fields (``zone.sensitive``), unless the
@@ -290,6 +291,7 @@ def plan(bundle: PolicyBundle, now: float, subscribers: Iterable[str] | None = N
     offset = timezone(timedelta(hours=bundle.rules.crossborder.year_utc_offset_hours))
     year = datetime.fromtimestamp(now, UTC).astimezone(offset).year
     floor = bundle.rules.geo.grid_floor_m
+    alt_floor = bundle.rules.geo.altitude_floor_m
     ids = list(bundle.subscribers) if subscribers is None else list(subscribers)
     views = []
     for index, sub_id in enumerate(ids):
@@ -301,6 +303,7 @@ def plan(bundle: PolicyBundle, now: float, subscribers: Iterable[str] | None = N
             or view.datum is OutputDatum.WGS84
             or view.location_precision_m < floor
         )
+        alt_step = view.altitude_step_m
         if privileged:
             grid = view.location_precision_m
             datum = view.datum
@@ -314,6 +317,7 @@ def plan(bundle: PolicyBundle, now: float, subscribers: Iterable[str] | None = N
             grid = max(view.location_precision_m, floor)
             datum = OutputDatum.GCJ02
             altitude = AltitudeMode.REMOVE if view.altitude is AltitudeMode.KEEP else view.altitude
+            alt_step = None if alt_step is None else max(alt_step, alt_floor)
             rules = _bits(RuleId.VIEW_PRECISION, RuleId.GEO_GRID_FLOOR, RuleId.GEO_DATUM_GCJ02)
             if asks_privilege:
                 rules |= _BIT[RuleId.GEO_RAW_REQUIRES_QUALIFICATION]
@@ -335,7 +339,7 @@ def plan(bundle: PolicyBundle, now: float, subscribers: Iterable[str] | None = N
                 datum=datum,
                 transform=view.datum_transform if datum is OutputDatum.GCJ02 else None,
                 altitude=altitude,
-                altitude_step_m=view.altitude_step_m,
+                altitude_step_m=alt_step,
                 derived=derived,
                 allowed=bundle.allowed_fields(sub_id),
                 authorised=sub.authorised_zones_on(day) if sub.mainland else frozenset(),

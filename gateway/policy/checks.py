@@ -193,6 +193,7 @@ def _check_subscribers(parts: Parts, out: list[Finding]) -> None:
     first_id: dict[str, int] = {}
     topics: dict[str, str] = {}
     floor = parts.geo.grid_floor_m if parts.geo is not None else None
+    alt_floor = parts.geo.altitude_floor_m if parts.geo is not None else None
     for i, sub in parts.subscribers:
         at: Loc = ("subscribers", i)
         if sub.id in first_id:
@@ -218,6 +219,7 @@ def _check_subscribers(parts: Parts, out: list[Finding]) -> None:
         _check_authorisations(parts, sub, at, out)
         _check_legal_bases(sub, at, out)
         _check_view(parts, sub, at, floor, out)
+        _check_altitude_floor(sub, at, alt_floor, out)
         topic = sub.view.delivery.topic
         if sub.view.delivery.channel is Channel.MQTT and topic is not None:
             if topic in topics and topics[topic] != sub.id:
@@ -353,6 +355,25 @@ def _check_view(
                 f"vin needs the view to allow {VIN} (category vehicle_id or the field itself)",
             )
         )
+
+
+def _check_altitude_floor(
+    sub: Subscriber, at: Loc, floor: float | None, out: list[Finding]
+) -> None:
+    """geo.altitude-coarsened: a coarsened altitude is never finer than the altitude floor
+    for a subscriber without a qualification (RULES.md §1), like the grid floor."""
+    step = sub.view.altitude_step_m
+    if floor is None or step is None or step >= floor or sub.has_qualification:
+        return
+    out.append(
+        Finding(
+            SUBSCRIBERS,
+            (*at, "view", "altitude_step_m"),
+            f"{step:g} m is below the altitude floor of {floor:g} m (rules.yaml "
+            "geo.altitude_floor_m) for a subscriber without a navigation_map_surveying "
+            "qualification",
+        )
+    )
 
 
 def _allows_vin(parts: Parts, sub: Subscriber) -> bool:

@@ -544,6 +544,8 @@ class GeoRules(_Model):
     """Geographic defaults (RULES.md §1)."""
 
     grid_floor_m: PositiveNumber
+    altitude_floor_m: PositiveNumber
+    """Finest altitude step for a subscriber without a valid qualification (§1)."""
 
 
 class RetentionRules(_Model):

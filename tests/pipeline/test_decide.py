@@ -291,10 +291,21 @@ CASES = [
     Case(
         "altitude coarsened",
         "sh-traffic",
-        [record(VIN_TRAFFIC, Vehicle__CurrentLocation__Altitude=12.3)],
+        [record(VIN_TRAFFIC, Vehicle__CurrentLocation__Altitude=37.3)],
         "share",
         cites=(RuleId.GEO_ALTITUDE_COARSENED,),
-        check=lambda o: o is not None and o["location"]["alt_m"] == 10.0,
+        check=lambda o: o is not None and o["location"]["alt_m"] == 50.0,
+    ),
+    Case(
+        "geo.altitude-coarsened: never finer than the altitude floor without a qualification",
+        "sh-traffic",
+        [record(VIN_TRAFFIC, Vehicle__CurrentLocation__Altitude=19.7)],
+        "share",
+        change=lambda b: tweak(b, "sh-traffic", view={"altitude_step_m": 0.1}),
+        cites=(RuleId.GEO_ALTITUDE_COARSENED, RuleId.GEO_GRID_FLOOR),
+        check=lambda o: (
+            o is not None and o["location"]["alt_m"] == 0.0 and o["location"]["alt_step_m"] == 50
+        ),
     ),
     Case(
         "no coordinates abroad without a geodata export approval",

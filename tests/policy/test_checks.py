@@ -83,6 +83,16 @@ CASES = {
         "subscribers[3].view.delivery.topic: topic already used by subscriber 'mapco-nav': "
         "each subscriber gets its own topic, so feeds cannot be joined",
     ),
+    "altitude-step-below-floor": Case(
+        "subscribers.yaml",
+        "      altitude_step_m: 50\n",
+        "      altitude_step_m: 0.1\n",
+        "altitude_step_m: 0.1",
+        None,
+        "subscribers[2].view.altitude_step_m: 0.1 m is below the altitude floor of 50 m "
+        "(rules.yaml geo.altitude_floor_m) for a subscriber without a "
+        "navigation_map_surveying qualification",
+    ),
     "view-allows-nothing": Case(
         "subscribers.yaml",
         "      categories: [location, time, energy, diagnostics, vehicle_state]",
@@ -148,7 +158,7 @@ CASES = {
     ),
     "altitude-coarsen-without-step": Case(
         "subscribers.yaml",
-        "      altitude_step_m: 10\n",
+        "      altitude_step_m: 50\n",
         "",
         "    view:",
         2,
@@ -307,7 +317,7 @@ CASES = {
     ),
     "not-a-mapping": Case(
         "rules.yaml",
-        "  grid_floor_m: 50\n",
+        "  grid_floor_m: 50\n  altitude_floor_m: 50\n",
         "  - 50\n",
         "geo:",
         None,

@@ -63,7 +63,7 @@ def test_show_summarises_subscribers_views_and_legal_bases() -> None:
         "FICTITIOUS-SCC-2025-0042",
         "example-prohibited-1",
         "trip_pseudonym",
-        "coarsen to 10 m",
+        "coarsen to 50 m",
         "grid floor 50 m",
     ):
         assert text in out, text

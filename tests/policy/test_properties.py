@@ -120,6 +120,13 @@ def bundles() -> dict[str, PolicyBundle]:
         }
     )
     subs["insureco-ubi"] = subs["insureco-ubi"].model_copy(update={"view": vin_view})
+    # 1 m altitude steps while qualified; the altitude floor once the qualification expires
+    mapco = subs["mapco-nav"]
+    fine_alt = mapco.view.model_copy(
+        update={"altitude": AltitudeMode.COARSEN, "altitude_step_m": 1.0}
+    )
+    early = tuple(q.model_copy(update={"expires": date(2027, 1, 1)}) for q in mapco.qualifications)
+    subs["mapco-nav"] = mapco.model_copy(update={"view": fine_alt, "qualifications": early})
     return {
         "default": base,
         "variant": dataclasses.replace(base, subscribers=MappingProxyType(subs)),
@@ -276,8 +283,11 @@ class Reference:
         )
         datum = view.datum if privileged else OutputDatum.GCJ02
         altitude = view.altitude
+        alt_step = view.altitude_step_m
         if not privileged and altitude is AltitudeMode.KEEP:
             altitude = AltitudeMode.REMOVE
+        if not privileged and alt_step is not None:
+            alt_step = max(alt_step, self.bundle.rules.geo.altitude_floor_m)
         derived = view.location_derived
         if derived is DerivedMode.KEEP and not (privileged and grid == 0):
             derived = DerivedMode.COARSEN
@@ -303,6 +313,7 @@ class Reference:
             "grid": grid,
             "datum": datum,
             "altitude": altitude,
+            "alt_step": alt_step,
             "derived": derived,
             "pos_rules": pos_rules,
             "approval": approval,
@@ -499,7 +510,7 @@ class Reference:
                 if info["alt_out"]:
                     alt = rec[ALTITUDE]
                     if cfg["altitude"] is AltitudeMode.COARSEN:
-                        step_m = view.altitude_step_m
+                        step_m = cfg["alt_step"]
                         loc["alt_m"] = float(coarsen_altitude(alt, step_m)[0])
                         loc["alt_step_m"] = int(step_m) if float(step_m).is_integer() else step_m
                     else:
@@ -883,6 +894,8 @@ def test_no_unqualified_view_holds_a_fine_or_wgs84_position(
         if "alt_m" in location:
             step = sub.view.altitude_step_m
             assert step is not None and location["alt_m"] % step == 0
+            assert location["alt_step_m"] >= bundle.rules.geo.altitude_floor_m
+            assert location["alt_m"] % location["alt_step_m"] == 0
 
 
 def check_derived(bundle: PolicyBundle, sub_id: str, qualified: bool, obj: dict[str, Any]) -> None:

@@ -110,8 +110,8 @@ def test_gridded_gcj02_view() -> None:
         "lat_gcj02": 31.2,
         "lon_gcj02": 121.4,
         "cell": "32651:7012:34567",
-        "alt_m": 20.0,
-        "alt_step_m": 10,
+        "alt_m": 50.0,
+        "alt_step_m": 50,
     }
     signals = {
         "Vehicle.Speed": 40.0,
@@ -126,7 +126,7 @@ def test_gridded_gcj02_view() -> None:
     bad: list[tuple[dict[str, Any], dict[str, Any]]] = [
         ({**good_location, "precision_m": 10}, {}),
         ({**good_location, "datum": "WGS-84"}, {}),
-        ({**good_location, "alt_m": 21.0}, {}),  # not on the 10 m altitude step
+        ({**good_location, "alt_m": 60.0}, {}),  # not on the 50 m altitude step
         (good_location, {"Vehicle.Speed": 43.0}),  # not coarsened to 10 km/h
         (good_location, {"Vehicle.CurrentLocation.Heading": 360.0}),  # wraps to 0
         (good_location, {"Vehicle.VehicleIdentification.VIN": "1M8GDM9AXKP042788"}),
