@@ -222,6 +222,11 @@ class ResolvedView:
     ``derived`` are the effective settings; ``authorised`` the zones it may receive located
     data for (valid and mainland only); ``geo_approval`` the id of a valid geodata export
     approval (cross-border only). ``position_rules`` are cited whenever a position goes.
+    ``withheld``: important fields the view allows but may not receive on that day (abroad
+    without a valid security assessment covering important data, or mainland for no purpose
+    the field names), removed citing ``withheld_rule``; they are not in ``allowed``.
+    ``sensitive``: the allowed fields flagged sensitive (they make a record sensitive PI);
+    ``important_basis``: the assessment an important field goes abroad under.
     """
 
     index: int
@@ -238,6 +243,10 @@ class ResolvedView:
     cross_border: bool
     geo_approval: str | None
     position_rules: int
+    withheld: frozenset[str] = frozenset()
+    withheld_rule: int = 0
+    sensitive: frozenset[str] = frozenset()
+    important_basis: str | None = None
 
     @property
     def id(self) -> str:
@@ -330,6 +339,7 @@ def plan(bundle: PolicyBundle, now: float, subscribers: Iterable[str] | None = N
             approval = next(
                 (b.id for b in bases if b.kind is LegalBasisKind.GEODATA_EXPORT_APPROVAL), None
             )
+        data = _data_classes(bundle, sub, day)
         views.append(
             ResolvedView(
                 index=index,
@@ -341,14 +351,61 @@ def plan(bundle: PolicyBundle, now: float, subscribers: Iterable[str] | None = N
                 altitude=altitude,
                 altitude_step_m=alt_step,
                 derived=derived,
-                allowed=bundle.allowed_fields(sub_id),
+                allowed=bundle.allowed_fields(sub_id) - data.withheld,
                 authorised=sub.authorised_zones_on(day) if sub.mainland else frozenset(),
                 cross_border=sub.cross_border,
                 geo_approval=approval,
                 position_rules=int(rules),
+                withheld=data.withheld,
+                withheld_rule=data.rule,
+                sensitive=data.sensitive,
+                important_basis=data.basis,
             )
         )
     return Plan(bundle=bundle, now=float(now), day=day, year=year, views=tuple(views))
+
+
+@dataclass(frozen=True, slots=True)
+class _DataClasses:
+    withheld: frozenset[str]
+    rule: int
+    sensitive: frozenset[str]
+    basis: str | None
+
+
+def _data_classes(bundle: PolicyBundle, sub: Subscriber, day: date) -> _DataClasses:
+    """Important and sensitive fields of one view on ``day`` (RULES.md §2, §4): important
+    fields go abroad only under a valid security assessment covering important data, and
+    to a mainland subscriber only for a purpose the field names."""
+    allowed = bundle.allowed_fields(sub.id)
+    specs = {p: bundle.fields[p] for p in allowed if p in bundle.fields}
+    important = frozenset(p for p, s in specs.items() if s.important)
+    basis = None
+    if sub.cross_border:
+        basis = next(
+            (
+                b.id
+                for b in sub.legal_bases_on(day, ExportDataClass.IMPORTANT_DATA)
+                if b.kind is LegalBasisKind.SECURITY_ASSESSMENT
+            ),
+            None,
+        )
+        withheld = important if basis is None else frozenset()
+        rule = _BIT[RuleId.XBORDER_IMPORTANT_DATA]
+    else:
+        purposes = set(sub.purposes)
+        withheld = frozenset(p for p in important if not purposes & set(specs[p].purposes))
+        rule = _BIT[RuleId.VIEW_IMPORTANT_DATA]
+    sensitive = frozenset(p for p, s in specs.items() if s.sensitive) - withheld
+    return _DataClasses(withheld, int(rule), sensitive, basis if important else None)
+
+
+def _rows_with(classified: Classified, paths: frozenset[str], n: int) -> BoolArray:
+    """Rows where any of ``paths`` has a value."""
+    out = np.zeros(n, dtype=bool)
+    for path in paths & classified.present.keys():
+        out |= classified.present[path]
+    return out
 
 
 # --- cross-border thresholds -----------------------------------------------------------------
@@ -404,7 +461,8 @@ def crossborder_gate(
     """Check an export to a cross-border ``subscriber`` against the thresholds (RULES.md §4).
 
     One entry per record, in the order the records are exported (time order): its vehicle
-    and whether it is sensitive (it carries a position: a trajectory, pseudonymised or not).
+    and whether it is sensitive (it carries a position — a trajectory, pseudonymised or not —
+    or a field flagged sensitive in fields.yaml: health, biometrics, identity, images).
     Every record is personal information (PI) of its vehicle's people; a sensitive one is
     also sensitive PI. A vehicle not yet counted this year for a class raises that class's
     count by one. A record is allowed only if, for each of its classes, the tier of the count
@@ -917,7 +975,7 @@ def decide(
         _set(a, unclassified_any, np.uint32(Applied.UNCLASSIFIED_REMOVED))
         not_allowed = np.zeros(n, dtype=bool)
         for path, present in classified.present.items():
-            if path not in view.allowed:
+            if path not in view.allowed and path not in view.withheld:
                 not_allowed |= present
         has_pos = located.positioned
         has_alt = np.isfinite(batch.alt) & live
@@ -928,6 +986,10 @@ def decide(
         not_allowed &= live
         _set(r, not_allowed, _BIT[RuleId.VIEW_FIELD_NOT_ALLOWED])
         _set(a, not_allowed, np.uint32(Applied.FIELDS_REMOVED))
+        important_out = _rows_with(classified, view.withheld, n) & live
+        _set(r, important_out, U64(view.withheld_rule))
+        _set(a, important_out, np.uint32(Applied.FIELDS_REMOVED))
+        degraded |= important_out
 
         # --- zones --------------------------------------------------------------------
         layer = located.layer(view.grid_m)
@@ -982,6 +1044,15 @@ def decide(
             _set(a, out_pos, np.uint32(Applied.DATUM_GCJ02))
         if view.cross_border and view.geo_approval is not None:
             basis_col[s, out_pos] = view.geo_approval
+        if view.important_basis is not None:
+            important = frozenset(
+                p for p in view.allowed if p in bundle.fields and bundle.fields[p].important
+            )
+            for row in np.flatnonzero(_rows_with(classified, important, n) & live).tolist():
+                prior = basis_col[s, row]
+                basis_col[s, row] = (
+                    f"{prior},{view.important_basis}" if prior else view.important_basis
+                )
 
         # --- altitude -----------------------------------------------------------------
         if view.allows_altitude:
@@ -1076,7 +1147,8 @@ def decide(
             a[dropped_rows] = 0
             sorted_ok &= sent
         if view.cross_border and len(order):
-            gated, gate = _gate(trips, sorted_ok, out_pos, view, the_plan, state, counted)
+            spi = out_pos | (_rows_with(classified, view.sensitive, n) & live)
+            gated, gate = _gate(trips, sorted_ok, spi, view, the_plan, state, counted)
             rows_gated = order[gated]
             r[rows_gated] |= np.asarray(gate.rules, dtype=np.uint64)
             allowed = np.asarray(gate.allowed, dtype=bool)

@@ -161,6 +161,7 @@ def _check_fields(parts: Parts, out: list[Finding]) -> None:
                     "uncoarsened (leave them unclassified to drop them)",
                 )
             )
+    _check_data_classes(parts, out)
     for name, category in COLUMN_CATEGORIES.items():
         column = parts.fields.get(name)
         if name not in parts.field_names:
@@ -184,6 +185,40 @@ def _check_fields(parts: Parts, out: list[Finding]) -> None:
                     f"maps to unknown field {target!r}{_suggest(target, parts.field_names)}",
                 )
             )
+
+
+def _check_data_classes(parts: Parts, out: list[Finding]) -> None:
+    """Images are important data (RULES.md §2); only important fields name purposes."""
+    for name, spec in parts.fields.items():
+        if spec.category is FieldCategory.IMAGERY and not spec.important:
+            out.append(
+                Finding(
+                    FIELDS,
+                    ("fields", name, "category"),
+                    "imagery may show faces or licence plates: it must be flagged important "
+                    "(RULES.md §2)",
+                )
+            )
+        if spec.purposes and not spec.important:
+            out.append(
+                Finding(
+                    FIELDS,
+                    ("fields", name, "purposes"),
+                    "purposes name the uses of an important field; this one is not important",
+                )
+            )
+        if parts.purpose_names is None:
+            continue
+        for k, purpose in enumerate(spec.purposes):
+            if purpose not in parts.purpose_names:
+                out.append(
+                    Finding(
+                        FIELDS,
+                        ("fields", name, "purposes", k),
+                        f"unknown purpose {purpose!r} (purposes are listed in {SUBSCRIBERS})"
+                        f"{_suggest(purpose, parts.purpose_names)}",
+                    )
+                )
 
 
 # --- subscribers.yaml -------------------------------------------------------------------
@@ -220,6 +255,7 @@ def _check_subscribers(parts: Parts, out: list[Finding]) -> None:
         _check_legal_bases(sub, at, out)
         _check_view(parts, sub, at, floor, out)
         _check_altitude_floor(sub, at, alt_floor, out)
+        _check_sensitive_data(parts, sub, at, out)
         topic = sub.view.delivery.topic
         if sub.view.delivery.channel is Channel.MQTT and topic is not None:
             if topic in topics and topics[topic] != sub.id:
@@ -374,6 +410,55 @@ def _check_altitude_floor(
             "qualification",
         )
     )
+
+
+def _check_sensitive_data(parts: Parts, sub: Subscriber, at: Loc, out: list[Finding]) -> None:
+    """xborder.basis-missing / xborder.important-data / view.important-data, decided from
+    the policy alone: each view entry (category or field) that lets a sensitive or important
+    field through is reported once, naming the fields (RULES.md §2, §4)."""
+    covers = {c for b in sub.legal_bases for c in b.covers}
+    assessed = any(
+        b.kind is LegalBasisKind.SECURITY_ASSESSMENT and ExportDataClass.IMPORTANT_DATA in b.covers
+        for b in sub.legal_bases
+    )
+    entries: list[tuple[Loc, list[str]]] = [
+        (
+            (*at, "view", "categories", k),
+            sorted(p for p, s in parts.fields.items() if s.category is c),
+        )
+        for k, c in enumerate(sub.view.categories)
+    ]
+    entries += [((*at, "view", "fields", k), [p]) for k, p in enumerate(sub.view.fields)]
+    for loc, paths in entries:
+        specs = [(p, parts.fields[p]) for p in paths if p in parts.fields]
+        problems = []
+        if sub.cross_border:
+            spi = [p for p, s in specs if s.sensitive and (assessed or not s.important)]
+            if spi and ExportDataClass.SENSITIVE_PERSONAL_INFORMATION not in covers:
+                problems.append(
+                    f"{', '.join(spi)}: sensitive personal information (fields.yaml) goes "
+                    "abroad only under a legal basis covering sensitive_personal_information "
+                    "(RULES.md §4)"
+                )
+            important = [p for p, s in specs if s.important]
+            if important and not assessed:
+                problems.append(
+                    f"{', '.join(important)}: important data (images of faces or licence "
+                    "plates) goes abroad only under a security_assessment covering "
+                    "important_data (RULES.md §2)"
+                )
+        else:
+            unnamed = [
+                p for p, s in specs if s.important and not set(s.purposes) & set(sub.purposes)
+            ]
+            if unnamed:
+                problems.append(
+                    f"{', '.join(unnamed)}: important data (images of faces or licence plates) "
+                    "reaches a mainland subscriber only for a purpose the field names "
+                    "(fields.yaml purposes); none of this subscriber's purposes is named "
+                    "(RULES.md §2)"
+                )
+        out.extend(Finding(SUBSCRIBERS, loc, message) for message in problems)
 
 
 def _allows_vin(parts: Parts, sub: Subscriber) -> bool:

@@ -33,6 +33,7 @@ class RuleId(StrEnum):
     VIEW_TIME_PRECISION = "view.time-precision"
     VIEW_DOWNSAMPLE = "view.downsample"
     VIEW_FIELD_NOT_ALLOWED = "view.field-not-allowed"
+    VIEW_IMPORTANT_DATA = "view.important-data"
     FIELD_UNCLASSIFIED = "field.unclassified"
     # RULES.md §3: personal information
     PI_TRAJECTORY_CONSENT = "pi.trajectory-consent"

@@ -244,13 +244,25 @@ class Coarsen(_Model):
 
 
 class FieldSpec(_Model):
-    """One signal the gateway knows: its category, VSS data type and unit."""
+    """One signal the gateway knows: its category, VSS data type and unit.
+
+    ``sensitive``: sensitive personal information (PIPL art. 28: biometrics, health,
+    identity numbers, images of people); an export carrying it counts toward the
+    sensitive-PI tier (RULES.md §4). Positions are sensitive by rule and need no flag.
+    ``important``: important data (automobile provisions art. 3: images with faces or
+    licence plates, and references to them such as frame URIs): never abroad without a
+    security assessment covering important data, and to a mainland subscriber only for one
+    of ``purposes`` (RULES.md §2).
+    """
 
     category: FieldCategory
     datatype: DataType
     unit: str | None = None
     description: str = ""
     coarsen: Coarsen | None = None
+    sensitive: bool = False
+    important: bool = False
+    purposes: tuple[str, ...] = ()
 
 
 class FieldsDoc(_Model):

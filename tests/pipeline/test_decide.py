@@ -585,6 +585,61 @@ CASES = [
         cites=(RuleId.XBORDER_BASIS_MISSING, RuleId.XBORDER_TIER_CONTRACT),
     ),
     Case(
+        "xborder.basis-missing: heart rate is sensitive PI, abroad only under a basis covering it",
+        "oem-hq-de",
+        [record(VIN_NONE, where=None, Vehicle__Driver__HeartRate=72)],
+        "block",
+        change=lambda b: tweak(b, "oem-hq-de", view={"categories": ("time", "personal")}),
+        cites=(RuleId.XBORDER_BASIS_MISSING, RuleId.XBORDER_TIER_CONTRACT),
+    ),
+    Case(
+        "xborder.tier-contract: a driver id abroad counts as sensitive PI and uses its basis",
+        "oem-hq-de",
+        [record(VIN_NONE, where=None, Vehicle__Driver__Identifier__Subject="driver-7")],
+        "share",
+        change=lambda b: with_geodata_approval(
+            tweak(b, "oem-hq-de", view={"categories": ("time", "personal")})
+        ),
+        cites=(RuleId.XBORDER_TIER_CONTRACT, RuleId.XBORDER_EXEMPT),
+        check=lambda o: (
+            o is not None and o["signals"] == {"Vehicle.Driver.Identifier.Subject": "driver-7"}
+        ),
+    ),
+    Case(
+        "xborder.important-data: a camera-frame URI never goes abroad without an assessment",
+        "oem-hq-de",
+        [record(VIN_NONE, where=None, Vehicle__ADAS__Camera__Front__Image="s3://f/1.jpg")],
+        "redact",
+        change=lambda b: tweak(b, "oem-hq-de", view={"categories": ("time", "imagery")}),
+        cites=(RuleId.XBORDER_IMPORTANT_DATA,),
+        not_cites=(RuleId.VIEW_FIELD_NOT_ALLOWED,),
+        check=lambda o: o is not None and o["signals"] == {},
+    ),
+    Case(
+        "view.important-data: a mainland view gets a camera frame only for a purpose naming it",
+        "insureco-ubi",
+        [record(where=None, Vehicle__ADAS__Camera__Front__Image="s3://f/1.jpg")],
+        "redact",
+        change=lambda b: tweak(
+            b, "insureco-ubi", view={"fields": ("Vehicle.ADAS.Camera.Front.Image",)}
+        ),
+        cites=(RuleId.VIEW_IMPORTANT_DATA,),
+        check=lambda o: o is not None and o["signals"] == {},
+    ),
+    Case(
+        "a purpose the camera field names lets the frame reference go to a mainland view",
+        "mapco-nav",
+        [record(Vehicle__ADAS__Camera__Front__Image="s3://f/1.jpg")],
+        "share",
+        change=lambda b: tweak(
+            b, "mapco-nav", view={"fields": ("Vehicle.ADAS.Camera.Front.Image",)}
+        ),
+        not_cites=(RuleId.VIEW_IMPORTANT_DATA,),
+        check=lambda o: (
+            o is not None and o["signals"] == {"Vehicle.ADAS.Camera.Front.Image": "s3://f/1.jpg"}
+        ),
+    ),
+    Case(
         "a record without a timestamp is blocked for everyone",
         "mapco-nav",
         [{"Vehicle.VehicleIdentification.VIN": VIN, "Vehicle.CurrentLocation.Latitude": 31.2}],

@@ -93,6 +93,60 @@ CASES = {
         "(rules.yaml geo.altitude_floor_m) for a subscriber without a "
         "navigation_map_surveying qualification",
     ),
+    "sensitive-pi-abroad-without-basis": Case(
+        "subscribers.yaml",
+        "categories: [location, time, energy, diagnostics, vehicle_state]",
+        "categories: [location, time, energy, diagnostics, vehicle_state, personal]",
+        "vehicle_state, personal]",
+        None,
+        "subscribers[3].view.categories[5]: Vehicle.Cabin.Seat.Row1.DriverSide.Occupant."
+        "Identifier.Subject, Vehicle.Cabin.Seat.Row1.PassengerSide.Occupant.Identifier.Subject, "
+        "Vehicle.Driver.DistractionLevel, Vehicle.Driver.FatigueLevel, Vehicle.Driver.HeartRate, "
+        "Vehicle.Driver.Identifier.Subject, Vehicle.Driver.IsEyesOnRoad: sensitive personal "
+        "information (fields.yaml) goes abroad only under a legal basis covering "
+        "sensitive_personal_information (RULES.md §4)",
+    ),
+    "imagery-abroad-without-assessment": Case(
+        "subscribers.yaml",
+        "categories: [location, time, energy, diagnostics, vehicle_state]",
+        "categories: [location, time, energy, diagnostics, vehicle_state, imagery]",
+        "vehicle_state, imagery]",
+        None,
+        "subscribers[3].view.categories[5]: Vehicle.ADAS.Camera.Front.Image, "
+        "Vehicle.Cabin.Camera.DriverMonitor.Image: important data (images of faces or licence "
+        "plates) goes abroad only under a security_assessment covering important_data "
+        "(RULES.md §2)",
+    ),
+    "imagery-for-a-purpose-not-named": Case(
+        "subscribers.yaml",
+        "fields: [Vehicle.Powertrain.TractionBattery.StateOfCharge.Current]",
+        "fields: [Vehicle.Powertrain.TractionBattery.StateOfCharge.Current, "
+        "Vehicle.ADAS.Camera.Front.Image]",
+        "Vehicle.ADAS.Camera.Front.Image]",
+        None,
+        "subscribers[1].view.fields[1]: Vehicle.ADAS.Camera.Front.Image: important data (images "
+        "of faces or licence plates) reaches a mainland subscriber only for a purpose the field "
+        "names (fields.yaml purposes); none of this subscriber's purposes is named "
+        "(RULES.md §2)",
+    ),
+    "imagery-not-important": Case(
+        "fields.yaml",
+        "    sensitive: true\n    important: true\n    purposes: [navigation-map]\n",
+        "    sensitive: true\n",
+        "category: imagery",
+        0,
+        "fields[Vehicle.ADAS.Camera.Front.Image].category: imagery may show faces or licence "
+        "plates: it must be flagged important (RULES.md §2)",
+    ),
+    "field-purpose-unknown": Case(
+        "fields.yaml",
+        "    purposes: [navigation-map]\n",
+        "    purposes: [navigation-maps]\n",
+        "navigation-maps",
+        None,
+        "fields[Vehicle.ADAS.Camera.Front.Image].purposes[0]: unknown purpose 'navigation-maps' "
+        "(purposes are listed in subscribers.yaml) (did you mean 'navigation-map'?)",
+    ),
     "view-allows-nothing": Case(
         "subscribers.yaml",
         "      categories: [location, time, energy, diagnostics, vehicle_state]",

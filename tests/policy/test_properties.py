@@ -952,3 +952,92 @@ def test_the_reference_itself_covers_the_interesting_cases(
     assert {o.verdict for o in want.values()} >= {"share", "redact", "block", "held"}
     assert len(HeldSet(sh.held)) == len(sh.held) and all(isinstance(h, HeldView) for h in sh.held)
     assert np.all(np.isin(d.verdict, [0, 1, 2, 3]))
+
+
+# --- sensitive and important fields (RULES.md §2, §4) ----------------------------------------
+
+PEOPLE_FIELDS = {
+    "Vehicle.Driver.HeartRate": 72,
+    "Vehicle.Driver.Identifier.Subject": "driver-7",
+    "Vehicle.Cabin.Seat.Row2.DriverSide.IsOccupied": True,
+    "Vehicle.ADAS.Camera.Front.Image": "s3://frames/1.jpg",
+    "Vehicle.Cabin.Camera.DriverMonitor.Image": "s3://frames/2.jpg",
+}
+
+
+def _with_people(bundle: PolicyBundle, bases: list[LegalBasis]) -> PolicyBundle:
+    subs = dict(bundle.subscribers)
+    for sub_id in ("oem-hq-de", "insureco-ubi", "mapco-nav"):
+        sub = subs[sub_id]
+        view = sub.view.model_copy(
+            update={
+                "categories": (*sub.view.categories, FieldCategory.PERSONAL, FieldCategory.IMAGERY)
+            }
+        )
+        extra = tuple(bases) if sub.cross_border else ()
+        subs[sub_id] = sub.model_copy(
+            update={"view": view, "legal_bases": (*sub.legal_bases, *extra)}
+        )
+    return dataclasses.replace(bundle, subscribers=MappingProxyType(subs))
+
+
+_BASES = st.lists(
+    st.tuples(
+        st.sampled_from(list(LegalBasisKind)),
+        st.sampled_from(
+            [
+                (ExportDataClass.SENSITIVE_PERSONAL_INFORMATION,),
+                (ExportDataClass.IMPORTANT_DATA,),
+                (ExportDataClass.PERSONAL_INFORMATION, ExportDataClass.IMPORTANT_DATA),
+            ]
+        ),
+        st.sampled_from([date(2026, 6, 30), date(2030, 1, 1)]),
+    ),
+    max_size=2,
+)
+_PEOPLE = st.lists(st.sets(st.sampled_from(sorted(PEOPLE_FIELDS))), min_size=24, max_size=24)
+
+
+@settings(max_examples=30, deadline=None)
+@given(streams(), _BASES, _PEOPLE)
+def test_sensitive_and_important_fields_go_only_where_a_basis_or_purpose_covers_them(
+    bundles: dict[str, PolicyBundle],
+    case: dict[str, Any],
+    drawn: list[tuple[LegalBasisKind, tuple[ExportDataClass, ...], date]],
+    people: list[set[str]],
+) -> None:
+    """A view abroad carrying a field flagged sensitive holds a valid basis covering sensitive
+    PI for its tier; important fields go abroad only under a valid security assessment, and
+    to a mainland view only for a purpose the field names."""
+    bases = [
+        LegalBasis(kind=k, id=f"B-{i}", covers=c, expires=e) for i, (k, c, e) in enumerate(drawn)
+    ]
+    bundle = _with_people(bundles["default"], bases)
+    if case["counted"] == 0:  # a consistent count: the vehicles known are among those counted
+        case = {**case, "known": frozenset()}
+    records = [
+        {**r, **{p: PEOPLE_FIELDS[p] for p in extra}} if isinstance(r, dict) else r
+        for r, extra in zip(case["records"], people, strict=False)
+    ]
+    state = initial_state(bundle, case)
+    _, sh = evaluate(decode(records, bundle), bundle, state, keys)
+    day = beijing_date(state.now)
+    outputs = list(zip(sh.subscriber.tolist(), sh.views, strict=True))
+    outputs += [(s, h.view) for s, h in zip(sh.held_subscriber.tolist(), sh.held, strict=True)]
+    subs = list(bundle.subscribers.values())
+    for s, obj in outputs:
+        sub = subs[s]
+        for path in obj["signals"]:
+            spec = bundle.fields[path]
+            if spec.important and sub.cross_border:
+                assert any(
+                    b.kind is LegalBasisKind.SECURITY_ASSESSMENT
+                    for b in sub.legal_bases_on(day, ExportDataClass.IMPORTANT_DATA)
+                ), (sub.id, path)
+            elif spec.important:
+                assert set(spec.purposes) & set(sub.purposes), (sub.id, path)
+            if spec.sensitive and sub.cross_border:
+                assert sub.legal_bases_on(day, ExportDataClass.SENSITIVE_PERSONAL_INFORMATION), (
+                    sub.id,
+                    path,
+                )
