@@ -432,8 +432,12 @@ _CONTRACT_KINDS = (
 )
 
 
-def _tier(count: int, tier: Tier, ciio: bool) -> int:
-    if count >= tier.assessment_from or (ciio and count >= 1):
+_IMPORTANT_PI_OVER = 100_000
+"""Automobile provisions art. 3: PI of more than this many people is important data."""
+
+
+def _tier(count: int, tier: Tier, ciio: bool, important_over: float = math.inf) -> int:
+    if count >= tier.assessment_from or (ciio and count >= 1) or count > important_over:
         return 2
     return 1 if count >= tier.contract_from else 0
 
@@ -469,8 +473,9 @@ def crossborder_gate(
     (with its vehicle) is covered by a legal basis valid on ``day``: none below
     ``contract_from``; a standard contract, certification or security assessment from
     ``contract_from``; a security assessment from ``assessment_from`` (from the first person
-    for a CIIO). A record that is not allowed counts nothing. The service calls this again
-    with fresh counts when it commits and blocks whatever is no longer allowed.
+    for a CIIO, and beyond 100,000 people of personal information when
+    ``vehicle_pi_over_100k_important`` is set: important data under the automobile
+    provisions). A record that is not allowed counts nothing.
     """
     known = {
         c: set(counts.get((subscriber.id, year, c), CrossBorderCount()).known)
@@ -483,6 +488,12 @@ def crossborder_gate(
     tiers = {
         ExportDataClass.PERSONAL_INFORMATION: rules.personal_information,
         ExportDataClass.SENSITIVE_PERSONAL_INFORMATION: rules.sensitive_personal_information,
+    }
+    important_over = {
+        ExportDataClass.PERSONAL_INFORMATION: (
+            _IMPORTANT_PI_OVER if rules.vehicle_pi_over_100k_important else math.inf
+        ),
+        ExportDataClass.SENSITIVE_PERSONAL_INFORMATION: math.inf,
     }
     allowed: list[bool] = []
     cited: list[int] = []
@@ -497,7 +508,7 @@ def crossborder_gate(
         ids: list[str] = []
         for c in classes:
             fresh = vehicle not in known[c]
-            tier = _tier(total[c] + (1 if fresh else 0), tiers[c], rules.ciio)
+            tier = _tier(total[c] + (1 if fresh else 0), tiers[c], rules.ciio, important_over[c])
             basis = _covering(subscriber, day, c, tier)
             bits |= int(_BIT[_TIER_RULES[tier]])
             if basis is None:

@@ -80,7 +80,9 @@ def show(directory: _DirArgument = None) -> None:
         f"grid floor {rules.geo.grid_floor_m:g} m; cross-border PI: contract from "
         f"{pi.contract_from:,}, assessment from {pi.assessment_from:,} people; sensitive PI: "
         f"contract from {spi.contract_from:,}, assessment from {spi.assessment_from:,} "
-        f"(per calendar year, UTC{rules.crossborder.year_utc_offset_hours:+d}); audit kept "
+        f"(per calendar year, UTC{rules.crossborder.year_utc_offset_hours:+d}); PI of more "
+        f"than 100,000 people is important data: "
+        f"{'yes' if rules.crossborder.vehicle_pi_over_100k_important else 'no'}; audit kept "
         f"{rules.retention.audit_years} years"
     )
 

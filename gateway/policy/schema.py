@@ -550,6 +550,10 @@ class CrossBorderRules(_Model):
     sensitive_personal_information: Tier
     ciio: bool
     year_utc_offset_hours: Annotated[int, BeforeValidator(_integer), Field(ge=-12, le=14)]
+    vehicle_pi_over_100k_important: bool
+    """Automobile provisions art. 3: PI of more than 100,000 people is important data, so an
+    export of PI beyond 100,000 people needs a security assessment, not a standard contract
+    (the conservative reading of RULES.md §2; a documented legal position)."""
 
 
 class GeoRules(_Model):

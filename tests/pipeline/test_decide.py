@@ -562,7 +562,34 @@ CASES = [
         "oem-hq-de",
         [record(VIN)],
         "redact",
-        state=counts(999_999),
+        state=counts(100_000),
+        cites=(RuleId.XBORDER_TIER_CONTRACT,),
+    ),
+    Case(
+        "xborder.tier-assessment: PI of more than 100,000 people is important data (vehicles)",
+        "oem-hq-de",
+        [record(VIN_NONE)],
+        "block",
+        state=counts(100_000),
+        cites=(RuleId.XBORDER_BASIS_MISSING, RuleId.XBORDER_TIER_ASSESSMENT),
+        not_cites=(RuleId.XBORDER_TIER_CONTRACT,),
+    ),
+    Case(
+        "without the automobile reading the general tiers let a contract cover 100,001 people",
+        "oem-hq-de",
+        [record(VIN_NONE)],
+        "redact",
+        state=counts(100_000),
+        change=lambda b: dataclasses.replace(
+            b,
+            rules=b.rules.model_copy(
+                update={
+                    "crossborder": b.rules.crossborder.model_copy(
+                        update={"vehicle_pi_over_100k_important": False}
+                    )
+                }
+            ),
+        ),
         cites=(RuleId.XBORDER_TIER_CONTRACT,),
     ),
     Case(
@@ -581,7 +608,7 @@ CASES = [
         [record(VIN, t=beijing(2027, 4, 2, 9, 0))],
         "block",
         now=beijing(2027, 4, 2, 10, 0),
-        state=counts(150_000),
+        state=counts(100_000),
         cites=(RuleId.XBORDER_BASIS_MISSING, RuleId.XBORDER_TIER_CONTRACT),
     ),
     Case(

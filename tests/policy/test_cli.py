@@ -65,6 +65,7 @@ def test_show_summarises_subscribers_views_and_legal_bases() -> None:
         "trip_pseudonym",
         "coarsen to 50 m",
         "grid floor 50 m",
+        "PI of more than 100,000 people is important data: yes",
     ):
         assert text in out, text
 

@@ -706,7 +706,12 @@ class Reference:
             for c in classes:
                 n = count[c] + (vin not in known[c])
                 tier = tiers[c]
-                level = 2 if (n >= tier.assessment_from or (xb.ciio and n >= 1)) else (
+                important = (
+                    c is ExportDataClass.PERSONAL_INFORMATION
+                    and xb.vehicle_pi_over_100k_important
+                    and n > 100_000
+                )
+                level = 2 if (n >= tier.assessment_from or (xb.ciio and n >= 1) or important) else (
                     1 if n >= tier.contract_from else 0)  # fmt: skip
                 cited.add(
                     ["xborder.exempt", "xborder.tier-contract", "xborder.tier-assessment"][level]
