@@ -430,6 +430,7 @@ _CONTRACT_KINDS = (
     LegalBasisKind.CERTIFICATION,
     LegalBasisKind.SECURITY_ASSESSMENT,
 )
+_GBA_KINDS = (*_CONTRACT_KINDS, LegalBasisKind.GBA_STANDARD_CONTRACT)
 
 
 _IMPORTANT_PI_OVER = 100_000
@@ -446,7 +447,9 @@ def _covering(sub: Subscriber, day: date, data_class: ExportDataClass, tier: int
     """Id of the first valid legal basis covering ``data_class`` at ``tier``; "" if exempt."""
     if tier == 0:
         return ""
-    kinds = _CONTRACT_KINDS if tier == 1 else (LegalBasisKind.SECURITY_ASSESSMENT,)
+    kinds: tuple[LegalBasisKind, ...] = (LegalBasisKind.SECURITY_ASSESSMENT,)
+    if tier == 1:
+        kinds = _GBA_KINDS if sub.hong_kong_or_macao else _CONTRACT_KINDS
     for basis in sub.legal_bases_on(day, data_class):
         if basis.kind in kinds:
             return basis.id
@@ -475,8 +478,14 @@ def crossborder_gate(
     ``contract_from``; a security assessment from ``assessment_from`` (from the first person
     for a CIIO, and beyond 100,000 people of personal information when
     ``vehicle_pi_over_100k_important`` is set: important data under the automobile
-    provisions). A record that is not allowed counts nothing.
+    provisions). A GBA standard contract counts as a standard contract for a recipient in
+    Hong Kong or Macao only. Without a PI impact assessment completed by ``day`` nothing is
+    allowed (``xborder.impact-assessment``). A record that is not allowed counts nothing.
     """
+    if not subscriber.assessed_on(day):
+        bits = int(_BIT[RuleId.XBORDER_IMPACT_ASSESSMENT])
+        n = len(vehicles)
+        return GateResult((False,) * n, (bits,) * n, (None,) * n, ())
     known = {
         c: set(counts.get((subscriber.id, year, c), CrossBorderCount()).known)
         for c in (
@@ -921,6 +930,9 @@ def _transforms(
         out["unclassified"] = list(names)
     if bits & Applied.TRIMMED:
         out["trip_trim_m"] = _json_number(cfg.trip_trim_m)
+    review = view.subscriber.map_review
+    if position and review is not None:
+        out["map_review"] = review.reference
     return out
 
 
@@ -1165,7 +1177,9 @@ def decide(
             allowed = np.asarray(gate.allowed, dtype=bool)
             denied = rows_gated[~allowed]
             v[denied] = Verdict.BLOCK
-            block_rules[denied] = r[denied] & _bits(RuleId.XBORDER_BASIS_MISSING, *_TIER_RULES)
+            block_rules[denied] = r[denied] & _bits(
+                RuleId.XBORDER_BASIS_MISSING, RuleId.XBORDER_IMPACT_ASSESSMENT, *_TIER_RULES
+            )
             a[denied] = 0
             for row, basis in zip(rows_gated.tolist(), gate.basis, strict=True):
                 if basis:

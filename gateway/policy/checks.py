@@ -256,6 +256,7 @@ def _check_subscribers(parts: Parts, out: list[Finding]) -> None:
         _check_view(parts, sub, at, floor, out)
         _check_altitude_floor(sub, at, alt_floor, out)
         _check_sensitive_data(parts, sub, at, out)
+        _check_records(sub, at, out)
         topic = sub.view.delivery.topic
         if sub.view.delivery.channel is Channel.MQTT and topic is not None:
             if topic in topics and topics[topic] != sub.id:
@@ -287,7 +288,11 @@ def _check_authorisations(parts: Parts, sub: Subscriber, at: Loc, out: list[Find
         seen.add(auth.zone)
 
 
-_CONTRACT_KINDS = (LegalBasisKind.STANDARD_CONTRACT, LegalBasisKind.CERTIFICATION)
+_CONTRACT_KINDS = (
+    LegalBasisKind.STANDARD_CONTRACT,
+    LegalBasisKind.CERTIFICATION,
+    LegalBasisKind.GBA_STANDARD_CONTRACT,
+)
 _NEEDS_APPROVAL = (ExportDataClass.IMPORTANT_DATA, ExportDataClass.GEOGRAPHIC_DATA)
 
 
@@ -309,6 +314,15 @@ def _check_legal_bases(sub: Subscriber, at: Loc, out: list[Finding]) -> None:
                             "security assessment and geographic data an export approval",
                         )
                     )
+        if basis.kind is LegalBasisKind.GBA_STANDARD_CONTRACT and not sub.hong_kong_or_macao:
+            out.append(
+                Finding(
+                    SUBSCRIBERS,
+                    (*loc, "kind"),
+                    "a gba_standard_contract covers only recipients in Hong Kong or Macao that "
+                    "store there (region and storage_region HK or MO; RULES.md §4)",
+                )
+            )
         if basis.kind is LegalBasisKind.GEODATA_EXPORT_APPROVAL and (
             ExportDataClass.GEOGRAPHIC_DATA not in basis.covers
         ):
@@ -459,6 +473,31 @@ def _check_sensitive_data(parts: Parts, sub: Subscriber, at: Loc, out: list[Find
                     "(RULES.md §2)"
                 )
         out.extend(Finding(SUBSCRIBERS, loc, message) for message in problems)
+
+
+def _check_records(sub: Subscriber, at: Loc, out: list[Finding]) -> None:
+    """xborder.impact-assessment: a cross-border subscriber records its PI impact
+    assessment (PIPL art. 55-56); a navigation-map subscriber (one holding the surveying
+    qualification) records its map review (MNR notice of 26 July 2024)."""
+    if sub.cross_border and sub.impact_assessment is None:
+        out.append(
+            Finding(
+                SUBSCRIBERS,
+                (*at, "id"),
+                "a cross-border subscriber needs impact_assessment (reference, date): no "
+                "personal information goes abroad without a PI protection impact assessment "
+                "(PIPL art. 55-56, RULES.md §4)",
+            )
+        )
+    if sub.has_qualification and sub.map_review is None:
+        out.append(
+            Finding(
+                SUBSCRIBERS,
+                (*at, "qualifications"),
+                "a navigation-map subscriber needs map_review (reference, date) of its maps "
+                "(MNR notice of 26 July 2024, RULES.md §1)",
+            )
+        )
 
 
 def _allows_vin(parts: Parts, sub: Subscriber) -> bool:

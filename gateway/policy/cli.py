@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from gateway.policy.bundle import PolicyBundle
-    from gateway.policy.schema import Subscriber
+    from gateway.policy.schema import ImpactAssessment, MapReview, Subscriber
 
 app = typer.Typer(
     name="policy",
@@ -182,6 +182,13 @@ def _overview_table(bundle: PolicyBundle) -> Table:
     return table
 
 
+def _record(record: ImpactAssessment | MapReview | None, needed: bool) -> str:
+    """A recorded reference with its date; "none" in bold where the rules need one."""
+    if record is None:
+        return "[bold]none[/bold]" if needed else "-"
+    return f"{record.reference}, {record.date}"
+
+
 def _subscriber_table(sub: Subscriber) -> Table:
     """One subscriber as ``setting | value`` rows: readable at any terminal width."""
     from rich.table import Table
@@ -208,6 +215,8 @@ def _subscriber_table(sub: Subscriber) -> Table:
         ("qualifications", "\n".join(quals) or "-"),
         ("zone authorisations", "\n".join(zones) or "-"),
         ("legal bases", "\n".join(bases) or ("[bold]none[/bold]" if sub.cross_border else "-")),
+        ("impact assessment", _record(sub.impact_assessment, sub.cross_border)),
+        ("map review", _record(sub.map_review, sub.has_qualification)),
         ("allows", _allows(sub)),
         ("position", _position(sub)),
         ("time precision", f"{view.time_precision_s:g} s"),

@@ -49,5 +49,6 @@ class RuleId(StrEnum):
     XBORDER_TIER_ASSESSMENT = "xborder.tier-assessment"
     XBORDER_IMPORTANT_DATA = "xborder.important-data"
     XBORDER_BASIS_MISSING = "xborder.basis-missing"
+    XBORDER_IMPACT_ASSESSMENT = "xborder.impact-assessment"
     # RULES.md §5: records (input that never reached a view is still audited)
     INPUT_INVALID = "input.invalid"

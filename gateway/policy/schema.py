@@ -26,7 +26,13 @@ from pydantic import model_validator as _model_validator
 
 from gateway.geo.grid import MAX_SIZE_M, MIN_SIZE_M
 from gateway.model import Datum
-from gateway.policy.codes import is_mainland, is_valid_region, is_valid_vin, vin_check_digit
+from gateway.policy.codes import (
+    is_hk_or_mo,
+    is_mainland,
+    is_valid_region,
+    is_valid_vin,
+    vin_check_digit,
+)
 
 __all__ = [
     "BEIJING",
@@ -45,9 +51,11 @@ __all__ = [
     "FieldsDoc",
     "GeoRules",
     "IdentifierMode",
+    "ImpactAssessment",
     "IngestRules",
     "LegalBasis",
     "LegalBasisKind",
+    "MapReview",
     "NoConsentFallback",
     "OutputDatum",
     "Qualification",
@@ -318,6 +326,9 @@ class LegalBasisKind(StrEnum):
     """Personal information protection certification (个人信息保护认证)."""
     GEODATA_EXPORT_APPROVAL = "geodata_export_approval"
     """Approval to provide geographic data abroad (地理信息数据对外提供审批)."""
+    GBA_STANDARD_CONTRACT = "gba_standard_contract"
+    """Greater Bay Area standard contract (粤港澳大湾区个人信息跨境流动标准合同, 2023
+    implementation guidelines): only for recipients in Hong Kong or Macao."""
 
 
 class ExportDataClass(StrEnum):
@@ -340,6 +351,22 @@ class LegalBasis(_Model):
     def valid_on(self, day: date) -> bool:
         """True if ``day`` (a Beijing-time date) is not after the expiry day."""
         return day <= self.expires
+
+
+class ImpactAssessment(_Model):
+    """A personal-information protection impact assessment (PIPL art. 55-56) of an export
+    to one recipient: its reference and the day it was completed (Beijing time)."""
+
+    reference: Text
+    date: Day
+
+
+class MapReview(_Model):
+    """The map review (地图审核) of a navigation-map subscriber's maps: its reference and
+    the day it was granted (MNR notice of 26 July 2024: rigorous review of navigation maps)."""
+
+    reference: Text
+    date: Day
 
 
 class OutputDatum(StrEnum):
@@ -465,6 +492,8 @@ class Subscriber(_Model):
     qualifications: tuple[Qualification, ...] = ()
     zone_authorisations: tuple[ZoneAuthorisation, ...] = ()
     legal_bases: tuple[LegalBasis, ...] = ()
+    impact_assessment: ImpactAssessment | None = None
+    map_review: MapReview | None = None
     view: View
 
     @property
@@ -476,6 +505,16 @@ class Subscriber(_Model):
     def cross_border(self) -> bool:
         """True if the subscriber or its storage is outside mainland China (RULES.md §4)."""
         return not self.mainland
+
+    @property
+    def hong_kong_or_macao(self) -> bool:
+        """True if both the subscriber and its storage are in Hong Kong or Macao (the
+        recipients a Greater Bay Area standard contract can cover)."""
+        return is_hk_or_mo(self.region) and is_hk_or_mo(self.storage_region)
+
+    def assessed_on(self, day: date) -> bool:
+        """True if a PI impact assessment completed on or before ``day`` is recorded."""
+        return self.impact_assessment is not None and self.impact_assessment.date <= day
 
     @property
     def has_qualification(self) -> bool:

@@ -235,6 +235,14 @@ def with_geodata_approval(bundle: PolicyBundle) -> PolicyBundle:
     return tweak(bundle, "oem-hq-de", legal_bases=(*sub.legal_bases, *extra))
 
 
+GBA_CONTRACT = LegalBasis(
+    kind=LegalBasisKind.GBA_STANDARD_CONTRACT,
+    id="TEST-GBA-1",
+    covers=(ExportDataClass.PERSONAL_INFORMATION,),
+    expires=datetime(2027, 12, 31).date(),
+)
+
+
 def moved(meters: float, base: tuple[float, float] = CITY) -> tuple[float, float]:
     return (base[0] + meters / 111_320.0, base[1])
 
@@ -387,7 +395,12 @@ CASES = [
         "mapco-nav",
         [record(where=SENSITIVE_2)],
         "redact",
-        change=lambda b: tweak(b, "mapco-nav", storage_region="HK"),
+        change=lambda b: tweak(
+            b,
+            "mapco-nav",
+            storage_region="HK",
+            impact_assessment=b.subscribers["oem-hq-de"].impact_assessment,
+        ),
         cites=(RuleId.ZONE_SENSITIVE, RuleId.XBORDER_IMPORTANT_DATA),
         not_cites=(RuleId.ZONE_AUTHORISED,),
         check=no_location,
@@ -665,6 +678,44 @@ CASES = [
         check=lambda o: (
             o is not None and o["signals"] == {"Vehicle.ADAS.Camera.Front.Image": "s3://f/1.jpg"}
         ),
+    ),
+    Case(
+        "xborder.impact-assessment: without a PI impact assessment no PI goes abroad",
+        "oem-hq-de",
+        [record(VIN_NONE)],
+        "block",
+        change=lambda b: tweak(b, "oem-hq-de", impact_assessment=None),
+        cites=(RuleId.XBORDER_IMPACT_ASSESSMENT,),
+        not_cites=(RuleId.XBORDER_EXEMPT,),
+    ),
+    Case(
+        "an impact assessment completed after the decision day counts as absent",
+        "oem-hq-de",
+        [record(VIN_NONE, t=beijing(2025, 2, 14, 9, 0))],
+        "block",
+        now=beijing(2025, 2, 14, 10, 0),
+        cites=(RuleId.XBORDER_IMPACT_ASSESSMENT,),
+    ),
+    Case(
+        "xborder.tier-contract: a GBA standard contract covers a Hong Kong recipient",
+        "oem-hq-de",
+        [record(VIN_NONE)],
+        "redact",
+        state=counts(99_999),
+        change=lambda b: tweak(
+            b, "oem-hq-de", region="HK", storage_region="HK", legal_bases=(GBA_CONTRACT,)
+        ),
+        cites=(RuleId.XBORDER_TIER_CONTRACT,),
+        not_cites=(RuleId.XBORDER_BASIS_MISSING,),
+    ),
+    Case(
+        "xborder.basis-missing: a GBA standard contract does not cover a recipient in Germany",
+        "oem-hq-de",
+        [record(VIN_NONE)],
+        "block",
+        state=counts(99_999),
+        change=lambda b: tweak(b, "oem-hq-de", legal_bases=(GBA_CONTRACT,)),
+        cites=(RuleId.XBORDER_BASIS_MISSING, RuleId.XBORDER_TIER_CONTRACT),
     ),
     Case(
         "a record without a timestamp is blocked for everyone",
@@ -967,3 +1018,11 @@ def test_stages_can_run_one_by_one(bundle: PolicyBundle) -> None:
     d = decide(batch, classify(batch, bundle), located, p, mid_trip(bundle, [record()], NOW))
     assert d.applied[index(d, "insureco-ubi"), 0] & Applied.GRID
     assert d.transforms(index(d, "insureco-ubi"), 0)["grid_m"] == 1000
+
+
+def test_the_map_review_of_a_navigation_map_subscriber_is_in_the_audit(
+    bundle: PolicyBundle,
+) -> None:
+    d, _ = run(bundle, [record()])
+    assert d.transforms(index(d, "mapco-nav"), 0)["map_review"] == "FICTITIOUS-审图号-0000001"
+    assert "map_review" not in d.transforms(index(d, "insureco-ubi"), 0)

@@ -41,7 +41,7 @@ CASES = {
     "raw-stored-in-hong-kong": Case(
         "subscribers.yaml",
         "    storage_region: CN-BJ",
-        "    storage_region: CN-HK",
+        "    storage_region: CN-HK\n    impact_assessment: {reference: PIA-1, date: 2025-01-01}",
         "location_precision_m: 0",
         None,
         "subscribers[0].view.location_precision_m: 0 (raw) is only for a subscriber in "
@@ -146,6 +146,35 @@ CASES = {
         None,
         "fields[Vehicle.ADAS.Camera.Front.Image].purposes[0]: unknown purpose 'navigation-maps' "
         "(purposes are listed in subscribers.yaml) (did you mean 'navigation-map'?)",
+    ),
+    "crossborder-without-impact-assessment": Case(
+        "subscribers.yaml",
+        '    impact_assessment:\n      reference: "FICTITIOUS-PIA-2025-0007"\n'
+        "      date: 2025-02-15\n",
+        "",
+        "- id: oem-hq-de",
+        None,
+        "subscribers[3].id: a cross-border subscriber needs impact_assessment (reference, date): "
+        "no personal information goes abroad without a PI protection impact assessment "
+        "(PIPL art. 55-56, RULES.md §4)",
+    ),
+    "gba-contract-outside-hong-kong-and-macao": Case(
+        "subscribers.yaml",
+        "      - kind: standard_contract\n",
+        "      - kind: gba_standard_contract\n",
+        "kind: gba_standard_contract",
+        None,
+        "subscribers[3].legal_bases[0].kind: a gba_standard_contract covers only recipients in "
+        "Hong Kong or Macao that store there (region and storage_region HK or MO; RULES.md §4)",
+    ),
+    "navigation-map-subscriber-without-map-review": Case(
+        "subscribers.yaml",
+        '    map_review:\n      reference: "FICTITIOUS-审图号-0000001"\n      date: 2025-03-01\n',
+        "",
+        "    qualifications:",
+        None,
+        "subscribers[0].qualifications: a navigation-map subscriber needs map_review (reference, "
+        "date) of its maps (MNR notice of 26 July 2024, RULES.md §1)",
     ),
     "view-allows-nothing": Case(
         "subscribers.yaml",

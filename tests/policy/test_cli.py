@@ -66,6 +66,8 @@ def test_show_summarises_subscribers_views_and_legal_bases() -> None:
         "coarsen to 50 m",
         "grid floor 50 m",
         "PI of more than 100,000 people is important data: yes",
+        "FICTITIOUS-PIA-2025-0007, 2025-02-15",
+        "FICTITIOUS-审图号-0000001, 2025-03-01",
     ):
         assert text in out, text
 

@@ -694,7 +694,11 @@ class Reference:
         for c in tiers:
             entry = self.state.count((sub.id, self.year, c))
             known[c], count[c] = set(entry.known), entry.count
-        keep = []
+        keep: list[int] = []
+        if not sub.assessed_on(self.day):  # no PI impact assessment yet: nothing goes abroad
+            for i in sent:
+                outcomes[(sub.id, i)] = Outcome("block", {"xborder.impact-assessment"})
+            return keep
         for i in sorted(sent, key=lambda i: (records[i][TIMESTAMP], records[i][VIN], i)):
             vin = records[i][VIN]
             classes = [ExportDataClass.PERSONAL_INFORMATION]
