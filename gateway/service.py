@@ -49,7 +49,7 @@ from gateway.pipeline.shape import evaluate
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.child import load_in_child
 from gateway.policy.holder import PolicyHolder
-from gateway.policy.schema import ExportDataClass, beijing_date
+from gateway.policy.schema import ExportDataClass, counting_year
 from gateway.policy.state import (
     CounterKey,
     CrossBorderCount,
@@ -280,7 +280,7 @@ class Gateway:
         """Counts for every cross-border subscriber of ``bundle`` (the batch's) this year,
         with the batch's vehicles that are already counted (what the engine needs; the
         store holds keyed refs)."""
-        year = beijing_date(now).year
+        year = counting_year(bundle.rules.crossborder.year_utc_offset_hours, now)
         out: dict[CounterKey, CrossBorderCount] = {}
         subs = [s for s in bundle.subscribers.values() if s.cross_border]
         if not subs or not vehicles:
@@ -420,6 +420,9 @@ class Gateway:
                 FORGET_MIN + FORGET_PER_RECORD * len(batch),
             )
         self.metrics.batch_commit_seconds.observe(time.perf_counter() - t_commit)
+        if decisions is not None:
+            for sub_id, n in decisions.crossborder_blocked().items():
+                self.metrics.crossborder_blocked.labels(sub_id).inc(n)
         for counter, added in written.counted.items():
             if counter in self._xb_counts:
                 self._xb_counts[counter] += added

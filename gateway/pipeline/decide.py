@@ -72,7 +72,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import date
 from enum import IntEnum, IntFlag
 from typing import Any
 
@@ -99,6 +99,7 @@ from gateway.policy.schema import (
     Subscriber,
     Tier,
     beijing_date,
+    counting_year,
 )
 from gateway.policy.state import (
     CounterKey,
@@ -297,8 +298,7 @@ def plan(bundle: PolicyBundle, now: float, subscribers: Iterable[str] | None = N
     ``now``'s Beijing date). Raises ``KeyError`` for an unknown subscriber id.
     """
     day = beijing_date(now)
-    offset = timezone(timedelta(hours=bundle.rules.crossborder.year_utc_offset_hours))
-    year = datetime.fromtimestamp(now, UTC).astimezone(offset).year
+    year = counting_year(bundle.rules.crossborder.year_utc_offset_hours, now)
     floor = bundle.rules.geo.grid_floor_m
     alt_floor = bundle.rules.geo.altitude_floor_m
     ids = list(bundle.subscribers) if subscribers is None else list(subscribers)
@@ -833,6 +833,21 @@ class Decisions:
         if not self.position[s, row]:
             return Datum.NONE
         return self.plan.views[s].datum.datum
+
+    def crossborder_blocked(self) -> dict[str, int]:
+        """Per cross-border subscriber: records blocked because a threshold lacks a covering
+        legal basis or the recipient lacks a PI impact assessment (the alert metric)."""
+        alert = _bits(RuleId.XBORDER_BASIS_MISSING, RuleId.XBORDER_IMPACT_ASSESSMENT)
+        out: dict[str, int] = {}
+        for view in self.plan.views:
+            if not view.cross_border:
+                continue
+            hit = (self.verdict[view.index] == Verdict.BLOCK) & (
+                (self.rules[view.index] & alert) != 0
+            )
+            if n := int(hit.sum()):
+                out[view.id] = n
+        return out
 
     def basis_of(self, s: int, row: int) -> str | None:
         """Consent id and legal basis ids used, comma-separated, or ``None``."""

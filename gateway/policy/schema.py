@@ -70,6 +70,7 @@ __all__ = [
     "View",
     "ZoneAuthorisation",
     "beijing_date",
+    "counting_year",
 ]
 
 BEIJING = timezone(timedelta(hours=8), "Beijing")
@@ -83,6 +84,15 @@ def beijing_date(when: datetime | float) -> date:
             raise ValueError("a naive datetime has no defined Beijing date")
         return when.astimezone(BEIJING).date()
     return datetime.fromtimestamp(when, UTC).astimezone(BEIJING).date()
+
+
+def counting_year(offset_hours: int, when: float) -> int:
+    """The calendar year cross-border counts are kept under at Unix time ``when``
+    (``crossborder.year_utc_offset_hours``; Beijing time, +8, by default). Every reader and
+    writer of the counts uses this one function."""
+    return (
+        datetime.fromtimestamp(when, UTC).astimezone(timezone(timedelta(hours=offset_hours))).year
+    )
 
 
 class _Model(BaseModel):
