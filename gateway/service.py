@@ -32,8 +32,14 @@ from prometheus_client import CollectorRegistry
 from gateway import consents
 from gateway.audit.entries import AdminAction, AdminEntry
 from gateway.audit.log import AuditLog, CheckpointPolicy
-from gateway.audit.outbox import all_vehicle_state, count_pending, prune_seen, seen_records
-from gateway.audit.store import Store, open_store
+from gateway.audit.outbox import (
+    all_vehicle_state,
+    count_pending,
+    prune_expired,
+    prune_seen,
+    seen_records,
+)
+from gateway.audit.store import Store, Transaction, open_store
 from gateway.commit import Context, DeadInput, Written, commit_batch
 from gateway.config import GatewayConfig
 from gateway.deliver.mqtt import MqttPublisher
@@ -93,6 +99,8 @@ FORGET_PER_RECORD = 2
 FORGET_MIN = 16
 FORGET_PER_TICK = 2_000
 """Expired rows forgotten once a second, so an idle gateway forgets too."""
+PRUNE_PER_SWEEP = 5_000
+"""Rows of each table past its retention deleted per sweep (once a minute)."""
 
 DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 """Mosquitto's count of messages it dropped (offline queue or in-flight limits)."""
@@ -580,6 +588,7 @@ class Gateway:
                 vehicle_states=self._vehicle_docs(new_state, touched),
                 crossborder={},
             )
+            self._prune_expired(tx, bundle, now)
         self.state = new_state
         self._xb_counts.clear()  # other workers may have counted too: read again
         self.drainer.submit(written.outbox)
@@ -588,6 +597,22 @@ class Gateway:
         for (sub, decision), n in written.decisions.items():
             self.metrics.decisions.labels(sub, decision).inc(n)
         return written
+
+    def _prune_expired(self, tx: Transaction, bundle: PolicyBundle, now: float) -> None:
+        """Delete what the rules keep no longer (retention.*_days; PIPL art. 47), at most
+        ``PRUNE_PER_SWEEP`` rows of each table per sweep."""
+        kept = bundle.rules.retention
+
+        def edge(days: float) -> int:
+            return round((now - days * 86400) * 1000)
+
+        prune_expired(
+            tx,
+            outbox_ms=edge(kept.outbox_days),
+            deadletter_ms=edge(kept.deadletter_days),
+            vehicle_state_ms=edge(kept.vehicle_state_days),
+            limit=PRUNE_PER_SWEEP,
+        )
 
     def _context(self, bundle: PolicyBundle, now: float) -> Context:
         return Context(

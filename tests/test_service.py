@@ -466,3 +466,32 @@ def test_counts_are_read_in_the_year_the_rules_count_in(
     assert year == 2026
     key = ("oem-hq-de", year, ExportDataClass.PERSONAL_INFORMATION)
     assert key in counts and counts[key].known == set(vehicles)
+
+
+def test_the_sweep_deletes_views_dead_letters_and_vehicle_state_past_their_retention(
+    config: GatewayConfig,
+) -> None:
+    t0 = 1_780_000_000.0
+    clock = [t0]
+    gw = Gateway(config, clock=lambda: clock[0])
+    broken = Envelope("vehicles/LSVAU2181P2100001/telemetry", b'{"secret": 31.2', 0.0, 99)
+    try:
+        gw.process([*fleet_envelopes(2, 5), broken])
+        con = db(config)
+        tables = ("outbox", "deadletters", "vehicle_state")
+        before = {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in tables}
+        assert all(before.values()), before
+        kept = gw.holder.current.rules.retention
+        clock[0] = t0 + (kept.outbox_days - 1) * 86400  # within every limit: all stay
+        gw.sweep(clock[0])
+        within = {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in tables}
+        clock[0] = t0 + (max(kept.deadletter_days, kept.vehicle_state_days) + 1) * 86400
+        gw.sweep(clock[0])
+        after = {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in tables}
+    finally:
+        gw.store.close()
+    assert within["deadletters"] == before["deadletters"]
+    assert within["vehicle_state"] == before["vehicle_state"]
+    assert within["outbox"] >= before["outbox"]
+    # what the last sweep itself wrote (its own audit notices) is new; everything older went
+    assert after == {"outbox": 0, "deadletters": 0, "vehicle_state": 0}

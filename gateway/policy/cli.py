@@ -83,7 +83,9 @@ def show(directory: _DirArgument = None) -> None:
         f"(per calendar year, UTC{rules.crossborder.year_utc_offset_hours:+d}); PI of more "
         f"than 100,000 people is important data: "
         f"{'yes' if rules.crossborder.vehicle_pi_over_100k_important else 'no'}; audit kept "
-        f"{rules.retention.audit_years} years"
+        f"{rules.retention.audit_years} years; views kept {rules.retention.outbox_days:g} days, "
+        f"dead letters {rules.retention.deadletter_days:g} days, vehicle state "
+        f"{rules.retention.vehicle_state_days:g} days"
     )
 
 

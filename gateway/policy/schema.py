@@ -618,6 +618,12 @@ class RetentionRules(_Model):
 
     audit_years: Annotated[int, BeforeValidator(_integer), Field(ge=3)]
     network_log_months: Annotated[int, BeforeValidator(_integer), Field(ge=6)]
+    outbox_days: PositiveNumber
+    """Views (delivered or not) are deleted this long after they were decided (PIPL art. 47)."""
+    deadletter_days: PositiveNumber
+    """Unusable inputs (raw payloads) are deleted this long after they arrived."""
+    vehicle_state_days: PositiveNumber
+    """A vehicle's decision state is deleted after this long without a record from it."""
 
 
 class TripRules(_Model):

@@ -382,6 +382,14 @@ CASES = {
         None,
         "retention.audit_years: Input should be greater than or equal to 3",
     ),
+    "retention-of-views-not-positive": Case(
+        "rules.yaml",
+        "  outbox_days: 7",
+        "  outbox_days: 0",
+        "outbox_days",
+        None,
+        "retention.outbox_days: Input should be greater than 0",
+    ),
     "quoted-number": Case(
         "rules.yaml",
         "  grid_floor_m: 50",

@@ -67,6 +67,7 @@ def test_show_summarises_subscribers_views_and_legal_bases() -> None:
         "grid floor 50 m",
         "PI of more than 100,000 people is important data: yes",
         "FICTITIOUS-PIA-2025-0007, 2025-02-15",
+        "views kept 7 days",
         "FICTITIOUS-审图号-0000001, 2025-03-01",
     ):
         assert text in out, text
