@@ -35,11 +35,12 @@ from gateway.audit.log import AuditLog, CheckpointPolicy
 from gateway.audit.outbox import (
     all_vehicle_state,
     count_pending,
+    prune_expired,
     prune_seen,
     seen_records,
     seen_under,
 )
-from gateway.audit.store import Reader, Store, open_store
+from gateway.audit.store import Reader, Store, Transaction, open_store
 from gateway.commit import Context, DeadInput, Written, commit_batch
 from gateway.config import GatewayConfig
 from gateway.deliver.mqtt import MqttPublisher
@@ -55,7 +56,7 @@ from gateway.pipeline.shape import evaluate
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.child import load_in_child
 from gateway.policy.holder import PolicyHolder
-from gateway.policy.schema import ExportDataClass, beijing_date
+from gateway.policy.schema import ExportDataClass, counting_year
 from gateway.policy.state import (
     CounterKey,
     CrossBorderCount,
@@ -99,6 +100,8 @@ FORGET_PER_RECORD = 2
 FORGET_MIN = 16
 FORGET_PER_TICK = 2_000
 """Expired rows forgotten once a second, so an idle gateway forgets too."""
+PRUNE_PER_SWEEP = 5_000
+"""Rows of each table past its retention deleted per sweep (once a minute)."""
 
 DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 """Mosquitto's count of messages it dropped (offline queue or in-flight limits)."""
@@ -289,7 +292,7 @@ class Gateway:
         """Counts for every cross-border subscriber of ``bundle`` (the batch's) this year,
         with the batch's vehicles that are already counted (what the engine needs; the
         store holds keyed refs)."""
-        year = beijing_date(now).year
+        year = counting_year(bundle.rules.crossborder.year_utc_offset_hours, now)
         out: dict[CounterKey, CrossBorderCount] = {}
         subs = [s for s in bundle.subscribers.values() if s.cross_border]
         if not subs or not vehicles:
@@ -435,6 +438,9 @@ class Gateway:
                 FORGET_MIN + FORGET_PER_RECORD * len(batch),
             )
         self.metrics.batch_commit_seconds.observe(time.perf_counter() - t_commit)
+        if decisions is not None:
+            for sub_id, n in decisions.crossborder_blocked().items():
+                self.metrics.crossborder_blocked.labels(sub_id).inc(n)
         for counter, added in written.counted.items():
             if counter in self._xb_counts:
                 self._xb_counts[counter] += added
@@ -620,6 +626,7 @@ class Gateway:
                 vehicle_states=self._vehicle_docs(new_state, touched),
                 crossborder={},
             )
+            self._prune_expired(tx, bundle, now)
         self.state = new_state
         self._xb_counts.clear()  # other workers may have counted too: read again
         self.drainer.submit(written.outbox)
@@ -628,6 +635,22 @@ class Gateway:
         for (sub, decision), n in written.decisions.items():
             self.metrics.decisions.labels(sub, decision).inc(n)
         return written
+
+    def _prune_expired(self, tx: Transaction, bundle: PolicyBundle, now: float) -> None:
+        """Delete what the rules keep no longer (retention.*_days; PIPL art. 47), at most
+        ``PRUNE_PER_SWEEP`` rows of each table per sweep."""
+        kept = bundle.rules.retention
+
+        def edge(days: float) -> int:
+            return round((now - days * 86400) * 1000)
+
+        prune_expired(
+            tx,
+            outbox_ms=edge(kept.outbox_days),
+            deadletter_ms=edge(kept.deadletter_days),
+            vehicle_state_ms=edge(kept.vehicle_state_days),
+            limit=PRUNE_PER_SWEEP,
+        )
 
     def _context(self, bundle: PolicyBundle, now: float) -> Context:
         return Context(

@@ -455,3 +455,87 @@ def test_each_batch_forgets_a_bounded_number_of_expired_records(config: GatewayC
     seen = Counter(ms for (ms,) in con.execute("select seen_ms from dedup"))
     assert seen[round(t[0] * 1000)] == len(new)
     assert sum(seen.values()) == len(old) - budget + len(new)
+
+
+def _policy_copy(tmp_path: Path, old: str, new: str) -> str:
+    import shutil
+
+    from gateway.resources import default_policy_dir
+
+    bundle_dir = tmp_path / "policy"
+    shutil.copytree(default_policy_dir(), bundle_dir)
+    rules = bundle_dir / "rules.yaml"
+    text = rules.read_text()
+    assert text.count(old) == 1
+    rules.write_text(text.replace(old, new))
+    return str(bundle_dir)
+
+
+def test_a_cross_border_block_fires_the_alert_metric(config: GatewayConfig, tmp_path: Path) -> None:
+    # as a CIIO every export needs a security assessment: oem-hq-de holds none
+    cfg = config.model_copy(
+        update={"policies": _policy_copy(tmp_path, "ciio: false", "ciio: true")}
+    )
+    gw = Gateway(cfg)
+    try:
+        gw.process(fleet_envelopes(3, 5))
+        blocked = gw.metrics.registry.get_sample_value(
+            "icvgw_crossborder_blocked_total", {"subscriber": "oem-hq-de"}
+        )
+    finally:
+        gw.store.close()
+    assert blocked is not None and blocked > 0
+
+
+def test_counts_are_read_in_the_year_the_rules_count_in(
+    config: GatewayConfig, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    from gateway.policy.schema import ExportDataClass, counting_year
+
+    # 20:00 UTC on 31 December: already next year in Beijing, still this year in UTC
+    now = datetime(2026, 12, 31, 20, 0, tzinfo=UTC).timestamp()
+    policies = _policy_copy(tmp_path, "year_utc_offset_hours: 8", "year_utc_offset_hours: 0")
+    gw = Gateway(config.model_copy(update={"policies": policies}), clock=lambda: now)
+    try:
+        envelopes = fleet_envelopes(3, 5)
+        gw.process(envelopes)
+        bundle = gw.holder.current
+        vehicles = list(gw.state.trips)
+        counts = gw._crossborder(bundle, vehicles, now)
+    finally:
+        gw.store.close()
+    year = counting_year(0, now)
+    assert year == 2026
+    key = ("oem-hq-de", year, ExportDataClass.PERSONAL_INFORMATION)
+    assert key in counts and counts[key].known == set(vehicles)
+
+
+def test_the_sweep_deletes_views_dead_letters_and_vehicle_state_past_their_retention(
+    config: GatewayConfig,
+) -> None:
+    t0 = 1_780_000_000.0
+    clock = [t0]
+    gw = Gateway(config, clock=lambda: clock[0])
+    broken = Envelope("vehicles/LSVAU2181P2100001/telemetry", b'{"secret": 31.2', 0.0, 99)
+    try:
+        gw.process([*fleet_envelopes(2, 5), broken])
+        con = db(config)
+        tables = ("outbox", "deadletters", "vehicle_state")
+        before = {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in tables}
+        assert all(before.values()), before
+        kept = gw.holder.current.rules.retention
+        clock[0] = t0 + (kept.outbox_days - 1) * 86400  # within every limit: all stay
+        gw.sweep(clock[0])
+        within = {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in tables}
+        clock[0] = t0 + (max(kept.deadletter_days, kept.vehicle_state_days) + 1) * 86400
+        gw.sweep(clock[0])
+        after = {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in tables}
+    finally:
+        gw.store.close()
+    assert within["deadletters"] == before["deadletters"]
+    assert within["vehicle_state"] == before["vehicle_state"]
+    assert within["outbox"] >= before["outbox"]
+    # what the last sweep itself wrote (its own audit notices) is new; everything older went
+    assert after == {"outbox": 0, "deadletters": 0, "vehicle_state": 0}

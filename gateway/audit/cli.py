@@ -17,7 +17,7 @@ from rich.console import Console
 
 from gateway.audit.entries import parse_time
 from gateway.audit.export import export_store
-from gateway.audit.log import RETENTION_DEFAULT_DAYS, AuditLog
+from gateway.audit.log import AuditLog, retention_days
 from gateway.audit.note import NoteVerifier, read_verifier_keys
 from gateway.audit.proof import check_proof_document, proof_document
 from gateway.audit.query import iter_json_lines, render_table, write_csv
@@ -287,15 +287,40 @@ def prune_command(
     store: StoreUrl,
     keys: Annotated[Path, typer.Option("--keys", help="The key directory.")],
     shard: Annotated[str, typer.Option("--shard", help="The log shard (origin).")],
-    retention_days: Annotated[
-        float, typer.Option("--retention-days", min=1.0, help="Keep bodies this long.")
-    ] = RETENTION_DEFAULT_DAYS,
+    keep_days: Annotated[
+        float | None,
+        typer.Option(
+            "--retention-days",
+            help="Keep bodies this long; at least the policy's retention (the default).",
+        ),
+    ] = None,
+    policies: Annotated[
+        Path | None, typer.Option("--policies", help="Policy bundle (default: the shipped one).")
+    ] = None,
 ) -> None:
-    """Drop entry bodies older than the retention period (hashes stay; still verifies)."""
+    """Drop entry bodies older than the retention period (hashes stay; still verifies).
+
+    The period is at least the bundle's ``retention.audit_years`` and
+    ``retention.network_log_months`` (the log is the gateway's record of processing and its
+    network log), never under 3 years (RULES.md §5): a shorter one is refused."""
+    from gateway.policy.loader import load_bundle
+
     try:
+        kept = load_bundle(policies).rules.retention
+        floor = max(
+            retention_days(years=kept.audit_years), retention_days(months=kept.network_log_months)
+        )
+        if keep_days is None:
+            keep_days = float(floor)
+        if not keep_days >= floor:
+            raise _bad_input(
+                f"refused: --retention-days {keep_days:g} is below the {floor} days the rules "
+                f"keep the audit log (retention.audit_years {kept.audit_years}, "
+                f"network_log_months {kept.network_log_months}; RULES.md §5)"
+            )
         ring = KeyRing.load(keys)
         with open_store(store, shard=shard) as s:
-            n = AuditLog.from_keyring(s, ring).prune(retention_days=retention_days)
+            n = AuditLog.from_keyring(s, ring).prune(retention_days=keep_days)
     except GatewayError as exc:
         raise _bad_input(str(exc)) from exc
     typer.echo(f"pruned {n} entr{'y' if n == 1 else 'ies'}")

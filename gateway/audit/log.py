@@ -39,8 +39,17 @@ log = logging.getLogger(__name__)
 Publisher = Callable[[str, bytes], None]
 """Called with (origin, signed checkpoint note) after each checkpoint is committed."""
 
-RETENTION_DEFAULT_DAYS = 3 * 365 + 1
+RETENTION_MINIMUM_DAYS = 3 * 365 + 1
+"""PIPL art. 56: processing records are kept at least 3 years (RULES.md §5), a leap day
+included. Pruning refuses anything shorter."""
+RETENTION_DEFAULT_DAYS = RETENTION_MINIMUM_DAYS
 """PIPL art. 56: processing records kept at least three years (one leap day included)."""
+
+
+def retention_days(*, years: int = 0, months: int = 0) -> int:
+    """Days that certainly cover ``years`` calendar years and ``months`` calendar months
+    (a leap day per started four years, 31 days a month)."""
+    return years * 365 + (years + 3) // 4 + months * 31
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +208,14 @@ class AuditLog:
     def prune(self, *, retention_days: float = RETENTION_DEFAULT_DAYS) -> int:
         """Drop the bodies of entries older than the retention period that a checkpoint
         already covers, keeping their leaf hashes so the log still verifies. Records a
-        ``retention.pruned`` admin entry naming the bound. Returns the number pruned."""
+        ``retention.pruned`` admin entry naming the bound. Returns the number pruned.
+
+        Raises :class:`AuditError` for a retention shorter than the legal minimum."""
+        if not retention_days >= RETENTION_MINIMUM_DAYS:
+            raise AuditError(
+                f"refused: an audit retention of {retention_days:g} days is below the legal "
+                f"minimum of {RETENTION_MINIMUM_DAYS} days (3 years, PIPL art. 56; RULES.md §5)"
+            )
         now = self.clock()
         cutoff_ms = to_ms(now - retention_days * 86400)
         with self.store.transaction() as tx:

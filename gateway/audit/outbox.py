@@ -546,3 +546,35 @@ def reseal(tx: Transaction, generation: int) -> int:
                 tx._cur.executemany(tx._q(f"update {table} set {column} = ? where {where}"), fresh)
                 count += len(fresh)
     return count
+
+
+def prune_expired(
+    tx: Transaction, *, outbox_ms: int, deadletter_ms: int, vehicle_state_ms: int, limit: int
+) -> dict[str, int]:
+    """Delete, oldest first and at most ``limit`` rows of each table, views decided before
+    ``outbox_ms`` (delivered or not), dead letters received before ``deadletter_ms`` and
+    vehicle states last updated before ``vehicle_state_ms``: the retention limits of the
+    rules (PIPL art. 47). Returns the rows deleted per table."""
+    skip = tx._store.skip_locked
+    statements = {
+        "outbox": (
+            "delete from outbox where (shard, seq) in (select shard, seq from outbox "
+            f"where created_ms < ? order by created_ms limit ?{skip})",
+            outbox_ms,
+        ),
+        "deadletters": (
+            "delete from deadletters where (shard, seq) in (select shard, seq from "
+            f"deadletters where ts_ms < ? order by ts_ms limit ?{skip})",
+            deadletter_ms,
+        ),
+        "vehicle_state": (
+            "delete from vehicle_state where vehicle in (select vehicle from vehicle_state "
+            f"where updated_ms < ? order by updated_ms limit ?{skip})",
+            vehicle_state_ms,
+        ),
+    }
+    out: dict[str, int] = {}
+    for table, (sql, before_ms) in statements.items():
+        tx._cur.execute(tx._q(sql), (before_ms, limit))
+        out[table] = int(tx._cur.rowcount)
+    return out

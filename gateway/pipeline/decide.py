@@ -16,8 +16,9 @@ Each arrow of RULES.md, per (record, subscriber), in this order:
    navigation-map surveying qualification that is in and stores in mainland China gets its
    view as configured (raw WGS-84 if it asks: ``geo.raw-requires-qualification``). Everyone
    else gets a grid of at least ``geo.grid_floor_m`` (``geo.grid-floor``, ``view.precision``)
-   in GCJ-02 (``geo.datum-gcj02``); ``altitude: keep`` becomes remove and
-   ``location_derived: keep`` becomes coarsen.
+   in GCJ-02 (``geo.datum-gcj02``); ``altitude: keep`` becomes remove, a coarsened altitude
+   is never finer than ``geo.altitude_floor_m`` and ``location_derived: keep`` becomes
+   coarsen.
 3. Zones (§2), on the cell the row would be reported in at the subscriber's grid (the point,
    for raw): a ``prohibited`` hit blocks the record (``zone.prohibited``), a ``sensitive`` hit
    removes the position, altitude and location-derived fields (``zone.sensitive``), unless the
@@ -71,7 +72,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import date
 from enum import IntEnum, IntFlag
 from typing import Any
 
@@ -98,6 +99,7 @@ from gateway.policy.schema import (
     Subscriber,
     Tier,
     beijing_date,
+    counting_year,
 )
 from gateway.policy.state import (
     CounterKey,
@@ -221,6 +223,11 @@ class ResolvedView:
     ``derived`` are the effective settings; ``authorised`` the zones it may receive located
     data for (valid and mainland only); ``geo_approval`` the id of a valid geodata export
     approval (cross-border only). ``position_rules`` are cited whenever a position goes.
+    ``withheld``: important fields the view allows but may not receive on that day (abroad
+    without a valid security assessment covering important data, or mainland for no purpose
+    the field names), removed citing ``withheld_rule``; they are not in ``allowed``.
+    ``sensitive``: the allowed fields flagged sensitive (they make a record sensitive PI);
+    ``important_basis``: the assessment an important field goes abroad under.
     """
 
     index: int
@@ -237,6 +244,10 @@ class ResolvedView:
     cross_border: bool
     geo_approval: str | None
     position_rules: int
+    withheld: frozenset[str] = frozenset()
+    withheld_rule: int = 0
+    sensitive: frozenset[str] = frozenset()
+    important_basis: str | None = None
 
     @property
     def id(self) -> str:
@@ -287,9 +298,9 @@ def plan(bundle: PolicyBundle, now: float, subscribers: Iterable[str] | None = N
     ``now``'s Beijing date). Raises ``KeyError`` for an unknown subscriber id.
     """
     day = beijing_date(now)
-    offset = timezone(timedelta(hours=bundle.rules.crossborder.year_utc_offset_hours))
-    year = datetime.fromtimestamp(now, UTC).astimezone(offset).year
+    year = counting_year(bundle.rules.crossborder.year_utc_offset_hours, now)
     floor = bundle.rules.geo.grid_floor_m
+    alt_floor = bundle.rules.geo.altitude_floor_m
     ids = list(bundle.subscribers) if subscribers is None else list(subscribers)
     views = []
     for index, sub_id in enumerate(ids):
@@ -301,6 +312,7 @@ def plan(bundle: PolicyBundle, now: float, subscribers: Iterable[str] | None = N
             or view.datum is OutputDatum.WGS84
             or view.location_precision_m < floor
         )
+        alt_step = view.altitude_step_m
         if privileged:
             grid = view.location_precision_m
             datum = view.datum
@@ -314,6 +326,7 @@ def plan(bundle: PolicyBundle, now: float, subscribers: Iterable[str] | None = N
             grid = max(view.location_precision_m, floor)
             datum = OutputDatum.GCJ02
             altitude = AltitudeMode.REMOVE if view.altitude is AltitudeMode.KEEP else view.altitude
+            alt_step = None if alt_step is None else max(alt_step, alt_floor)
             rules = _bits(RuleId.VIEW_PRECISION, RuleId.GEO_GRID_FLOOR, RuleId.GEO_DATUM_GCJ02)
             if asks_privilege:
                 rules |= _BIT[RuleId.GEO_RAW_REQUIRES_QUALIFICATION]
@@ -326,6 +339,7 @@ def plan(bundle: PolicyBundle, now: float, subscribers: Iterable[str] | None = N
             approval = next(
                 (b.id for b in bases if b.kind is LegalBasisKind.GEODATA_EXPORT_APPROVAL), None
             )
+        data = _data_classes(bundle, sub, day)
         views.append(
             ResolvedView(
                 index=index,
@@ -335,16 +349,63 @@ def plan(bundle: PolicyBundle, now: float, subscribers: Iterable[str] | None = N
                 datum=datum,
                 transform=view.datum_transform if datum is OutputDatum.GCJ02 else None,
                 altitude=altitude,
-                altitude_step_m=view.altitude_step_m,
+                altitude_step_m=alt_step,
                 derived=derived,
-                allowed=bundle.allowed_fields(sub_id),
+                allowed=bundle.allowed_fields(sub_id) - data.withheld,
                 authorised=sub.authorised_zones_on(day) if sub.mainland else frozenset(),
                 cross_border=sub.cross_border,
                 geo_approval=approval,
                 position_rules=int(rules),
+                withheld=data.withheld,
+                withheld_rule=data.rule,
+                sensitive=data.sensitive,
+                important_basis=data.basis,
             )
         )
     return Plan(bundle=bundle, now=float(now), day=day, year=year, views=tuple(views))
+
+
+@dataclass(frozen=True, slots=True)
+class _DataClasses:
+    withheld: frozenset[str]
+    rule: int
+    sensitive: frozenset[str]
+    basis: str | None
+
+
+def _data_classes(bundle: PolicyBundle, sub: Subscriber, day: date) -> _DataClasses:
+    """Important and sensitive fields of one view on ``day`` (RULES.md §2, §4): important
+    fields go abroad only under a valid security assessment covering important data, and
+    to a mainland subscriber only for a purpose the field names."""
+    allowed = bundle.allowed_fields(sub.id)
+    specs = {p: bundle.fields[p] for p in allowed if p in bundle.fields}
+    important = frozenset(p for p, s in specs.items() if s.important)
+    basis = None
+    if sub.cross_border:
+        basis = next(
+            (
+                b.id
+                for b in sub.legal_bases_on(day, ExportDataClass.IMPORTANT_DATA)
+                if b.kind is LegalBasisKind.SECURITY_ASSESSMENT
+            ),
+            None,
+        )
+        withheld = important if basis is None else frozenset()
+        rule = _BIT[RuleId.XBORDER_IMPORTANT_DATA]
+    else:
+        purposes = set(sub.purposes)
+        withheld = frozenset(p for p in important if not purposes & set(specs[p].purposes))
+        rule = _BIT[RuleId.VIEW_IMPORTANT_DATA]
+    sensitive = frozenset(p for p, s in specs.items() if s.sensitive) - withheld
+    return _DataClasses(withheld, int(rule), sensitive, basis if important else None)
+
+
+def _rows_with(classified: Classified, paths: frozenset[str], n: int) -> BoolArray:
+    """Rows where any of ``paths`` has a value."""
+    out = np.zeros(n, dtype=bool)
+    for path in paths & classified.present.keys():
+        out |= classified.present[path]
+    return out
 
 
 # --- cross-border thresholds -----------------------------------------------------------------
@@ -369,10 +430,15 @@ _CONTRACT_KINDS = (
     LegalBasisKind.CERTIFICATION,
     LegalBasisKind.SECURITY_ASSESSMENT,
 )
+_GBA_KINDS = (*_CONTRACT_KINDS, LegalBasisKind.GBA_STANDARD_CONTRACT)
 
 
-def _tier(count: int, tier: Tier, ciio: bool) -> int:
-    if count >= tier.assessment_from or (ciio and count >= 1):
+_IMPORTANT_PI_OVER = 100_000
+"""Automobile provisions art. 3: PI of more than this many people is important data."""
+
+
+def _tier(count: int, tier: Tier, ciio: bool, important_over: float = math.inf) -> int:
+    if count >= tier.assessment_from or (ciio and count >= 1) or count > important_over:
         return 2
     return 1 if count >= tier.contract_from else 0
 
@@ -381,7 +447,9 @@ def _covering(sub: Subscriber, day: date, data_class: ExportDataClass, tier: int
     """Id of the first valid legal basis covering ``data_class`` at ``tier``; "" if exempt."""
     if tier == 0:
         return ""
-    kinds = _CONTRACT_KINDS if tier == 1 else (LegalBasisKind.SECURITY_ASSESSMENT,)
+    kinds: tuple[LegalBasisKind, ...] = (LegalBasisKind.SECURITY_ASSESSMENT,)
+    if tier == 1:
+        kinds = _GBA_KINDS if sub.hong_kong_or_macao else _CONTRACT_KINDS
     for basis in sub.legal_bases_on(day, data_class):
         if basis.kind in kinds:
             return basis.id
@@ -400,16 +468,24 @@ def crossborder_gate(
     """Check an export to a cross-border ``subscriber`` against the thresholds (RULES.md §4).
 
     One entry per record, in the order the records are exported (time order): its vehicle
-    and whether it is sensitive (it carries a position: a trajectory, pseudonymised or not).
+    and whether it is sensitive (it carries a position — a trajectory, pseudonymised or not —
+    or a field flagged sensitive in fields.yaml: health, biometrics, identity, images).
     Every record is personal information (PI) of its vehicle's people; a sensitive one is
     also sensitive PI. A vehicle not yet counted this year for a class raises that class's
     count by one. A record is allowed only if, for each of its classes, the tier of the count
     (with its vehicle) is covered by a legal basis valid on ``day``: none below
     ``contract_from``; a standard contract, certification or security assessment from
     ``contract_from``; a security assessment from ``assessment_from`` (from the first person
-    for a CIIO). A record that is not allowed counts nothing. The service calls this again
-    with fresh counts when it commits and blocks whatever is no longer allowed.
+    for a CIIO, and beyond 100,000 people of personal information when
+    ``vehicle_pi_over_100k_important`` is set: important data under the automobile
+    provisions). A GBA standard contract counts as a standard contract for a recipient in
+    Hong Kong or Macao only. Without a PI impact assessment completed by ``day`` nothing is
+    allowed (``xborder.impact-assessment``). A record that is not allowed counts nothing.
     """
+    if not subscriber.assessed_on(day):
+        bits = int(_BIT[RuleId.XBORDER_IMPACT_ASSESSMENT])
+        n = len(vehicles)
+        return GateResult((False,) * n, (bits,) * n, (None,) * n, ())
     known = {
         c: set(counts.get((subscriber.id, year, c), CrossBorderCount()).known)
         for c in (
@@ -421,6 +497,12 @@ def crossborder_gate(
     tiers = {
         ExportDataClass.PERSONAL_INFORMATION: rules.personal_information,
         ExportDataClass.SENSITIVE_PERSONAL_INFORMATION: rules.sensitive_personal_information,
+    }
+    important_over = {
+        ExportDataClass.PERSONAL_INFORMATION: (
+            _IMPORTANT_PI_OVER if rules.vehicle_pi_over_100k_important else math.inf
+        ),
+        ExportDataClass.SENSITIVE_PERSONAL_INFORMATION: math.inf,
     }
     allowed: list[bool] = []
     cited: list[int] = []
@@ -435,7 +517,7 @@ def crossborder_gate(
         ids: list[str] = []
         for c in classes:
             fresh = vehicle not in known[c]
-            tier = _tier(total[c] + (1 if fresh else 0), tiers[c], rules.ciio)
+            tier = _tier(total[c] + (1 if fresh else 0), tiers[c], rules.ciio, important_over[c])
             basis = _covering(subscriber, day, c, tier)
             bits |= int(_BIT[_TIER_RULES[tier]])
             if basis is None:
@@ -752,6 +834,21 @@ class Decisions:
             return Datum.NONE
         return self.plan.views[s].datum.datum
 
+    def crossborder_blocked(self) -> dict[str, int]:
+        """Per cross-border subscriber: records blocked because a threshold lacks a covering
+        legal basis or the recipient lacks a PI impact assessment (the alert metric)."""
+        alert = _bits(RuleId.XBORDER_BASIS_MISSING, RuleId.XBORDER_IMPACT_ASSESSMENT)
+        out: dict[str, int] = {}
+        for view in self.plan.views:
+            if not view.cross_border:
+                continue
+            hit = (self.verdict[view.index] == Verdict.BLOCK) & (
+                (self.rules[view.index] & alert) != 0
+            )
+            if n := int(hit.sum()):
+                out[view.id] = n
+        return out
+
     def basis_of(self, s: int, row: int) -> str | None:
         """Consent id and legal basis ids used, comma-separated, or ``None``."""
         parts = [p for p in (self.consent[s, row], self.basis[s, row]) if p]
@@ -848,6 +945,9 @@ def _transforms(
         out["unclassified"] = list(names)
     if bits & Applied.TRIMMED:
         out["trip_trim_m"] = _json_number(cfg.trip_trim_m)
+    review = view.subscriber.map_review
+    if position and review is not None:
+        out["map_review"] = review.reference
     return out
 
 
@@ -913,7 +1013,7 @@ def decide(
         _set(a, unclassified_any, np.uint32(Applied.UNCLASSIFIED_REMOVED))
         not_allowed = np.zeros(n, dtype=bool)
         for path, present in classified.present.items():
-            if path not in view.allowed:
+            if path not in view.allowed and path not in view.withheld:
                 not_allowed |= present
         has_pos = located.positioned
         has_alt = np.isfinite(batch.alt) & live
@@ -924,6 +1024,10 @@ def decide(
         not_allowed &= live
         _set(r, not_allowed, _BIT[RuleId.VIEW_FIELD_NOT_ALLOWED])
         _set(a, not_allowed, np.uint32(Applied.FIELDS_REMOVED))
+        important_out = _rows_with(classified, view.withheld, n) & live
+        _set(r, important_out, U64(view.withheld_rule))
+        _set(a, important_out, np.uint32(Applied.FIELDS_REMOVED))
+        degraded |= important_out
 
         # --- zones --------------------------------------------------------------------
         layer = located.layer(view.grid_m)
@@ -978,6 +1082,15 @@ def decide(
             _set(a, out_pos, np.uint32(Applied.DATUM_GCJ02))
         if view.cross_border and view.geo_approval is not None:
             basis_col[s, out_pos] = view.geo_approval
+        if view.important_basis is not None:
+            important = frozenset(
+                p for p in view.allowed if p in bundle.fields and bundle.fields[p].important
+            )
+            for row in np.flatnonzero(_rows_with(classified, important, n) & live).tolist():
+                prior = basis_col[s, row]
+                basis_col[s, row] = (
+                    f"{prior},{view.important_basis}" if prior else view.important_basis
+                )
 
         # --- altitude -----------------------------------------------------------------
         if view.allows_altitude:
@@ -1072,13 +1185,16 @@ def decide(
             a[dropped_rows] = 0
             sorted_ok &= sent
         if view.cross_border and len(order):
-            gated, gate = _gate(trips, sorted_ok, out_pos, view, the_plan, state, counted)
+            spi = out_pos | (_rows_with(classified, view.sensitive, n) & live)
+            gated, gate = _gate(trips, sorted_ok, spi, view, the_plan, state, counted)
             rows_gated = order[gated]
             r[rows_gated] |= np.asarray(gate.rules, dtype=np.uint64)
             allowed = np.asarray(gate.allowed, dtype=bool)
             denied = rows_gated[~allowed]
             v[denied] = Verdict.BLOCK
-            block_rules[denied] = r[denied] & _bits(RuleId.XBORDER_BASIS_MISSING, *_TIER_RULES)
+            block_rules[denied] = r[denied] & _bits(
+                RuleId.XBORDER_BASIS_MISSING, RuleId.XBORDER_IMPACT_ASSESSMENT, *_TIER_RULES
+            )
             a[denied] = 0
             for row, basis in zip(rows_gated.tolist(), gate.basis, strict=True):
                 if basis:

@@ -161,6 +161,7 @@ def _check_fields(parts: Parts, out: list[Finding]) -> None:
                     "uncoarsened (leave them unclassified to drop them)",
                 )
             )
+    _check_data_classes(parts, out)
     for name, category in COLUMN_CATEGORIES.items():
         column = parts.fields.get(name)
         if name not in parts.field_names:
@@ -186,6 +187,40 @@ def _check_fields(parts: Parts, out: list[Finding]) -> None:
             )
 
 
+def _check_data_classes(parts: Parts, out: list[Finding]) -> None:
+    """Images are important data (RULES.md §2); only important fields name purposes."""
+    for name, spec in parts.fields.items():
+        if spec.category is FieldCategory.IMAGERY and not spec.important:
+            out.append(
+                Finding(
+                    FIELDS,
+                    ("fields", name, "category"),
+                    "imagery may show faces or licence plates: it must be flagged important "
+                    "(RULES.md §2)",
+                )
+            )
+        if spec.purposes and not spec.important:
+            out.append(
+                Finding(
+                    FIELDS,
+                    ("fields", name, "purposes"),
+                    "purposes name the uses of an important field; this one is not important",
+                )
+            )
+        if parts.purpose_names is None:
+            continue
+        for k, purpose in enumerate(spec.purposes):
+            if purpose not in parts.purpose_names:
+                out.append(
+                    Finding(
+                        FIELDS,
+                        ("fields", name, "purposes", k),
+                        f"unknown purpose {purpose!r} (purposes are listed in {SUBSCRIBERS})"
+                        f"{_suggest(purpose, parts.purpose_names)}",
+                    )
+                )
+
+
 # --- subscribers.yaml -------------------------------------------------------------------
 
 
@@ -193,6 +228,7 @@ def _check_subscribers(parts: Parts, out: list[Finding]) -> None:
     first_id: dict[str, int] = {}
     topics: dict[str, str] = {}
     floor = parts.geo.grid_floor_m if parts.geo is not None else None
+    alt_floor = parts.geo.altitude_floor_m if parts.geo is not None else None
     for i, sub in parts.subscribers:
         at: Loc = ("subscribers", i)
         if sub.id in first_id:
@@ -218,6 +254,9 @@ def _check_subscribers(parts: Parts, out: list[Finding]) -> None:
         _check_authorisations(parts, sub, at, out)
         _check_legal_bases(sub, at, out)
         _check_view(parts, sub, at, floor, out)
+        _check_altitude_floor(sub, at, alt_floor, out)
+        _check_sensitive_data(parts, sub, at, out)
+        _check_records(sub, at, out)
         topic = sub.view.delivery.topic
         if sub.view.delivery.channel is Channel.MQTT and topic is not None:
             if topic in topics and topics[topic] != sub.id:
@@ -249,7 +288,11 @@ def _check_authorisations(parts: Parts, sub: Subscriber, at: Loc, out: list[Find
         seen.add(auth.zone)
 
 
-_CONTRACT_KINDS = (LegalBasisKind.STANDARD_CONTRACT, LegalBasisKind.CERTIFICATION)
+_CONTRACT_KINDS = (
+    LegalBasisKind.STANDARD_CONTRACT,
+    LegalBasisKind.CERTIFICATION,
+    LegalBasisKind.GBA_STANDARD_CONTRACT,
+)
 _NEEDS_APPROVAL = (ExportDataClass.IMPORTANT_DATA, ExportDataClass.GEOGRAPHIC_DATA)
 
 
@@ -271,6 +314,15 @@ def _check_legal_bases(sub: Subscriber, at: Loc, out: list[Finding]) -> None:
                             "security assessment and geographic data an export approval",
                         )
                     )
+        if basis.kind is LegalBasisKind.GBA_STANDARD_CONTRACT and not sub.hong_kong_or_macao:
+            out.append(
+                Finding(
+                    SUBSCRIBERS,
+                    (*loc, "kind"),
+                    "a gba_standard_contract covers only recipients in Hong Kong or Macao that "
+                    "store there (region and storage_region HK or MO; RULES.md §4)",
+                )
+            )
         if basis.kind is LegalBasisKind.GEODATA_EXPORT_APPROVAL and (
             ExportDataClass.GEOGRAPHIC_DATA not in basis.covers
         ):
@@ -351,6 +403,99 @@ def _check_view(
                 SUBSCRIBERS,
                 (*vat, "identifier"),
                 f"vin needs the view to allow {VIN} (category vehicle_id or the field itself)",
+            )
+        )
+
+
+def _check_altitude_floor(
+    sub: Subscriber, at: Loc, floor: float | None, out: list[Finding]
+) -> None:
+    """geo.altitude-coarsened: a coarsened altitude is never finer than the altitude floor
+    for a subscriber without a qualification (RULES.md §1), like the grid floor."""
+    step = sub.view.altitude_step_m
+    if floor is None or step is None or step >= floor or sub.has_qualification:
+        return
+    out.append(
+        Finding(
+            SUBSCRIBERS,
+            (*at, "view", "altitude_step_m"),
+            f"{step:g} m is below the altitude floor of {floor:g} m (rules.yaml "
+            "geo.altitude_floor_m) for a subscriber without a navigation_map_surveying "
+            "qualification",
+        )
+    )
+
+
+def _check_sensitive_data(parts: Parts, sub: Subscriber, at: Loc, out: list[Finding]) -> None:
+    """xborder.basis-missing / xborder.important-data / view.important-data, decided from
+    the policy alone: each view entry (category or field) that lets a sensitive or important
+    field through is reported once, naming the fields (RULES.md §2, §4)."""
+    covers = {c for b in sub.legal_bases for c in b.covers}
+    assessed = any(
+        b.kind is LegalBasisKind.SECURITY_ASSESSMENT and ExportDataClass.IMPORTANT_DATA in b.covers
+        for b in sub.legal_bases
+    )
+    entries: list[tuple[Loc, list[str]]] = [
+        (
+            (*at, "view", "categories", k),
+            sorted(p for p, s in parts.fields.items() if s.category is c),
+        )
+        for k, c in enumerate(sub.view.categories)
+    ]
+    entries += [((*at, "view", "fields", k), [p]) for k, p in enumerate(sub.view.fields)]
+    for loc, paths in entries:
+        specs = [(p, parts.fields[p]) for p in paths if p in parts.fields]
+        problems = []
+        if sub.cross_border:
+            spi = [p for p, s in specs if s.sensitive and (assessed or not s.important)]
+            if spi and ExportDataClass.SENSITIVE_PERSONAL_INFORMATION not in covers:
+                problems.append(
+                    f"{', '.join(spi)}: sensitive personal information (fields.yaml) goes "
+                    "abroad only under a legal basis covering sensitive_personal_information "
+                    "(RULES.md §4)"
+                )
+            important = [p for p, s in specs if s.important]
+            if important and not assessed:
+                problems.append(
+                    f"{', '.join(important)}: important data (images of faces or licence "
+                    "plates) goes abroad only under a security_assessment covering "
+                    "important_data (RULES.md §2)"
+                )
+        else:
+            unnamed = [
+                p for p, s in specs if s.important and not set(s.purposes) & set(sub.purposes)
+            ]
+            if unnamed:
+                problems.append(
+                    f"{', '.join(unnamed)}: important data (images of faces or licence plates) "
+                    "reaches a mainland subscriber only for a purpose the field names "
+                    "(fields.yaml purposes); none of this subscriber's purposes is named "
+                    "(RULES.md §2)"
+                )
+        out.extend(Finding(SUBSCRIBERS, loc, message) for message in problems)
+
+
+def _check_records(sub: Subscriber, at: Loc, out: list[Finding]) -> None:
+    """xborder.impact-assessment: a cross-border subscriber records its PI impact
+    assessment (PIPL art. 55-56); a navigation-map subscriber (one holding the surveying
+    qualification) records its map review (MNR notice of 26 July 2024)."""
+    if sub.cross_border and sub.impact_assessment is None:
+        out.append(
+            Finding(
+                SUBSCRIBERS,
+                (*at, "id"),
+                "a cross-border subscriber needs impact_assessment (reference, date): no "
+                "personal information goes abroad without a PI protection impact assessment "
+                "(PIPL art. 55-56, RULES.md §4)",
+            )
+        )
+    if sub.has_qualification and sub.map_review is None:
+        out.append(
+            Finding(
+                SUBSCRIBERS,
+                (*at, "qualifications"),
+                "a navigation-map subscriber needs map_review (reference, date) of its maps "
+                "(MNR notice of 26 July 2024, RULES.md §1)",
             )
         )
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from gateway.policy.bundle import PolicyBundle
-    from gateway.policy.schema import Subscriber
+    from gateway.policy.schema import ImpactAssessment, MapReview, Subscriber
 
 app = typer.Typer(
     name="policy",
@@ -80,8 +80,12 @@ def show(directory: _DirArgument = None) -> None:
         f"grid floor {rules.geo.grid_floor_m:g} m; cross-border PI: contract from "
         f"{pi.contract_from:,}, assessment from {pi.assessment_from:,} people; sensitive PI: "
         f"contract from {spi.contract_from:,}, assessment from {spi.assessment_from:,} "
-        f"(per calendar year, UTC{rules.crossborder.year_utc_offset_hours:+d}); audit kept "
-        f"{rules.retention.audit_years} years"
+        f"(per calendar year, UTC{rules.crossborder.year_utc_offset_hours:+d}); PI of more "
+        f"than 100,000 people is important data: "
+        f"{'yes' if rules.crossborder.vehicle_pi_over_100k_important else 'no'}; audit kept "
+        f"{rules.retention.audit_years} years; views kept {rules.retention.outbox_days:g} days, "
+        f"dead letters {rules.retention.deadletter_days:g} days, vehicle state "
+        f"{rules.retention.vehicle_state_days:g} days"
     )
 
 
@@ -180,6 +184,13 @@ def _overview_table(bundle: PolicyBundle) -> Table:
     return table
 
 
+def _record(record: ImpactAssessment | MapReview | None, needed: bool) -> str:
+    """A recorded reference with its date; "none" in bold where the rules need one."""
+    if record is None:
+        return "[bold]none[/bold]" if needed else "-"
+    return f"{record.reference}, {record.date}"
+
+
 def _subscriber_table(sub: Subscriber) -> Table:
     """One subscriber as ``setting | value`` rows: readable at any terminal width."""
     from rich.table import Table
@@ -206,6 +217,8 @@ def _subscriber_table(sub: Subscriber) -> Table:
         ("qualifications", "\n".join(quals) or "-"),
         ("zone authorisations", "\n".join(zones) or "-"),
         ("legal bases", "\n".join(bases) or ("[bold]none[/bold]" if sub.cross_border else "-")),
+        ("impact assessment", _record(sub.impact_assessment, sub.cross_border)),
+        ("map review", _record(sub.map_review, sub.has_qualification)),
         ("allows", _allows(sub)),
         ("position", _position(sub)),
         ("time precision", f"{view.time_precision_s:g} s"),

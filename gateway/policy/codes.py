@@ -22,6 +22,7 @@ import re
 __all__ = [
     "CN_SUBDIVISIONS",
     "ISO3166_ALPHA2",
+    "is_hk_or_mo",
     "is_mainland",
     "is_valid_region",
     "is_valid_vin",
@@ -105,6 +106,11 @@ def is_mainland(code: str) -> bool:
     if code in _OUTSIDE_MAINLAND or not is_valid_region(code):
         return False
     return code == "CN" or code.startswith("CN-")
+
+
+def is_hk_or_mo(code: str) -> bool:
+    """True for Hong Kong or Macao, written ``HK``/``MO`` or ``CN-HK``/``CN-MO``."""
+    return code in ("HK", "MO", "CN-HK", "CN-MO")
 
 
 def vin_check_digit(vin: str) -> str:

@@ -33,6 +33,7 @@ class RuleId(StrEnum):
     VIEW_TIME_PRECISION = "view.time-precision"
     VIEW_DOWNSAMPLE = "view.downsample"
     VIEW_FIELD_NOT_ALLOWED = "view.field-not-allowed"
+    VIEW_IMPORTANT_DATA = "view.important-data"
     FIELD_UNCLASSIFIED = "field.unclassified"
     # RULES.md §3: personal information
     PI_TRAJECTORY_CONSENT = "pi.trajectory-consent"
@@ -48,5 +49,6 @@ class RuleId(StrEnum):
     XBORDER_TIER_ASSESSMENT = "xborder.tier-assessment"
     XBORDER_IMPORTANT_DATA = "xborder.important-data"
     XBORDER_BASIS_MISSING = "xborder.basis-missing"
+    XBORDER_IMPACT_ASSESSMENT = "xborder.impact-assessment"
     # RULES.md §5: records (input that never reached a view is still audited)
     INPUT_INVALID = "input.invalid"

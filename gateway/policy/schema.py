@@ -26,7 +26,13 @@ from pydantic import model_validator as _model_validator
 
 from gateway.geo.grid import MAX_SIZE_M, MIN_SIZE_M
 from gateway.model import Datum
-from gateway.policy.codes import is_mainland, is_valid_region, is_valid_vin, vin_check_digit
+from gateway.policy.codes import (
+    is_hk_or_mo,
+    is_mainland,
+    is_valid_region,
+    is_valid_vin,
+    vin_check_digit,
+)
 
 __all__ = [
     "BEIJING",
@@ -45,9 +51,11 @@ __all__ = [
     "FieldsDoc",
     "GeoRules",
     "IdentifierMode",
+    "ImpactAssessment",
     "IngestRules",
     "LegalBasis",
     "LegalBasisKind",
+    "MapReview",
     "NoConsentFallback",
     "OutputDatum",
     "Qualification",
@@ -62,6 +70,7 @@ __all__ = [
     "View",
     "ZoneAuthorisation",
     "beijing_date",
+    "counting_year",
 ]
 
 BEIJING = timezone(timedelta(hours=8), "Beijing")
@@ -75,6 +84,15 @@ def beijing_date(when: datetime | float) -> date:
             raise ValueError("a naive datetime has no defined Beijing date")
         return when.astimezone(BEIJING).date()
     return datetime.fromtimestamp(when, UTC).astimezone(BEIJING).date()
+
+
+def counting_year(offset_hours: int, when: float) -> int:
+    """The calendar year cross-border counts are kept under at Unix time ``when``
+    (``crossborder.year_utc_offset_hours``; Beijing time, +8, by default). Every reader and
+    writer of the counts uses this one function."""
+    return (
+        datetime.fromtimestamp(when, UTC).astimezone(timezone(timedelta(hours=offset_hours))).year
+    )
 
 
 class _Model(BaseModel):
@@ -244,13 +262,25 @@ class Coarsen(_Model):
 
 
 class FieldSpec(_Model):
-    """One signal the gateway knows: its category, VSS data type and unit."""
+    """One signal the gateway knows: its category, VSS data type and unit.
+
+    ``sensitive``: sensitive personal information (PIPL art. 28: biometrics, health,
+    identity numbers, images of people); an export carrying it counts toward the
+    sensitive-PI tier (RULES.md §4). Positions are sensitive by rule and need no flag.
+    ``important``: important data (automobile provisions art. 3: images with faces or
+    licence plates, and references to them such as frame URIs): never abroad without a
+    security assessment covering important data, and to a mainland subscriber only for one
+    of ``purposes`` (RULES.md §2).
+    """
 
     category: FieldCategory
     datatype: DataType
     unit: str | None = None
     description: str = ""
     coarsen: Coarsen | None = None
+    sensitive: bool = False
+    important: bool = False
+    purposes: tuple[str, ...] = ()
 
 
 class FieldsDoc(_Model):
@@ -306,6 +336,9 @@ class LegalBasisKind(StrEnum):
     """Personal information protection certification (个人信息保护认证)."""
     GEODATA_EXPORT_APPROVAL = "geodata_export_approval"
     """Approval to provide geographic data abroad (地理信息数据对外提供审批)."""
+    GBA_STANDARD_CONTRACT = "gba_standard_contract"
+    """Greater Bay Area standard contract (粤港澳大湾区个人信息跨境流动标准合同, 2023
+    implementation guidelines): only for recipients in Hong Kong or Macao."""
 
 
 class ExportDataClass(StrEnum):
@@ -328,6 +361,22 @@ class LegalBasis(_Model):
     def valid_on(self, day: date) -> bool:
         """True if ``day`` (a Beijing-time date) is not after the expiry day."""
         return day <= self.expires
+
+
+class ImpactAssessment(_Model):
+    """A personal-information protection impact assessment (PIPL art. 55-56) of an export
+    to one recipient: its reference and the day it was completed (Beijing time)."""
+
+    reference: Text
+    date: Day
+
+
+class MapReview(_Model):
+    """The map review (地图审核) of a navigation-map subscriber's maps: its reference and
+    the day it was granted (MNR notice of 26 July 2024: rigorous review of navigation maps)."""
+
+    reference: Text
+    date: Day
 
 
 class OutputDatum(StrEnum):
@@ -453,6 +502,8 @@ class Subscriber(_Model):
     qualifications: tuple[Qualification, ...] = ()
     zone_authorisations: tuple[ZoneAuthorisation, ...] = ()
     legal_bases: tuple[LegalBasis, ...] = ()
+    impact_assessment: ImpactAssessment | None = None
+    map_review: MapReview | None = None
     view: View
 
     @property
@@ -464,6 +515,16 @@ class Subscriber(_Model):
     def cross_border(self) -> bool:
         """True if the subscriber or its storage is outside mainland China (RULES.md §4)."""
         return not self.mainland
+
+    @property
+    def hong_kong_or_macao(self) -> bool:
+        """True if both the subscriber and its storage are in Hong Kong or Macao (the
+        recipients a Greater Bay Area standard contract can cover)."""
+        return is_hk_or_mo(self.region) and is_hk_or_mo(self.storage_region)
+
+    def assessed_on(self, day: date) -> bool:
+        """True if a PI impact assessment completed on or before ``day`` is recorded."""
+        return self.impact_assessment is not None and self.impact_assessment.date <= day
 
     @property
     def has_qualification(self) -> bool:
@@ -538,12 +599,18 @@ class CrossBorderRules(_Model):
     sensitive_personal_information: Tier
     ciio: bool
     year_utc_offset_hours: Annotated[int, BeforeValidator(_integer), Field(ge=-12, le=14)]
+    vehicle_pi_over_100k_important: bool
+    """Automobile provisions art. 3: PI of more than 100,000 people is important data, so an
+    export of PI beyond 100,000 people needs a security assessment, not a standard contract
+    (the conservative reading of RULES.md §2; a documented legal position)."""
 
 
 class GeoRules(_Model):
     """Geographic defaults (RULES.md §1)."""
 
     grid_floor_m: PositiveNumber
+    altitude_floor_m: PositiveNumber
+    """Finest altitude step for a subscriber without a valid qualification (§1)."""
 
 
 class RetentionRules(_Model):
@@ -551,6 +618,12 @@ class RetentionRules(_Model):
 
     audit_years: Annotated[int, BeforeValidator(_integer), Field(ge=3)]
     network_log_months: Annotated[int, BeforeValidator(_integer), Field(ge=6)]
+    outbox_days: PositiveNumber
+    """Views (delivered or not) are deleted this long after they were decided (PIPL art. 47)."""
+    deadletter_days: PositiveNumber
+    """Unusable inputs (raw payloads) are deleted this long after they arrived."""
+    vehicle_state_days: PositiveNumber
+    """A vehicle's decision state is deleted after this long without a record from it."""
 
 
 class TripRules(_Model):

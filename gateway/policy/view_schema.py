@@ -101,7 +101,10 @@ def view_schema(bundle: PolicyBundle, subscriber_id: str) -> dict[str, Any]:
     required = [*properties]
     if FieldCategory.LOCATION in categories.values():
         has_altitude = FieldCategory.ALTITUDE in categories.values()
-        properties["location"] = _location(sub, has_altitude, bundle.rules.geo.grid_floor_m)
+        geo = bundle.rules.geo
+        properties["location"] = _location(
+            sub, has_altitude, geo.grid_floor_m, geo.altitude_floor_m
+        )
         required.append("location")
     return {
         "$schema": _JSON_SCHEMA,
@@ -134,7 +137,9 @@ def _vehicle(mode: IdentifierMode) -> dict[str, Any]:
     return {"type": "string", "minLength": 1, "description": what}
 
 
-def _location(sub: Subscriber, has_altitude: bool, floor: float) -> dict[str, Any]:
+def _location(
+    sub: Subscriber, has_altitude: bool, floor: float, alt_floor: float
+) -> dict[str, Any]:
     view = sub.view
     withheld = "null when this record's position is withheld (zone, consent, cross-border)."
     if sub.cross_border and not any(
@@ -176,7 +181,13 @@ def _location(sub: Subscriber, has_altitude: bool, floor: float) -> dict[str, An
         "properties": props,
     }
     variants: list[dict[str, Any]] = [obj]
-    if view.raw_location or view.datum is OutputDatum.WGS84 or view.location_precision_m < floor:
+    fine_alt = "alt_step_m" in props and (view.altitude_step_m or 0) < alt_floor
+    if (
+        view.raw_location
+        or view.datum is OutputDatum.WGS84
+        or view.location_precision_m < floor
+        or fine_alt
+    ):
         # Without a valid qualification (expired, or storage moved abroad) the view falls back
         # to the grid floor in GCJ-02, as for everyone else (RULES.md §1).
         g_lat, g_lon = coordinate_names(OutputDatum.GCJ02)
@@ -187,9 +198,10 @@ def _location(sub: Subscriber, has_altitude: bool, floor: float) -> dict[str, An
             g_lon: {"type": "number", "minimum": -180, "maximum": 180},
             "cell": dict(props.get("cell") or _CELL),
         }
-        if "alt_step_m" in props:
-            fallback["alt_m"] = props["alt_m"]
-            fallback["alt_step_m"] = props["alt_step_m"]
+        if "alt_step_m" in props:  # never finer than the altitude floor (RULES.md §1)
+            step = max(view.altitude_step_m or 0, alt_floor)
+            fallback["alt_m"] = {**props["alt_m"], "multipleOf": step}
+            fallback["alt_step_m"] = {"const": step}
         variants.append(
             {
                 "type": "object",

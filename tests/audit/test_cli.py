@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -198,8 +199,38 @@ def test_proof_and_check_proof(setup: tuple[str, Path], tmp_path: Path) -> None:
     assert result.exit_code == 2
 
 
-def test_checkpoint_and_prune_commands(setup: tuple[str, Path], ring: KeyRing) -> None:
-    url, pub = setup
+@pytest.fixture
+def old_setup(store_url: str, ring: KeyRing, tmp_path: Path) -> tuple[str, Path]:
+    """Like ``setup``, with entries four years old (past the 3-year retention)."""
+    old = time.time() - 4 * 366 * 86400
+    with open_store(store_url, shard=ORIGIN) as s:
+        log = make_log(s, ring)
+        for b in range(0, 40, 10):
+            with log.transaction() as tx:
+                tx.append_audit([decision(ring, i, time=old + i) for i in range(b, b + 10)])
+        log.close()
+    pub = tmp_path / "audit.vkeys"
+    result = runner.invoke(
+        app, ["keys", "public", "--dir", str(ring.directory), "--origin", ORIGIN, "--out", str(pub)]
+    )
+    assert result.exit_code == 0, result.output
+    return store_url, pub
+
+
+def test_prune_refuses_less_than_the_rules_retention(
+    old_setup: tuple[str, Path], ring: KeyRing
+) -> None:
+    url, _ = old_setup
+    args = ["audit", "prune", "--store", url, "--keys", str(ring.directory), "--shard", ORIGIN]
+    result = runner.invoke(app, [*args, "--retention-days", "1"])
+    assert result.exit_code == 2
+    assert "refused: --retention-days 1 is below the 1096 days the rules keep" in result.output
+    with open_store(url, shard=ORIGIN) as s, s.snapshot() as r:
+        assert all(e.body is not None for e in r.iter_entries(ORIGIN))
+
+
+def test_checkpoint_and_prune_commands(old_setup: tuple[str, Path], ring: KeyRing) -> None:
+    url, pub = old_setup
     keys = str(ring.directory)
     result = runner.invoke(
         app, ["audit", "checkpoint", "--store", url, "--keys", keys, "--shard", ORIGIN]
@@ -216,8 +247,6 @@ def test_checkpoint_and_prune_commands(setup: tuple[str, Path], ring: KeyRing) -
             keys,
             "--shard",
             ORIGIN,
-            "--retention-days",
-            "1",
         ],
     )
     assert result.exit_code == 0, result.output

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from gateway.audit.checkpoint import Checkpoint, open_checkpoint
-from gateway.audit.log import AuditLog, CheckpointPolicy
+from gateway.audit.log import RETENTION_MINIMUM_DAYS, AuditLog, CheckpointPolicy
 from gateway.audit.merkle import CompactRange, leaf_hash
 from gateway.audit.note import NoteSigner
 from gateway.audit.store import Store
@@ -129,10 +129,10 @@ def test_prune_keeps_hashes_and_still_verifies(store: Store, ring: KeyRing) -> N
     log = make_log(store, ring, clock)
     fill(log, ring, 40)  # times T0 + 0..39
     log.close()
-    clock.now += 10 * 86400
+    clock.now += (RETENTION_MINIMUM_DAYS + 10) * 86400
     with log.transaction() as tx:
         tx.append_audit([decision(ring, i, time=clock.now) for i in range(40, 50)])
-    pruned = log.prune(retention_days=5)
+    pruned = log.prune(retention_days=RETENTION_MINIMUM_DAYS + 5)
     assert pruned == 40
     with store.snapshot() as r:
         entries = list(r.iter_entries(ORIGIN))
@@ -146,7 +146,19 @@ def test_prune_keeps_hashes_and_still_verifies(store: Store, ring: KeyRing) -> N
     (report,) = verify_store(store, ring.verifiers(ORIGIN))
     assert report.error is None
     assert report.pruned == 40
-    assert log.prune(retention_days=5) == 0  # idempotent
+    assert log.prune(retention_days=RETENTION_MINIMUM_DAYS + 5) == 0  # idempotent
+
+
+def test_prune_refuses_less_than_the_legal_minimum(store: Store, ring: KeyRing) -> None:
+    clock = Clock()
+    log = make_log(store, ring, clock)
+    fill(log, ring, 10)
+    log.close()
+    clock.now += 10 * 86400
+    with pytest.raises(AuditError, match="below the legal minimum of 1096 days"):
+        log.prune(retention_days=1)
+    with store.snapshot() as r:
+        assert all(e.body is not None for e in r.iter_entries(ORIGIN))
 
 
 def test_prune_never_touches_entries_no_checkpoint_covers(store: Store, ring: KeyRing) -> None:
@@ -154,7 +166,7 @@ def test_prune_never_touches_entries_no_checkpoint_covers(store: Store, ring: Ke
     log = make_log(store, ring, clock)
     with store.transaction() as tx:  # appended, but never checkpointed
         tx.append_audit([decision(ring, i) for i in range(10)])
-    clock.now += 10 * 86400
-    assert log.prune(retention_days=5) == 0
+    clock.now += (RETENTION_MINIMUM_DAYS + 10) * 86400
+    assert log.prune() == 0
     with store.snapshot() as r:
         assert all(e.body is not None for e in r.iter_entries(ORIGIN))

@@ -11,6 +11,7 @@ import pytest
 from gateway.audit.checkpoint import Checkpoint, sign_checkpoint
 from gateway.audit.entries import encode_entry
 from gateway.audit.export import export_shard, export_store
+from gateway.audit.log import RETENTION_MINIMUM_DAYS
 from gateway.audit.merkle import CompactRange
 from gateway.audit.note import NoteSigner
 from gateway.audit.store import Store, open_store
@@ -321,8 +322,8 @@ def test_export_with_pruned_entries_verifies(store: Store, ring: KeyRing, tmp_pa
     log = make_log(store, ring, clock)
     fill(log, ring, 30)
     log.close()
-    clock.now += 30 * 86400
-    assert log.prune(retention_days=10) == 30
+    clock.now += (RETENTION_MINIMUM_DAYS + 30) * 86400
+    assert log.prune() == 30
     log.close()
     out = tmp_path / "pruned.jsonl"
     export_shard(store, ORIGIN, out)

@@ -235,6 +235,14 @@ def with_geodata_approval(bundle: PolicyBundle) -> PolicyBundle:
     return tweak(bundle, "oem-hq-de", legal_bases=(*sub.legal_bases, *extra))
 
 
+GBA_CONTRACT = LegalBasis(
+    kind=LegalBasisKind.GBA_STANDARD_CONTRACT,
+    id="TEST-GBA-1",
+    covers=(ExportDataClass.PERSONAL_INFORMATION,),
+    expires=datetime(2027, 12, 31).date(),
+)
+
+
 def moved(meters: float, base: tuple[float, float] = CITY) -> tuple[float, float]:
     return (base[0] + meters / 111_320.0, base[1])
 
@@ -291,10 +299,21 @@ CASES = [
     Case(
         "altitude coarsened",
         "sh-traffic",
-        [record(VIN_TRAFFIC, Vehicle__CurrentLocation__Altitude=12.3)],
+        [record(VIN_TRAFFIC, Vehicle__CurrentLocation__Altitude=37.3)],
         "share",
         cites=(RuleId.GEO_ALTITUDE_COARSENED,),
-        check=lambda o: o is not None and o["location"]["alt_m"] == 10.0,
+        check=lambda o: o is not None and o["location"]["alt_m"] == 50.0,
+    ),
+    Case(
+        "geo.altitude-coarsened: never finer than the altitude floor without a qualification",
+        "sh-traffic",
+        [record(VIN_TRAFFIC, Vehicle__CurrentLocation__Altitude=19.7)],
+        "share",
+        change=lambda b: tweak(b, "sh-traffic", view={"altitude_step_m": 0.1}),
+        cites=(RuleId.GEO_ALTITUDE_COARSENED, RuleId.GEO_GRID_FLOOR),
+        check=lambda o: (
+            o is not None and o["location"]["alt_m"] == 0.0 and o["location"]["alt_step_m"] == 50
+        ),
     ),
     Case(
         "no coordinates abroad without a geodata export approval",
@@ -376,7 +395,12 @@ CASES = [
         "mapco-nav",
         [record(where=SENSITIVE_2)],
         "redact",
-        change=lambda b: tweak(b, "mapco-nav", storage_region="HK"),
+        change=lambda b: tweak(
+            b,
+            "mapco-nav",
+            storage_region="HK",
+            impact_assessment=b.subscribers["oem-hq-de"].impact_assessment,
+        ),
         cites=(RuleId.ZONE_SENSITIVE, RuleId.XBORDER_IMPORTANT_DATA),
         not_cites=(RuleId.ZONE_AUTHORISED,),
         check=no_location,
@@ -551,7 +575,34 @@ CASES = [
         "oem-hq-de",
         [record(VIN)],
         "redact",
-        state=counts(999_999),
+        state=counts(100_000),
+        cites=(RuleId.XBORDER_TIER_CONTRACT,),
+    ),
+    Case(
+        "xborder.tier-assessment: PI of more than 100,000 people is important data (vehicles)",
+        "oem-hq-de",
+        [record(VIN_NONE)],
+        "block",
+        state=counts(100_000),
+        cites=(RuleId.XBORDER_BASIS_MISSING, RuleId.XBORDER_TIER_ASSESSMENT),
+        not_cites=(RuleId.XBORDER_TIER_CONTRACT,),
+    ),
+    Case(
+        "without the automobile reading the general tiers let a contract cover 100,001 people",
+        "oem-hq-de",
+        [record(VIN_NONE)],
+        "redact",
+        state=counts(100_000),
+        change=lambda b: dataclasses.replace(
+            b,
+            rules=b.rules.model_copy(
+                update={
+                    "crossborder": b.rules.crossborder.model_copy(
+                        update={"vehicle_pi_over_100k_important": False}
+                    )
+                }
+            ),
+        ),
         cites=(RuleId.XBORDER_TIER_CONTRACT,),
     ),
     Case(
@@ -570,7 +621,100 @@ CASES = [
         [record(VIN, t=beijing(2027, 4, 2, 9, 0))],
         "block",
         now=beijing(2027, 4, 2, 10, 0),
-        state=counts(150_000),
+        state=counts(100_000),
+        cites=(RuleId.XBORDER_BASIS_MISSING, RuleId.XBORDER_TIER_CONTRACT),
+    ),
+    Case(
+        "xborder.basis-missing: heart rate is sensitive PI, abroad only under a basis covering it",
+        "oem-hq-de",
+        [record(VIN_NONE, where=None, Vehicle__Driver__HeartRate=72)],
+        "block",
+        change=lambda b: tweak(b, "oem-hq-de", view={"categories": ("time", "personal")}),
+        cites=(RuleId.XBORDER_BASIS_MISSING, RuleId.XBORDER_TIER_CONTRACT),
+    ),
+    Case(
+        "xborder.tier-contract: a driver id abroad counts as sensitive PI and uses its basis",
+        "oem-hq-de",
+        [record(VIN_NONE, where=None, Vehicle__Driver__Identifier__Subject="driver-7")],
+        "share",
+        change=lambda b: with_geodata_approval(
+            tweak(b, "oem-hq-de", view={"categories": ("time", "personal")})
+        ),
+        cites=(RuleId.XBORDER_TIER_CONTRACT, RuleId.XBORDER_EXEMPT),
+        check=lambda o: (
+            o is not None and o["signals"] == {"Vehicle.Driver.Identifier.Subject": "driver-7"}
+        ),
+    ),
+    Case(
+        "xborder.important-data: a camera-frame URI never goes abroad without an assessment",
+        "oem-hq-de",
+        [record(VIN_NONE, where=None, Vehicle__ADAS__Camera__Front__Image="s3://f/1.jpg")],
+        "redact",
+        change=lambda b: tweak(b, "oem-hq-de", view={"categories": ("time", "imagery")}),
+        cites=(RuleId.XBORDER_IMPORTANT_DATA,),
+        not_cites=(RuleId.VIEW_FIELD_NOT_ALLOWED,),
+        check=lambda o: o is not None and o["signals"] == {},
+    ),
+    Case(
+        "view.important-data: a mainland view gets a camera frame only for a purpose naming it",
+        "insureco-ubi",
+        [record(where=None, Vehicle__ADAS__Camera__Front__Image="s3://f/1.jpg")],
+        "redact",
+        change=lambda b: tweak(
+            b, "insureco-ubi", view={"fields": ("Vehicle.ADAS.Camera.Front.Image",)}
+        ),
+        cites=(RuleId.VIEW_IMPORTANT_DATA,),
+        check=lambda o: o is not None and o["signals"] == {},
+    ),
+    Case(
+        "a purpose the camera field names lets the frame reference go to a mainland view",
+        "mapco-nav",
+        [record(Vehicle__ADAS__Camera__Front__Image="s3://f/1.jpg")],
+        "share",
+        change=lambda b: tweak(
+            b, "mapco-nav", view={"fields": ("Vehicle.ADAS.Camera.Front.Image",)}
+        ),
+        not_cites=(RuleId.VIEW_IMPORTANT_DATA,),
+        check=lambda o: (
+            o is not None and o["signals"] == {"Vehicle.ADAS.Camera.Front.Image": "s3://f/1.jpg"}
+        ),
+    ),
+    Case(
+        "xborder.impact-assessment: without a PI impact assessment no PI goes abroad",
+        "oem-hq-de",
+        [record(VIN_NONE)],
+        "block",
+        change=lambda b: tweak(b, "oem-hq-de", impact_assessment=None),
+        cites=(RuleId.XBORDER_IMPACT_ASSESSMENT,),
+        not_cites=(RuleId.XBORDER_EXEMPT,),
+    ),
+    Case(
+        "an impact assessment completed after the decision day counts as absent",
+        "oem-hq-de",
+        [record(VIN_NONE, t=beijing(2025, 2, 14, 9, 0))],
+        "block",
+        now=beijing(2025, 2, 14, 10, 0),
+        cites=(RuleId.XBORDER_IMPACT_ASSESSMENT,),
+    ),
+    Case(
+        "xborder.tier-contract: a GBA standard contract covers a Hong Kong recipient",
+        "oem-hq-de",
+        [record(VIN_NONE)],
+        "redact",
+        state=counts(99_999),
+        change=lambda b: tweak(
+            b, "oem-hq-de", region="HK", storage_region="HK", legal_bases=(GBA_CONTRACT,)
+        ),
+        cites=(RuleId.XBORDER_TIER_CONTRACT,),
+        not_cites=(RuleId.XBORDER_BASIS_MISSING,),
+    ),
+    Case(
+        "xborder.basis-missing: a GBA standard contract does not cover a recipient in Germany",
+        "oem-hq-de",
+        [record(VIN_NONE)],
+        "block",
+        state=counts(99_999),
+        change=lambda b: tweak(b, "oem-hq-de", legal_bases=(GBA_CONTRACT,)),
         cites=(RuleId.XBORDER_BASIS_MISSING, RuleId.XBORDER_TIER_CONTRACT),
     ),
     Case(
@@ -874,3 +1018,11 @@ def test_stages_can_run_one_by_one(bundle: PolicyBundle) -> None:
     d = decide(batch, classify(batch, bundle), located, p, mid_trip(bundle, [record()], NOW))
     assert d.applied[index(d, "insureco-ubi"), 0] & Applied.GRID
     assert d.transforms(index(d, "insureco-ubi"), 0)["grid_m"] == 1000
+
+
+def test_the_map_review_of_a_navigation_map_subscriber_is_in_the_audit(
+    bundle: PolicyBundle,
+) -> None:
+    d, _ = run(bundle, [record()])
+    assert d.transforms(index(d, "mapco-nav"), 0)["map_review"] == "FICTITIOUS-审图号-0000001"
+    assert "map_review" not in d.transforms(index(d, "insureco-ubi"), 0)

@@ -41,7 +41,7 @@ CASES = {
     "raw-stored-in-hong-kong": Case(
         "subscribers.yaml",
         "    storage_region: CN-BJ",
-        "    storage_region: CN-HK",
+        "    storage_region: CN-HK\n    impact_assessment: {reference: PIA-1, date: 2025-01-01}",
         "location_precision_m: 0",
         None,
         "subscribers[0].view.location_precision_m: 0 (raw) is only for a subscriber in "
@@ -82,6 +82,99 @@ CASES = {
         1,
         "subscribers[3].view.delivery.topic: topic already used by subscriber 'mapco-nav': "
         "each subscriber gets its own topic, so feeds cannot be joined",
+    ),
+    "altitude-step-below-floor": Case(
+        "subscribers.yaml",
+        "      altitude_step_m: 50\n",
+        "      altitude_step_m: 0.1\n",
+        "altitude_step_m: 0.1",
+        None,
+        "subscribers[2].view.altitude_step_m: 0.1 m is below the altitude floor of 50 m "
+        "(rules.yaml geo.altitude_floor_m) for a subscriber without a "
+        "navigation_map_surveying qualification",
+    ),
+    "sensitive-pi-abroad-without-basis": Case(
+        "subscribers.yaml",
+        "categories: [location, time, energy, diagnostics, vehicle_state]",
+        "categories: [location, time, energy, diagnostics, vehicle_state, personal]",
+        "vehicle_state, personal]",
+        None,
+        "subscribers[3].view.categories[5]: Vehicle.Cabin.Seat.Row1.DriverSide.Occupant."
+        "Identifier.Subject, Vehicle.Cabin.Seat.Row1.PassengerSide.Occupant.Identifier.Subject, "
+        "Vehicle.Driver.DistractionLevel, Vehicle.Driver.FatigueLevel, Vehicle.Driver.HeartRate, "
+        "Vehicle.Driver.Identifier.Subject, Vehicle.Driver.IsEyesOnRoad: sensitive personal "
+        "information (fields.yaml) goes abroad only under a legal basis covering "
+        "sensitive_personal_information (RULES.md §4)",
+    ),
+    "imagery-abroad-without-assessment": Case(
+        "subscribers.yaml",
+        "categories: [location, time, energy, diagnostics, vehicle_state]",
+        "categories: [location, time, energy, diagnostics, vehicle_state, imagery]",
+        "vehicle_state, imagery]",
+        None,
+        "subscribers[3].view.categories[5]: Vehicle.ADAS.Camera.Front.Image, "
+        "Vehicle.Cabin.Camera.DriverMonitor.Image: important data (images of faces or licence "
+        "plates) goes abroad only under a security_assessment covering important_data "
+        "(RULES.md §2)",
+    ),
+    "imagery-for-a-purpose-not-named": Case(
+        "subscribers.yaml",
+        "fields: [Vehicle.Powertrain.TractionBattery.StateOfCharge.Current]",
+        "fields: [Vehicle.Powertrain.TractionBattery.StateOfCharge.Current, "
+        "Vehicle.ADAS.Camera.Front.Image]",
+        "Vehicle.ADAS.Camera.Front.Image]",
+        None,
+        "subscribers[1].view.fields[1]: Vehicle.ADAS.Camera.Front.Image: important data (images "
+        "of faces or licence plates) reaches a mainland subscriber only for a purpose the field "
+        "names (fields.yaml purposes); none of this subscriber's purposes is named "
+        "(RULES.md §2)",
+    ),
+    "imagery-not-important": Case(
+        "fields.yaml",
+        "    sensitive: true\n    important: true\n    purposes: [navigation-map]\n",
+        "    sensitive: true\n",
+        "category: imagery",
+        0,
+        "fields[Vehicle.ADAS.Camera.Front.Image].category: imagery may show faces or licence "
+        "plates: it must be flagged important (RULES.md §2)",
+    ),
+    "field-purpose-unknown": Case(
+        "fields.yaml",
+        "    purposes: [navigation-map]\n",
+        "    purposes: [navigation-maps]\n",
+        "navigation-maps",
+        None,
+        "fields[Vehicle.ADAS.Camera.Front.Image].purposes[0]: unknown purpose 'navigation-maps' "
+        "(purposes are listed in subscribers.yaml) (did you mean 'navigation-map'?)",
+    ),
+    "crossborder-without-impact-assessment": Case(
+        "subscribers.yaml",
+        '    impact_assessment:\n      reference: "FICTITIOUS-PIA-2025-0007"\n'
+        "      date: 2025-02-15\n",
+        "",
+        "- id: oem-hq-de",
+        None,
+        "subscribers[3].id: a cross-border subscriber needs impact_assessment (reference, date): "
+        "no personal information goes abroad without a PI protection impact assessment "
+        "(PIPL art. 55-56, RULES.md §4)",
+    ),
+    "gba-contract-outside-hong-kong-and-macao": Case(
+        "subscribers.yaml",
+        "      - kind: standard_contract\n",
+        "      - kind: gba_standard_contract\n",
+        "kind: gba_standard_contract",
+        None,
+        "subscribers[3].legal_bases[0].kind: a gba_standard_contract covers only recipients in "
+        "Hong Kong or Macao that store there (region and storage_region HK or MO; RULES.md §4)",
+    ),
+    "navigation-map-subscriber-without-map-review": Case(
+        "subscribers.yaml",
+        '    map_review:\n      reference: "FICTITIOUS-审图号-0000001"\n      date: 2025-03-01\n',
+        "",
+        "    qualifications:",
+        None,
+        "subscribers[0].qualifications: a navigation-map subscriber needs map_review (reference, "
+        "date) of its maps (MNR notice of 26 July 2024, RULES.md §1)",
     ),
     "view-allows-nothing": Case(
         "subscribers.yaml",
@@ -148,7 +241,7 @@ CASES = {
     ),
     "altitude-coarsen-without-step": Case(
         "subscribers.yaml",
-        "      altitude_step_m: 10\n",
+        "      altitude_step_m: 50\n",
         "",
         "    view:",
         2,
@@ -289,6 +382,14 @@ CASES = {
         None,
         "retention.audit_years: Input should be greater than or equal to 3",
     ),
+    "retention-of-views-not-positive": Case(
+        "rules.yaml",
+        "  outbox_days: 7",
+        "  outbox_days: 0",
+        "outbox_days",
+        None,
+        "retention.outbox_days: Input should be greater than 0",
+    ),
     "quoted-number": Case(
         "rules.yaml",
         "  grid_floor_m: 50",
@@ -307,7 +408,7 @@ CASES = {
     ),
     "not-a-mapping": Case(
         "rules.yaml",
-        "  grid_floor_m: 50\n",
+        "  grid_floor_m: 50\n  altitude_floor_m: 50\n",
         "  - 50\n",
         "geo:",
         None,

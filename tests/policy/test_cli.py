@@ -63,8 +63,12 @@ def test_show_summarises_subscribers_views_and_legal_bases() -> None:
         "FICTITIOUS-SCC-2025-0042",
         "example-prohibited-1",
         "trip_pseudonym",
-        "coarsen to 10 m",
+        "coarsen to 50 m",
         "grid floor 50 m",
+        "PI of more than 100,000 people is important data: yes",
+        "FICTITIOUS-PIA-2025-0007, 2025-02-15",
+        "views kept 7 days",
+        "FICTITIOUS-审图号-0000001, 2025-03-01",
     ):
         assert text in out, text
 

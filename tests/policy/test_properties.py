@@ -120,6 +120,13 @@ def bundles() -> dict[str, PolicyBundle]:
         }
     )
     subs["insureco-ubi"] = subs["insureco-ubi"].model_copy(update={"view": vin_view})
+    # 1 m altitude steps while qualified; the altitude floor once the qualification expires
+    mapco = subs["mapco-nav"]
+    fine_alt = mapco.view.model_copy(
+        update={"altitude": AltitudeMode.COARSEN, "altitude_step_m": 1.0}
+    )
+    early = tuple(q.model_copy(update={"expires": date(2027, 1, 1)}) for q in mapco.qualifications)
+    subs["mapco-nav"] = mapco.model_copy(update={"view": fine_alt, "qualifications": early})
     return {
         "default": base,
         "variant": dataclasses.replace(base, subscribers=MappingProxyType(subs)),
@@ -276,8 +283,11 @@ class Reference:
         )
         datum = view.datum if privileged else OutputDatum.GCJ02
         altitude = view.altitude
+        alt_step = view.altitude_step_m
         if not privileged and altitude is AltitudeMode.KEEP:
             altitude = AltitudeMode.REMOVE
+        if not privileged and alt_step is not None:
+            alt_step = max(alt_step, self.bundle.rules.geo.altitude_floor_m)
         derived = view.location_derived
         if derived is DerivedMode.KEEP and not (privileged and grid == 0):
             derived = DerivedMode.COARSEN
@@ -303,6 +313,7 @@ class Reference:
             "grid": grid,
             "datum": datum,
             "altitude": altitude,
+            "alt_step": alt_step,
             "derived": derived,
             "pos_rules": pos_rules,
             "approval": approval,
@@ -499,7 +510,7 @@ class Reference:
                 if info["alt_out"]:
                     alt = rec[ALTITUDE]
                     if cfg["altitude"] is AltitudeMode.COARSEN:
-                        step_m = view.altitude_step_m
+                        step_m = cfg["alt_step"]
                         loc["alt_m"] = float(coarsen_altitude(alt, step_m)[0])
                         loc["alt_step_m"] = int(step_m) if float(step_m).is_integer() else step_m
                     else:
@@ -683,7 +694,11 @@ class Reference:
         for c in tiers:
             entry = self.state.count((sub.id, self.year, c))
             known[c], count[c] = set(entry.known), entry.count
-        keep = []
+        keep: list[int] = []
+        if not sub.assessed_on(self.day):  # no PI impact assessment yet: nothing goes abroad
+            for i in sent:
+                outcomes[(sub.id, i)] = Outcome("block", {"xborder.impact-assessment"})
+            return keep
         for i in sorted(sent, key=lambda i: (records[i][TIMESTAMP], records[i][VIN], i)):
             vin = records[i][VIN]
             classes = [ExportDataClass.PERSONAL_INFORMATION]
@@ -695,7 +710,12 @@ class Reference:
             for c in classes:
                 n = count[c] + (vin not in known[c])
                 tier = tiers[c]
-                level = 2 if (n >= tier.assessment_from or (xb.ciio and n >= 1)) else (
+                important = (
+                    c is ExportDataClass.PERSONAL_INFORMATION
+                    and xb.vehicle_pi_over_100k_important
+                    and n > 100_000
+                )
+                level = 2 if (n >= tier.assessment_from or (xb.ciio and n >= 1) or important) else (
                     1 if n >= tier.contract_from else 0)  # fmt: skip
                 cited.add(
                     ["xborder.exempt", "xborder.tier-contract", "xborder.tier-assessment"][level]
@@ -883,6 +903,8 @@ def test_no_unqualified_view_holds_a_fine_or_wgs84_position(
         if "alt_m" in location:
             step = sub.view.altitude_step_m
             assert step is not None and location["alt_m"] % step == 0
+            assert location["alt_step_m"] >= bundle.rules.geo.altitude_floor_m
+            assert location["alt_m"] % location["alt_step_m"] == 0
 
 
 def check_derived(bundle: PolicyBundle, sub_id: str, qualified: bool, obj: dict[str, Any]) -> None:
@@ -939,3 +961,92 @@ def test_the_reference_itself_covers_the_interesting_cases(
     assert {o.verdict for o in want.values()} >= {"share", "redact", "block", "held"}
     assert len(HeldSet(sh.held)) == len(sh.held) and all(isinstance(h, HeldView) for h in sh.held)
     assert np.all(np.isin(d.verdict, [0, 1, 2, 3]))
+
+
+# --- sensitive and important fields (RULES.md §2, §4) ----------------------------------------
+
+PEOPLE_FIELDS = {
+    "Vehicle.Driver.HeartRate": 72,
+    "Vehicle.Driver.Identifier.Subject": "driver-7",
+    "Vehicle.Cabin.Seat.Row2.DriverSide.IsOccupied": True,
+    "Vehicle.ADAS.Camera.Front.Image": "s3://frames/1.jpg",
+    "Vehicle.Cabin.Camera.DriverMonitor.Image": "s3://frames/2.jpg",
+}
+
+
+def _with_people(bundle: PolicyBundle, bases: list[LegalBasis]) -> PolicyBundle:
+    subs = dict(bundle.subscribers)
+    for sub_id in ("oem-hq-de", "insureco-ubi", "mapco-nav"):
+        sub = subs[sub_id]
+        view = sub.view.model_copy(
+            update={
+                "categories": (*sub.view.categories, FieldCategory.PERSONAL, FieldCategory.IMAGERY)
+            }
+        )
+        extra = tuple(bases) if sub.cross_border else ()
+        subs[sub_id] = sub.model_copy(
+            update={"view": view, "legal_bases": (*sub.legal_bases, *extra)}
+        )
+    return dataclasses.replace(bundle, subscribers=MappingProxyType(subs))
+
+
+_BASES = st.lists(
+    st.tuples(
+        st.sampled_from(list(LegalBasisKind)),
+        st.sampled_from(
+            [
+                (ExportDataClass.SENSITIVE_PERSONAL_INFORMATION,),
+                (ExportDataClass.IMPORTANT_DATA,),
+                (ExportDataClass.PERSONAL_INFORMATION, ExportDataClass.IMPORTANT_DATA),
+            ]
+        ),
+        st.sampled_from([date(2026, 6, 30), date(2030, 1, 1)]),
+    ),
+    max_size=2,
+)
+_PEOPLE = st.lists(st.sets(st.sampled_from(sorted(PEOPLE_FIELDS))), min_size=24, max_size=24)
+
+
+@settings(max_examples=30, deadline=None)
+@given(streams(), _BASES, _PEOPLE)
+def test_sensitive_and_important_fields_go_only_where_a_basis_or_purpose_covers_them(
+    bundles: dict[str, PolicyBundle],
+    case: dict[str, Any],
+    drawn: list[tuple[LegalBasisKind, tuple[ExportDataClass, ...], date]],
+    people: list[set[str]],
+) -> None:
+    """A view abroad carrying a field flagged sensitive holds a valid basis covering sensitive
+    PI for its tier; important fields go abroad only under a valid security assessment, and
+    to a mainland view only for a purpose the field names."""
+    bases = [
+        LegalBasis(kind=k, id=f"B-{i}", covers=c, expires=e) for i, (k, c, e) in enumerate(drawn)
+    ]
+    bundle = _with_people(bundles["default"], bases)
+    if case["counted"] == 0:  # a consistent count: the vehicles known are among those counted
+        case = {**case, "known": frozenset()}
+    records = [
+        {**r, **{p: PEOPLE_FIELDS[p] for p in extra}} if isinstance(r, dict) else r
+        for r, extra in zip(case["records"], people, strict=False)
+    ]
+    state = initial_state(bundle, case)
+    _, sh = evaluate(decode(records, bundle), bundle, state, keys)
+    day = beijing_date(state.now)
+    outputs = list(zip(sh.subscriber.tolist(), sh.views, strict=True))
+    outputs += [(s, h.view) for s, h in zip(sh.held_subscriber.tolist(), sh.held, strict=True)]
+    subs = list(bundle.subscribers.values())
+    for s, obj in outputs:
+        sub = subs[s]
+        for path in obj["signals"]:
+            spec = bundle.fields[path]
+            if spec.important and sub.cross_border:
+                assert any(
+                    b.kind is LegalBasisKind.SECURITY_ASSESSMENT
+                    for b in sub.legal_bases_on(day, ExportDataClass.IMPORTANT_DATA)
+                ), (sub.id, path)
+            elif spec.important:
+                assert set(spec.purposes) & set(sub.purposes), (sub.id, path)
+            if spec.sensitive and sub.cross_border:
+                assert sub.legal_bases_on(day, ExportDataClass.SENSITIVE_PERSONAL_INFORMATION), (
+                    sub.id,
+                    path,
+                )

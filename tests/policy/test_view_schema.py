@@ -7,15 +7,17 @@ through fails.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 
 from gateway.policy import load_bundle
-from gateway.policy.schema import OutputDatum
+from gateway.policy.schema import AltitudeMode, OutputDatum
 from gateway.policy.view_schema import VIEW_SCHEMA, coordinate_names, view_schema
 
 _TYPES = {
@@ -110,8 +112,8 @@ def test_gridded_gcj02_view() -> None:
         "lat_gcj02": 31.2,
         "lon_gcj02": 121.4,
         "cell": "32651:7012:34567",
-        "alt_m": 20.0,
-        "alt_step_m": 10,
+        "alt_m": 50.0,
+        "alt_step_m": 50,
     }
     signals = {
         "Vehicle.Speed": 40.0,
@@ -126,7 +128,7 @@ def test_gridded_gcj02_view() -> None:
     bad: list[tuple[dict[str, Any], dict[str, Any]]] = [
         ({**good_location, "precision_m": 10}, {}),
         ({**good_location, "datum": "WGS-84"}, {}),
-        ({**good_location, "alt_m": 21.0}, {}),  # not on the 10 m altitude step
+        ({**good_location, "alt_m": 60.0}, {}),  # not on the 50 m altitude step
         (good_location, {"Vehicle.Speed": 43.0}),  # not coarsened to 10 km/h
         (good_location, {"Vehicle.CurrentLocation.Heading": 360.0}),  # wraps to 0
         (good_location, {"Vehicle.VehicleIdentification.VIN": "1M8GDM9AXKP042788"}),
@@ -190,3 +192,23 @@ def test_every_view_is_deterministic_json() -> None:
 def test_unknown_subscriber() -> None:
     with pytest.raises(KeyError):
         view_schema(BUNDLE, "nobody")
+
+
+def test_an_expired_qualification_states_the_altitude_floor() -> None:
+    sub = BUNDLE.subscribers["mapco-nav"]
+    view = sub.view.model_copy(update={"altitude": AltitudeMode.COARSEN, "altitude_step_m": 1.0})
+    subs = {**BUNDLE.subscribers, "mapco-nav": sub.model_copy(update={"view": view})}
+    bundle = dataclasses.replace(BUNDLE, subscribers=MappingProxyType(subs))
+    schema = view_schema(bundle, "mapco-nav")
+    fallback = {
+        "datum": "GCJ-02",
+        "precision_m": 50,
+        "lat_gcj02": 31.2,
+        "lon_gcj02": 121.4,
+        "cell": "32651:7012:34567",
+        "alt_m": 0.0,
+        "alt_step_m": 50,
+    }
+    assert errors(schema, record("mapco-nav", fallback, {})) == []
+    finer = {**fallback, "alt_m": 19.0, "alt_step_m": 1.0}
+    assert errors(schema, record("mapco-nav", finer, {}))
