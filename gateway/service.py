@@ -127,9 +127,11 @@ class Gateway:
             cert_file=config.broker.cert_file,
             key_file=config.broker.key_file,
         )
-        if config.broker.username:
+        if config.broker.username or config.broker.password_env:
             self.spec = replace(
-                self.spec, username=config.broker.username, password=config.broker_password()
+                self.spec,
+                username=config.broker.username or self.spec.username,
+                password=config.broker_password() or self.spec.password,
             )
         self.publisher = MqttPublisher(
             self.spec, f"icvgw-{config.worker}-out", max_inflight=config.output.max_inflight
@@ -596,6 +598,7 @@ class Gateway:
             digest=self.keys.payload_digest,
             pseudonym_key=self.keys.pseudonym_key,
             deadletter_prefix=self.config.output.deadletter_prefix,
+            topic_prefix=self.config.output.topic_prefix,
         )
 
     def shutdown(self, drain_timeout: float = 10.0) -> None:
