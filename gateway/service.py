@@ -496,18 +496,20 @@ class Gateway:
         self.metrics.checkpoint_size.set(int(note.split(b"\n")[1]))
 
     def start(self, timeout: float = 30.0) -> None:
-        """Connect the publisher and the input, start delivering the outbox."""
+        """Connect the publisher and the input, start delivering the outbox. Raises
+        :class:`~gateway.errors.IngestError` with the reason as soon as retrying cannot help
+        (refused credentials, a certificate that does not verify), after ``timeout`` seconds
+        with the latest reason otherwise, and :class:`~gateway.errors.ConnectInterrupted` as
+        soon as :meth:`stop` is called."""
         self.publisher.start()
-        if not self.publisher.wait_connected(timeout):
-            raise TimeoutError(f"could not connect to {self.spec} within {timeout}s")
+        self.publisher.status.wait(self.publisher.wait_connected, timeout, self._stop)
         self.drainer.start()
         self._policy_thread = threading.Thread(
             target=self._watch_policy, name="icvgw-policy", daemon=True
         )
         self._policy_thread.start()
         self.source.start()
-        if not self.source.wait_connected(timeout):
-            raise TimeoutError(f"could not subscribe at {self.spec} within {timeout}s")
+        self.source.status.wait(self.source.wait_connected, timeout, self._stop)
         self._ready.set()
         log.info(
             "gateway %s running: %s -> %s", self.config.worker, self.config.input.topic, self.spec

@@ -46,6 +46,7 @@ def _cert(
     *,
     ca: bool,
     host: str | None = None,
+    ip: bool = True,
 ) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     builder = (
@@ -63,25 +64,25 @@ def _cert(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
         )
     if host is not None:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(host), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
+        names: list[x509.GeneralName] = [x509.DNSName(host)]
+        if ip:
+            names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def make_tls_files(directory: Path, *, host: str = "localhost") -> TlsFiles:
-    """A fresh CA in ``directory`` and certificates it signed (server: ``host`` and
-    127.0.0.1)."""
+def make_tls_files(
+    directory: Path, *, host: str = "localhost", ip: bool = True, ca_name: str = "icvgw test CA"
+) -> TlsFiles:
+    """A fresh CA in ``directory`` and certificates it signed (server: ``host`` and, with
+    ``ip``, 127.0.0.1)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("icvgw test CA", ca_key, "icvgw test CA", ca_key, ca=True)
+    ca = _cert(ca_name, ca_key, ca_name, ca_key, ca=True)
     server_key = ec.generate_private_key(ec.SECP256R1())
-    server = _cert("icvgw test server", server_key, "icvgw test CA", ca_key, ca=False, host=host)
+    server = _cert("icvgw test server", server_key, ca_name, ca_key, ca=False, host=host, ip=ip)
     client_key = ec.generate_private_key(ec.SECP256R1())
-    client = _cert("icvgw", client_key, "icvgw test CA", ca_key, ca=False)
+    client = _cert("icvgw", client_key, ca_name, ca_key, ca=False)
     pem = serialization.Encoding.PEM
     files = TlsFiles(
         ca=directory / "ca.pem",

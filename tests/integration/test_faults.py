@@ -32,7 +32,7 @@ import pytest
 from gateway.config import load_config
 from gateway.keys import init_keys
 from gateway.service import Gateway
-from gateway.testing import MosquittoBroker
+from gateway.testing import MosquittoBroker, free_port
 from simulators.fleet import Fleet, Kind, Message
 from simulators.scenario import Batches, Faults, load_scenario
 from tests.integration.conftest import MIXED, make_fleet
@@ -504,3 +504,26 @@ def _loaded(dep: Deployment) -> list[str]:
         bodies = db.execute("select body from audit_entries where kind = 'admin' order by seq")
         docs = [orjson.loads(body) for (body,) in bodies]
     return [d["subject"] for d in docs if d["action"] == "policy.loaded"]
+
+
+def test_a_broker_that_cannot_be_reached_is_named_and_sigterm_stops_the_wait(
+    deployment: Callable[[Fleet], Deployment],
+    gateway_process: Callable[[Deployment], GatewayProcess],
+) -> None:
+    dep = deployment(make_fleet(2, 1))
+    closed = f"mqtt://127.0.0.1:{free_port()}"
+    dep.config.write_text(dep.config.read_text().replace(dep.broker.url, closed))
+    gw = gateway_process(dep)
+    gw.launch()
+    assert gw.log is not None and gw.proc is not None
+    log = gw.log
+    wait_for(
+        lambda: True if b"connection refused by 127.0.0.1" in log.read_bytes() else None,
+        20,
+        "the reason in the log",
+    )
+    t0 = time.monotonic()
+    assert gw.terminate(10) == 0
+    assert time.monotonic() - t0 < 3
+    assert b"stopped while connecting" in log.read_bytes()
+    assert b"Traceback" not in log.read_bytes()
