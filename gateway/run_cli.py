@@ -80,3 +80,5 @@ def run(
         raise typer.Exit(1) from exc
     print(f"icvgw: gateway {cfg.worker} running; store {cfg.store}", file=sys.stderr, flush=True)
     gw.run()
+    if not gw.clean_shutdown:  # said in the log: the final checkpoint could not be written
+        raise typer.Exit(1)
