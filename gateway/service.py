@@ -651,11 +651,10 @@ class Gateway:
         ``drain_timeout`` passes (the next start writes it otherwise), and
         :attr:`clean_shutdown` says whether it was written."""
         deadline = time.monotonic() + drain_timeout
-        self.source.stop()
-        leftover = self.source.get_batch(self.config.input.queue_bound, 0)
+        leftover = self._stop_reading()
         if leftover:
             # Received but not processed: not acknowledged, the broker keeps them.
-            log.info("%d received messages left unacknowledged for redelivery", len(leftover))
+            log.info("%d received messages left unacknowledged for redelivery", leftover)
         self.drainer.drain(drain_timeout)
         self.drainer.stop()
         if not self._stop.is_set():  # ends the policy thread too
@@ -666,6 +665,19 @@ class Gateway:
         self.publisher.flush(max(0.0, deadline - time.monotonic()))
         self.publisher.stop()
         self.store.close()
+
+    def _stop_reading(self) -> int:
+        """Disconnect the input; returns how many received messages were left unprocessed.
+        The queue is emptied while the input stops: paho's thread may be waiting to hand
+        over a message (the queue fills while a failing store holds the pipeline back), and
+        only then can it send DISCONNECT and end."""
+        stopper = threading.Thread(target=self.source.stop, name="icvgw-ingest-stop")
+        stopper.start()
+        left = 0
+        while stopper.is_alive():
+            left += len(self.source.get_batch(self.config.input.queue_bound, 0.05))
+        stopper.join()
+        return left + len(self.source.get_batch(self.config.input.queue_bound, 0))
 
     def _final_checkpoint(self, deadline: float) -> bool:
         """Write the shutdown checkpoint, retrying a failing store until ``deadline``."""

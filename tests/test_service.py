@@ -603,3 +603,21 @@ def test_shutdown_with_a_store_that_stays_failing_says_so_in_one_line(
     assert not any(r.exc_info for r in caplog.records)
     final = [r.getMessage() for r in caplog.records if r.getMessage().startswith("final")]
     assert len(final) == 1 and "the next start writes it" in final[0]
+
+
+def test_shutdown_empties_the_input_queue_while_the_input_stops(config: GatewayConfig) -> None:
+    gw = Gateway(config)
+    src = QueueSource()
+    src.put(fleet_envelopes(1, 3))
+    stopped: list[bool] = []
+
+    def stop() -> None:  # like paho's thread: it hands over a message before it disconnects
+        until(src.queue.empty, 5)
+        stopped.append(True)
+
+    src.stop = stop  # type: ignore[method-assign]
+    gw.source = src  # type: ignore[assignment]
+    gw.publisher = gw.drainer.publisher = ConfirmingPublisher()  # type: ignore[assignment]
+    gw.shutdown(drain_timeout=1)
+    assert stopped == [True]
+    assert src.acked == []  # left for the broker to deliver again
