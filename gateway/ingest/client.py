@@ -161,6 +161,11 @@ def describe_connect_error(exc: BaseException | None, spec: BrokerSpec) -> str:
         if exc.reason == "WRONG_VERSION_NUMBER":
             hint = " (is this a plain MQTT port? use mqtt://)"
         return f"TLS handshake with {where} failed: {exc.reason or exc}{hint}"
+    if isinstance(exc, ConnectionResetError) and spec.tls:
+        return (
+            f"TLS handshake with {where} failed: the connection was reset "
+            "(is this a plain MQTT port? use mqtt://)"
+        )
     if isinstance(exc, TimeoutError):
         return f"no answer from {where} (timed out)"
     if isinstance(exc, OSError):

@@ -183,3 +183,14 @@ def test_a_stop_ends_the_wait_at_once() -> None:
     finally:
         pub.stop()
     assert time.monotonic() - t0 < 1.5
+
+
+def test_tls_on_a_plain_port_is_said_while_retrying(
+    secured: MosquittoBroker, tls: TlsFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = spec_of(f"mqtts://127.0.0.1:{secured.port}", ca_file=str(tls.ca))
+    err, logged_at, message = reason_logged(caplog, spec, 2)
+    assert "TLS handshake with 127.0.0.1" in message
+    assert "plain MQTT port? use mqtt://" in message
+    assert logged_at < 1.5
+    assert "TLS handshake" in err
