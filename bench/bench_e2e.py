@@ -60,7 +60,7 @@ from bench import e2e_gateway as gw
 from bench.common import machine
 from bench.mqtt_load import cpu_seconds, peak_rss_mb, publisher_main, relay_main, subscriber_main
 from gateway.resources import default_policy_dir
-from gateway.testing import MosquittoBroker, free_port
+from gateway.testing import MosquittoBroker
 from simulators.fleet import Fleet, FleetConfig
 
 MODES = ("raw", "relay", "gateway")
@@ -362,7 +362,6 @@ class GatewayMode(Mode):
         self.config = gw.write_config(
             home,
             broker_url=broker.url,
-            api_port=free_port(),
             out_inflight=out_inflight,
             store=store,
         )

@@ -82,6 +82,7 @@ class Context:
     digest: Callable[[bytes], str]
     pseudonym_key: Callable[[str], bytes]
     deadletter_prefix: str
+    topic_prefix: str = "share"
 
 
 TOPIC_KEEP_CHARS = 128
@@ -108,10 +109,13 @@ def kept_payload(payload: bytes, digest: str, *, whole_up_to: int, prefix_bytes:
     return orjson.dumps({"size": len(payload), "digest": digest, "prefix_base64": prefix})
 
 
-def view_topic(bundle: PolicyBundle, subscriber: str, view: Mapping[str, Any]) -> str:
-    """``<subscriber's topic>/<vehicle pseudonym>/telemetry`` (``anonymous`` without one)."""
+def view_topic(
+    bundle: PolicyBundle, subscriber: str, view: Mapping[str, Any], prefix: str = "share"
+) -> str:
+    """``<subscriber's topic>/<vehicle pseudonym>/telemetry`` (``anonymous`` without one);
+    a subscriber without an MQTT topic of its own has ``<prefix>/<subscriber id>``."""
     delivery = bundle.subscribers[subscriber].view.delivery
-    base = delivery.topic or f"share/{subscriber}"
+    base = delivery.topic or f"{prefix}/{subscriber}"
     vehicle = view.get("vehicle") or "anonymous"
     return f"{base}/{vehicle}/telemetry"
 
@@ -143,7 +147,8 @@ def commit_batch(
         nonlocal seq
         data = encode_view(view, audit_seq=seq, message_id=msg)
         entries.append(DecisionEntry(digest=ctx.digest(data), **entry))
-        outbox.append(OutboxRow(seq, sub, view_topic(ctx.bundle, sub, view), msg, data, now_ms))
+        topic = view_topic(ctx.bundle, sub, view, ctx.topic_prefix)
+        outbox.append(OutboxRow(seq, sub, topic, msg, data, now_ms))
         out.decisions[(sub, decision.value)] += 1
         seq += 1
 
@@ -347,7 +352,7 @@ def _decisions(
                 OutboxRow(
                     seq,
                     sub_id,
-                    view_topic(ctx.bundle, sub_id, shaped.views[index]),
+                    view_topic(ctx.bundle, sub_id, shaped.views[index], ctx.topic_prefix),
                     msg,
                     data,
                     now_ms,

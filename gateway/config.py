@@ -13,8 +13,16 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from gateway.errors import ConfigError, Problem
 from gateway.policy.source import Source, read_yaml, validation_problems
@@ -45,6 +53,18 @@ class BrokerConfig(_Model):
     """Read the broker's own drop counter ($SYS/broker/publish/messages/dropped, Mosquitto)
     and export it as ``icvgw_broker_dropped_messages``."""
 
+    @model_validator(mode="after")
+    def _nothing_ignored(self) -> BrokerConfig:
+        # Each of these would otherwise be accepted and have no effect.
+        tls_files = (self.ca_file, self.cert_file, self.key_file)
+        if any(tls_files) and not self.url.startswith("mqtts://"):
+            raise ValueError("ca_file, cert_file and key_file need an mqtts:// url")
+        if self.key_file and not self.cert_file:
+            raise ValueError("key_file needs cert_file (the client certificate)")
+        if self.password_env and not (self.username or urlsplit(self.url).username):
+            raise ValueError("password_env needs a username (username, or user@ in the url)")
+        return self
+
 
 class InputConfig(_Model):
     """What the gateway subscribes to, and how much it takes at once."""
@@ -58,9 +78,11 @@ class InputConfig(_Model):
 
 
 class OutputConfig(_Model):
-    """Where views and dead-letter notices go."""
+    """Where views and dead-letter notices go. A subscriber whose delivery names no MQTT
+    topic of its own (channels ``http_stream`` and ``webhook``, whose views wait in the
+    outbox and are published) gets ``<topic_prefix>/<subscriber id>``."""
 
-    topic_prefix: str = "share"
+    topic_prefix: str = Field(default="share", pattern=r"^[^#+/\x00]([^#+\x00]*[^#+/\x00])?$")
     deadletter_prefix: str = "gateway/deadletter"
     checkpoint_prefix: str = "gateway/checkpoint"
     max_inflight: int = Field(default=1000, ge=1, le=20_000)
@@ -73,13 +95,6 @@ class CheckpointConfig(_Model):
     every_seconds: float = Field(default=10.0, gt=0)
 
 
-class ApiConfig(_Model):
-    """The HTTP API's address."""
-
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
-
-
 class GatewayConfig(_Model):
     """The whole gateway configuration."""
 
@@ -88,7 +103,6 @@ class GatewayConfig(_Model):
     input: InputConfig = InputConfig()
     output: OutputConfig = OutputConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
-    api: ApiConfig = ApiConfig()
     policies: str | None = None
     store: str = "sqlite:///icvgw.sqlite"
     keys: str = "keys"

@@ -607,7 +607,8 @@ class _Demo:
         ) as live:
             while sim.running and runner.alive and not self._interrupted.is_set():
                 self._interrupted.wait(_REFRESH_S)
-                live.update(render("running · Ctrl-C to stop and summarise"), refresh=True)
+                state = "running" if gw.health.ok else gw.status()
+                live.update(render(f"{state} · Ctrl-C to stop and summarise"), refresh=True)
             if self._interrupted.is_set():
                 live.update(render("stopping the simulator"), refresh=True)
             sim.stop()

@@ -16,7 +16,8 @@ failures of a whole operation: a file that does not load, a store that does not 
     ├── StoreError             the transactional store failed
     ├── AuditError             the audit log cannot be written or read
     │   └── VerificationError  the log does not verify: shard and first bad sequence number
-    ├── IngestError            MQTT input failed
+    ├── IngestError            MQTT input failed, or a broker connection did not come up
+    │   └── ConnectInterrupted a stop (SIGTERM, Ctrl-C) was asked for while connecting
     ├── DeliveryError          a sink failed
     ├── PublishError           the simulator's messages were not all confirmed by the broker
     └── BrokerError            the embedded demo broker did not start or stop cleanly
@@ -115,6 +116,10 @@ class VerificationError(AuditError):
 
 class IngestError(GatewayError):
     """MQTT input failed (connection, subscription)."""
+
+
+class ConnectInterrupted(IngestError):
+    """A stop was asked for while waiting for a broker connection."""
 
 
 class DeliveryError(GatewayError):

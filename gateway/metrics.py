@@ -84,6 +84,16 @@ class Metrics:
             "since the broker started ($SYS/broker/publish/messages/dropped)",
             registry=registry,
         )
+        self.store_ok = Gauge(
+            "icvgw_store_ok",
+            "1 while the store takes writes, 0 while it fails (input is then not acknowledged)",
+            registry=registry,
+        )
+        self.store_failures = Counter(
+            "icvgw_store_failures_total",
+            "Store operations that failed (each retry counts)",
+            registry=registry,
+        )
         self.batch_commit_seconds = Histogram(
             "icvgw_commit_seconds",
             "Time to commit one micro-batch in the store",

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gateway.errors import GatewayError
+from gateway.errors import ConnectInterrupted, GatewayError
 
 
 def run(
@@ -70,9 +70,15 @@ def run(
     signal.signal(signal.SIGHUP, on_hup)
     try:
         gw.start()
-    except (GatewayError, TimeoutError) as exc:
+    except ConnectInterrupted as exc:  # SIGTERM or Ctrl-C while connecting: a clean stop
+        typer.echo(f"icvgw run: {exc}", err=True)
+        gw.shutdown(drain_timeout=0)
+        raise typer.Exit(0) from exc
+    except GatewayError as exc:
         typer.echo(f"icvgw run: {exc}", err=True)
         gw.shutdown(drain_timeout=0)
         raise typer.Exit(1) from exc
     print(f"icvgw: gateway {cfg.worker} running; store {cfg.store}", file=sys.stderr, flush=True)
     gw.run()
+    if not gw.clean_shutdown:  # said in the log: the final checkpoint could not be written
+        raise typer.Exit(1)

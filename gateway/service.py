@@ -13,10 +13,17 @@ A crash at any point loses nothing: unacknowledged input is redelivered by the b
 de-duplicated against the store; committed but unconfirmed views are sent again under the
 same message id. Shutdown (SIGTERM) stops reading, finishes the batch in hand, drains the
 outbox, writes a final checkpoint and disconnects.
+
+A store that fails (a full disk, a database that does not answer) is lived through, not
+died of (:class:`~gateway.health.StoreHealth`): the batch in hand stays unacknowledged and
+is retried with back-off, nothing new is taken meanwhile (the broker keeps it), and the
+pipeline resumes by itself once a commit goes through. A retried batch is decided again
+from scratch: nothing of a failed commit was kept, in the store or in memory.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -45,6 +52,8 @@ from gateway.commit import Context, DeadInput, Written, commit_batch
 from gateway.config import GatewayConfig
 from gateway.deliver.mqtt import MqttPublisher
 from gateway.deliver.outbox import OutboxDrainer
+from gateway.errors import StoreError
+from gateway.health import StoreHealth
 from gateway.ingest.client import BrokerSpec, parse_broker_url
 from gateway.ingest.source import MqttSource
 from gateway.keys import KeyKind, ensure_store_key
@@ -136,9 +145,11 @@ class Gateway:
             cert_file=config.broker.cert_file,
             key_file=config.broker.key_file,
         )
-        if config.broker.username:
+        if config.broker.username or config.broker.password_env:
             self.spec = replace(
-                self.spec, username=config.broker.username, password=config.broker_password()
+                self.spec,
+                username=config.broker.username or self.spec.username,
+                password=config.broker_password() or self.spec.password,
             )
         self.publisher = MqttPublisher(
             self.spec, f"icvgw-{config.worker}-out", max_inflight=config.output.max_inflight
@@ -169,6 +180,10 @@ class Gateway:
         self.totals = Totals()
         self._started = clock()
         self._previous_hmac = self._previous_hmac_in_window()
+        self.health = StoreHealth(self.metrics)
+        self.clean_shutdown = True
+        """False when the last shutdown could not write its final checkpoint."""
+        self._policy_unrecorded = False
         self._stop = threading.Event()
         self._refs: dict[str, str] = {}
         # Distinct vehicles counted per (recipient, year, data class): read from the store
@@ -214,6 +229,7 @@ class Gateway:
         with self._next_lock:
             bundle, self._next_bundle = self._next_bundle, None
         if bundle is not None and self.holder.adopt(bundle):
+            self._policy_unrecorded = True  # until its audit entry is committed
             self._policy_loaded()
             return True
         return False
@@ -260,6 +276,7 @@ class Gateway:
         )
         with self.store.transaction() as tx:
             tx.append_audit([entry], shard=self.origin)
+        self._policy_unrecorded = False
         self.totals.admin += 1
         # The bundle (10,000 zones, the policy) lives until the next reload: keep it out of
         # the collector's generations, whose full passes otherwise walk it every few batches.
@@ -315,8 +332,12 @@ class Gateway:
 
     # -- the pipeline --------------------------------------------------------------------
     def process(self, envelopes: Sequence[Envelope]) -> Written:
-        """Decide and commit one micro-batch; acknowledges its input after the commit."""
+        """Decide and commit one micro-batch; acknowledges its input after the commit.
+        Raises :class:`~gateway.errors.StoreError` if the store fails: then nothing of the
+        batch is kept or acknowledged, and it may be processed again."""
         t0 = time.perf_counter()
+        if self._policy_unrecorded:  # no decision under a bundle whose loading is not audited
+            self._policy_loaded()
         bundle = self.holder.current
         now = self.clock()
         decoded = decode(
@@ -543,18 +564,20 @@ class Gateway:
         self.metrics.checkpoint_size.set(int(note.split(b"\n")[1]))
 
     def start(self, timeout: float = 30.0) -> None:
-        """Connect the publisher and the input, start delivering the outbox."""
+        """Connect the publisher and the input, start delivering the outbox. Raises
+        :class:`~gateway.errors.IngestError` with the reason as soon as retrying cannot help
+        (refused credentials, a certificate that does not verify), after ``timeout`` seconds
+        with the latest reason otherwise, and :class:`~gateway.errors.ConnectInterrupted` as
+        soon as :meth:`stop` is called."""
         self.publisher.start()
-        if not self.publisher.wait_connected(timeout):
-            raise TimeoutError(f"could not connect to {self.spec} within {timeout}s")
+        self.publisher.status.wait(self.publisher.wait_connected, timeout, self._stop)
         self.drainer.start()
         self._policy_thread = threading.Thread(
             target=self._watch_policy, name="icvgw-policy", daemon=True
         )
         self._policy_thread.start()
         self.source.start()
-        if not self.source.wait_connected(timeout):
-            raise TimeoutError(f"could not subscribe at {self.spec} within {timeout}s")
+        self.source.status.wait(self.source.wait_connected, timeout, self._stop)
         self._ready.set()
         log.info(
             "gateway %s running: %s -> %s", self.config.worker, self.config.input.topic, self.spec
@@ -569,20 +592,43 @@ class Gateway:
         self._stop.set()
 
     def run(self) -> None:
-        """Process micro-batches until :meth:`stop`; then shut down gracefully."""
+        """Process micro-batches until :meth:`stop`; then shut down gracefully. While the
+        store fails, the batch in hand is retried with back-off and nothing new is taken."""
         cfg = self.config.input
         wait = cfg.batch_wait_ms / 1000
         last_tick = time.monotonic()
+        held: list[Envelope] = []  # taken, not committed: never acknowledged
         try:
             while not self._stop.is_set():
-                envelopes = self.source.get_batch(cfg.batch_max, wait)
-                if envelopes:
-                    self.process(envelopes)
-                if time.monotonic() - last_tick >= 1.0:
+                if not held:
+                    held = self.source.get_batch(cfg.batch_max, wait)
+                if held and self._store_step(functools.partial(self.process, held), len(held)):
+                    held = []
+                if not held and time.monotonic() - last_tick >= 1.0:
                     last_tick = time.monotonic()
-                    self._tick()
+                    self._store_step(self._tick)
+                if not self.health.ok:
+                    self._stop.wait(self.health.delay)
         finally:
+            if held:
+                log.info("%d messages in hand left unacknowledged for redelivery", len(held))
             self.shutdown()
+
+    def _store_step(self, step: Callable[[], object], held: int = 0) -> bool:
+        """Run one step of the loop; False (recorded in :attr:`health`) if the store failed."""
+        try:
+            step()
+        except StoreError as exc:
+            self.health.failed(exc, held=held + self.source.pending())
+            return False
+        self.health.succeeded()
+        return True
+
+    def status(self) -> str:
+        """One line for people: running, or why not."""
+        if not self.health.ok:
+            return f"{self.health.status()} (input not acknowledged, retrying)"
+        return "running"
 
     def _tick(self) -> None:
         """Once a second: reload the policy if it changed, checkpoint if due, forget some
@@ -662,25 +708,61 @@ class Gateway:
             digest=self.keys.payload_digest,
             pseudonym_key=self.keys.pseudonym_key,
             deadletter_prefix=self.config.output.deadletter_prefix,
+            topic_prefix=self.config.output.topic_prefix,
         )
 
     def shutdown(self, drain_timeout: float = 10.0) -> None:
-        """Stop reading, finish what is queued, drain the outbox, checkpoint, disconnect."""
-        self.source.stop()
-        leftover = self.source.get_batch(self.config.input.queue_bound, 0)
+        """Stop reading, finish what is queued, drain the outbox, checkpoint, disconnect.
+        A failing store does not stop the rest: the final checkpoint is tried until
+        ``drain_timeout`` passes (the next start writes it otherwise), and
+        :attr:`clean_shutdown` says whether it was written."""
+        deadline = time.monotonic() + drain_timeout
+        leftover = self._stop_reading()
         if leftover:
             # Received but not processed: not acknowledged, the broker keeps them.
-            log.info("%d received messages left unacknowledged for redelivery", len(leftover))
+            log.info("%d received messages left unacknowledged for redelivery", leftover)
         self.drainer.drain(drain_timeout)
         self.drainer.stop()
         if not self._stop.is_set():  # ends the policy thread too
             self._stop.set()
         if self._policy_thread is not None:
             self._policy_thread.join(drain_timeout)
-        self.audit.close()
-        self.publisher.flush(drain_timeout)
+        self.clean_shutdown = self._final_checkpoint(deadline)
+        self.publisher.flush(max(0.0, deadline - time.monotonic()))
         self.publisher.stop()
         self.store.close()
+
+    def _stop_reading(self) -> int:
+        """Disconnect the input; returns how many received messages were left unprocessed.
+        The queue is emptied while the input stops: paho's thread may be waiting to hand
+        over a message (the queue fills while a failing store holds the pipeline back), and
+        only then can it send DISCONNECT and end."""
+        stopper = threading.Thread(target=self.source.stop, name="icvgw-ingest-stop")
+        stopper.start()
+        left = 0
+        while stopper.is_alive():
+            left += len(self.source.get_batch(self.config.input.queue_bound, 0.05))
+        stopper.join()
+        return left + len(self.source.get_batch(self.config.input.queue_bound, 0))
+
+    def _final_checkpoint(self, deadline: float) -> bool:
+        """Write the shutdown checkpoint, retrying a failing store until ``deadline``."""
+        delay = self.health.min_delay
+        while True:
+            try:
+                self.audit.close()
+                return True
+            except StoreError as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.error(
+                        "final checkpoint not written: %s; the next start writes it "
+                        "(every committed entry is in the store)",
+                        exc,
+                    )
+                    return False
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, self.health.max_delay)
 
     def pending_views(self) -> int:
         """Views committed and not yet confirmed by the broker."""

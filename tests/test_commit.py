@@ -20,12 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.audit.entries import parse_time
+from gateway.audit.outbox import row_aad
 from gateway.audit.verify import verify_store
 from gateway.config import GatewayConfig, load_config
-from gateway.keys import init_keys
+from gateway.keys import KeyRing, init_keys
 from gateway.model import Envelope
 from gateway.pipeline.decode import LATITUDE, LONGITUDE, TIMESTAMP, VIN
-from gateway.service import Gateway
+from gateway.service import Gateway, origin_of
 from gateway.testing import make_vin
 from simulators.fleet import Fleet, FleetConfig
 
@@ -56,6 +57,20 @@ def db(config: GatewayConfig) -> sqlite3.Connection:
     return sqlite3.connect(config.store.removeprefix("sqlite:///"))
 
 
+def opened(config: GatewayConfig, table: str) -> list[tuple[str, str, bytes]]:
+    """``(reason or subscriber, topic, payload)`` of each row of the outbox or the dead
+    letters, in order, opened with the deployment's store key (they are sealed at rest)."""
+    ring = KeyRing.load(config.keys)
+    shard = origin_of(config.worker)
+    label = "reason" if table == "deadletters" else "subscriber"
+    out = []
+    query = f"select seq, {label}, sealed from {table} order by seq"
+    for seq, what, sealed in db(config).execute(query):
+        topic, _, payload = ring.unseal(sealed, row_aad(table, shard, seq)).partition(b"\0")
+        out.append((what, topic.decode(), payload))
+    return out
+
+
 def record(vin: str = V1, **extra: object) -> dict[str, object]:
     return {VIN: vin, TIMESTAMP: 1795867200.0, LATITUDE: 31.23, LONGITUDE: 121.47, **extra}
 
@@ -75,10 +90,10 @@ def test_a_hostile_topic_is_dead_lettered_once_and_never_echoed(config: GatewayC
     payload = orjson.dumps([record(hostile)] * 3)
     run(config, [Envelope(topic, payload, 0.0, 1)])
     con = db(config)
-    rows = list(con.execute("select reason, topic from deadletters"))
+    rows = [(reason, topic) for reason, topic, _ in opened(config, "deadletters")]
     assert [r for r, _ in rows] == ["invalid-topic-vin"]
     assert len(rows[0][1]) <= 128 and rows[0][1].startswith("vehicles/<b>xxx")
-    notices = list(con.execute("select topic, payload from outbox"))
+    notices = [(topic, payload) for _, topic, payload in opened(config, "outbox")]
     assert [t for t, _ in notices] == ["gateway/deadletter/invalid-topic-vin"]
     assert len(notices[0][1]) < 300 and b"xxx" not in notices[0][1]
     assert orjson.loads(notices[0][1])["vehicle"] is None  # a hostile id is no vehicle
@@ -91,7 +106,7 @@ def test_a_payload_of_many_bad_records_is_kept_once(config: GatewayConfig) -> No
     payload = orjson.dumps(bad)
     run(config, [Envelope(f"vehicles/{V1}/telemetry", payload, 0.0, 1)])
     con = db(config)
-    rows = list(con.execute("select reason, length(payload) from deadletters order by seq"))
+    rows = [(reason, len(payload)) for reason, _, payload in opened(config, "deadletters")]
     assert len(rows) == 1000  # every bad record has its own dead letter and audit entry
     assert {r for r, _ in rows} == {"non-numeric-coordinate"}
     assert sum(n for _, n in rows) == len(payload)  # ... and the payload is kept once
@@ -106,7 +121,7 @@ def test_an_oversize_payload_keeps_its_size_digest_and_a_prefix(config: GatewayC
     payload = orjson.dumps(record(pad="z" * 10_000_000))
     run(config, [Envelope(f"vehicles/{V1}/telemetry", payload, 0.0, 1)])
     con = db(config)
-    [(reason, kept)] = list(con.execute("select reason, payload from deadletters"))
+    [(reason, _, kept)] = opened(config, "deadletters")
     assert reason == "oversize"
     assert len(kept) < 6000  # 4096 bytes of prefix, base64, and the size and digest
     summary = orjson.loads(kept)
@@ -173,13 +188,14 @@ def test_a_record_from_year_9999_does_not_silence_its_vehicle(tmp_path: Path) ->
 
 
 def stored_bytes(con: sqlite3.Connection) -> int:
-    """Bytes of content the store holds: entries, views and notices, dead letters."""
+    """Bytes of content the store holds: entries, views and notices, dead letters (these
+    two sealed: topic and payload plus 31 bytes of key generation, nonce and tag)."""
     return sum(
         con.execute(q).fetchone()[0] or 0
         for q in (
             "select sum(length(body)) from audit_entries",
-            "select sum(length(payload) + length(topic)) from outbox",
-            "select sum(length(payload) + length(topic)) from deadletters",
+            "select sum(length(sealed)) from outbox",
+            "select sum(length(sealed)) from deadletters",
         )
     )
 

@@ -58,7 +58,8 @@ def test_password_comes_from_the_named_environment_variable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GW_MQTT_PASSWORD", "pw")
-    cfg = load_config(write(tmp_path, "broker:\n  protocol: 5\n  password_env: GW_MQTT_PASSWORD\n"))
+    text = "broker:\n  protocol: 5\n  username: gw\n  password_env: GW_MQTT_PASSWORD\n"
+    cfg = load_config(write(tmp_path, text))
     assert cfg.broker_password() == "pw"
 
 
@@ -73,3 +74,23 @@ def test_the_shipped_example_config_loads() -> None:
     assert cfg.worker == "gw-1"
     assert cfg.broker.protocol == "5"
     assert cfg.policies is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("  ca_file: ca.pem\n", "ca_file, cert_file and key_file need an mqtts:// url"),
+        ("  url: mqtts://h\n  key_file: c.key\n", "key_file needs cert_file"),
+        ("  password_env: PW\n", "password_env needs a username"),
+    ],
+)
+def test_a_broker_setting_that_would_be_ignored_is_an_error(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, "broker:\n  protocol: 5\n" + text), environ={})
+
+
+def test_a_username_in_the_url_takes_the_password_from_password_env(tmp_path: Path) -> None:
+    text = "broker:\n  protocol: 5\n  url: mqtt://gw@h\n  password_env: PW\n"
+    assert load_config(write(tmp_path, text), environ={}).broker.password_env == "PW"

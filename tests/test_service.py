@@ -3,14 +3,21 @@ commit-then-ack, de-duplication across batches and restarts, dead letters, count
 
 from __future__ import annotations
 
+import logging
+import queue
 import re
 import sqlite3
+import threading
+import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
 from gateway.audit.outbox import row_aad
 from gateway.config import GatewayConfig, load_config
@@ -41,8 +48,10 @@ def config(tmp_path: Path) -> GatewayConfig:
     )
 
 
-def fleet_envelopes(n_vehicles: int = 8, seconds: float = 20) -> list[Envelope]:
-    msgs = Fleet(FleetConfig(vehicles=n_vehicles, start=START), seed=3).messages(seconds, 1.0)
+def fleet_envelopes(
+    n_vehicles: int = 8, seconds: float = 20, start: datetime = START
+) -> list[Envelope]:
+    msgs = Fleet(FleetConfig(vehicles=n_vehicles, start=start), seed=3).messages(seconds, 1.0)
     return [Envelope(m.topic, m.payload, 0.0, i + 1) for i, m in enumerate(msgs)]
 
 
@@ -499,7 +508,7 @@ def test_counts_are_read_in_the_year_the_rules_count_in(
     policies = _policy_copy(tmp_path, "year_utc_offset_hours: 8", "year_utc_offset_hours: 0")
     gw = Gateway(config.model_copy(update={"policies": policies}), clock=lambda: now)
     try:
-        envelopes = fleet_envelopes(3, 5)
+        envelopes = fleet_envelopes(3, 5, start=datetime.fromtimestamp(now - 600, UTC))
         gw.process(envelopes)
         bundle = gw.holder.current
         vehicles = list(gw.state.trips)
@@ -520,7 +529,7 @@ def test_the_sweep_deletes_views_dead_letters_and_vehicle_state_past_their_reten
     gw = Gateway(config, clock=lambda: clock[0])
     broken = Envelope("vehicles/LSVAU2181P2100001/telemetry", b'{"secret": 31.2', 0.0, 99)
     try:
-        gw.process([*fleet_envelopes(2, 5), broken])
+        gw.process([*fleet_envelopes(2, 5, start=datetime.fromtimestamp(t0 - 600, UTC)), broken])
         con = db(config)
         tables = ("outbox", "deadletters", "vehicle_state")
         before = {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in tables}
@@ -539,3 +548,206 @@ def test_the_sweep_deletes_views_dead_letters_and_vehicle_state_past_their_reten
     assert within["outbox"] >= before["outbox"]
     # what the last sweep itself wrote (its own audit notices) is new; everything older went
     assert after == {"outbox": 0, "deadletters": 0, "vehicle_state": 0}
+
+
+class ConfirmingPublisher:
+    """Stands in for the broker on the output side: every publish is confirmed at once."""
+
+    limit = 1000
+
+    def __init__(self) -> None:
+        self.topics: list[str] = []
+
+    def try_publish(self, topic: str, payload: bytes, done: Callable[[bool], None]) -> bool:
+        self.publish(topic, payload, done)
+        return True
+
+    def publish(self, topic: str, _p: bytes, done: Callable[[bool], None], **_k: object) -> None:
+        self.topics.append(topic)
+        done(True)
+
+    def flush(self, _timeout: float) -> bool:
+        return True
+
+    def stop(self) -> None:
+        pass
+
+
+class QueueSource:
+    """Stands in for the broker on the input side: envelopes put here are taken in batches;
+    ``acked`` holds the message ids acknowledged."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[Envelope] = queue.Queue()
+        self.acked: list[int] = []
+        self.stale_acks = 0
+
+    def put(self, envelopes: list[Envelope]) -> None:
+        for e in envelopes:
+            mid = e.message_id
+            self.queue.put(replace(e, ack=lambda mid=mid: self.acked.append(mid)))
+
+    def get_batch(self, max_size: int, max_wait: float) -> list[Envelope]:
+        out: list[Envelope] = []
+        try:
+            out.append(self.queue.get(timeout=max_wait))
+            while len(out) < max_size:
+                out.append(self.queue.get_nowait())
+        except queue.Empty:
+            pass
+        return out
+
+    def pending(self) -> int:
+        return self.queue.qsize()
+
+    def stop(self) -> None:
+        pass
+
+
+def running(config: GatewayConfig) -> tuple[Gateway, QueueSource, threading.Thread]:
+    """A gateway whose run loop reads ``QueueSource`` and publishes to a confirming fake."""
+    registry = CollectorRegistry()
+    gw = Gateway(config, registry=registry)
+    gw.health.min_delay, gw.health.max_delay = 0.05, 0.2
+    src = QueueSource()
+    pub = ConfirmingPublisher()
+    gw.source = src  # type: ignore[assignment]
+    gw.publisher = gw.drainer.publisher = pub  # type: ignore[assignment]
+    gw.drainer.start()
+    thread = threading.Thread(target=gw.run, daemon=True)
+    thread.start()
+    return gw, src, thread
+
+
+def fill(gw: Gateway, pages: int | None = None) -> None:
+    """Let the store's database grow by ``pages`` pages at most (None: no bound)."""
+    con = gw.store._conn  # type: ignore[attr-defined]
+    if pages is None:
+        con.execute("pragma max_page_count = 1073741823")
+        return
+    (count,) = con.execute("pragma page_count").fetchone()
+    con.execute(f"pragma max_page_count = {count + pages}")
+
+
+def refuse_writes(gw: Gateway, refuse: bool) -> None:
+    """Make every write of the store fail (a store that does not take writes at all)."""
+    gw.store._conn.execute(f"pragma query_only = {int(refuse)}")  # type: ignore[attr-defined]
+
+
+def until(what: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_full_store_holds_input_unacknowledged_and_the_gateway_resumes_by_itself(
+    config: GatewayConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    envelopes = fleet_envelopes(6, 20)
+    first, rest = envelopes[:40], envelopes[40:]
+    gw, src, thread = running(config)
+
+    def store_ok() -> float | None:
+        return gw.metrics.registry.get_sample_value("icvgw_store_ok")
+
+    try:
+        src.put(first)
+        until(lambda: len(src.acked) == len(first))
+        assert store_ok() == 1
+        fill(gw, 0)
+        caplog.clear()
+        src.put(rest)
+        until(lambda: store_ok() == 0)
+        time.sleep(1.0)  # retrying: nothing further acknowledged, the loop still alive
+        assert len(src.acked) == len(first)
+        assert thread.is_alive()
+        assert gw.status().startswith("store failing for ")
+        assert "database or disk is full" in gw.status()
+        fill(gw, None)  # space returns
+        until(lambda: len(src.acked) == len(envelopes) and store_ok() == 1)
+        assert gw.status() == "running"
+        assert (gw.metrics.registry.get_sample_value("icvgw_store_failures_total") or 0) >= 2
+    finally:
+        gw.stop()
+        thread.join(30)
+    assert not thread.is_alive() and gw.clean_shutdown
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.name for r in errors] == ["gateway.health"], [r.getMessage() for r in errors]
+    assert "store failing: sqlite store: database or disk is full" in errors[0].getMessage()
+    assert not any(r.exc_info for r in caplog.records)
+    assert sorted(src.acked) == sorted(e.message_id for e in envelopes)
+    con = db(config)
+    subs = list(gw.holder.current.subscribers)
+    entries = Counter(
+        s for (s,) in con.execute("select subscriber from audit_entries where kind='decision'")
+    )
+    held = held_per_subscriber(config)
+    for sub in subs:  # each record decided once for each subscriber: none lost, none twice
+        assert entries[sub] + held[sub] == len(envelopes), sub
+    (size,) = con.execute("select max(seq) + 1 from audit_entries").fetchone()
+    (covered,) = con.execute("select max(size) from audit_checkpoints").fetchone()
+    assert covered == size  # the final checkpoint covers everything
+
+
+def test_shutdown_with_a_failing_store_retries_the_final_checkpoint(
+    config: GatewayConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    envelopes = fleet_envelopes(3, 10)
+    gw, src, thread = running(config)
+    try:
+        src.put(envelopes)
+        until(lambda: len(src.acked) == len(envelopes))
+        refuse_writes(gw, True)
+        threading.Timer(1.5, refuse_writes, (gw, False)).start()  # back during the shutdown
+    finally:
+        gw.stop()
+        thread.join(30)
+    assert gw.clean_shutdown
+    assert not any(r.exc_info for r in caplog.records)
+    con = db(config)
+    (size,) = con.execute("select max(seq) + 1 from audit_entries").fetchone()
+    (covered,) = con.execute("select max(size) from audit_checkpoints").fetchone()
+    assert covered == size
+
+
+def test_shutdown_with_a_store_that_stays_failing_says_so_in_one_line(
+    config: GatewayConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    envelopes = fleet_envelopes(3, 10)
+    gw, src, thread = running(config)
+    try:
+        src.put(envelopes[:20])
+        until(lambda: len(src.acked) == 20)
+        refuse_writes(gw, True)
+        caplog.clear()
+        src.put(envelopes[20:])  # not committed: stays unacknowledged
+        until(lambda: not gw.health.ok)
+    finally:
+        t0 = time.monotonic()
+        gw.stop()
+        thread.join(30)
+    assert time.monotonic() - t0 < 15
+    assert len(src.acked) == 20
+    assert not gw.clean_shutdown
+    assert not any(r.exc_info for r in caplog.records)
+    final = [r.getMessage() for r in caplog.records if r.getMessage().startswith("final")]
+    assert len(final) == 1 and "the next start writes it" in final[0]
+
+
+def test_shutdown_empties_the_input_queue_while_the_input_stops(config: GatewayConfig) -> None:
+    gw = Gateway(config)
+    src = QueueSource()
+    src.put(fleet_envelopes(1, 3))
+    stopped: list[bool] = []
+
+    def stop() -> None:  # like paho's thread: it hands over a message before it disconnects
+        until(src.queue.empty, 5)
+        stopped.append(True)
+
+    src.stop = stop  # type: ignore[method-assign]
+    gw.source = src  # type: ignore[assignment]
+    gw.publisher = gw.drainer.publisher = ConfirmingPublisher()  # type: ignore[assignment]
+    gw.shutdown(drain_timeout=1)
+    assert stopped == [True]
+    assert src.acked == []  # left for the broker to deliver again

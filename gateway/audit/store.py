@@ -1064,6 +1064,9 @@ class PostgresStore(Store):
         return sql.replace("?", "%s")
 
     def _cursor(self) -> _Cursor:
+        if self._conn.broken:  # lost (the server restarted, the network failed): connect again
+            self._conn.close()
+            self._conn = self._psycopg.connect(self.url, autocommit=True)
         cur: _Cursor = self._conn.cursor()
         return cur
 

@@ -73,11 +73,18 @@ class WalCheckpointer:
         except sqlite3.Error as exc:
             log.warning("WAL checkpoints of %s not started: %s", self.path, exc)
             return
+        failing: str | None = None  # said once, not four times a second (a full disk)
         try:
             while not self._stop.wait(self.every_s):
                 try:
                     self.checkpoint(conn)
                 except sqlite3.Error as exc:
-                    log.warning("WAL checkpoint of %s failed: %s", self.path, exc)
+                    if str(exc) != failing:
+                        log.warning("WAL checkpoints of %s failing: %s", self.path, exc)
+                    failing = str(exc)
+                    continue
+                if failing is not None:
+                    log.info("WAL checkpoints of %s succeed again", self.path)
+                    failing = None
         finally:
             conn.close()

@@ -21,7 +21,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from gateway.errors import DeliveryError
-from gateway.ingest.client import BrokerSpec, connect_async, new_client
+from gateway.ingest.client import BrokerSpec, connect_async, new_client, watch_connection
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class MqttPublisher:
         self._client.on_publish = self._on_publish
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self.status = watch_connection(self._client, spec, "publisher")
         self._cond = threading.Condition()
         self._pending: dict[int, Done] = {}
         self._early: dict[int, bool] = {}

@@ -26,7 +26,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from gateway.ingest.client import BrokerSpec, connect_async, new_client
+from gateway.ingest.client import BrokerSpec, connect_async, new_client, watch_connection
 from gateway.model import Envelope
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class MqttSource:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+        self.status = watch_connection(self._client, spec, "ingest")
         # Broker statistics ($SYS topics) go to their handler, never into the pipeline.
         self._watch = dict(watch or {})
         self._sub_mid: int | None = None

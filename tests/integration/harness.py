@@ -161,8 +161,8 @@ class GatewayProcess:
         self.starts = 0
         self.log: Path | None = None
 
-    def start(self, timeout: float = 60.0) -> None:
-        """Start the gateway and wait until it is connected and subscribed."""
+    def launch(self) -> None:
+        """Start the gateway; do not wait for it."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.starts += 1
         self.log = self.deployment.root / f"gateway-{self.starts}.log"
@@ -173,7 +173,12 @@ class GatewayProcess:
                 stderr=err,
                 cwd=self.deployment.root,
             )
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the gateway and wait until it is connected and subscribed."""
+        self.launch()
         proc, log = self.proc, self.log
+        assert proc is not None and log is not None
 
         def running() -> bool | None:
             if proc.poll() is not None:

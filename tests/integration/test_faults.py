@@ -18,11 +18,14 @@ everything, which is what :func:`test_broker_restarted_mid_stream` relies on.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +35,7 @@ import pytest
 from gateway.config import load_config
 from gateway.keys import init_keys
 from gateway.service import Gateway
-from gateway.testing import MosquittoBroker
+from gateway.testing import MosquittoBroker, free_port
 from simulators.fleet import Fleet, Kind, Message
 from simulators.scenario import Batches, Faults, load_scenario
 from tests.integration.conftest import MIXED, make_fleet
@@ -507,3 +510,136 @@ def _loaded(dep: Deployment) -> list[str]:
         bodies = db.execute("select body from audit_entries where kind = 'admin' order by seq")
         docs = [orjson.loads(body) for (body,) in bodies]
     return [d["subject"] for d in docs if d["action"] == "policy.loaded"]
+
+
+def test_a_broker_that_cannot_be_reached_is_named_and_sigterm_stops_the_wait(
+    deployment: Callable[[Fleet], Deployment],
+    gateway_process: Callable[[Deployment], GatewayProcess],
+) -> None:
+    dep = deployment(make_fleet(2, 1))
+    closed = f"mqtt://127.0.0.1:{free_port()}"
+    dep.config.write_text(dep.config.read_text().replace(dep.broker.url, closed))
+    gw = gateway_process(dep)
+    gw.launch()
+    assert gw.log is not None and gw.proc is not None
+    log = gw.log
+    wait_for(
+        lambda: True if b"connection refused by 127.0.0.1" in log.read_bytes() else None,
+        20,
+        "the reason in the log",
+    )
+    t0 = time.monotonic()
+    assert gw.terminate(10) == 0
+    assert time.monotonic() - t0 < 3
+    assert b"stopped while connecting" in log.read_bytes()
+    assert b"Traceback" not in log.read_bytes()
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size_mb: int) -> Iterator[Path]:
+    """A ``size_mb`` MB tmpfs mounted at ``path`` (the tests run as root, as in CI)."""
+    path.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)], check=True
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_disk(disk: Path) -> Path:
+    """Write a file on ``disk`` until the disk is full; return it (delete it to free)."""
+    ballast = disk / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):  # ENOSPC: full
+            while True:
+                os.write(fd, b"\0" * (1 << 16))
+    finally:
+        os.close(fd)
+    return ballast
+
+
+def test_store_disk_full_holds_input_and_resumes_when_space_returns(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    deployment: Callable[[Fleet], Deployment],
+    gateway_process: Callable[[Deployment], GatewayProcess],
+    collector: MakeCollector,
+) -> None:
+    fleet, messages = traffic(seed=17)
+    expected = Expected.of(messages)
+    dep = deployment(fleet)
+    with small_disk(tmp_path / "disk", 64) as disk:
+        dep = replace(dep, store=disk / "store.sqlite")
+        text = dep.config.read_text()
+        dep.config.write_text(text.replace("sqlite:///store.sqlite", f"sqlite:///{dep.store}"))
+        out = collector("it-subscriber", ALL)
+        gw = gateway_process(dep)
+        gw.start()
+        half = len(messages) // 2
+        publish(broker, messages[:half])
+        wait_for(lambda: True if read_store(dep.store).seen > 0 else None, 60, "first records")
+        ballast = fill_disk(disk)
+        publish(broker, messages[half:])  # the broker confirms: it holds what is not acked
+        assert gw.log is not None
+        log = gw.log
+        wait_for(lambda: True if b"store failing:" in log.read_bytes() else None, 60, "failing")
+        seen = read_store(dep.store).seen
+        time.sleep(3.0)
+        assert gw.alive(), gw.tail()
+        assert read_store(dep.store).seen == seen, "records committed on a full disk"
+        assert seen < len(expected.accepted)
+        ballast.unlink()  # space returns: the gateway resumes by itself
+        finish(gw, dep, expected, out)
+        text = log.read_text()
+        assert text.count("store failing:") == 1, gw.tail(60)
+        assert "store takes writes again" in text
+        assert "Traceback" not in text, gw.tail(60)
+        with contextlib.closing(sqlite3.connect(dep.store)) as con:
+            (size,) = con.execute("select max(seq) + 1 from audit_entries").fetchone()
+            (covered,) = con.execute("select max(size) from audit_checkpoints").fetchone()
+        assert covered == size, "the final checkpoint does not cover the log"
+
+
+def test_stopped_while_the_store_disk_is_full_then_restarted(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    deployment: Callable[[Fleet], Deployment],
+    gateway_process: Callable[[Deployment], GatewayProcess],
+    collector: MakeCollector,
+) -> None:
+    fleet, messages = traffic(seed=18)
+    expected = Expected.of(messages)
+    dep = deployment(fleet)
+    with small_disk(tmp_path / "disk", 64) as disk:
+        dep = replace(dep, store=disk / "store.sqlite")
+        text = dep.config.read_text()
+        dep.config.write_text(text.replace("sqlite:///store.sqlite", f"sqlite:///{dep.store}"))
+        out = collector("it-subscriber", ALL)
+        gw = gateway_process(dep)
+        gw.start()
+        half = len(messages) // 2
+        publish(broker, messages[:half])
+        wait_for(lambda: True if read_store(dep.store).seen > 0 else None, 60, "first records")
+        ballast = fill_disk(disk)
+        publish(broker, messages[half:])
+        assert gw.log is not None
+        log = gw.log
+        wait_for(lambda: True if b"store failing:" in log.read_bytes() else None, 60, "failing")
+        t0 = time.monotonic()
+        code = gw.terminate(60)
+        assert time.monotonic() - t0 < 20
+        text = log.read_text()
+        # A small write may still fit on a full disk (SQLite reuses its log file): the final
+        # checkpoint is then written (exit 0); if not, one line says so (exit 1).
+        assert text.count("final checkpoint not written") == code, gw.tail(60)
+        assert "Traceback" not in text, gw.tail(60)
+        # Views whose confirmation could not be recorded are sent again, same message id.
+        unmarked = {r.seq for r in read_store(dep.store).pending}
+        ballast.unlink()
+        gw.start()  # nothing acknowledged was lost: the broker redelivers the rest
+        repeats, _ = finish(gw, dep, expected, out, may_repeat=unmarked)
+        assert repeats <= len(unmarked)
+        assert "Traceback" not in gw.tail(10_000)

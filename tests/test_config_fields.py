@@ -1,0 +1,187 @@
+"""No setting is accepted and then ignored: every leaf field of the config model has a probe
+here, and changing the field from its default changes what the probe observes of a gateway
+built from the config (or of what it does). A new field without a probe fails
+:func:`test_every_field_has_a_probe`; a field nothing reads fails its probe."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from gateway.config import GatewayConfig, load_config
+from gateway.keys import init_keys
+from gateway.model import Envelope
+from gateway.resources import default_policy_dir
+from gateway.service import Gateway
+from simulators.fleet import Fleet, FleetConfig
+from tests.ingest.tls_files import make_tls_files
+
+Path_ = tuple[str, ...]
+
+
+def leaf_fields(model: type[BaseModel], prefix: Path_ = ()) -> list[Path_]:
+    """Every leaf setting of ``model``, as a dotted path."""
+    out: list[Path_] = []
+    for name, info in model.model_fields.items():
+        kind = info.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            out.extend(leaf_fields(kind, (*prefix, name)))
+        else:
+            out.append((*prefix, name))
+    return out
+
+
+@dataclass
+class Env:
+    """A deployment in a temporary directory: keys, a bundle whose ``mapco-nav`` has no
+    topic of its own (channel http_stream), a store."""
+
+    root: Path
+    made: int = 0
+
+    def config(self, overrides: dict[Path_, Any]) -> GatewayConfig:
+        overrides = {
+            k: str(self.root / v) if isinstance(v, str) and v.startswith("tls/") else v
+            for k, v in overrides.items()
+        }
+        self.made += 1  # a fresh store each time: the same input is new to each gateway
+        base: dict[Path_, Any] = {
+            ("broker", "url"): "mqtt://127.0.0.1:9",
+            ("broker", "protocol"): "5",
+            ("store",): f"sqlite:///{self.root / f'gw{self.made}.sqlite'}",
+            ("keys",): str(self.root / "keys"),
+            ("policies",): str(self.root / "policy"),
+        }
+        return load_config(None, overrides={**base, **overrides}, environ={})
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
+    init_keys(tmp_path / "keys")
+    init_keys(tmp_path / "keys2")
+    shutil.copytree(default_policy_dir(), tmp_path / "policy")
+    shutil.copytree(default_policy_dir(), tmp_path / "policy2")
+    subs = tmp_path / "policy" / "subscribers.yaml"
+    text = subs.read_text()
+    old = "        channel: mqtt\n        topic: share/mapco-nav\n"
+    assert old in text
+    subs.write_text(text.replace(old, "        channel: http_stream\n"))
+    (tmp_path / "policy2" / "subscribers.yaml").write_text(subs.read_text())
+    make_tls_files(tmp_path / "tls")
+    monkeypatch.setenv("GW_TEST_PASSWORD", "secret")
+    return Env(tmp_path)
+
+
+def envelopes() -> list[Envelope]:
+    msgs = Fleet(FleetConfig(vehicles=3), seed=5).messages(5, 1.0)
+    good = [Envelope(m.topic, m.payload, 0.0, i + 1) for i, m in enumerate(msgs)]
+    return [*good, Envelope("vehicles/X/telemetry", b"not json", 0.0, 999)]
+
+
+def outbox_topics(gw: Gateway) -> list[str]:
+    written = gw.process(envelopes())
+    return sorted({r.topic.rsplit("/", 2)[0] for r in written.outbox})
+
+
+def checkpoint_topic(gw: Gateway) -> str:
+    topics: list[str] = []
+    gw.publisher.publish = lambda topic, *a, **k: topics.append(topic)  # type: ignore[method-assign]
+    gw._publish_checkpoint(gw.origin, b"origin\n1\nhash\n")
+    return topics[0]
+
+
+def batch_args(gw: Gateway) -> tuple[int, float]:
+    calls: list[tuple[int, float]] = []
+
+    def get_batch(size: int, wait: float) -> list[Envelope]:
+        calls.append((size, wait))
+        gw.stop()
+        return []
+
+    gw.source.get_batch = get_batch  # type: ignore[method-assign]
+    gw.shutdown = lambda *a, **k: None  # type: ignore[method-assign]
+    gw.run()
+    return calls[0]
+
+
+Probe = Callable[[Gateway], Any]
+
+PROBES: dict[Path_, tuple[Any, Probe, dict[Path_, Any]]] = {
+    # path: (a value other than the default, what it changes, settings both sides need)
+    ("worker",): ("gw-7", lambda gw: (gw.origin, gw.source.client_id), {}),
+    ("broker", "url"): ("mqtt://10.0.0.1:1884", lambda gw: (gw.spec.host, gw.spec.port), {}),
+    ("broker", "protocol"): ("3.1.1", lambda gw: gw.spec.protocol, {}),
+    ("broker", "username"): ("icvgw", lambda gw: gw.spec.username, {}),
+    ("broker", "password_env"): (
+        "GW_TEST_PASSWORD",
+        lambda gw: gw.spec.password,
+        {("broker", "username"): "icvgw"},
+    ),
+    ("broker", "ca_file"): (
+        "tls/ca.pem",
+        lambda gw: gw.spec.ca_file,
+        {("broker", "url"): "mqtts://127.0.0.1:9"},
+    ),
+    ("broker", "cert_file"): (
+        "tls/client-combined.pem",
+        lambda gw: gw.spec.cert_file,
+        {("broker", "url"): "mqtts://127.0.0.1:9"},
+    ),
+    ("broker", "key_file"): (
+        "tls/client.key",
+        lambda gw: gw.spec.key_file,
+        {
+            ("broker", "url"): "mqtts://127.0.0.1:9",
+            ("broker", "cert_file"): "tls/client-combined.pem",
+        },
+    ),
+    ("broker", "sys_stats"): (False, lambda gw: sorted(gw.source._watch), {}),
+    ("input", "topic"): ("fleet/+/data", lambda gw: gw.source.topic, {}),
+    ("input", "group"): ("icvgw", lambda gw: gw.source.topic, {}),
+    ("input", "queue_bound"): (17, lambda gw: gw.source.queue_bound, {}),
+    ("input", "queue_bytes"): (3 * 2**20, lambda gw: gw.source.queue_bytes, {}),
+    ("input", "batch_max"): (7, batch_args, {}),
+    ("input", "batch_wait_ms"): (9, batch_args, {}),
+    ("output", "topic_prefix"): ("views", outbox_topics, {}),
+    ("output", "deadletter_prefix"): ("dead", outbox_topics, {}),
+    ("output", "checkpoint_prefix"): ("cp", checkpoint_topic, {}),
+    ("output", "max_inflight"): (3, lambda gw: gw.publisher.max_inflight, {}),
+    ("checkpoint", "every_entries"): (5, lambda gw: gw.audit.policy, {}),
+    ("checkpoint", "every_seconds"): (2.5, lambda gw: gw.audit.policy, {}),
+    ("policies",): (None, lambda gw: str(gw.holder.directory), {}),
+    ("store",): (None, lambda gw: gw.store.url, {}),
+    ("keys",): (None, lambda gw: gw.keys.pseudonym_key("s").hex(), {}),
+}
+"""``None`` as the value: the probe's test builds one; ``tls/`` is in the test's directory."""
+
+
+def test_every_field_has_a_probe() -> None:
+    assert sorted(leaf_fields(GatewayConfig)) == sorted(PROBES)
+
+
+def observe(env: Env, overrides: dict[Path_, Any], probe: Probe) -> Any:
+    gw = Gateway(env.config(overrides))
+    try:
+        return probe(gw)
+    finally:
+        gw.store.close()
+
+
+@pytest.mark.parametrize("path", sorted(PROBES), ids=".".join)
+def test_each_field_changes_what_the_gateway_does(env: Env, path: Path_) -> None:
+    value, probe, needs = PROBES[path]
+    if value is None:
+        value = {
+            ("policies",): str(env.root / "policy2"),
+            ("store",): f"sqlite:///{env.root / 'other.sqlite'}",
+            ("keys",): str(env.root / "keys2"),
+        }[path]
+    default = observe(env, needs, probe)
+    changed = observe(env, {**needs, path: value}, probe)
+    assert changed != default, f"{'.'.join(path)} = {value!r} changed nothing"
