@@ -178,6 +178,29 @@ def test_sealed_values_open_only_for_their_row(tmp_path: Path) -> None:
         ring.unseal(a[:-1] + bytes([a[-1] ^ 1]), b"vehicle_state\x1fk1:ab")
 
 
+def test_a_forked_process_never_repeats_a_nonce_of_its_parent(tmp_path: Path) -> None:
+    # A process forked after sealing (a pre-forking server, multiprocessing's default start
+    # method on Linux) inherits the nonce prefix and counter: with the same store key both
+    # would then seal with the same nonces, which breaks AES-GCM's confidentiality and lets
+    # its authentication key be recovered.
+    ring = init_keys(tmp_path / "k")
+    ring.seal(b"before the fork", b"row")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next nonce and leave at once
+        try:
+            os.write(write, ring.seal(b"child", b"row")[2:14])
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = os.read(read, 64)
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = ring.seal(b"parent", b"row")[2:14]
+    assert len(child) == 12 and child != parent
+    assert child[:8] != parent[:8]  # a fresh random prefix, not just another count
+
+
 def test_store_key_rotation_keeps_old_values_readable(tmp_path: Path) -> None:
     ring = init_keys(tmp_path / "k")
     old = ring.seal(b"payload", b"row")
