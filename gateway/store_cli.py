@@ -176,7 +176,7 @@ def erase(tx: Transaction, ring: KeyRing, vin: str, *, at: float, instance: str)
 
     refs = ring.vehicle_refs(vin)
     held = sum(len(decode(vin, doc)[2]) for doc in load_vehicle_state(tx, [vin]).values())
-    details = {**erase_vehicle(tx, refs), "held_views": held}
+    details = {**erase_vehicle(tx, refs, vin=vin), "held_views": held}
     withdrawn = 0
     for c in of_vehicles(tx, refs):
         withdrawn += tx.withdraw_consent(c.consent_id, at=at, instance=instance)

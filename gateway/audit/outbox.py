@@ -352,19 +352,43 @@ def _delete_in(tx: Transaction, sql: str, values: Sequence[Any], *head: Any) -> 
     return count
 
 
-def erase_vehicle(tx: Transaction, refs: Sequence[str]) -> dict[str, int]:
+def erase_vehicle(
+    tx: Transaction, refs: Sequence[str], *, vin: str | None = None
+) -> dict[str, int]:
     """Delete everything the store's working tables hold of the vehicle known by ``refs``
     (its references under every HMAC key generation): decision state (trip, held views),
     views not yet delivered and delivered ones still kept, dead letters and records seen.
-    Outbox and dead-letter rows are found through their audit entries' vehicle column.
-    Returns rows deleted per table. The audit entries themselves stay."""
+    Outbox and dead-letter rows are found through their audit entries' vehicle column;
+    given the ``vin``, every dead letter is also opened and those whose topic or payload
+    holds it are deleted too (a topic without the vehicle, naming another one, or an entry
+    pruned since). Returns rows deleted per table. The audit entries themselves stay."""
     of_vehicle = "(shard, seq) in (select shard, seq from audit_entries where vehicle in ({}))"
-    return {
+    erased = {
         "vehicle_state": delete_vehicle_state(tx, refs),
         "outbox": _delete_in(tx, f"delete from outbox where {of_vehicle}", refs),
         "deadletters": _delete_in(tx, f"delete from deadletters where {of_vehicle}", refs),
         "dedup": _delete_in(tx, "delete from dedup where vehicle in ({})", refs),
     }
+    if vin is not None:
+        erased["deadletters"] += _delete_letters_holding(tx, vin)
+    return erased
+
+
+def _delete_letters_holding(tx: Transaction, vin: str) -> int:
+    """Delete the dead letters whose opened topic or payload holds ``vin`` (any case)."""
+    keys = tx._store.at_rest()
+    wanted = vin.strip().upper().encode()
+    found: dict[str, list[int]] = {}
+    select = "select shard, seq, sealed from deadletters order by shard, seq"
+    for rows in _pages(tx._cur, tx._store, select, 2):
+        for shard, seq, sealed in rows:
+            data = keys.unseal(bytes(sealed), row_aad("deadletters", shard, seq))
+            if wanted in data.upper():
+                found.setdefault(shard, []).append(int(seq))
+    return sum(
+        _delete_in(tx, "delete from deadletters where shard = ? and seq in ({})", seqs, shard)
+        for shard, seqs in found.items()
+    )
 
 
 # -- schema 3 -> 4: sealing the rows of an older store ------------------------------------

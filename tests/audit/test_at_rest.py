@@ -169,3 +169,39 @@ def test_erase_vehicle_deletes_its_rows_only(store_url: str, ring: KeyRing) -> N
             }
             assert tx.shard_state(SHARD) is not None
             assert tx.audit_head(SHARD).size == 8  # the log stays
+
+
+def test_erase_finds_dead_letters_the_audit_column_does_not_name(
+    store_url: str, ring: KeyRing
+) -> None:
+    """A dead letter holds the raw VIN even when its audit entry does not name the vehicle:
+    its topic had no vehicle level, the topic named another vehicle than the payload, or
+    the entry's body and query columns were pruned under the retention rule since."""
+    other = "LSVAU2180N2183295"
+    letters = [
+        (TOPIC, b"\xff not json", ring.vehicle_ref(VIN)),  # its entry is pruned below
+        ("vehicles//telemetry", PAYLOAD, None),  # no vehicle in the topic
+        (f"vehicles/{other}/telemetry", PAYLOAD, ring.vehicle_ref(other)),  # mismatch
+        (f"vehicles/{other}/telemetry", b"{}", ring.vehicle_ref(other)),  # not this VIN
+    ]
+    with open_store(store_url, shard=SHARD, keys=ring) as s:
+        with s.transaction() as tx:
+            entries = [
+                decision(ring, i, vehicle=ref, decision="dead-lettered", subscriber=None)
+                for i, (_, _, ref) in enumerate(letters)
+            ]
+            seqs = tx.append_audit(entries, shard=SHARD).seqs
+            add_deadletters(
+                tx,
+                SHARD,
+                [
+                    DeadLetterRow(q, 5, "bad", t, p)
+                    for q, (t, p, _) in zip(seqs, letters, strict=True)
+                ],
+            )
+            assert tx.prune_bodies(SHARD, seqs[1]) == 1
+        with s.transaction() as tx:
+            erased = erase_vehicle(tx, ring.vehicle_refs(VIN), vin=VIN.lower())
+        assert erased["deadletters"] == 3
+        with s.snapshot() as rd:
+            assert [r[0] for r in rd._all("select seq from deadletters")] == [seqs[3]]
