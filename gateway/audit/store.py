@@ -887,8 +887,10 @@ class Store(ABC):
         """Take a lock on ``key`` until the transaction ends."""
 
     @abstractmethod
-    def compact(self) -> None:
-        """Leave no bytes of deleted rows in the database files, where the database allows."""
+    def compact(self, wait_s: float = 30.0) -> None:
+        """Leave no bytes of deleted rows in the database files, where the database allows;
+        waiting at most ``wait_s`` for other connections. :class:`StoreError` if it could
+        not (the deleted rows then still sit in older pages)."""
 
     @abstractmethod
     def close(self) -> None:
@@ -979,6 +981,7 @@ class SqliteStore(Store):
     kind = "sqlite"
     db_errors = (sqlite3.Error,)
     blob_type = "blob"
+    _timeout = 30.0
 
     def __init__(self, url: str, path: str, shard: str | None, *, create: bool = True) -> None:
         super().__init__(url, shard)
@@ -986,7 +989,7 @@ class SqliteStore(Store):
             raise StoreError(f"sqlite store {path}: no such file")
         try:
             self._conn = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=30.0
+                path, isolation_level=None, check_same_thread=False, timeout=self._timeout
             )
             self._conn.execute("pragma journal_mode = wal")
             self._conn.execute("pragma synchronous = full")
@@ -1019,15 +1022,25 @@ class SqliteStore(Store):
     def lock_key(self, cur: _Cursor, key: str) -> None:
         """No-op: ``begin immediate`` already serialises every SQLite writer."""
 
-    def compact(self) -> None:
+    def compact(self, wait_s: float = 30.0) -> None:
         """Rebuild the file and empty the write-ahead log, so no page of deleted or
-        converted rows survives in either (no transaction may be open)."""
+        converted rows survives in either (no transaction may be open). While another
+        connection reads an older snapshot, the log can be neither copied back nor
+        emptied, and the file keeps the old pages: that is an error, not a success."""
         with self._lock:
             try:
+                self._conn.execute(f"pragma busy_timeout = {round(wait_s * 1000)}")
                 self._conn.execute("vacuum")
-                self._conn.execute("pragma wal_checkpoint(truncate)")
+                busy = self._conn.execute("pragma wal_checkpoint(truncate)").fetchone()[0]
             except sqlite3.Error as exc:
                 raise StoreError(f"sqlite store: {exc}") from exc
+            finally:
+                self._conn.execute(f"pragma busy_timeout = {round(self._timeout * 1000)}")
+            if busy:
+                raise StoreError(
+                    "sqlite store: another connection (a reader) holds the write-ahead log; "
+                    "older copies of deleted pages remain until it lets go"
+                )
 
     def close(self) -> None:
         """Close the connection (the last one to close checkpoints the log)."""
@@ -1093,7 +1106,7 @@ class PostgresStore(Store):
         lock_id = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
         cur.execute("select pg_advisory_xact_lock(%s)", (lock_id,))
 
-    def compact(self) -> None:
+    def compact(self, wait_s: float = 30.0) -> None:
         """Nothing to do here: PostgreSQL drops a converted table's files; rows deleted
         later stay (sealed) in their table until VACUUM reuses the space."""
 

@@ -4,6 +4,7 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import orjson
@@ -205,3 +206,31 @@ def test_erase_finds_dead_letters_the_audit_column_does_not_name(
         assert erased["deadletters"] == 3
         with s.snapshot() as rd:
             assert [r[0] for r in rd._all("select seq from deadletters")] == [seqs[3]]
+
+
+def test_compaction_says_so_when_a_reader_keeps_the_old_pages(
+    tmp_path: Path, ring: KeyRing
+) -> None:
+    """A reader's snapshot stops the WAL from being copied back and truncated, so the file
+    keeps the erased rows' pages: compaction must fail then, not report success."""
+    db = tmp_path / "s.db"
+    with open_store(f"sqlite:///{db}", shard=SHARD, keys=ring) as s:
+        with s.transaction() as tx:
+            save_vehicle_state(tx, {VIN: DOC}, 5)
+        s.compact()
+        with s.snapshot() as rd:
+            (sealed,) = rd._one("select state from vehicle_state")
+        assert bytes(sealed) in db.read_bytes()
+        reader = sqlite3.connect(db)
+        try:
+            reader.execute("begin")
+            reader.execute("select count(*) from vehicle_state").fetchone()
+            with s.transaction() as tx:
+                erase_vehicle(tx, ring.vehicle_refs(VIN))
+            with pytest.raises(StoreError, match="reader"):
+                s.compact(wait_s=0.2)
+        finally:
+            reader.close()
+        s.compact()
+    for f in tmp_path.glob("s.db*"):
+        assert bytes(sealed) not in f.read_bytes(), f.name
