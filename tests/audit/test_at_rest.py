@@ -234,3 +234,27 @@ def test_compaction_says_so_when_a_reader_keeps_the_old_pages(
         s.compact()
     for f in tmp_path.glob("s.db*"):
         assert bytes(sealed) not in f.read_bytes(), f.name
+
+
+def test_an_interrupted_migration_leaves_schema_3_whole_and_runs_again(
+    store_url: str, ring: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.audit import outbox as outbox_module
+
+    _v3_store(store_url, monkeypatch)
+
+    def crash(*args: object) -> int:
+        raise StoreError("interrupted")
+
+    with monkeypatch.context() as m:  # the last table to convert fails
+        m.setitem(outbox_module._CONVERT, "dedup", crash)
+        with pytest.raises(StoreError, match="interrupted"):
+            open_store(store_url, shard=SHARD, keys=ring)
+    assert _schema(store_url) == 3
+    with open_store(store_url, migrate=False) as s, s.snapshot() as rd:
+        assert rd._one("select count(*) from vehicle_state")[0] == 1
+        assert rd._one("select count(*) from dedup where record like ?", ("m:%",))[0] == 1
+    with open_store(store_url, shard=SHARD, keys=ring) as s:
+        assert s.converted == 4
+        with s.transaction() as tx:
+            assert all_vehicle_state(tx) == {VIN: DOC}
