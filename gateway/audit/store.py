@@ -698,7 +698,15 @@ class Transaction(Reader):
 
     def prune_bodies(self, shard: str, below_seq: int) -> int:
         """Drop entry bodies and query columns (keeping leaf hashes) for ``seq < below_seq``;
-        returns how many entries were newly pruned."""
+        returns how many entries were newly pruned. The delivered views and dead letters of
+        those entries go too: nothing could tell whose they are any more (an erasure finds
+        them through the entry's vehicle), and the retention period is over for them as
+        well. Views not yet delivered stay."""
+        for sql in (
+            "delete from outbox where shard = ? and seq < ? and delivered_ms is not null",
+            "delete from deadletters where shard = ? and seq < ?",
+        ):
+            self._cur.execute(self._q(sql), (shard, below_seq))
         self._cur.execute(
             self._q(
                 "update audit_entries set body = null, subscriber = null, vehicle = null, "

@@ -20,6 +20,7 @@ from gateway.audit.outbox import (
     all_vehicle_state,
     deadletter,
     erase_vehicle,
+    mark_delivered,
     pending_outbox,
     reseal,
     save_vehicle_state,
@@ -176,11 +177,10 @@ def test_erase_finds_dead_letters_the_audit_column_does_not_name(
     store_url: str, ring: KeyRing
 ) -> None:
     """A dead letter holds the raw VIN even when its audit entry does not name the vehicle:
-    its topic had no vehicle level, the topic named another vehicle than the payload, or
-    the entry's body and query columns were pruned under the retention rule since."""
+    its topic had no vehicle level, or named another vehicle than the payload."""
     other = "LSVAU2180N2183295"
     letters = [
-        (TOPIC, b"\xff not json", ring.vehicle_ref(VIN)),  # its entry is pruned below
+        ("fleet/upload", b"\xff" + VIN.encode(), None),  # a topic of another shape
         ("vehicles//telemetry", PAYLOAD, None),  # no vehicle in the topic
         (f"vehicles/{other}/telemetry", PAYLOAD, ring.vehicle_ref(other)),  # mismatch
         (f"vehicles/{other}/telemetry", b"{}", ring.vehicle_ref(other)),  # not this VIN
@@ -200,7 +200,6 @@ def test_erase_finds_dead_letters_the_audit_column_does_not_name(
                     for q, (t, p, _) in zip(seqs, letters, strict=True)
                 ],
             )
-            assert tx.prune_bodies(SHARD, seqs[1]) == 1
         with s.transaction() as tx:
             erased = erase_vehicle(tx, ring.vehicle_refs(VIN), vin=VIN.lower())
         assert erased["deadletters"] == 3
@@ -258,3 +257,25 @@ def test_an_interrupted_migration_leaves_schema_3_whole_and_runs_again(
         assert s.converted == 4
         with s.transaction() as tx:
             assert all_vehicle_state(tx) == {VIN: DOC}
+
+
+def test_pruning_entry_bodies_forgets_their_delivered_views_and_dead_letters(
+    store_url: str, ring: KeyRing
+) -> None:
+    """Once an entry's body and vehicle column are pruned, nothing can tell whose its view
+    or dead letter is (an erasure would miss it): they go with it. A view not yet
+    delivered stays, to be delivered."""
+    with open_store(store_url, shard=SHARD, keys=ring) as s:
+        with s.transaction() as tx:
+            seqs = tx.append_audit([decision(ring, i) for i in range(6)], shard=SHARD).seqs
+            add_outbox(tx, SHARD, [OutboxRow(q, "s", "t", f"m{q}", b"{}", 5) for q in seqs[:4]])
+            add_deadletters(tx, SHARD, [DeadLetterRow(q, 5, "x", TOPIC, b"?") for q in seqs[4:]])
+            mark_delivered(tx, SHARD, [seqs[0], seqs[2]], 6)
+        with s.transaction() as tx:
+            assert tx.prune_bodies(SHARD, seqs[5]) == 5
+        with s.snapshot() as rd:
+            assert [r[0] for r in rd._all("select seq from outbox order by seq")] == [
+                seqs[1],
+                seqs[3],
+            ]
+            assert [r[0] for r in rd._all("select seq from deadletters")] == [seqs[5]]
