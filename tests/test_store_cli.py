@@ -218,3 +218,18 @@ def test_no_table_holds_a_vin_or_an_input_coordinate(
     assert {t for t, _ in values} >= {"vehicle_state", "outbox", "dedup", "audit_entries"}
     found = {f"{t}: {what}" for t, data in values for n, what in needles.items() if n in data}
     assert found == set()
+
+
+def test_a_dead_letter_written_out_is_readable_by_its_owner_only(
+    config: GatewayConfig, tmp_path: Path
+) -> None:
+    vin = "LSVAU2180N2183294"
+    run_gateway(config, [Envelope(f"vehicles/{vin}/telemetry", b'{"lat": 31.2304412', 0.0, 1)])
+    seq = cli("deadletter", "list", "--store", config.store).split()[0]
+    out = tmp_path / "letter.bin"
+    out.write_bytes(b"")
+    out.chmod(0o644)  # an existing file keeps no wider mode either
+    cli("deadletter", "show", "--store", config.store, "--keys", str(config.keys), seq,
+        "--out", str(out))  # fmt: skip
+    assert out.read_bytes() == b'{"lat": 31.2304412'
+    assert out.stat().st_mode & 0o777 == 0o600
