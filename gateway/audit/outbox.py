@@ -370,12 +370,15 @@ def erase_vehicle(
         "dedup": _delete_in(tx, "delete from dedup where vehicle in ({})", refs),
     }
     if vin is not None:
-        erased["deadletters"] += _delete_letters_holding(tx, vin)
+        letters, notices = _delete_letters_holding(tx, vin)
+        erased["deadletters"] += letters
+        erased["outbox"] += notices
     return erased
 
 
-def _delete_letters_holding(tx: Transaction, vin: str) -> int:
-    """Delete the dead letters whose opened topic or payload holds ``vin`` (any case)."""
+def _delete_letters_holding(tx: Transaction, vin: str) -> tuple[int, int]:
+    """Delete the dead letters whose opened topic or payload holds ``vin`` (any case), and
+    their announcements in the outbox; returns how many of each."""
     keys = tx._store.at_rest()
     wanted = vin.strip().upper().encode()
     found: dict[str, list[int]] = {}
@@ -385,10 +388,13 @@ def _delete_letters_holding(tx: Transaction, vin: str) -> int:
             data = keys.unseal(bytes(sealed), row_aad("deadletters", shard, seq))
             if wanted in data.upper():
                 found.setdefault(shard, []).append(int(seq))
-    return sum(
-        _delete_in(tx, "delete from deadletters where shard = ? and seq in ({})", seqs, shard)
-        for shard, seqs in found.items()
-    )
+    letters = notices = 0
+    for shard, seqs in found.items():
+        letters += _delete_in(
+            tx, "delete from deadletters where shard = ? and seq in ({})", seqs, shard
+        )
+        notices += _delete_in(tx, "delete from outbox where shard = ? and seq in ({})", seqs, shard)
+    return letters, notices
 
 
 # -- schema 3 -> 4: sealing the rows of an older store ------------------------------------

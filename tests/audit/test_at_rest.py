@@ -200,11 +200,14 @@ def test_erase_finds_dead_letters_the_audit_column_does_not_name(
                     for q, (t, p, _) in zip(seqs, letters, strict=True)
                 ],
             )
+            # Each dead letter's announcement (with the digest of its payload) goes too.
+            add_outbox(tx, SHARD, [OutboxRow(q, "", "dl/bad", f"m{q}", b"{}", 5) for q in seqs])
         with s.transaction() as tx:
             erased = erase_vehicle(tx, ring.vehicle_refs(VIN), vin=VIN.lower())
-        assert erased["deadletters"] == 3
+        assert erased["deadletters"] == 3 and erased["outbox"] == 3
         with s.snapshot() as rd:
             assert [r[0] for r in rd._all("select seq from deadletters")] == [seqs[3]]
+            assert [r[0] for r in rd._all("select seq from outbox")] == [seqs[3]]
 
 
 def test_compaction_says_so_when_a_reader_keeps_the_old_pages(
