@@ -180,12 +180,12 @@ def erase(tx: Transaction, ring: KeyRing, vin: str, *, at: float, instance: str)
     """Erase ``vin``'s data in ``tx`` (see :func:`erase_command`) and audit it; returns
     what was erased per kind."""
     from gateway.audit.entries import AdminAction, AdminEntry
-    from gateway.audit.outbox import erase_vehicle, load_vehicle_state
+    from gateway.audit.outbox import erase_vehicle, vehicle_states_of
     from gateway.consents import of_vehicles
     from gateway.vehicle_state import decode
 
     refs = ring.vehicle_refs(vin)
-    held = sum(len(decode(vin, doc)[2]) for doc in load_vehicle_state(tx, [vin]).values())
+    held = sum(len(decode(v, doc)[2]) for v, doc in vehicle_states_of(tx, refs))
     details = {**erase_vehicle(tx, refs, vin=vin), "held_views": held}
     withdrawn = 0
     for c in of_vehicles(tx, refs):

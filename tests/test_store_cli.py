@@ -233,3 +233,25 @@ def test_a_dead_letter_written_out_is_readable_by_its_owner_only(
         "--out", str(out))  # fmt: skip
     assert out.read_bytes() == b'{"lat": 31.2304412'
     assert out.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("rotated", [False, True])
+def test_erase_counts_the_held_views_it_deletes(tmp_path: Path, rotated: bool) -> None:
+    """Also when the VIN is typed in lower case, or the state is still stored under the
+    reference of an older HMAC key (rotated while the worker was stopped)."""
+    from gateway.audit.outbox import save_vehicle_state
+    from gateway.keys import KeyKind, rotate_keys
+    from gateway.store_cli import erase
+
+    vin = "LSVAU2180N2183294"
+    held = ["s", 0.0, 1.0, 31.2304412, 121.4737021, "m1", "share", [], {}, None, None, {}]
+    doc = orjson.dumps({"v": 1, "trip": None, "last_sent": {}, "held": [held, held]})
+    ring = init_keys(tmp_path / "keys")
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    with open_store(url, shard=SHARD, keys=ring) as s, s.transaction() as tx:
+        save_vehicle_state(tx, {vin: doc}, 5)
+    if rotated:
+        ring = rotate_keys(ring.directory, [KeyKind.HMAC])
+    with open_store(url, shard=SHARD, keys=ring) as s, s.transaction() as tx:
+        details = erase(tx, ring, vin.lower(), at=1e9, instance=WORKER)
+    assert details["vehicle_state"] == 1 and details["held_views"] == 2

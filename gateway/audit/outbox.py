@@ -292,16 +292,23 @@ def load_vehicle_state(reader: Reader, vins: Sequence[str]) -> dict[str, bytes]:
     """The stored decision state of these vehicles by VIN (absent ones are left out)."""
     keys = reader._store.at_rest()
     refs = list(dict.fromkeys(keys.vehicle_ref(v) for v in vins))
-    out: dict[str, bytes] = {}
+    wanted = set(vins)
+    return {vin: doc for vin, doc in vehicle_states_of(reader, refs) if vin in wanted}
+
+
+def vehicle_states_of(reader: Reader, refs: Sequence[str]) -> list[tuple[str, bytes]]:
+    """(VIN as stored, document) of the states stored under any of these references (one
+    vehicle's under every HMAC key generation, whatever case its VIN was given in)."""
+    keys = reader._store.at_rest()
+    out: list[tuple[str, bytes]] = []
     for i in range(0, len(refs), _CHUNK):
-        chunk = refs[i : i + _CHUNK]
+        chunk = list(refs[i : i + _CHUNK])
         marks = ",".join("?" for _ in chunk)
         rows = reader._all(
             f"select vehicle, state from vehicle_state where vehicle in ({marks})", chunk
         )
-        out.update(_state_row(keys, r) for r in rows)
-    wanted = set(vins)
-    return {vin: doc for vin, doc in out.items() if vin in wanted}
+        out.extend(_state_row(keys, r) for r in rows)
+    return out
 
 
 def all_vehicle_state(tx: Transaction) -> dict[str, bytes]:
