@@ -282,3 +282,29 @@ def test_pruning_entry_bodies_forgets_their_delivered_views_and_dead_letters(
                 seqs[3],
             ]
             assert [r[0] for r in rd._all("select seq from deadletters")] == [seqs[5]]
+
+
+def test_a_conversion_not_yet_compacted_is_compacted_at_the_next_open(
+    tmp_path: Path, ring: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The raw pages of schema 3 stay in the file until a compaction succeeds: while a
+    reader prevents it, the store does not open (now or later) as if all were sealed."""
+    db = tmp_path / "s.db"
+    url = f"sqlite:///{db}"
+    _v3_store(url, monkeypatch)
+    monkeypatch.setattr(store_module.SqliteStore, "_timeout", 0.2)
+    reader = sqlite3.connect(db)
+    try:
+        reader.execute("begin")
+        reader.execute("select count(*) from vehicle_state").fetchone()
+        for _ in range(2):
+            with pytest.raises(StoreError, match="reader"):
+                open_store(url, shard=SHARD, keys=ring)
+        assert _schema(url) == store_module.SCHEMA_VERSION  # converted, not compacted
+    finally:
+        reader.close()
+    with open_store(url, shard=SHARD, keys=ring) as s, s.transaction() as tx:
+        assert all_vehicle_state(tx) == {VIN: DOC}
+    with open_store(url, shard=SHARD, keys=ring):  # nothing left to compact
+        for f in tmp_path.glob("s.db*"):
+            assert VIN.encode() not in f.read_bytes(), f.name
