@@ -149,9 +149,15 @@ def ensure_store_key(directory: str | Path) -> KeyRing:
 class _Nonces:
     """96-bit AES-GCM nonces, distinct for every value this process seals: a random 64-bit
     prefix and a 32-bit counter (a new prefix when it wraps). Random 96-bit nonces would
-    be safe for only about 2**32 values per key, a few days at the gateway's rate."""
+    be safe for only about 2**32 values per key, a few days at the gateway's rate.
+
+    A forked child starts afresh (new prefix, count and lock): it would otherwise repeat
+    its parent's nonces under the same key."""
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self._lock = threading.Lock()
         self._prefix = secrets.token_bytes(8)
         self._count = 0
@@ -166,6 +172,7 @@ class _Nonces:
 
 
 _NONCES = _Nonces()
+os.register_at_fork(after_in_child=_NONCES._reset)
 
 
 @functools.lru_cache(maxsize=16)

@@ -57,7 +57,7 @@ def rotate_command(
     key, for reading what is still sealed with them: --store re-seals it now)."""
     try:
         ring = rotate_keys(directory, only or tuple(KeyKind))
-        resealed = None if store is None else _reseal(store, ring)
+        resealed, compacted = (None, None) if store is None else _reseal(store, ring)
     except GatewayError as exc:
         raise _fail(exc) from exc
     kinds = only or list(KeyKind)
@@ -70,17 +70,28 @@ def rotate_command(
             f"re-sealed {resealed} value(s) with store key {ring.generation(KeyKind.STORE)}; "
             "older store keys are no longer needed by this store"
         )
+    if compacted is not None:
+        typer.echo(
+            f"warning: the store was not compacted ({compacted}); older copies of the "
+            "re-sealed values may remain in its file until its next checkpoint",
+            err=True,
+        )
 
 
-def _reseal(url: str, ring: KeyRing) -> int:
+def _reseal(url: str, ring: KeyRing) -> tuple[int, GatewayError | None]:
+    """Re-seal ``url`` with the newest store key; the count, and why the file could not be
+    compacted afterwards (the re-sealing is committed all the same), if it could not."""
     from gateway.audit.outbox import reseal
     from gateway.audit.store import open_store
 
     with open_store(url, keys=ring) as s:
         with s.transaction() as tx:
             count = reseal(tx, ring.generation(KeyKind.STORE))
-        s.compact()
-    return count
+        try:
+            s.compact()
+        except GatewayError as exc:
+            return count, exc
+    return count, None
 
 
 @app.command("public")

@@ -10,6 +10,7 @@ gateway's memory: stop the worker that owns the vehicle first (see the README).
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,11 +123,20 @@ def show_command(
     typer.echo(f"seq {row.seq}  {_time(row.ts_ms)}  {row.reason}  {len(row.payload)} B kept")
     typer.echo(f"topic: {row.topic}")
     if out is not None:
-        out.write_bytes(row.payload)
-        typer.echo(f"payload written to {out}")
+        _write_private(out, row.payload)
+        typer.echo(f"payload written to {out} (mode 0600)")
         return
     typer.echo("payload:")
     sys.stdout.write(row.payload.decode("utf-8", errors="backslashreplace") + "\n")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` readable by its owner only (raw input: VINs, positions),
+    an existing file included."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(fd, 0o600)
+        f.write(data)
 
 
 @vehicle_app.command("erase")
@@ -170,13 +180,13 @@ def erase(tx: Transaction, ring: KeyRing, vin: str, *, at: float, instance: str)
     """Erase ``vin``'s data in ``tx`` (see :func:`erase_command`) and audit it; returns
     what was erased per kind."""
     from gateway.audit.entries import AdminAction, AdminEntry
-    from gateway.audit.outbox import erase_vehicle, load_vehicle_state
+    from gateway.audit.outbox import erase_vehicle, vehicle_states_of
     from gateway.consents import of_vehicles
     from gateway.vehicle_state import decode
 
     refs = ring.vehicle_refs(vin)
-    held = sum(len(decode(vin, doc)[2]) for doc in load_vehicle_state(tx, [vin]).values())
-    details = {**erase_vehicle(tx, refs), "held_views": held}
+    held = sum(len(decode(v, doc)[2]) for v, doc in vehicle_states_of(tx, refs))
+    details = {**erase_vehicle(tx, refs, vin=vin), "held_views": held}
     withdrawn = 0
     for c in of_vehicles(tx, refs):
         withdrawn += tx.withdraw_consent(c.consent_id, at=at, instance=instance)

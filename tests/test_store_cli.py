@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 from typer.testing import CliRunner
 
-from gateway.audit.store import AuditQuery, open_store
+from gateway.audit.store import AuditQuery, Reader, open_store
 from gateway.audit.verify import verify_store
 from gateway.cli import app
 from gateway.config import GatewayConfig, load_config
@@ -112,6 +115,7 @@ def test_erasing_a_vehicle_removes_its_data_and_nothing_else(config: GatewayConf
         "vehicle", "erase", "--store", config.store, "--keys", str(config.keys), "--vin", gone
     )
     assert ring.vehicle_ref(gone) in out and gone not in out
+    assert "warning" not in out  # compacted: no older copy of the erased pages remains
 
     assert rows_of(config, ring.vehicle_refs(gone)) == Counter(
         {"vehicle_state": 0, "dedup": 0, "outbox": 0, "deadletters": 0}
@@ -137,3 +141,118 @@ def test_erasing_a_vehicle_removes_its_data_and_nothing_else(config: GatewayConf
         assert gone not in gw.state.trips and set(kept) <= set(gw.state.trips)
     finally:
         gw.store.close()
+
+
+def _needles(envelopes: list[Envelope], vins: list[str]) -> dict[bytes, str]:
+    """The run's VINs (any case) and every input coordinate as JSON, as 5 and 4 decimals and
+    as a float64 either way round."""
+    out = {b: f"VIN {v}" for v in vins for b in (v.encode(), v.lower().encode())}
+    for env in envelopes:
+        doc = orjson.loads(env.payload)
+        for name in ("Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude"):
+            v = doc[name]
+            for form in (
+                orjson.dumps(v),
+                f"{v:.5f}".encode(),
+                f"{v:.4f}".encode(),
+                struct.pack("<d", v),
+                struct.pack(">d", v),
+            ):
+                out[form] = f"coordinate {v}"
+    return out
+
+
+def _every_value(rd: Reader, kind: str) -> list[tuple[str, bytes]]:
+    """(table, value as bytes) for every value of every table of the store."""
+    if kind == "sqlite":
+        tables = [r[0] for r in rd._all("select name from sqlite_master where type = 'table'")]
+    else:
+        tables = [
+            r[0]
+            for r in rd._all(
+                "select table_name from information_schema.tables "
+                "where table_schema = current_schema()"
+            )
+        ]
+    out: list[tuple[str, bytes]] = []
+    for table in tables:
+        for row in rd._all(f"select * from {table}"):
+            out += [(table, _as_bytes(v)) for v in row if v is not None]
+    return out
+
+
+def _as_bytes(v: Any) -> bytes:
+    if isinstance(v, bytes | bytearray | memoryview):
+        return bytes(v)
+    if isinstance(v, float):
+        return repr(v).encode() + struct.pack("<d", v)
+    return str(v).encode()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_no_table_holds_a_vin_or_an_input_coordinate(
+    config: GatewayConfig, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Every column of every table, on both databases, after a run with views, held
+    views, dead letters (one whose topic names no vehicle), a consent and an erasure."""
+    if backend == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+        config = config.model_copy(update={"store": url})
+    envelopes, vins = fleet(3, 120)
+    gone = vins[0]
+    first = envelopes[0].payload
+    bad = [
+        Envelope(f"vehicles/{vins[1]}/telemetry", first[:-9], 0.0, 9001),  # cut short
+        Envelope("fleet/upload", first, 0.0, 9002),  # no vehicle in the topic
+        Envelope(f"vehicles/{vins[2]}/telemetry", first, 0.0, 9003),  # another vehicle's
+    ]
+    run_gateway(config, [*envelopes, *bad])
+    cli(
+        "consent", "grant", "--store", config.store, "--keys", str(config.keys), "--vin",
+        vins[1], "--purpose", "navigation-map", "--expires", "2099-01-01T00:00:00+08:00",
+    )  # fmt: skip
+    cli("vehicle", "erase", "--store", config.store, "--keys", str(config.keys), "--vin", gone)
+    needles = _needles(envelopes, vins)
+    with open_store(config.store, migrate=False) as s, s.snapshot() as rd:
+        values = _every_value(rd, backend)
+        assert rd._one("select count(*) from deadletters")[0] > 0
+    assert {t for t, _ in values} >= {"vehicle_state", "outbox", "dedup", "audit_entries"}
+    found = {f"{t}: {what}" for t, data in values for n, what in needles.items() if n in data}
+    assert found == set()
+
+
+def test_a_dead_letter_written_out_is_readable_by_its_owner_only(
+    config: GatewayConfig, tmp_path: Path
+) -> None:
+    vin = "LSVAU2180N2183294"
+    run_gateway(config, [Envelope(f"vehicles/{vin}/telemetry", b'{"lat": 31.2304412', 0.0, 1)])
+    seq = cli("deadletter", "list", "--store", config.store).split()[0]
+    out = tmp_path / "letter.bin"
+    out.write_bytes(b"")
+    out.chmod(0o644)  # an existing file keeps no wider mode either
+    cli("deadletter", "show", "--store", config.store, "--keys", str(config.keys), seq,
+        "--out", str(out))  # fmt: skip
+    assert out.read_bytes() == b'{"lat": 31.2304412'
+    assert out.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("rotated", [False, True])
+def test_erase_counts_the_held_views_it_deletes(tmp_path: Path, rotated: bool) -> None:
+    """Also when the VIN is typed in lower case, or the state is still stored under the
+    reference of an older HMAC key (rotated while the worker was stopped)."""
+    from gateway.audit.outbox import save_vehicle_state
+    from gateway.keys import KeyKind, rotate_keys
+    from gateway.store_cli import erase
+
+    vin = "LSVAU2180N2183294"
+    held = ["s", 0.0, 1.0, 31.2304412, 121.4737021, "m1", "share", [], {}, None, None, {}]
+    doc = orjson.dumps({"v": 1, "trip": None, "last_sent": {}, "held": [held, held]})
+    ring = init_keys(tmp_path / "keys")
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    with open_store(url, shard=SHARD, keys=ring) as s, s.transaction() as tx:
+        save_vehicle_state(tx, {vin: doc}, 5)
+    if rotated:
+        ring = rotate_keys(ring.directory, [KeyKind.HMAC])
+    with open_store(url, shard=SHARD, keys=ring) as s, s.transaction() as tx:
+        details = erase(tx, ring, vin.lower(), at=1e9, instance=WORKER)
+    assert details["vehicle_state"] == 1 and details["held_views"] == 2

@@ -292,16 +292,23 @@ def load_vehicle_state(reader: Reader, vins: Sequence[str]) -> dict[str, bytes]:
     """The stored decision state of these vehicles by VIN (absent ones are left out)."""
     keys = reader._store.at_rest()
     refs = list(dict.fromkeys(keys.vehicle_ref(v) for v in vins))
-    out: dict[str, bytes] = {}
+    wanted = set(vins)
+    return {vin: doc for vin, doc in vehicle_states_of(reader, refs) if vin in wanted}
+
+
+def vehicle_states_of(reader: Reader, refs: Sequence[str]) -> list[tuple[str, bytes]]:
+    """(VIN as stored, document) of the states stored under any of these references (one
+    vehicle's under every HMAC key generation, whatever case its VIN was given in)."""
+    keys = reader._store.at_rest()
+    out: list[tuple[str, bytes]] = []
     for i in range(0, len(refs), _CHUNK):
-        chunk = refs[i : i + _CHUNK]
+        chunk = list(refs[i : i + _CHUNK])
         marks = ",".join("?" for _ in chunk)
         rows = reader._all(
             f"select vehicle, state from vehicle_state where vehicle in ({marks})", chunk
         )
-        out.update(_state_row(keys, r) for r in rows)
-    wanted = set(vins)
-    return {vin: doc for vin, doc in out.items() if vin in wanted}
+        out.extend(_state_row(keys, r) for r in rows)
+    return out
 
 
 def all_vehicle_state(tx: Transaction) -> dict[str, bytes]:
@@ -352,19 +359,49 @@ def _delete_in(tx: Transaction, sql: str, values: Sequence[Any], *head: Any) -> 
     return count
 
 
-def erase_vehicle(tx: Transaction, refs: Sequence[str]) -> dict[str, int]:
+def erase_vehicle(
+    tx: Transaction, refs: Sequence[str], *, vin: str | None = None
+) -> dict[str, int]:
     """Delete everything the store's working tables hold of the vehicle known by ``refs``
     (its references under every HMAC key generation): decision state (trip, held views),
     views not yet delivered and delivered ones still kept, dead letters and records seen.
-    Outbox and dead-letter rows are found through their audit entries' vehicle column.
-    Returns rows deleted per table. The audit entries themselves stay."""
+    Outbox and dead-letter rows are found through their audit entries' vehicle column;
+    given the ``vin``, every dead letter is also opened and those whose topic or payload
+    holds it are deleted too (a topic without the vehicle, naming another one, or an entry
+    pruned since). Returns rows deleted per table. The audit entries themselves stay."""
     of_vehicle = "(shard, seq) in (select shard, seq from audit_entries where vehicle in ({}))"
-    return {
+    erased = {
         "vehicle_state": delete_vehicle_state(tx, refs),
         "outbox": _delete_in(tx, f"delete from outbox where {of_vehicle}", refs),
         "deadletters": _delete_in(tx, f"delete from deadletters where {of_vehicle}", refs),
         "dedup": _delete_in(tx, "delete from dedup where vehicle in ({})", refs),
     }
+    if vin is not None:
+        letters, notices = _delete_letters_holding(tx, vin)
+        erased["deadletters"] += letters
+        erased["outbox"] += notices
+    return erased
+
+
+def _delete_letters_holding(tx: Transaction, vin: str) -> tuple[int, int]:
+    """Delete the dead letters whose opened topic or payload holds ``vin`` (any case), and
+    their announcements in the outbox; returns how many of each."""
+    keys = tx._store.at_rest()
+    wanted = vin.strip().upper().encode()
+    found: dict[str, list[int]] = {}
+    select = "select shard, seq, sealed from deadletters order by shard, seq"
+    for rows in _pages(tx._cur, tx._store, select, 2):
+        for shard, seq, sealed in rows:
+            data = keys.unseal(bytes(sealed), row_aad("deadletters", shard, seq))
+            if wanted in data.upper():
+                found.setdefault(shard, []).append(int(seq))
+    letters = notices = 0
+    for shard, seqs in found.items():
+        letters += _delete_in(
+            tx, "delete from deadletters where shard = ? and seq in ({})", seqs, shard
+        )
+        notices += _delete_in(tx, "delete from outbox where shard = ? and seq in ({})", seqs, shard)
+    return letters, notices
 
 
 # -- schema 3 -> 4: sealing the rows of an older store ------------------------------------

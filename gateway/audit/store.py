@@ -214,10 +214,19 @@ MIGRATIONS: tuple[tuple[int, tuple[str | Callable[[_Cursor, Store], None], ...]]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
+_COMPACT_PENDING = "compact_pending"
+"""``icvgw_meta`` key set, in the converting transaction, while converted rows may remain
+in older pages: every open compacts until one succeeds."""
+
+
 def _seal_v3_rows(cur: _Cursor, store: Store) -> None:
     from gateway.audit.outbox import seal_v3_rows
 
     store.converted = seal_v3_rows(cur, store)
+    if store.converted:
+        cur.execute(
+            store.sql("insert into icvgw_meta (key, value) values (?, '1')"), (_COMPACT_PENDING,)
+        )
 
 
 class AtRestKeys(Protocol):
@@ -698,7 +707,15 @@ class Transaction(Reader):
 
     def prune_bodies(self, shard: str, below_seq: int) -> int:
         """Drop entry bodies and query columns (keeping leaf hashes) for ``seq < below_seq``;
-        returns how many entries were newly pruned."""
+        returns how many entries were newly pruned. The delivered views and dead letters of
+        those entries go too: nothing could tell whose they are any more (an erasure finds
+        them through the entry's vehicle), and the retention period is over for them as
+        well. Views not yet delivered stay."""
+        for sql in (
+            "delete from outbox where shard = ? and seq < ? and delivered_ms is not null",
+            "delete from deadletters where shard = ? and seq < ?",
+        ):
+            self._cur.execute(self._q(sql), (shard, below_seq))
         self._cur.execute(
             self._q(
                 "update audit_entries set body = null, subscriber = null, vehicle = null, "
@@ -887,8 +904,11 @@ class Store(ABC):
         """Take a lock on ``key`` until the transaction ends."""
 
     @abstractmethod
-    def compact(self) -> None:
-        """Leave no bytes of deleted rows in the database files, where the database allows."""
+    def compact(self, wait_s: float | None = None) -> None:
+        """Leave no bytes of deleted rows in the database files, where the database allows;
+        waiting at most ``wait_s`` (default: the store's lock timeout) for other
+        connections. :class:`StoreError` if it could not (the deleted rows then still sit
+        in older pages)."""
 
     @abstractmethod
     def close(self) -> None:
@@ -979,6 +999,7 @@ class SqliteStore(Store):
     kind = "sqlite"
     db_errors = (sqlite3.Error,)
     blob_type = "blob"
+    _timeout = 30.0
 
     def __init__(self, url: str, path: str, shard: str | None, *, create: bool = True) -> None:
         super().__init__(url, shard)
@@ -986,7 +1007,7 @@ class SqliteStore(Store):
             raise StoreError(f"sqlite store {path}: no such file")
         try:
             self._conn = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=30.0
+                path, isolation_level=None, check_same_thread=False, timeout=self._timeout
             )
             self._conn.execute("pragma journal_mode = wal")
             self._conn.execute("pragma synchronous = full")
@@ -1019,15 +1040,26 @@ class SqliteStore(Store):
     def lock_key(self, cur: _Cursor, key: str) -> None:
         """No-op: ``begin immediate`` already serialises every SQLite writer."""
 
-    def compact(self) -> None:
+    def compact(self, wait_s: float | None = None) -> None:
         """Rebuild the file and empty the write-ahead log, so no page of deleted or
-        converted rows survives in either (no transaction may be open)."""
+        converted rows survives in either (no transaction may be open). While another
+        connection reads an older snapshot, the log can be neither copied back nor
+        emptied, and the file keeps the old pages: that is an error, not a success."""
         with self._lock:
             try:
+                wait = self._timeout if wait_s is None else wait_s
+                self._conn.execute(f"pragma busy_timeout = {round(wait * 1000)}")
                 self._conn.execute("vacuum")
-                self._conn.execute("pragma wal_checkpoint(truncate)")
+                busy = self._conn.execute("pragma wal_checkpoint(truncate)").fetchone()[0]
             except sqlite3.Error as exc:
                 raise StoreError(f"sqlite store: {exc}") from exc
+            finally:
+                self._conn.execute(f"pragma busy_timeout = {round(self._timeout * 1000)}")
+            if busy:
+                raise StoreError(
+                    "sqlite store: another connection (a reader) holds the write-ahead log; "
+                    "older copies of deleted pages remain until it lets go"
+                )
 
     def close(self) -> None:
         """Close the connection (the last one to close checkpoints the log)."""
@@ -1096,7 +1128,7 @@ class PostgresStore(Store):
         lock_id = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
         cur.execute("select pg_advisory_xact_lock(%s)", (lock_id,))
 
-    def compact(self) -> None:
+    def compact(self, wait_s: float | None = None) -> None:
         """Nothing to do here: PostgreSQL drops a converted table's files; rows deleted
         later stay (sealed) in their table until VACUUM reuses the space."""
 
@@ -1134,9 +1166,20 @@ def open_store(
     if migrate:
         try:
             store.migrate()
-            if store.converted:
-                store.compact()
+            _compact_if_pending(store)
         except BaseException:
             store.close()
             raise
     return store
+
+
+def _compact_if_pending(store: Store) -> None:
+    """Compact the store if a conversion left raw rows in older pages, then say it is done
+    (:class:`StoreError`, the mark kept, if it cannot be compacted now)."""
+    with store.snapshot() as rd:
+        pending = rd._one("select value from icvgw_meta where key = ?", (_COMPACT_PENDING,))
+    if pending is None:
+        return
+    store.compact()
+    with store.transaction() as tx:
+        tx._cur.execute(tx._q("delete from icvgw_meta where key = ?"), (_COMPACT_PENDING,))

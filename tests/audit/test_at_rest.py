@@ -4,6 +4,7 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import orjson
@@ -19,6 +20,7 @@ from gateway.audit.outbox import (
     all_vehicle_state,
     deadletter,
     erase_vehicle,
+    mark_delivered,
     pending_outbox,
     reseal,
     save_vehicle_state,
@@ -169,3 +171,140 @@ def test_erase_vehicle_deletes_its_rows_only(store_url: str, ring: KeyRing) -> N
             }
             assert tx.shard_state(SHARD) is not None
             assert tx.audit_head(SHARD).size == 8  # the log stays
+
+
+def test_erase_finds_dead_letters_the_audit_column_does_not_name(
+    store_url: str, ring: KeyRing
+) -> None:
+    """A dead letter holds the raw VIN even when its audit entry does not name the vehicle:
+    its topic had no vehicle level, or named another vehicle than the payload."""
+    other = "LSVAU2180N2183295"
+    letters = [
+        ("fleet/upload", b"\xff" + VIN.encode(), None),  # a topic of another shape
+        ("vehicles//telemetry", PAYLOAD, None),  # no vehicle in the topic
+        (f"vehicles/{other}/telemetry", PAYLOAD, ring.vehicle_ref(other)),  # mismatch
+        (f"vehicles/{other}/telemetry", b"{}", ring.vehicle_ref(other)),  # not this VIN
+    ]
+    with open_store(store_url, shard=SHARD, keys=ring) as s:
+        with s.transaction() as tx:
+            entries = [
+                decision(ring, i, vehicle=ref, decision="dead-lettered", subscriber=None)
+                for i, (_, _, ref) in enumerate(letters)
+            ]
+            seqs = tx.append_audit(entries, shard=SHARD).seqs
+            add_deadletters(
+                tx,
+                SHARD,
+                [
+                    DeadLetterRow(q, 5, "bad", t, p)
+                    for q, (t, p, _) in zip(seqs, letters, strict=True)
+                ],
+            )
+            # Each dead letter's announcement (with the digest of its payload) goes too.
+            add_outbox(tx, SHARD, [OutboxRow(q, "", "dl/bad", f"m{q}", b"{}", 5) for q in seqs])
+        with s.transaction() as tx:
+            erased = erase_vehicle(tx, ring.vehicle_refs(VIN), vin=VIN.lower())
+        assert erased["deadletters"] == 3 and erased["outbox"] == 3
+        with s.snapshot() as rd:
+            assert [r[0] for r in rd._all("select seq from deadletters")] == [seqs[3]]
+            assert [r[0] for r in rd._all("select seq from outbox")] == [seqs[3]]
+
+
+def test_compaction_says_so_when_a_reader_keeps_the_old_pages(
+    tmp_path: Path, ring: KeyRing
+) -> None:
+    """A reader's snapshot stops the WAL from being copied back and truncated, so the file
+    keeps the erased rows' pages: compaction must fail then, not report success."""
+    db = tmp_path / "s.db"
+    with open_store(f"sqlite:///{db}", shard=SHARD, keys=ring) as s:
+        with s.transaction() as tx:
+            save_vehicle_state(tx, {VIN: DOC}, 5)
+        s.compact()
+        with s.snapshot() as rd:
+            (sealed,) = rd._one("select state from vehicle_state")
+        assert bytes(sealed) in db.read_bytes()
+        reader = sqlite3.connect(db)
+        try:
+            reader.execute("begin")
+            reader.execute("select count(*) from vehicle_state").fetchone()
+            with s.transaction() as tx:
+                erase_vehicle(tx, ring.vehicle_refs(VIN))
+            with pytest.raises(StoreError, match="reader"):
+                s.compact(wait_s=0.2)
+        finally:
+            reader.close()
+        s.compact()
+    for f in tmp_path.glob("s.db*"):
+        assert bytes(sealed) not in f.read_bytes(), f.name
+
+
+def test_an_interrupted_migration_leaves_schema_3_whole_and_runs_again(
+    store_url: str, ring: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.audit import outbox as outbox_module
+
+    _v3_store(store_url, monkeypatch)
+
+    def crash(*args: object) -> int:
+        raise StoreError("interrupted")
+
+    with monkeypatch.context() as m:  # the last table to convert fails
+        m.setitem(outbox_module._CONVERT, "dedup", crash)
+        with pytest.raises(StoreError, match="interrupted"):
+            open_store(store_url, shard=SHARD, keys=ring)
+    assert _schema(store_url) == 3
+    with open_store(store_url, migrate=False) as s, s.snapshot() as rd:
+        assert rd._one("select count(*) from vehicle_state")[0] == 1
+        assert rd._one("select count(*) from dedup where record like ?", ("m:%",))[0] == 1
+    with open_store(store_url, shard=SHARD, keys=ring) as s:
+        assert s.converted == 4
+        with s.transaction() as tx:
+            assert all_vehicle_state(tx) == {VIN: DOC}
+
+
+def test_pruning_entry_bodies_forgets_their_delivered_views_and_dead_letters(
+    store_url: str, ring: KeyRing
+) -> None:
+    """Once an entry's body and vehicle column are pruned, nothing can tell whose its view
+    or dead letter is (an erasure would miss it): they go with it. A view not yet
+    delivered stays, to be delivered."""
+    with open_store(store_url, shard=SHARD, keys=ring) as s:
+        with s.transaction() as tx:
+            seqs = tx.append_audit([decision(ring, i) for i in range(6)], shard=SHARD).seqs
+            add_outbox(tx, SHARD, [OutboxRow(q, "s", "t", f"m{q}", b"{}", 5) for q in seqs[:4]])
+            add_deadletters(tx, SHARD, [DeadLetterRow(q, 5, "x", TOPIC, b"?") for q in seqs[4:]])
+            mark_delivered(tx, SHARD, [seqs[0], seqs[2]], 6)
+        with s.transaction() as tx:
+            assert tx.prune_bodies(SHARD, seqs[5]) == 5
+        with s.snapshot() as rd:
+            assert [r[0] for r in rd._all("select seq from outbox order by seq")] == [
+                seqs[1],
+                seqs[3],
+            ]
+            assert [r[0] for r in rd._all("select seq from deadletters")] == [seqs[5]]
+
+
+def test_a_conversion_not_yet_compacted_is_compacted_at_the_next_open(
+    tmp_path: Path, ring: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The raw pages of schema 3 stay in the file until a compaction succeeds: while a
+    reader prevents it, the store does not open (now or later) as if all were sealed."""
+    db = tmp_path / "s.db"
+    url = f"sqlite:///{db}"
+    _v3_store(url, monkeypatch)
+    monkeypatch.setattr(store_module.SqliteStore, "_timeout", 0.2)
+    reader = sqlite3.connect(db)
+    try:
+        reader.execute("begin")
+        reader.execute("select count(*) from vehicle_state").fetchone()
+        for _ in range(2):
+            with pytest.raises(StoreError, match="reader"):
+                open_store(url, shard=SHARD, keys=ring)
+        assert _schema(url) == store_module.SCHEMA_VERSION  # converted, not compacted
+    finally:
+        reader.close()
+    with open_store(url, shard=SHARD, keys=ring) as s, s.transaction() as tx:
+        assert all_vehicle_state(tx) == {VIN: DOC}
+    with open_store(url, shard=SHARD, keys=ring):  # nothing left to compact
+        for f in tmp_path.glob("s.db*"):
+            assert VIN.encode() not in f.read_bytes(), f.name

@@ -9,6 +9,7 @@ key directory can open it.
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -38,8 +39,9 @@ VEHICLES, RATE, DURATION = 10, 0.5, 240.0
 
 
 def coordinate_texts(messages: Iterable[Message]) -> set[bytes]:
-    """Every input latitude and longitude as published and as 5 and 4 decimals (about 1 m
-    and 11 m): the ways a coordinate could be written down again."""
+    """Every input latitude and longitude as published, as 5 and 4 decimals (about 1 m
+    and 11 m) and as a float64 either way round: the ways a coordinate could be written
+    down again."""
     found: set[bytes] = set()
     for m in messages:
         try:
@@ -52,7 +54,15 @@ def coordinate_texts(messages: Iterable[Message]) -> set[bytes]:
             for name in (LATITUDE, LONGITUDE):
                 v = item.get(name)
                 if isinstance(v, float) and abs(v) >= 1:
-                    found.update({orjson.dumps(v), f"{v:.5f}".encode(), f"{v:.4f}".encode()})
+                    found.update(
+                        {
+                            orjson.dumps(v),
+                            f"{v:.5f}".encode(),
+                            f"{v:.4f}".encode(),
+                            struct.pack("<d", v),
+                            struct.pack(">d", v),
+                        }
+                    )
     return found
 
 
@@ -63,8 +73,9 @@ def leaks(store: Path, vins: Iterable[str], coords: set[bytes]) -> list[str]:
     out = []
     for f in files:
         data = f.read_bytes()
-        out += [f"{f.name}: VIN {v}" for v in vins if v.encode() in data]
-        out += [f"{f.name}: coordinate {c.decode()}" for c in coords if c in data]
+        upper = data.upper()  # a VIN in any case
+        out += [f"{f.name}: VIN {v}" for v in vins if v.upper().encode() in upper]
+        out += [f"{f.name}: coordinate {c!r}" for c in coords if c in data]
     return out
 
 
