@@ -573,6 +573,7 @@ def test_store_disk_full_holds_input_and_resumes_when_space_returns(
     dep = deployment(fleet)
     with small_disk(tmp_path / "disk", 64) as disk:
         dep = replace(dep, store=disk / "store.sqlite")
+        (disk / "keys").symlink_to(dep.keys)  # where read_store looks: beside the store
         text = dep.config.read_text()
         dep.config.write_text(text.replace("sqlite:///store.sqlite", f"sqlite:///{dep.store}"))
         out = collector("it-subscriber", ALL)
@@ -615,6 +616,7 @@ def test_stopped_while_the_store_disk_is_full_then_restarted(
     dep = deployment(fleet)
     with small_disk(tmp_path / "disk", 64) as disk:
         dep = replace(dep, store=disk / "store.sqlite")
+        (disk / "keys").symlink_to(dep.keys)  # where read_store looks: beside the store
         text = dep.config.read_text()
         dep.config.write_text(text.replace("sqlite:///store.sqlite", f"sqlite:///{dep.store}"))
         out = collector("it-subscriber", ALL)
