@@ -24,16 +24,22 @@ Each arrow of RULES.md, per (record, subscriber), in this order:
    subscriber is mainland and holds a valid authorisation naming that zone
    (``zone.authorised``). A row whose position cannot be placed on the grid is prohibited
    (fail closed). For a cross-border subscriber a zone hit is also important data
-   (``xborder.important-data``): authorisations never apply abroad.
+   (``xborder.important-data``): authorisations never apply abroad. A row without a position
+   inherits its trip's last known one (in the batch or from the state) and is judged on it
+   the same way; a row whose trip has no known position yet loses its location-derived
+   fields (``pi.location-derived``, fail closed).
 4. Geographic data abroad (§1, §4): no position of any precision goes to a cross-border
    subscriber without a valid geodata export approval (``geo.mainland-only``).
 5. A position the datum transform cannot produce (outside its area) is removed, never sent
    as WGS-84 (``geo.datum-unavailable``).
 6. Trajectories (§3): a position beside any vehicle identifier needs the vehicle's consent for
-   one of the subscriber's purposes, active at the record's time (granted, unexpired, not
-   revoked): ``pi.trajectory-consent``. Without it the view's fallback applies: the position
-   and location-derived fields are removed (``pi.no-consent-drop-location``) or the
-   identifier becomes a per-trip pseudonym (``pi.no-consent-trip-pseudonym``).
+   one of the subscriber's purposes, active at the record's time and at the decision time
+   (granted, unexpired, not revoked): ``pi.trajectory-consent``. Without it the view's
+   fallback applies: the position and location-derived fields are removed
+   (``pi.no-consent-drop-location``) or the identifier becomes a per-trip pseudonym
+   (``pi.no-consent-trip-pseudonym``). Consent is the vehicle's standing, not the record's:
+   every record of a view that may carry a position is judged, so masked records and records
+   without a position get the same identifier (and lose the same fields) as located ones.
 7. Removing the position always removes altitude and location-derived fields with it.
    Location-derived fields otherwise follow the view (``pi.location-derived``); altitude is
    removed or coarsened (``geo.altitude-removed``, ``geo.altitude-coarsened``); the time is
@@ -81,7 +87,7 @@ import numpy.typing as npt
 from gateway.geo.zones import ZoneLevel
 from gateway.model import Batch, BoolArray, Datum, ErrorCode, FloatArray
 from gateway.pipeline.classify import Classified
-from gateway.pipeline.geo import GeoLayer, GridSpec, Located
+from gateway.pipeline.geo import GeoLayer, GridSpec, Located, locate
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.checks import ALTITUDE, LATITUDE, VIN
 from gateway.policy.rules import RuleId
@@ -894,6 +900,7 @@ def decide(
     unclassified_any = classified.any_unclassified & live
     consents = _ConsentIndex(batch, trips, state)
     held_veh = _held_vehicles(trips, state)
+    inherited = _inherit(batch, located, trips, the_plan)
 
     last_sent: dict[str, SentTimes] = {}
     counted: list[tuple[str, int, ExportDataClass, str]] = []
@@ -936,6 +943,11 @@ def decide(
             _set(r, auth_hit & live_pos, _BIT[RuleId.ZONE_AUTHORISED])
         prohibited = live_pos & (level == ZoneLevel.PROHIBITED)
         sensitive = live_pos & (level == ZoneLevel.SENSITIVE)
+        unplaced = np.zeros(n, dtype=bool)
+        if inherited is not None:  # rows without a position: their trip's last known one
+            zone_hit, prohibited, sensitive, unplaced = _inherited_zones(
+                inherited, view, live & ~has_pos, r, (zone_hit, prohibited, sensitive)
+            )
         if view.cross_border:
             _set(r, zone_hit, _BIT[RuleId.XBORDER_IMPORTANT_DATA])
         _set(r, prohibited, _BIT[RuleId.ZONE_PROHIBITED])
@@ -955,13 +967,21 @@ def decide(
             _set(r, unavailable, _BIT[RuleId.GEO_DATUM_UNAVAILABLE])
             out_pos &= ~unavailable
         trip_pseudonym = np.zeros(n, dtype=bool)
-        consent_ids = consents.lookup(sub.purposes, out_pos)
-        has_consent = out_pos & np.not_equal(consent_ids, _NONE)
-        _set(r, has_consent, _BIT[RuleId.PI_TRAJECTORY_CONSENT])
-        consent_col[s, has_consent] = consent_ids[has_consent]
-        no_consent = out_pos & ~has_consent
+        derived_in = _derived_in(classified, view, live)
+        # Consent is the vehicle's standing, whatever this record carries: every record of a
+        # located view is judged, so a masked or unplaced record cannot carry an identifier
+        # the vehicle's trajectories may not (RULES.md §3).
+        judged = live & ~prohibited if view.allows_location else out_pos
+        consent_ids = consents.lookup(sub.purposes, judged)
+        has_consent = judged & np.not_equal(consent_ids, _NONE)
+        with_position = has_consent & out_pos
+        _set(r, with_position, _BIT[RuleId.PI_TRAJECTORY_CONSENT])
+        consent_col[s, with_position] = consent_ids[with_position]
+        no_consent = judged & ~has_consent
+        consent_dropped = np.zeros(n, dtype=bool)
         if cfg.no_consent is NoConsentFallback.DROP_LOCATION:
-            _set(r, no_consent, _BIT[RuleId.PI_NO_CONSENT_DROP_LOCATION])
+            consent_dropped = no_consent & (out_pos | derived_in)
+            _set(r, consent_dropped, _BIT[RuleId.PI_NO_CONSENT_DROP_LOCATION])
             out_pos &= ~no_consent
         else:
             _set(r, no_consent, _BIT[RuleId.PI_NO_CONSENT_TRIP_PSEUDONYM])
@@ -997,12 +1017,7 @@ def decide(
             _set(a, dropped, np.uint32(Applied.ALTITUDE_REMOVED))
 
         # --- location-derived ---------------------------------------------------------
-        derived_in = np.zeros(n, dtype=bool)
-        for path, present in classified.category_present(FieldCategory.LOCATION_DERIVED).items():
-            if path in view.allowed:
-                derived_in |= present
-        derived_in &= live
-        derived_lost = derived_in & (removed | sensitive)
+        derived_lost = derived_in & (removed | sensitive | unplaced | consent_dropped)
         _set(a, derived_lost, np.uint32(Applied.DERIVED_REMOVED))
         degraded |= derived_lost
         if view.derived is DerivedMode.KEEP:
@@ -1140,12 +1155,71 @@ def decide(
     )
 
 
+def _derived_in(classified: Classified, view: ResolvedView, live: BoolArray) -> BoolArray:
+    """Rows carrying a location-derived field the view allows."""
+    out = np.zeros(len(live), dtype=bool)
+    for path, present in classified.category_present(FieldCategory.LOCATION_DERIVED).items():
+        if path in view.allowed:
+            out |= present
+    out &= live
+    return out
+
+
+def _inherit(batch: Batch, located: Located, trips: _Trips, the_plan: Plan) -> Located | None:
+    """The located last known positions of the rows without a position of their own.
+
+    A record without a position inherits its vehicle's last known location status (RULES.md
+    §3): its trip's last position, in this batch or from the state (``trips.lat``/``lon``).
+    Located on every grid the views use, exactly like a position of its own. ``None`` if
+    every live row has a position.
+    """
+    bare = batch.ok & ~located.positioned
+    if not bare.any():
+        return None
+    lat = np.full(len(batch), np.nan)
+    lon = np.full(len(batch), np.nan)
+    if len(trips.order):
+        lat[trips.order] = trips.lat
+        lon[trips.order] = trips.lon
+    lat[~bare] = np.nan
+    lon[~bare] = np.nan
+    carried = Batch.from_columns(vehicle=batch.vehicle, time=batch.time, lat=lat, lon=lon)
+    return locate(carried, the_plan.bundle.zones, the_plan.grids)
+
+
+def _inherited_zones(
+    inherited: Located,
+    view: ResolvedView,
+    bare: BoolArray,
+    r: npt.NDArray[np.uint64],
+    masks: tuple[BoolArray, BoolArray, BoolArray],
+) -> tuple[BoolArray, BoolArray, BoolArray, BoolArray]:
+    """``(zone_hit, prohibited, sensitive)`` with the ``bare`` rows (live, no position of
+    their own) judged on their inherited position at the view's grid, and the bare rows
+    whose vehicle has no known position this trip (``unplaced``: fail closed, their
+    location-derived fields are removed). Cites ``zone.authorised`` in ``r``."""
+    zone_hit, prohibited, sensitive = masks
+    layer = inherited.layer(view.grid_m)
+    placed = bare & inherited.positioned
+    full = layer.level
+    level = layer.levels_excluding(view.authorised) if view.authorised else full
+    if view.authorised:
+        _set(r, placed & layer.hits_any(view.authorised), _BIT[RuleId.ZONE_AUTHORISED])
+    return (
+        zone_hit | (placed & (full != ZoneLevel.NONE)),
+        prohibited | (placed & (level == ZoneLevel.PROHIBITED)),
+        sensitive | (placed & (level == ZoneLevel.SENSITIVE)),
+        bare & ~inherited.positioned,
+    )
+
+
 class _ConsentIndex:
     """Per-row look-ups of a batch's consents, from the book's sorted columns."""
 
     def __init__(self, batch: Batch, trips: _Trips, state: StateSnapshot) -> None:
         n = len(batch)
         self.time = batch.time
+        self.now = state.now
         self.book = state.consents.columns()
         self.lo = np.zeros(n, dtype=np.intp)
         self.count = np.zeros(n, dtype=np.intp)
@@ -1160,8 +1234,9 @@ class _ConsentIndex:
             self.count[trips.order] = count[trips.veh]
 
     def lookup(self, purposes: Iterable[str], rows: BoolArray) -> npt.NDArray[np.object_]:
-        """Per row (where ``rows``): id of the consent (smallest id) active at the row's time
-        for one of ``purposes``, else ``None``."""
+        """Per row (where ``rows``): id of the consent (smallest id) for one of ``purposes``
+        active both at the row's time and at the decision time, else ``None``: an expired or
+        withdrawn consent covers nothing decided afterwards, whatever the record's time."""
         out = np.full(len(rows), None, dtype=object)
         idx = np.flatnonzero(rows & (self.count > 0))
         if idx.size == 0:
@@ -1173,7 +1248,9 @@ class _ConsentIndex:
         offsets = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)
         c = np.repeat(self.lo[idx], cnt) + offsets
         t = self.time[pair_row]
+        now = self.now
         active = wanted[c] & (book.start[c] <= t) & (t < book.end[c])
+        active &= (book.start[c] <= now) & (now < book.end[c])
         pair_row, c = pair_row[active], c[active]
         if pair_row.size == 0:
             return out

@@ -330,8 +330,38 @@ class Reference:
                 values[path] = value
         return values, dropped
 
-    def static(self, cfg: dict[str, Any], rec: dict[str, Any] | None) -> dict[str, Any]:
-        """Everything about one (record, subscriber) that does not depend on other records."""
+    def zone(self, cfg: dict[str, Any], lat: float, lon: float) -> dict[str, Any]:
+        """The zone standing of a position at the subscriber's grid, and its reported cell."""
+        if cfg["grid"] == 0:
+            mask = self.bundle.zones.points_in_zones(lat, lon)
+            centre, cell = (lat, lon), None
+        else:
+            g = snap(lat, lon, cfg["grid"])
+            mask = self.bundle.zones.mask_cells(g)
+            centre = (float(g.lat[0]), float(g.lon[0]))
+            cell = format_cell_id(int(g.cell[0]))
+        hits = mask.zone_ids(0)
+        levels = [self.bundle.zones[z].level for z in hits if z not in cfg["authorised"]]
+        worst = ZoneLevel.PROHIBITED if mask.bad[0] else max(levels, default=ZoneLevel.NONE)
+        return {"hits": hits, "bad": bool(mask.bad[0]), "worst": worst, "centre": centre,
+                "cell": cell}  # fmt: skip
+
+    def consent(self, vin: str, purposes: Iterable[str], t: float) -> ConsentRecord | None:
+        """The consent (smallest id) active at the record's time and at the decision time."""
+        for record in self.state.consents.for_vehicle(vin):
+            now = self.state.now
+            if record.purpose in purposes and record.active_at(t) and record.active_at(now):
+                return record
+        return None
+
+    def static(
+        self,
+        cfg: dict[str, Any],
+        rec: dict[str, Any] | None,
+        inherited: tuple[float, float] | None = None,
+    ) -> dict[str, Any]:
+        """Everything about one (record, subscriber) that does not depend on other records
+        but the last known position of its trip (``inherited``, for a record without one)."""
         if rec is None:
             return {"blocked": True, "rules": {"input.invalid"}}
         sub = cfg["sub"]
@@ -352,21 +382,16 @@ class Reference:
         lon = rec.get("Vehicle.CurrentLocation.Longitude")
         prohibited = sensitive = False
         centre = cell = None
-        if has_pos:
-            if cfg["grid"] == 0:
-                mask = self.bundle.zones.points_in_zones(lat, lon)
-                centre = (lat, lon)
-            else:
-                g = snap(lat, lon, cfg["grid"])
-                mask = self.bundle.zones.mask_cells(g)
-                centre = (float(g.lat[0]), float(g.lon[0]))
-                cell = format_cell_id(int(g.cell[0]))
-            hits = mask.zone_ids(0)
-            levels = [self.bundle.zones[z].level for z in hits if z not in cfg["authorised"]]
-            worst = ZoneLevel.PROHIBITED if mask.bad[0] else max(levels, default=ZoneLevel.NONE)
+        place = (lat, lon) if has_pos else inherited
+        unplaced = place is None
+        if place is not None:
+            z = self.zone(cfg, *place)
+            hits, worst = z["hits"], z["worst"]
+            if has_pos:
+                centre, cell = z["centre"], z["cell"]
             if set(hits) & cfg["authorised"]:
                 rules.add("zone.authorised")
-            if sub.cross_border and (hits or mask.bad[0]):
+            if sub.cross_border and (hits or z["bad"]):
                 rules.add("xborder.important-data")
             prohibited = worst == ZoneLevel.PROHIBITED
             sensitive = worst == ZoneLevel.SENSITIVE
@@ -395,13 +420,21 @@ class Reference:
         degraded = False
         trip_id = False
         consent = None
-        if out:
-            found = self.state.consents.active(rec[VIN], sub.purposes, rec[TIMESTAMP])
+        derived_in = any(
+            self.bundle.fields[p].category is FieldCategory.LOCATION_DERIVED and p in allowed
+            for p in values
+        )
+        consent_dropped = False
+        if LATITUDE in allowed:  # every record of a located view is judged
+            found = self.consent(rec[VIN], sub.purposes, rec[TIMESTAMP])
             if found is not None:
-                rules.add("pi.trajectory-consent")
-                consent = found.id
+                if out:
+                    rules.add("pi.trajectory-consent")
+                    consent = found.id
             elif view.no_consent is NoConsentFallback.DROP_LOCATION:
-                rules.add("pi.no-consent-drop-location")
+                if out or derived_in:
+                    rules.add("pi.no-consent-drop-location")
+                    consent_dropped = True
                 out = False
             else:
                 rules.add("pi.no-consent-trip-pseudonym")
@@ -423,11 +456,7 @@ class Reference:
                     alt_out = True
         elif ALTITUDE in allowed and has_alt:
             rules.add("geo.altitude-removed")
-        derived_in = any(
-            self.bundle.fields[p].category is FieldCategory.LOCATION_DERIVED and p in allowed
-            for p in values
-        )
-        derived_lost = derived_in and (removed or sensitive)
+        derived_lost = derived_in and (removed or sensitive or unplaced or consent_dropped)
         degraded |= derived_lost
         if cfg["derived"] is DerivedMode.KEEP:
             if derived_lost:
@@ -610,7 +639,8 @@ class Reference:
             view = cfg["sub"].view
             infos = {}
             for i, rec in enumerate(records):
-                info = self.static(cfg, rec if live[i] else None)
+                carried = trip[i]["pos"] if live[i] else None
+                info = self.static(cfg, rec if live[i] else None, carried)
                 infos[i] = info
                 if info["blocked"]:
                     outcomes[(sub_id, i)] = Outcome("block", info["rules"])
