@@ -7,6 +7,8 @@
 * No view of a subscriber without a valid qualification ever contains a WGS-84 coordinate,
   a position that is not the datum-transformed centre of a grid cell at least as coarse as
   the floor, or a location-derived value finer than the view allows.
+* Over random fleets, views and batch cuts: no identifier a subscriber reads (topic segment,
+  vehicle field, message id) appears in two trips of a vehicle whose trips it must not link.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.commit import view_topic
 from gateway.geo.altitude import coarsen_altitude
 from gateway.geo.datum import transform
 from gateway.geo.grid import cell_centres, format_cell_id, parse_cell_id, snap, split_cell_id
@@ -969,3 +972,143 @@ def test_the_reference_itself_covers_the_interesting_cases(
     assert {o.verdict for o in want.values()} >= {"share", "redact", "block", "held"}
     assert len(HeldSet(sh.held)) == len(sh.held) and all(isinstance(h, HeldView) for h in sh.held)
     assert np.all(np.isin(d.verdict, [0, 1, 2, 3]))
+
+
+# --- unlinkable trips ---------------------------------------------------------------------------
+
+
+@st.composite
+def fleets(draw: Any) -> dict[str, Any]:
+    """A few vehicles driving several trips each (split by key-off or a long gap), with
+    continuous odometers, trips that start where the last one ended, records without a
+    position, random consents, random views and random batch cuts."""
+    records: list[dict[str, Any]] = []
+    for vin in draw(st.sets(st.sampled_from(VINS), min_size=1, max_size=3)):
+        t = T0 + draw(st.floats(min_value=0, max_value=3600))
+        here = draw(st.sampled_from(PLACES))
+        odometer = draw(st.floats(min_value=1000, max_value=90000))
+        for _ in range(draw(st.integers(2, 4))):
+            n = draw(st.integers(1, 6))
+            for k in range(n):
+                t += draw(st.sampled_from([1.0, 7.0, 31.0, 90.0]))
+                step = draw(st.sampled_from([0.0, 0.0005, 0.003]))
+                here = (here[0] + step, here[1] + draw(st.sampled_from([0.0, step])))
+                odometer += step * 111.0
+                rec: dict[str, Any] = {VIN: vin, TIMESTAMP: t, "Vehicle.TraveledDistance": odometer}
+                if draw(st.integers(0, 4)) > 0:
+                    rec[LATITUDE] = here[0]
+                    rec["Vehicle.CurrentLocation.Longitude"] = here[1]
+                if draw(st.booleans()):
+                    rec["Vehicle.Speed"] = draw(st.floats(min_value=0, max_value=120))
+                rec["Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"] = 60.0 - k
+                if k == n - 1 and draw(st.booleans()):
+                    rec[KEY_OFF_SIGNAL] = "OFF"
+                records.append(rec)
+            t += draw(st.sampled_from([5.0, 700.0, 4000.0]))  # parked; the next trip starts here
+            if KEY_OFF_SIGNAL not in records[-1]:
+                t += 700.0
+    records.sort(key=lambda r: r[TIMESTAMP])
+    views = {
+        sub: {
+            "identifier": draw(st.sampled_from(list(IdentifierMode))),
+            "no_consent": draw(st.sampled_from(list(NoConsentFallback))),
+            "trip_trim_m": draw(st.sampled_from([0.0, 200.0])),
+            "min_interval_s": draw(st.sampled_from([0.0, 30.0])),
+        }
+        for sub in ("mapco-nav", "insureco-ubi", "sh-traffic", "oem-hq-de")
+    }
+    consents = [
+        ConsentRecord(
+            f"y{i}",
+            draw(st.sampled_from(VINS)),
+            draw(st.sampled_from(PURPOSES)),
+            T0 + draw(st.floats(min_value=-4e5, max_value=4e4)),
+            T0 + draw(st.floats(min_value=0, max_value=4e5)),
+        )
+        for i in range(draw(st.integers(0, 3)))
+    ]
+    n = len(records)
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, n - 1)), max_size=3)))
+    return {"records": records, "views": views, "consents": consents, "cuts": cuts}
+
+
+def fleet_bundle(base: PolicyBundle, views: dict[str, dict[str, Any]]) -> PolicyBundle:
+    subs = dict(base.subscribers)
+    for sub_id, change in views.items():
+        view = subs[sub_id].view
+        update = dict(change)
+        if change["identifier"] is IdentifierMode.VIN:
+            update["fields"] = (*view.fields, VIN)
+        subs[sub_id] = subs[sub_id].model_copy(update={"view": view.model_copy(update=update)})
+    return dataclasses.replace(base, subscribers=MappingProxyType(subs))
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivered:
+    """One view a subscriber received: of which vehicle and trip (as the engine saw it)."""
+
+    subscriber: str
+    vehicle: str
+    trip: float
+    message_id: str
+    view: dict[str, Any]
+
+
+def deliveries(
+    bundle: PolicyBundle, records: list[Any], state: StateSnapshot, cuts: Iterable[int]
+) -> list[Delivered]:
+    """Every view delivered when the stream is cut at ``cuts`` (held views when released)."""
+    bounds = [0, *cuts, len(records)]
+    out: list[Delivered] = []
+    for lo, hi in itertools.pairwise(bounds):
+        if lo >= hi:
+            continue
+        state = dataclasses.replace(state, now=records[hi - 1][TIMESTAMP] + 1.0)
+        d, sh = evaluate(decode(records[lo:hi], bundle), bundle, state, keys)
+        for s, row, view, mid in zip(
+            sh.subscriber.tolist(), sh.row.tolist(), sh.views, sh.message_ids, strict=True
+        ):
+            vin = str(d.batch.vehicle[row])
+            trip = float(d.trip_start[row])
+            out.append(Delivered(d.plan.views[s].id, vin, trip, mid, view))
+        for h in d.delta.released:
+            out.append(Delivered(h.subscriber, h.vehicle, h.trip_start, h.message_id, dict(h.view)))
+        state = state.apply(d.delta, sh.held)
+    return out
+
+
+def must_be_unlinkable(bundle: PolicyBundle, book: ConsentBook, sub_id: str, vin: str) -> bool:
+    """Whether a subscriber's views of a vehicle must not link its trips: the view uses
+    per-trip pseudonyms, or the vehicle never consented and the fallback is per-trip."""
+    view = bundle.subscribers[sub_id].view
+    if view.identifier is IdentifierMode.TRIP_PSEUDONYM:
+        return True
+    purposes = set(bundle.subscribers[sub_id].purposes)
+    consented = any(c.purpose in purposes for c in book.for_vehicle(vin))
+    return view.no_consent is NoConsentFallback.TRIP_PSEUDONYM and not consented
+
+
+def identifiers(bundle: PolicyBundle, item: Delivered) -> set[str]:
+    """The identifier values a subscriber reads in one delivery: topic segments and the
+    payload's identifying fields."""
+    topic = view_topic(bundle, item.subscriber, item.view).split("/")
+    return {*topic[:-1][-1:], item.view["vehicle"], item.message_id}
+
+
+@settings(max_examples=40, deadline=None)
+@given(fleets())
+def test_no_identifier_links_two_trips_of_an_unlinkable_vehicle(
+    bundles: dict[str, PolicyBundle], case: dict[str, Any]
+) -> None:
+    bundle = fleet_bundle(bundles["default"], case["views"])
+    records = case["records"]
+    book = ConsentBook.from_policy(bundle.consents).with_records(case["consents"])
+    state = StateSnapshot(now=records[0][TIMESTAMP], consents=book)
+    seen: dict[tuple[str, str, str], set[float]] = {}
+    for item in deliveries(bundle, records, state, case["cuts"]):
+        if not must_be_unlinkable(bundle, book, item.subscriber, item.vehicle):
+            continue
+        for value in identifiers(bundle, item):
+            seen.setdefault((item.subscriber, item.vehicle, value), set()).add(item.trip)
+    linked = {key: trips for key, trips in seen.items() if len(trips) > 1}
+    assert not linked, linked
