@@ -138,13 +138,10 @@ def commit_batch(
             )
         )
         letters.append(DeadLetterRow(seq, now_ms, d.reason, d.topic, d.payload))
+        # No vehicle reference in the notice: a stable one would link trips that per-trip
+        # pseudonyms keep apart; the audit entry at ``audit_seq`` has it for the operator.
         notice = orjson.dumps(
-            {
-                "reason": d.reason,
-                "vehicle": d.vehicle_ref,
-                "digest": ctx.digest(d.payload),
-                "audit_seq": seq,
-            }
+            {"reason": d.reason, "digest": ctx.digest(d.payload), "audit_seq": seq}
         )
         outbox.append(
             OutboxRow(seq, "", f"{ctx.deadletter_prefix}/{d.reason}", d.message_id, notice, now_ms)
