@@ -779,17 +779,17 @@ class Decisions:
         dropped = self.classified.dropped[rows].tolist()
         view = self.plan.views[s]
         cache = self._transform_cache
-        names_of: dict[int, tuple[str, ...]] = {0: ()}
+        names_of: dict[int, tuple[int, tuple[str, ...]]] = {0: (0, ())}
         out: list[dict[str, Any]] = []
         for row, bits, pos, in_zone, kind in zip(
             rows.tolist(), bits_list, pos_list, zoned.tolist(), dropped, strict=True
         ):
             zones = layer.zone_ids(row) if in_zone else ()
-            names: tuple[str, ...] = ()
+            names: tuple[int, tuple[str, ...]] = (0, ())
             if bits & _UNCLASSIFIED_BIT:
                 known = names_of.get(kind) if kind > 0 else None
                 if known is None:
-                    known = self.classified.unclassified_names(row)
+                    known = self._dropped(row)
                     if kind > 0:
                         names_of[kind] = known
                 names = known
@@ -799,6 +799,15 @@ class Decisions:
                 cached = cache[key] = _transforms(view, bits, pos, zones, names)
             out.append(dict(cached))
         return out
+
+    def _dropped(self, row: int) -> tuple[int, tuple[str, ...]]:
+        """How many fields outside the catalogue ``row`` carried, and the catalogued fields
+        dropped for their type. Names outside the catalogue are input (they may hold a VIN
+        or a position): they are counted, never named."""
+        names = self.classified.unclassified_names(row)
+        fields = self.plan.bundle.fields
+        catalogued = tuple(name for name in names if name in fields)
+        return len(names) - len(catalogued), catalogued
 
     def rules_of(self, s: int, rows: IntpArray) -> list[tuple[str, ...]]:
         """:meth:`rule_ids` of many rows of subscriber ``s``."""
@@ -823,7 +832,11 @@ _UNCLASSIFIED_BIT = int(Applied.UNCLASSIFIED_REMOVED)
 
 
 def _transforms(
-    view: ResolvedView, bits: int, position: bool, zones: tuple[str, ...], names: tuple[str, ...]
+    view: ResolvedView,
+    bits: int,
+    position: bool,
+    zones: tuple[str, ...],
+    dropped: tuple[int, tuple[str, ...]],
 ) -> dict[str, Any]:
     cfg = view.subscriber.view
     out: dict[str, Any] = {}
@@ -850,8 +863,11 @@ def _transforms(
         out["location_derived"] = "coarsened"
     if bits & Applied.TIME_TRUNCATED:
         out["time_s"] = _json_number(cfg.time_precision_s)
-    if names:
-        out["unclassified"] = list(names)
+    unknown, ill_typed = dropped
+    if unknown:
+        out["unclassified"] = unknown
+    if ill_typed:
+        out["ill_typed"] = list(ill_typed)
     if bits & Applied.TRIMMED:
         out["trip_trim_m"] = _json_number(cfg.trip_trim_m)
     return out

@@ -915,6 +915,23 @@ def test_records_without_a_position_still_go(bundle: PolicyBundle) -> None:
     assert out["signals"] == {"Vehicle.IsMoving": True}
 
 
+def test_audit_transforms_name_only_catalogued_fields(bundle: PolicyBundle) -> None:
+    """An unknown field's name never reaches the audit entry, only how many were dropped;
+    a catalogued field dropped for its type is named (issue 10.3)."""
+    hostile = {f"OEM.Owner.{VIN}": "x", "at 31.2304,121.4737": 1, "Vehicle.Speed": "fast"}
+    d, sh = run(bundle, [record(**hostile), record(t=NOW - 30, oem_private=1)])
+    for s in range(len(d.plan.views)):
+        first, second = d.transforms_of(s, np.array([0, 1], dtype=np.intp))
+        if d.verdict[s, 0] != Verdict.BLOCK:
+            assert first["unclassified"] == 2 and first["ill_typed"] == ["Vehicle.Speed"]
+        if d.verdict[s, 1] != Verdict.BLOCK:
+            assert second["unclassified"] == 1 and "ill_typed" not in second
+        text = repr((first, second))
+        assert VIN not in text and "31.2304" not in text and "oem_private" not in text
+    for view in sh.views:
+        assert VIN not in repr(view) and not any("31.2304" in name for name in view["signals"])
+
+
 def test_privilege_needs_mainland_storage(bundle: PolicyBundle) -> None:
     moved_abroad = tweak(bundle, "mapco-nav", storage_region="DE")
     p = plan(moved_abroad, NOW)
