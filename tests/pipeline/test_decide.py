@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pyproj import Geod
 
 from gateway.pipeline.classify import classify
 from gateway.pipeline.decide import (
@@ -744,7 +747,7 @@ def test_start_trimming_waits_until_the_vehicle_is_far_enough_from_the_start(
     assert labels[4:8] == ["share"] * 4
     # the last rows wait for the vehicle to move 200 m on: held
     assert labels[-3:] == ["held"] * 3
-    assert d.delta.trips[VIN].max_disp_m == pytest.approx(660, abs=1)
+    assert d.delta.trips[VIN].max_disp_m == pytest.approx(geodesic(CITY, moved(660)), abs=1e-6)
 
 
 def test_held_views_are_released_by_a_later_batch(bundle: PolicyBundle) -> None:
@@ -839,10 +842,72 @@ def test_downsampling_carries_across_batches(bundle: PolicyBundle) -> None:
     assert whole == parts == [True, False, False, True, False, False, True, False]
 
 
-def test_distance_is_symmetric_enough_and_metric() -> None:
-    d = distance_m(31.0, 121.0, 31.0 + 500 / 111_319.49, 121.0)
-    assert d == pytest.approx(500, rel=1e-6)
+GEOD = Geod(ellps="WGS84")
+
+
+def geodesic(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return float(GEOD.inv(a[1], a[0], b[1], b[0])[2])
+
+
+def north(metres: float, base: tuple[float, float] = CITY) -> tuple[float, float]:
+    """The point ``metres`` due north of ``base`` on the WGS-84 ellipsoid."""
+    lon, lat, _ = GEOD.fwd(base[1], base[0], 0.0, metres)
+    return (float(lat), float(lon))
+
+
+def test_distance_is_geodesic_on_wgs84() -> None:
+    rng = np.random.default_rng(4)
+    lat1, lat2 = rng.uniform(18, 53, (2, 3, 40))
+    lon1, lon2 = rng.uniform(73, 135, (2, 3, 40))
+    lat2 = lat1 + (lat2 - lat1) * 1e-3
+    lon2 = lon1 + (lon2 - lon1) * 1e-3
+    want = GEOD.inv(lon1.ravel(), lat1.ravel(), lon2.ravel(), lat2.ravel())[2].reshape(3, 40)
+    got = distance_m(lat1, lon1, lat2, lon2)
+    assert got.shape == (3, 40) and np.allclose(got, want, rtol=0, atol=1e-6)
+    column = distance_m(lat1[:, :1], lon1[:, :1], lat2, lon2)  # broadcast
+    assert column.shape == (3, 40)
+    assert distance_m(31.0, 121.0, *north(500, (31.0, 121.0))) == pytest.approx(500, abs=1e-6)
     assert np.isnan(distance_m(np.nan, 121.0, 31.0, 121.0))
+
+
+def test_start_trimming_measures_on_the_ellipsoid(bundle: PolicyBundle) -> None:
+    """199.6 m north of the start is inside a 200 m trim, though an equirectangular
+    distance at 31 N calls it 200.4 m (issue 10.4)."""
+    records = [record(VIN_TRAFFIC, t=NOW - 60, where=CITY)]
+    records.append(record(VIN_TRAFFIC, t=NOW - 50, where=north(199.6)))
+    records.append(record(VIN_TRAFFIC, t=NOW - 40, where=north(900.0)))
+    records.append(record(VIN_TRAFFIC, t=NOW - 30, where=north(1500.0)))
+    d, _ = run(bundle, records, state=fresh(bundle, records, NOW))
+    s = index(d, "sh-traffic")  # 200 m trim
+    assert [Verdict(int(v)).label for v in d.verdict[s]] == ["block", "block", "share", "held"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(0, 360), st.floats(0, 150), st.booleans()), min_size=1, max_size=14
+    ),
+    st.sampled_from([18.5, 31.0, 45.0, 53.0]),
+)
+def test_no_released_view_is_within_the_trim_of_its_trip_start(
+    bundle: PolicyBundle, legs: list[tuple[float, float, bool]], lat0: float
+) -> None:
+    """Against pyproj.Geod: a view goes only once its trip has been ``trip_trim_m`` from
+    its start, and only once the vehicle has been seen that far from the view's record."""
+    here = (lat0, 121.4737 if lat0 < 40 else 125.0)
+    points = [here]
+    for bearing, step, _ in legs:
+        lon, lat, _ = GEOD.fwd(here[1], here[0], bearing, step)
+        here = (float(lat), float(lon))
+        points.append(here)
+    records = [record(VIN_TRAFFIC, t=NOW - 600 + 10 * i, where=p) for i, p in enumerate(points)]
+    d, _ = run(bundle, records, state=fresh(bundle, records, NOW))
+    s = index(d, "sh-traffic")
+    trim = bundle.subscribers["sh-traffic"].view.trip_trim_m
+    for i, v in enumerate(d.verdict[s].tolist()):
+        if v in (Verdict.SHARE, Verdict.REDACT):
+            assert max(geodesic(points[0], p) for p in points[: i + 1]) >= trim
+            assert max(geodesic(points[i], p) for p in points[i:]) >= trim
 
 
 # --- cross-border gate ---------------------------------------------------------------------

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyproj import Geod
 
 from gateway.commit import view_topic
 from gateway.geo.altitude import coarsen_altitude
@@ -253,10 +254,12 @@ def _iso(t: float) -> str:
     return f"{text}Z" if ms % 1000 == 0 else f"{text}.{ms % 1000:03d}Z"
 
 
+_GEOD = Geod(ellps="WGS84")
+
+
 def _dist(a: tuple[float, float], b: tuple[float, float]) -> float:
-    dx = (b[1] - a[1]) * math.cos(math.radians(a[0]))
-    dy = b[0] - a[0]
-    return math.sqrt(dx * dx + dy * dy) * 6378137.0 * math.pi / 180.0
+    """Geodesic distance on the WGS-84 ellipsoid, one pair at a time."""
+    return float(_GEOD.inv(a[1], a[0], b[1], b[0])[2])
 
 
 class Reference:
