@@ -46,7 +46,9 @@ Each arrow of RULES.md, per (record, subscriber), in this order:
    truncated (``view.time-precision``); the VIN becomes a keyed pseudonym
    (``pi.vin-pseudonym``) unless the view discloses it (``pi.vin-disclosed``); fields outside
    the view are removed (``view.field-not-allowed``), unclassified ones everywhere
-   (``field.unclassified``, reported per row, never blocking).
+   (``field.unclassified``, reported per row, never blocking). Beside a per-trip pseudonym,
+   fields whose value carries over between trips (``links_trips`` in the catalogue:
+   odometer, energy levels) are removed: they would link the trips.
 8. Trip start trimming (§3): records of a trip are blocked until the vehicle has been at
    least ``trip_trim_m`` (geodesic, WGS-84) from the trip's first position (``pi.trip-trim``).
 9. Down-sampling: at most one record per vehicle per ``min_interval_s`` (``view.downsample``).
@@ -171,6 +173,7 @@ class Applied(IntFlag):
     UNCLASSIFIED_REMOVED = 4096
     ZONE_MASKED = 8192
     TRIMMED = 16384
+    LINKING_REMOVED = 32768
 
 
 _RULES = tuple(RuleId)
@@ -874,6 +877,8 @@ def _transforms(
         out["ill_typed"] = list(ill_typed)
     if bits & Applied.TRIMMED:
         out["trip_trim_m"] = _json_number(cfg.trip_trim_m)
+    if bits & Applied.LINKING_REMOVED:
+        out["links_trips"] = "removed"
     return out
 
 
@@ -1070,6 +1075,8 @@ def decide(
             ident = np.where(trip_pseudonym, Applied.TRIP_PSEUDONYM, base)
             _set(r, live, _BIT[RuleId.PI_VIN_PSEUDONYM])
         _set(a, live, ident.astype(np.uint32))
+        per_trip = live & (ident == Applied.TRIP_PSEUDONYM)
+        _set(a, per_trip & _links_trips_in(classified, view), np.uint32(Applied.LINKING_REMOVED))
         step = cfg.time_precision_s
         with np.errstate(invalid="ignore"):
             truncated = live & (np.floor(batch.time / step) * step != batch.time)
@@ -1182,6 +1189,16 @@ def _derived_in(classified: Classified, view: ResolvedView, live: BoolArray) -> 
         if path in view.allowed:
             out |= present
     out &= live
+    return out
+
+
+def _links_trips_in(classified: Classified, view: ResolvedView) -> BoolArray:
+    """Rows carrying a field the view allows whose value carries over between trips
+    (``links_trips`` in the catalogue): never beside a per-trip pseudonym (RULES.md §3)."""
+    out = np.zeros(len(classified.key_off), dtype=bool)
+    for path, present in classified.present.items():
+        if classified.specs[path].links_trips and path in view.allowed:
+            out |= present
     return out
 
 

@@ -251,6 +251,9 @@ class FieldSpec(_Model):
     unit: str | None = None
     description: str = ""
     coarsen: Coarsen | None = None
+    links_trips: bool = False
+    """The value carries over from one trip to the next (odometer, energy levels): it links
+    trips, so it never goes beside a per-trip pseudonym."""
 
 
 class FieldsDoc(_Model):

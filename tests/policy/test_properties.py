@@ -545,6 +545,8 @@ class Reference:
             spec = self.bundle.fields[path]
             if path not in allowed or spec.category in _OUTSIDE or path == TIMESTAMP:
                 continue
+            if spec.links_trips and info["trip_id"] and not info["vin_mode"]:
+                continue  # a value carried over between trips would link them
             if spec.category is FieldCategory.LOCATION_DERIVED:
                 if not info["derived_ok"] or cfg["derived"] is DerivedMode.SUPPRESS:
                     continue
@@ -990,6 +992,7 @@ def fleets(draw: Any) -> dict[str, Any]:
         t = T0 + draw(st.floats(min_value=0, max_value=3600))
         here = draw(st.sampled_from(PLACES))
         odometer = draw(st.floats(min_value=1000, max_value=90000))
+        soc = 80.0
         for _ in range(draw(st.integers(2, 4))):
             n = draw(st.integers(1, 6))
             for k in range(n):
@@ -1003,7 +1006,8 @@ def fleets(draw: Any) -> dict[str, Any]:
                     rec["Vehicle.CurrentLocation.Longitude"] = here[1]
                 if draw(st.booleans()):
                     rec["Vehicle.Speed"] = draw(st.floats(min_value=0, max_value=120))
-                rec["Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"] = 60.0 - k
+                soc -= draw(st.sampled_from([0.0, 0.5]))
+                rec["Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"] = soc
                 if k == n - 1 and draw(st.booleans()):
                     rec[KEY_OFF_SIGNAL] = "OFF"
                 records.append(rec)
@@ -1108,10 +1112,19 @@ def test_no_identifier_links_two_trips_of_an_unlinkable_vehicle(
     book = ConsentBook.from_policy(bundle.consents).with_records(case["consents"])
     state = StateSnapshot(now=records[0][TIMESTAMP], consents=book)
     seen: dict[tuple[str, str, str], set[float]] = {}
+    carried: dict[tuple[str, str, str, Any], set[float]] = {}
     for item in deliveries(bundle, records, state, case["cuts"]):
         if not must_be_unlinkable(bundle, book, item.subscriber, item.vehicle):
             continue
         for value in identifiers(bundle, item):
             seen.setdefault((item.subscriber, item.vehicle, value), set()).add(item.trip)
+        # Quasi-identifiers: a value that carries over from one trip to the next (an
+        # odometer, an energy level) links the trips as surely as an identifier.
+        for path, value in item.view["signals"].items():
+            if bundle.fields[path].links_trips:
+                key = (item.subscriber, item.vehicle, path, value)
+                carried.setdefault(key, set()).add(item.trip)
     linked = {key: trips for key, trips in seen.items() if len(trips) > 1}
     assert not linked, linked
+    linked_by_value = {key: trips for key, trips in carried.items() if len(trips) > 1}
+    assert not linked_by_value, linked_by_value
