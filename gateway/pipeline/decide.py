@@ -174,6 +174,7 @@ class Applied(IntFlag):
     ZONE_MASKED = 8192
     TRIMMED = 16384
     LINKING_REMOVED = 32768
+    PER_TRIP_TRIM = 65536
 
 
 _RULES = tuple(RuleId)
@@ -234,6 +235,8 @@ class ResolvedView:
     ``derived`` are the effective settings; ``authorised`` the zones it may receive located
     data for (valid and mainland only); ``geo_approval`` the id of a valid geodata export
     approval (cross-border only). ``position_rules`` are cited whenever a position goes.
+    ``per_trip_trim_m`` trims the records it receives under a per-trip pseudonym: at least
+    ``rules.trips.pseudonym_trim_m``, so the end of one trip cannot link it to the next.
     """
 
     index: int
@@ -250,6 +253,7 @@ class ResolvedView:
     cross_border: bool
     geo_approval: str | None
     position_rules: int
+    per_trip_trim_m: float = 0.0
 
     @property
     def id(self) -> str:
@@ -355,6 +359,7 @@ def plan(bundle: PolicyBundle, now: float, subscribers: Iterable[str] | None = N
                 cross_border=sub.cross_border,
                 geo_approval=approval,
                 position_rules=int(rules),
+                per_trip_trim_m=max(view.trip_trim_m, bundle.rules.trips.pseudonym_trim_m),
             )
         )
     return Plan(bundle=bundle, now=float(now), day=day, year=year, views=tuple(views))
@@ -654,8 +659,18 @@ def _left_start(trips: _Trips, trim: float) -> BoolArray:
     return left
 
 
-def _released(trips: _Trips, cand: IntpArray, trim: float) -> BoolArray:
-    """For candidate sorted positions: has a later row of the same trip been ``trim`` away?"""
+def _trimmed(raised: BoolArray) -> npt.NDArray[np.uint32]:
+    """The applied bits of rows trimmed away: ``TRIMMED``, and ``PER_TRIP_TRIM`` where the
+    per-trip-pseudonym trim applied."""
+    out: npt.NDArray[np.uint32] = np.where(
+        raised, Applied.TRIMMED | Applied.PER_TRIP_TRIM, Applied.TRIMMED
+    ).astype(np.uint32)
+    return out
+
+
+def _released(trips: _Trips, cand: IntpArray, trim: FloatArray) -> BoolArray:
+    """For candidate sorted positions: has a later row of the same trip been ``trim`` (one
+    per candidate) away?"""
     out = np.zeros(len(cand), dtype=bool)
     if len(cand) == 0:
         return out
@@ -670,7 +685,7 @@ def _released(trips: _Trips, cand: IntpArray, trim: float) -> BoolArray:
         jj = np.where(valid, j, k[:, None])
         d = distance_m(trips.lat[k][:, None], trips.lon[k][:, None], trips.lat[jj], trips.lon[jj])
         with np.errstate(invalid="ignore"):
-            hit = (valid & (d >= trim)).any(axis=1)
+            hit = (valid & (d >= trim[todo][:, None])).any(axis=1)
         out[todo[hit]] = True
         more = ~hit & (k + offset + width <= end[todo])
         todo = todo[more]
@@ -876,7 +891,8 @@ def _transforms(
     if ill_typed:
         out["ill_typed"] = list(ill_typed)
     if bits & Applied.TRIMMED:
-        out["trip_trim_m"] = _json_number(cfg.trip_trim_m)
+        trim = view.per_trip_trim_m if bits & Applied.PER_TRIP_TRIM else cfg.trip_trim_m
+        out["trip_trim_m"] = _json_number(trim)
     if bits & Applied.LINKING_REMOVED:
         out["links_trips"] = "removed"
     return out
@@ -1097,13 +1113,18 @@ def decide(
         order = trips.order
         sorted_ok = ~blocked[order]
         trim = cfg.trip_trim_m
-        if trim > 0 and len(order):
+        raised = per_trip[order] & (view.per_trip_trim_m > trim)
+        thr = np.where(raised, view.per_trip_trim_m, trim)
+        trimming = bool(len(order)) and bool(thr.max(initial=0.0) > 0)
+        if trimming:
             left = _left_start(trips, trim)
+            if raised.any():
+                left = np.where(raised, _left_start(trips, view.per_trip_trim_m), left)
             cut = sorted_ok & ~left
             rows_cut = order[cut]
             v[rows_cut] = Verdict.BLOCK
             block_rules[rows_cut] = _BIT[RuleId.PI_TRIP_TRIM]
-            a[rows_cut] = Applied.TRIMMED
+            a[rows_cut] = _trimmed(raised[cut])
             sorted_ok &= left
         seeds = _last_sent_seeds(trips, state, sub.id) if len(order) else np.empty(0)
         if len(order):
@@ -1129,24 +1150,24 @@ def decide(
             sorted_ok[gated[~allowed]] = False
         if len(order):
             _record_last_sent(trips, sorted_ok, seeds, sub.id, state.vehicles, last_sent)
-        if trim > 0 and len(order):
-            cand = np.flatnonzero(sorted_ok)
-            go = _released(trips, cand, trim)
+        if trimming:
+            cand = np.flatnonzero(sorted_ok & (thr > 0))
+            go = _released(trips, cand, thr[cand])
             waiting = cand[~go]
             ended = trips.ended[trips.seg[waiting]]
             dropped_rows = order[waiting[ended]]
             v[dropped_rows] = Verdict.BLOCK
             block_rules[dropped_rows] = _BIT[RuleId.PI_TRIP_TRIM]
-            a[dropped_rows] = Applied.TRIMMED
+            a[dropped_rows] = _trimmed(raised[waiting[ended]])
             held_rows = order[waiting[~ended]]
             v[held_rows] = Verdict.HELD
             r[held_rows] |= _BIT[RuleId.PI_TRIP_TRIM]
-        rel, dis = _settle_held(trips, state, held_veh, sub.id, trim)
+        rel, dis = _settle_held(trips, state, held_veh, sub.id, (trim, view.per_trip_trim_m))
         released.extend(rel.tolist())
         discarded.extend(dis.tolist())
         final_block = v == Verdict.BLOCK
         r[final_block] = block_rules[final_block]
-        a[final_block] &= np.uint32(Applied.TRIMMED | Applied.ZONE_MASKED)
+        a[final_block] &= np.uint32(Applied.TRIMMED | Applied.ZONE_MASKED | Applied.PER_TRIP_TRIM)
         consent_col[s, final_block] = None
         basis_col[s, final_block] = None
         position[s] = out_pos & ~final_block
@@ -1383,10 +1404,15 @@ def _held_vehicles(trips: _Trips, state: StateSnapshot) -> IntpArray:
 
 
 def _settle_held(
-    trips: _Trips, state: StateSnapshot, held_veh: IntpArray, sub_id: str, trim: float
+    trips: _Trips,
+    state: StateSnapshot,
+    held_veh: IntpArray,
+    sub_id: str,
+    trims: tuple[float, float],
 ) -> tuple[IntpArray, IntpArray]:
     """Indices (into ``state.held``) of the views held from earlier batches for ``sub_id``
-    that this batch releases, and of those it discards (their trip ended)."""
+    that this batch releases, and of those it discards (their trip ended). ``trims``: the
+    view's trim, and the one of views under a per-trip pseudonym."""
     held = state.held
     empty = np.empty(0, dtype=np.intp)
     if len(held) == 0 or len(trips.order) == 0:
@@ -1407,9 +1433,11 @@ def _settle_held(
     pair = np.repeat(np.arange(mine.size), cnt)
     offsets = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)
     j = np.repeat(lo, cnt) + offsets
+    per_trip = [held.views[i].transforms.get("pseudonym") == "per-trip" for i in mine.tolist()]
+    need = np.where(np.asarray(per_trip, dtype=bool), max(trims), trims[0])
     with np.errstate(invalid="ignore"):
         far = distance_m(held.lat[mine][pair], held.lon[mine][pair], trips.lat[j], trips.lon[j])
-        hit = far >= trim
+        hit = far >= need[pair]
     released = np.zeros(mine.size, dtype=bool)
     released[pair[hit]] = True
     discarded = ~same | (~released & trips.ended[k])

@@ -560,6 +560,9 @@ class TripRules(_Model):
     """How records are split into trips (for trimming and per-trip pseudonyms)."""
 
     split_gap_s: PositiveNumber
+    pseudonym_trim_m: NonNegativeNumber = 200.0
+    """The least trip trim (start and end) of records sent under a per-trip pseudonym: where
+    one trip ends the next begins, so untrimmed trip ends would link the trips."""
 
 
 class IngestRules(_Model):

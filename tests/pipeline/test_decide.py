@@ -242,6 +242,19 @@ def moved(meters: float, base: tuple[float, float] = CITY) -> tuple[float, float
     return (base[0] + meters / 111_320.0, base[1])
 
 
+GEOD = Geod(ellps="WGS84")
+
+
+def geodesic(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return float(GEOD.inv(a[1], a[0], b[1], b[0])[2])
+
+
+def north(metres: float, base: tuple[float, float] = CITY) -> tuple[float, float]:
+    """The point ``metres`` due north of ``base`` on the WGS-84 ellipsoid."""
+    lon, lat, _ = GEOD.fwd(base[1], base[0], 0.0, metres)
+    return (float(lat), float(lon))
+
+
 CASES = [
     Case(
         "qualified mainland subscriber gets raw WGS-84",
@@ -680,6 +693,24 @@ CASES = [
         check=lambda o: o is not None and o["signals"] == {"Vehicle.TraveledDistance": 50989.8},
     ),
     Case(
+        "under a per-trip pseudonym the trip start is trimmed, whatever the view's trim",
+        "mapco-nav",
+        [record(VIN_NONE, t=NOW - 60), record(VIN_NONE, t=NOW - 50, where=north(150.0))],
+        "block",
+        row=1,
+        state=fresh,
+        cites=(RuleId.PI_TRIP_TRIM,),
+    ),
+    Case(
+        "under a stable pseudonym the view's own trim (none) applies",
+        "mapco-nav",
+        [record(VIN, t=NOW - 60), record(VIN, t=NOW - 50, where=north(150.0))],
+        "share",
+        row=1,
+        state=fresh,
+        not_cites=(RuleId.PI_TRIP_TRIM,),
+    ),
+    Case(
         "a record without a timestamp is blocked for everyone",
         "mapco-nav",
         [{"Vehicle.VehicleIdentification.VIN": VIN, "Vehicle.CurrentLocation.Latitude": 31.2}],
@@ -866,19 +897,6 @@ def test_downsampling_carries_across_batches(bundle: PolicyBundle) -> None:
     assert whole == parts == [True, False, False, True, False, False, True, False]
 
 
-GEOD = Geod(ellps="WGS84")
-
-
-def geodesic(a: tuple[float, float], b: tuple[float, float]) -> float:
-    return float(GEOD.inv(a[1], a[0], b[1], b[0])[2])
-
-
-def north(metres: float, base: tuple[float, float] = CITY) -> tuple[float, float]:
-    """The point ``metres`` due north of ``base`` on the WGS-84 ellipsoid."""
-    lon, lat, _ = GEOD.fwd(base[1], base[0], 0.0, metres)
-    return (float(lat), float(lon))
-
-
 def test_distance_is_geodesic_on_wgs84() -> None:
     rng = np.random.default_rng(4)
     lat1, lat2 = rng.uniform(18, 53, (2, 3, 40))
@@ -1019,6 +1037,19 @@ def test_audit_transforms_name_only_catalogued_fields(bundle: PolicyBundle) -> N
         assert VIN not in text and "31.2304" not in text and "oem_private" not in text
     for view in sh.views:
         assert VIN not in repr(view) and not any("31.2304" in name for name in view["signals"])
+
+
+def test_per_trip_trim_holds_the_trip_end_and_is_audited(bundle: PolicyBundle) -> None:
+    """The end of a trip under per-trip pseudonyms is held back like its start (issue
+    17.2: where one trip ends the next begins)."""
+    records = [record(VIN_NONE, t=NOW - 60 + 10 * i, where=north(110.0 * i)) for i in range(6)]
+    d, sh = run(bundle, records, state=fresh(bundle, records, NOW))
+    s = index(d, "mapco-nav")
+    labels = [Verdict(int(v)).label for v in d.verdict[s]]
+    assert labels == ["block", "block", "redact", "redact", "held", "held"]
+    assert d.transforms(s, 0)["trip_trim_m"] == bundle.rules.trips.pseudonym_trim_m
+    mine = [h for h in sh.held if h.subscriber == "mapco-nav"]
+    assert len(mine) == 2 and all(h.transforms["pseudonym"] == "per-trip" for h in mine)
 
 
 def test_privilege_needs_mainland_storage(bundle: PolicyBundle) -> None:

@@ -8,7 +8,9 @@
   a position that is not the datum-transformed centre of a grid cell at least as coarse as
   the floor, or a location-derived value finer than the view allows.
 * Over random fleets, views and batch cuts: no identifier a subscriber reads (topic segment,
-  vehicle field, message id) appears in two trips of a vehicle whose trips it must not link.
+  vehicle field, message id), no value that carries over between trips (odometer, energy
+  level) and no position within ``pseudonym_trim_m`` of a trip's ends appears in two trips
+  of a vehicle whose trips it must not link.
 """
 
 from __future__ import annotations
@@ -566,6 +568,13 @@ class Reference:
         out["signals"] = signals
         return out
 
+    def trim_of(self, view: Any, info: dict[str, Any]) -> float:
+        """The trip trim of one record: at least ``pseudonym_trim_m`` under a per-trip
+        pseudonym (where one trip ends the next begins)."""
+        if info["trip_id"] and not info["vin_mode"]:
+            return max(view.trip_trim_m, self.bundle.rules.trips.pseudonym_trim_m)
+        return float(view.trip_trim_m)
+
     def run(self, records: list[Any]) -> dict[tuple[str, int], Outcome]:
         """Outcome of every (subscriber, row) of one batch."""
         bundle = self.bundle
@@ -652,11 +661,11 @@ class Reference:
                 infos[i] = info
                 if info["blocked"]:
                     outcomes[(sub_id, i)] = Outcome("block", info["rules"])
-            trim = view.trip_trim_m
             passing = []
             for i in order:
                 if infos[i]["blocked"]:
                     continue
+                trim = self.trim_of(view, infos[i])
                 if trim > 0 and trip[i]["far"] < trim:
                     outcomes[(sub_id, i)] = Outcome("block", {"pi.trip-trim"})
                     continue
@@ -682,6 +691,7 @@ class Reference:
                 for b in basis.get(i, ()):
                     rules.add(b)
                 verdict = "redact" if info["degraded"] else "share"
+                trim = self.trim_of(view, info)
                 if trim > 0:
                     vin, k = seg_of[i]
                     seg = segments[vin][k]
@@ -1059,27 +1069,43 @@ class Delivered:
     trip: float
     message_id: str
     view: dict[str, Any]
+    where: tuple[float, float]
 
 
 def deliveries(
-    bundle: PolicyBundle, records: list[Any], state: StateSnapshot, cuts: Iterable[int]
+    bundle: PolicyBundle,
+    records: list[Any],
+    state: StateSnapshot,
+    cuts: Iterable[int],
+    trips: dict[tuple[str, float], list[tuple[float, float]]] | None = None,
 ) -> list[Delivered]:
-    """Every view delivered when the stream is cut at ``cuts`` (held views when released)."""
+    """Every view delivered when the stream is cut at ``cuts`` (held views when released);
+    ``trips`` collects each trip's true positions, in time order."""
     bounds = [0, *cuts, len(records)]
     out: list[Delivered] = []
+    trips = {} if trips is None else trips
     for lo, hi in itertools.pairwise(bounds):
         if lo >= hi:
             continue
         state = dataclasses.replace(state, now=records[hi - 1][TIMESTAMP] + 1.0)
         d, sh = evaluate(decode(records[lo:hi], bundle), bundle, state, keys)
+        lat, lon = d.batch.lat, d.batch.lon
+        for row in np.argsort(d.batch.time, kind="stable").tolist():
+            if d.located.positioned[row]:
+                key = (str(d.batch.vehicle[row]), float(d.trip_start[row]))
+                trips.setdefault(key, []).append((float(lat[row]), float(lon[row])))
         for s, row, view, mid in zip(
             sh.subscriber.tolist(), sh.row.tolist(), sh.views, sh.message_ids, strict=True
         ):
             vin = str(d.batch.vehicle[row])
             trip = float(d.trip_start[row])
-            out.append(Delivered(d.plan.views[s].id, vin, trip, mid, view))
+            where = (float(lat[row]), float(lon[row]))
+            out.append(Delivered(d.plan.views[s].id, vin, trip, mid, view, where))
         for h in d.delta.released:
-            out.append(Delivered(h.subscriber, h.vehicle, h.trip_start, h.message_id, dict(h.view)))
+            where = (h.lat, h.lon)
+            out.append(
+                Delivered(h.subscriber, h.vehicle, h.trip_start, h.message_id, dict(h.view), where)
+            )
         state = state.apply(d.delta, sh.held)
     return out
 
@@ -1113,9 +1139,17 @@ def test_no_identifier_links_two_trips_of_an_unlinkable_vehicle(
     state = StateSnapshot(now=records[0][TIMESTAMP], consents=book)
     seen: dict[tuple[str, str, str], set[float]] = {}
     carried: dict[tuple[str, str, str, Any], set[float]] = {}
-    for item in deliveries(bundle, records, state, case["cuts"]):
+    trips: dict[tuple[str, float], list[tuple[float, float]]] = {}
+    trim = bundle.rules.trips.pseudonym_trim_m
+    for item in deliveries(bundle, records, state, case["cuts"], trips):
         if not must_be_unlinkable(bundle, book, item.subscriber, item.vehicle):
             continue
+        if item.view.get("location") is not None:
+            # Trip ends: where one trip ends the next begins. (The fleets drive away from
+            # where they start, never back, so the trims bound these distances.)
+            path = trips[(item.vehicle, item.trip)]
+            assert _dist(path[0], item.where) >= trim, (item, path[0])
+            assert _dist(item.where, path[-1]) >= trim, (item, path[-1])
         for value in identifiers(bundle, item):
             seen.setdefault((item.subscriber, item.vehicle, value), set()).add(item.trip)
         # Quasi-identifiers: a value that carries over from one trip to the next (an
