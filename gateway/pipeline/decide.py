@@ -51,6 +51,8 @@ Each arrow of RULES.md, per (record, subscriber), in this order:
    odometer, energy levels) are removed: they would link the trips.
 8. Trip start trimming (§3): records of a trip are blocked until the vehicle has been at
    least ``trip_trim_m`` (geodesic, WGS-84) from the trip's first position (``pi.trip-trim``).
+   Records under a per-trip pseudonym are trimmed (here and in 11) by at least
+   ``rules.trips.pseudonym_trim_m``: where one trip ends the next begins.
 9. Down-sampling: at most one record per vehicle per ``min_interval_s`` (``view.downsample``).
 10. Cross-border thresholds (§4): see :func:`crossborder_gate`; a record that would need a
     tier its recipient's valid legal bases do not cover is blocked
