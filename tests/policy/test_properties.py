@@ -11,6 +11,8 @@
   vehicle field, message id), no value that carries over between trips (odometer, energy
   level) and no position within ``pseudonym_trim_m`` of a trip's ends appears in two trips
   of a vehicle whose trips it must not link.
+* A record without a position obeys its trip's last known zone (and loses its
+  location-derived fields when no position of its trip is known).
 """
 
 from __future__ import annotations
@@ -1162,3 +1164,56 @@ def test_no_identifier_links_two_trips_of_an_unlinkable_vehicle(
     assert not linked, linked
     linked_by_value = {key: trips for key, trips in carried.items() if len(trips) > 1}
     assert not linked_by_value, linked_by_value
+
+
+@settings(max_examples=60, deadline=None)
+@given(streams(), st.sampled_from(["default", "variant"]))
+def test_a_record_without_a_position_obeys_its_trips_last_zone(
+    bundles: dict[str, PolicyBundle], case: dict[str, Any], which: str
+) -> None:
+    """A record without a position is judged on its trip's last known position (RULES.md
+    §3): in a prohibited zone nothing goes, in a sensitive one no location-derived field;
+    with no known position at all, no location-derived field either."""
+    bundle = bundles[which]
+    state = initial_state(bundle, case)
+    records = case["records"]
+    d, sh = evaluate(decode(records, bundle), bundle, state, keys)
+    outputs = {
+        (d.plan.views[s].id, row): view
+        for s, row, view in zip(sh.subscriber.tolist(), sh.row.tolist(), sh.views, strict=True)
+    }
+    for s, row, held in zip(
+        sh.held_subscriber.tolist(), sh.held_row.tolist(), sh.held, strict=True
+    ):
+        outputs[(d.plan.views[s].id, row)] = dict(held.view)
+    reference = Reference(bundle, state)
+    live = np.flatnonzero(d.batch.ok & ~d.located.positioned)
+    order = np.lexsort((np.arange(len(d.batch)), d.batch.time)).tolist()
+    key_off = d.classified.key_off
+    for row in live.tolist():
+        last = None  # the trip's last position before this record, walking back
+        for r in reversed(order[: order.index(row)]):
+            if d.batch.vehicle[r] != d.batch.vehicle[row] or not d.batch.ok[r]:
+                continue
+            if key_off[r] or d.trip_start[r] != d.trip_start[row]:
+                break  # an earlier trip
+            if d.located.positioned[r]:
+                last = r
+                break
+        for sub_id in bundle.subscribers:
+            out = outputs.get((sub_id, row))
+            if out is None:
+                continue
+            derived = [
+                p
+                for p in out["signals"]
+                if bundle.fields[p].category is FieldCategory.LOCATION_DERIVED
+            ]
+            if last is None:  # (the stored trips of these streams carry no position)
+                assert not derived, (sub_id, row, out)
+                continue
+            place = (float(d.batch.lat[last]), float(d.batch.lon[last]))
+            worst = reference.zone(reference.settings(sub_id), *place)["worst"]
+            assert worst != ZoneLevel.PROHIBITED, (sub_id, row, out)
+            if worst == ZoneLevel.SENSITIVE:
+                assert not derived, (sub_id, row, out)
