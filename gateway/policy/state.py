@@ -379,7 +379,8 @@ class StateSnapshot:
 
     ``now`` is the decision time (Unix seconds): qualifications, zone authorisations and
     legal bases are checked against its Beijing date, and cross-border counts use its
-    calendar year. Consents are checked against each record's own time.
+    calendar year. A consent covers a record only if it is active at the record's own time
+    and at ``now`` (an expired or withdrawn consent covers nothing decided afterwards).
     """
 
     now: float
