@@ -232,14 +232,9 @@ def _dead_letters(
                 prefix_bytes=ingest.oversize_keep_bytes,
             )
         letters.append(DeadLetterRow(seq, now_ms, d.reason, kept_topic(d.topic), kept))
-        notice = orjson.dumps(
-            {
-                "reason": d.reason,
-                "vehicle": d.vehicle_ref,
-                "digest": digest,
-                "audit_seq": seq,
-            }
-        )
+        # No vehicle reference in the notice: a stable one would link trips that per-trip
+        # pseudonyms keep apart; the audit entry at ``audit_seq`` has it for the operator.
+        notice = orjson.dumps({"reason": d.reason, "digest": digest, "audit_seq": seq})
         outbox.append(
             OutboxRow(seq, "", f"{ctx.deadletter_prefix}/{d.reason}", d.message_id, notice, now_ms)
         )

@@ -15,6 +15,9 @@ makes an edited entry visible at the next one, in a bare export too.
 
 Entries never hold a VIN (vehicles are keyed references, checked here) or a raw coordinate
 (floats are refused by the canonical encoder, so a coordinate cannot slip in as a number).
+Input field names outside the catalogue are counted, never named
+(``transforms.unclassified`` is an integer, checked here): a name is input too, and may
+spell a VIN or a position.
 """
 
 from __future__ import annotations
@@ -160,6 +163,12 @@ class DecisionEntry:
         if not all(type(r) is str for r in self.rules):
             raise AuditError("rule ids must be strings")
         transforms = _plain(self.transforms)
+        unclassified = transforms.get("unclassified")
+        if unclassified is not None and type(unclassified) is not int:
+            raise AuditError(
+                "transforms.unclassified must be a count: names outside the catalogue are "
+                "input and never enter the log"
+            )
         slow = check_json(transforms)
         out: dict[str, Json] = {
             "kind": "decision",

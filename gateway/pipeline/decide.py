@@ -25,25 +25,35 @@ Each arrow of RULES.md, per (record, subscriber), in this order:
    subscriber is mainland and holds a valid authorisation naming that zone
    (``zone.authorised``). A row whose position cannot be placed on the grid is prohibited
    (fail closed). For a cross-border subscriber a zone hit is also important data
-   (``xborder.important-data``): authorisations never apply abroad.
+   (``xborder.important-data``): authorisations never apply abroad. A row without a position
+   inherits its trip's last known one (in the batch or from the state) and is judged on it
+   the same way; a row whose trip has no known position yet loses its location-derived
+   fields (``pi.location-derived``, fail closed).
 4. Geographic data abroad (§1, §4): no position of any precision goes to a cross-border
    subscriber without a valid geodata export approval (``geo.mainland-only``).
 5. A position the datum transform cannot produce (outside its area) is removed, never sent
    as WGS-84 (``geo.datum-unavailable``).
 6. Trajectories (§3): a position beside any vehicle identifier needs the vehicle's consent for
-   one of the subscriber's purposes, active at the record's time (granted, unexpired, not
-   revoked): ``pi.trajectory-consent``. Without it the view's fallback applies: the position
-   and location-derived fields are removed (``pi.no-consent-drop-location``) or the
-   identifier becomes a per-trip pseudonym (``pi.no-consent-trip-pseudonym``).
+   one of the subscriber's purposes, active at the record's time and at the decision time
+   (granted, unexpired, not revoked): ``pi.trajectory-consent``. Without it the view's
+   fallback applies: the position and location-derived fields are removed
+   (``pi.no-consent-drop-location``) or the identifier becomes a per-trip pseudonym
+   (``pi.no-consent-trip-pseudonym``). Consent is the vehicle's standing, not the record's:
+   every record of a view that may carry a position is judged, so masked records and records
+   without a position get the same identifier (and lose the same fields) as located ones.
 7. Removing the position always removes altitude and location-derived fields with it.
    Location-derived fields otherwise follow the view (``pi.location-derived``); altitude is
    removed or coarsened (``geo.altitude-removed``, ``geo.altitude-coarsened``); the time is
    truncated (``view.time-precision``); the VIN becomes a keyed pseudonym
    (``pi.vin-pseudonym``) unless the view discloses it (``pi.vin-disclosed``); fields outside
    the view are removed (``view.field-not-allowed``), unclassified ones everywhere
-   (``field.unclassified``, reported per row, never blocking).
+   (``field.unclassified``, reported per row, never blocking). Beside a per-trip pseudonym,
+   fields whose value carries over between trips (``links_trips`` in the catalogue:
+   odometer, energy levels) are removed: they would link the trips.
 8. Trip start trimming (§3): records of a trip are blocked until the vehicle has been at
-   least ``trip_trim_m`` (straight line) from the trip's first position (``pi.trip-trim``).
+   least ``trip_trim_m`` (geodesic, WGS-84) from the trip's first position (``pi.trip-trim``).
+   Records under a per-trip pseudonym are trimmed (here and in 11) by at least
+   ``rules.trips.pseudonym_trim_m``: where one trip ends the next begins.
 9. Down-sampling: at most one record per vehicle per ``min_interval_s`` (``view.downsample``).
 10. Cross-border thresholds (§4): see :func:`crossborder_gate`; a record that would need a
     tier its recipient's valid legal bases do not cover is blocked
@@ -78,11 +88,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pyproj import Geod
 
 from gateway.geo.zones import ZoneLevel
 from gateway.model import Batch, BoolArray, Datum, ErrorCode, FloatArray
 from gateway.pipeline.classify import Classified
-from gateway.pipeline.geo import GeoLayer, GridSpec, Located
+from gateway.pipeline.geo import GeoLayer, GridSpec, Located, locate
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.checks import ALTITUDE, LATITUDE, VIN
 from gateway.policy.rules import RuleId
@@ -130,7 +141,7 @@ __all__ = [
 IntpArray = npt.NDArray[np.intp]
 U64 = np.uint64
 
-_M_PER_DEG = 6378137.0 * math.pi / 180.0
+_GEOD = Geod(ellps="WGS84")
 _NONE = np.array(None, dtype=object)
 _NO_TRIP = (np.nan, np.nan, np.nan, 0.0, -np.inf, np.nan, np.nan, 1.0)
 
@@ -167,6 +178,8 @@ class Applied(IntFlag):
     UNCLASSIFIED_REMOVED = 4096
     ZONE_MASKED = 8192
     TRIMMED = 16384
+    LINKING_REMOVED = 32768
+    PER_TRIP_TRIM = 65536
 
 
 _RULES = tuple(RuleId)
@@ -197,17 +210,21 @@ def _bits(*rules: RuleId) -> U64:
 
 
 def distance_m(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> FloatArray:
-    """Straight-line distance in metres (local equirectangular; NaN if a position is NaN).
+    """Geodesic distance in metres on the WGS-84 ellipsoid (NaN if a position is NaN).
 
-    Accurate to well under 0.1 % for the few hundred metres trip trimming compares; the
-    scale is taken at the first point, so the result is the same wherever it is computed.
+    Karney's algorithm (:meth:`pyproj.Geod.inv`), exact to nanometres, on broadcast arrays:
+    trip trimming compares it with ``trip_trim_m``, so a record is never taken to be farther
+    from a trip's start or end than it is (a local flat formula overstates north-south
+    distances by about 0.4 % at 31 N).
     """
-    la1 = np.asarray(lat1, dtype=np.float64)
-    dx = (np.asarray(lon2, dtype=np.float64) - np.asarray(lon1, dtype=np.float64)) * np.cos(
-        np.radians(la1)
+    arrays = np.broadcast_arrays(
+        *(np.asarray(x, dtype=np.float64) for x in (lat1, lon1, lat2, lon2))
     )
-    dy = np.asarray(lat2, dtype=np.float64) - la1
-    out: FloatArray = np.sqrt(dx * dx + dy * dy) * _M_PER_DEG
+    la1, lo1, la2, lo2 = (a.ravel() for a in arrays)
+    if la1.size == 0:
+        return np.zeros(arrays[0].shape)
+    _, _, dist = _GEOD.inv(lo1, la1, lo2, la2)
+    out: FloatArray = np.asarray(dist, dtype=np.float64).reshape(arrays[0].shape)
     return out
 
 
@@ -228,6 +245,8 @@ class ResolvedView:
     the field names), removed citing ``withheld_rule``; they are not in ``allowed``.
     ``sensitive``: the allowed fields flagged sensitive (they make a record sensitive PI);
     ``important_basis``: the assessment an important field goes abroad under.
+    ``per_trip_trim_m`` trims the records it receives under a per-trip pseudonym: at least
+    ``rules.trips.pseudonym_trim_m``, so the end of one trip cannot link it to the next.
     """
 
     index: int
@@ -248,6 +267,7 @@ class ResolvedView:
     withheld_rule: int = 0
     sensitive: frozenset[str] = frozenset()
     important_basis: str | None = None
+    per_trip_trim_m: float = 0.0
 
     @property
     def id(self) -> str:
@@ -360,6 +380,7 @@ def plan(bundle: PolicyBundle, now: float, subscribers: Iterable[str] | None = N
                 withheld_rule=data.rule,
                 sensitive=data.sensitive,
                 important_basis=data.basis,
+                per_trip_trim_m=max(view.trip_trim_m, bundle.rules.trips.pseudonym_trim_m),
             )
         )
     return Plan(bundle=bundle, now=float(now), day=day, year=year, views=tuple(views))
@@ -723,8 +744,18 @@ def _left_start(trips: _Trips, trim: float) -> BoolArray:
     return left
 
 
-def _released(trips: _Trips, cand: IntpArray, trim: float) -> BoolArray:
-    """For candidate sorted positions: has a later row of the same trip been ``trim`` away?"""
+def _trimmed(raised: BoolArray) -> npt.NDArray[np.uint32]:
+    """The applied bits of rows trimmed away: ``TRIMMED``, and ``PER_TRIP_TRIM`` where the
+    per-trip-pseudonym trim applied."""
+    out: npt.NDArray[np.uint32] = np.where(
+        raised, Applied.TRIMMED | Applied.PER_TRIP_TRIM, Applied.TRIMMED
+    ).astype(np.uint32)
+    return out
+
+
+def _released(trips: _Trips, cand: IntpArray, trim: FloatArray) -> BoolArray:
+    """For candidate sorted positions: has a later row of the same trip been ``trim`` (one
+    per candidate) away?"""
     out = np.zeros(len(cand), dtype=bool)
     if len(cand) == 0:
         return out
@@ -739,7 +770,7 @@ def _released(trips: _Trips, cand: IntpArray, trim: float) -> BoolArray:
         jj = np.where(valid, j, k[:, None])
         d = distance_m(trips.lat[k][:, None], trips.lon[k][:, None], trips.lat[jj], trips.lon[jj])
         with np.errstate(invalid="ignore"):
-            hit = (valid & (d >= trim)).any(axis=1)
+            hit = (valid & (d >= trim[todo][:, None])).any(axis=1)
         out[todo[hit]] = True
         more = ~hit & (k + offset + width <= end[todo])
         todo = todo[more]
@@ -870,17 +901,17 @@ class Decisions:
         dropped = self.classified.dropped[rows].tolist()
         view = self.plan.views[s]
         cache = self._transform_cache
-        names_of: dict[int, tuple[str, ...]] = {0: ()}
+        names_of: dict[int, tuple[int, tuple[str, ...]]] = {0: (0, ())}
         out: list[dict[str, Any]] = []
         for row, bits, pos, in_zone, kind in zip(
             rows.tolist(), bits_list, pos_list, zoned.tolist(), dropped, strict=True
         ):
             zones = layer.zone_ids(row) if in_zone else ()
-            names: tuple[str, ...] = ()
+            names: tuple[int, tuple[str, ...]] = (0, ())
             if bits & _UNCLASSIFIED_BIT:
                 known = names_of.get(kind) if kind > 0 else None
                 if known is None:
-                    known = self.classified.unclassified_names(row)
+                    known = self._dropped(row)
                     if kind > 0:
                         names_of[kind] = known
                 names = known
@@ -890,6 +921,15 @@ class Decisions:
                 cached = cache[key] = _transforms(view, bits, pos, zones, names)
             out.append(dict(cached))
         return out
+
+    def _dropped(self, row: int) -> tuple[int, tuple[str, ...]]:
+        """How many fields outside the catalogue ``row`` carried, and the catalogued fields
+        dropped for their type. Names outside the catalogue are input (they may hold a VIN
+        or a position): they are counted, never named."""
+        names = self.classified.unclassified_names(row)
+        fields = self.plan.bundle.fields
+        catalogued = tuple(name for name in names if name in fields)
+        return len(names) - len(catalogued), catalogued
 
     def rules_of(self, s: int, rows: IntpArray) -> list[tuple[str, ...]]:
         """:meth:`rule_ids` of many rows of subscriber ``s``."""
@@ -914,7 +954,11 @@ _UNCLASSIFIED_BIT = int(Applied.UNCLASSIFIED_REMOVED)
 
 
 def _transforms(
-    view: ResolvedView, bits: int, position: bool, zones: tuple[str, ...], names: tuple[str, ...]
+    view: ResolvedView,
+    bits: int,
+    position: bool,
+    zones: tuple[str, ...],
+    dropped: tuple[int, tuple[str, ...]],
 ) -> dict[str, Any]:
     cfg = view.subscriber.view
     out: dict[str, Any] = {}
@@ -941,13 +985,19 @@ def _transforms(
         out["location_derived"] = "coarsened"
     if bits & Applied.TIME_TRUNCATED:
         out["time_s"] = _json_number(cfg.time_precision_s)
-    if names:
-        out["unclassified"] = list(names)
+    unknown, ill_typed = dropped
+    if unknown:
+        out["unclassified"] = unknown
+    if ill_typed:
+        out["ill_typed"] = list(ill_typed)
     if bits & Applied.TRIMMED:
-        out["trip_trim_m"] = _json_number(cfg.trip_trim_m)
+        trim = view.per_trip_trim_m if bits & Applied.PER_TRIP_TRIM else cfg.trip_trim_m
+        out["trip_trim_m"] = _json_number(trim)
     review = view.subscriber.map_review
     if position and review is not None:
         out["map_review"] = review.reference
+    if bits & Applied.LINKING_REMOVED:
+        out["links_trips"] = "removed"
     return out
 
 
@@ -994,6 +1044,7 @@ def decide(
     unclassified_any = classified.any_unclassified & live
     consents = _ConsentIndex(batch, trips, state)
     held_veh = _held_vehicles(trips, state)
+    inherited = _inherit(batch, located, trips, the_plan)
 
     last_sent: dict[str, SentTimes] = {}
     counted: list[tuple[str, int, ExportDataClass, str]] = []
@@ -1040,6 +1091,11 @@ def decide(
             _set(r, auth_hit & live_pos, _BIT[RuleId.ZONE_AUTHORISED])
         prohibited = live_pos & (level == ZoneLevel.PROHIBITED)
         sensitive = live_pos & (level == ZoneLevel.SENSITIVE)
+        unplaced = np.zeros(n, dtype=bool)
+        if inherited is not None:  # rows without a position: their trip's last known one
+            zone_hit, prohibited, sensitive, unplaced = _inherited_zones(
+                inherited, view, live & ~has_pos, r, (zone_hit, prohibited, sensitive)
+            )
         if view.cross_border:
             _set(r, zone_hit, _BIT[RuleId.XBORDER_IMPORTANT_DATA])
         _set(r, prohibited, _BIT[RuleId.ZONE_PROHIBITED])
@@ -1059,13 +1115,21 @@ def decide(
             _set(r, unavailable, _BIT[RuleId.GEO_DATUM_UNAVAILABLE])
             out_pos &= ~unavailable
         trip_pseudonym = np.zeros(n, dtype=bool)
-        consent_ids = consents.lookup(sub.purposes, out_pos)
-        has_consent = out_pos & np.not_equal(consent_ids, _NONE)
-        _set(r, has_consent, _BIT[RuleId.PI_TRAJECTORY_CONSENT])
-        consent_col[s, has_consent] = consent_ids[has_consent]
-        no_consent = out_pos & ~has_consent
+        derived_in = _derived_in(classified, view, live)
+        # Consent is the vehicle's standing, whatever this record carries: every record of a
+        # located view is judged, so a masked or unplaced record cannot carry an identifier
+        # the vehicle's trajectories may not (RULES.md §3).
+        judged = live & ~prohibited if view.allows_location else out_pos
+        consent_ids = consents.lookup(sub.purposes, judged)
+        has_consent = judged & np.not_equal(consent_ids, _NONE)
+        with_position = has_consent & out_pos
+        _set(r, with_position, _BIT[RuleId.PI_TRAJECTORY_CONSENT])
+        consent_col[s, with_position] = consent_ids[with_position]
+        no_consent = judged & ~has_consent
+        consent_dropped = np.zeros(n, dtype=bool)
         if cfg.no_consent is NoConsentFallback.DROP_LOCATION:
-            _set(r, no_consent, _BIT[RuleId.PI_NO_CONSENT_DROP_LOCATION])
+            consent_dropped = no_consent & (out_pos | derived_in)
+            _set(r, consent_dropped, _BIT[RuleId.PI_NO_CONSENT_DROP_LOCATION])
             out_pos &= ~no_consent
         else:
             _set(r, no_consent, _BIT[RuleId.PI_NO_CONSENT_TRIP_PSEUDONYM])
@@ -1110,12 +1174,7 @@ def decide(
             _set(a, dropped, np.uint32(Applied.ALTITUDE_REMOVED))
 
         # --- location-derived ---------------------------------------------------------
-        derived_in = np.zeros(n, dtype=bool)
-        for path, present in classified.category_present(FieldCategory.LOCATION_DERIVED).items():
-            if path in view.allowed:
-                derived_in |= present
-        derived_in &= live
-        derived_lost = derived_in & (removed | sensitive)
+        derived_lost = derived_in & (removed | sensitive | unplaced | consent_dropped)
         _set(a, derived_lost, np.uint32(Applied.DERIVED_REMOVED))
         degraded |= derived_lost
         if view.derived is DerivedMode.KEEP:
@@ -1148,6 +1207,8 @@ def decide(
             ident = np.where(trip_pseudonym, Applied.TRIP_PSEUDONYM, base)
             _set(r, live, _BIT[RuleId.PI_VIN_PSEUDONYM])
         _set(a, live, ident.astype(np.uint32))
+        per_trip = live & (ident == Applied.TRIP_PSEUDONYM)
+        _set(a, per_trip & _links_trips_in(classified, view), np.uint32(Applied.LINKING_REMOVED))
         step = cfg.time_precision_s
         with np.errstate(invalid="ignore"):
             truncated = live & (np.floor(batch.time / step) * step != batch.time)
@@ -1168,13 +1229,18 @@ def decide(
         order = trips.order
         sorted_ok = ~blocked[order]
         trim = cfg.trip_trim_m
-        if trim > 0 and len(order):
+        raised = per_trip[order] & (view.per_trip_trim_m > trim)
+        thr = np.where(raised, view.per_trip_trim_m, trim)
+        trimming = bool(len(order)) and bool(thr.max(initial=0.0) > 0)
+        if trimming:
             left = _left_start(trips, trim)
+            if raised.any():
+                left = np.where(raised, _left_start(trips, view.per_trip_trim_m), left)
             cut = sorted_ok & ~left
             rows_cut = order[cut]
             v[rows_cut] = Verdict.BLOCK
             block_rules[rows_cut] = _BIT[RuleId.PI_TRIP_TRIM]
-            a[rows_cut] = Applied.TRIMMED
+            a[rows_cut] = _trimmed(raised[cut])
             sorted_ok &= left
         seeds = _last_sent_seeds(trips, state, sub.id) if len(order) else np.empty(0)
         if len(order):
@@ -1203,24 +1269,24 @@ def decide(
             sorted_ok[gated[~allowed]] = False
         if len(order):
             _record_last_sent(trips, sorted_ok, seeds, sub.id, state.vehicles, last_sent)
-        if trim > 0 and len(order):
-            cand = np.flatnonzero(sorted_ok)
-            go = _released(trips, cand, trim)
+        if trimming:
+            cand = np.flatnonzero(sorted_ok & (thr > 0))
+            go = _released(trips, cand, thr[cand])
             waiting = cand[~go]
             ended = trips.ended[trips.seg[waiting]]
             dropped_rows = order[waiting[ended]]
             v[dropped_rows] = Verdict.BLOCK
             block_rules[dropped_rows] = _BIT[RuleId.PI_TRIP_TRIM]
-            a[dropped_rows] = Applied.TRIMMED
+            a[dropped_rows] = _trimmed(raised[waiting[ended]])
             held_rows = order[waiting[~ended]]
             v[held_rows] = Verdict.HELD
             r[held_rows] |= _BIT[RuleId.PI_TRIP_TRIM]
-        rel, dis = _settle_held(trips, state, held_veh, sub.id, trim)
+        rel, dis = _settle_held(trips, state, held_veh, sub.id, (trim, view.per_trip_trim_m))
         released.extend(rel.tolist())
         discarded.extend(dis.tolist())
         final_block = v == Verdict.BLOCK
         r[final_block] = block_rules[final_block]
-        a[final_block] &= np.uint32(Applied.TRIMMED | Applied.ZONE_MASKED)
+        a[final_block] &= np.uint32(Applied.TRIMMED | Applied.ZONE_MASKED | Applied.PER_TRIP_TRIM)
         consent_col[s, final_block] = None
         basis_col[s, final_block] = None
         position[s] = out_pos & ~final_block
@@ -1256,12 +1322,81 @@ def decide(
     )
 
 
+def _derived_in(classified: Classified, view: ResolvedView, live: BoolArray) -> BoolArray:
+    """Rows carrying a location-derived field the view allows."""
+    out = np.zeros(len(live), dtype=bool)
+    for path, present in classified.category_present(FieldCategory.LOCATION_DERIVED).items():
+        if path in view.allowed:
+            out |= present
+    out &= live
+    return out
+
+
+def _links_trips_in(classified: Classified, view: ResolvedView) -> BoolArray:
+    """Rows carrying a field the view allows whose value carries over between trips
+    (``links_trips`` in the catalogue): never beside a per-trip pseudonym (RULES.md §3)."""
+    out = np.zeros(len(classified.key_off), dtype=bool)
+    for path, present in classified.present.items():
+        if classified.specs[path].links_trips and path in view.allowed:
+            out |= present
+    return out
+
+
+def _inherit(batch: Batch, located: Located, trips: _Trips, the_plan: Plan) -> Located | None:
+    """The located last known positions of the rows without a position of their own.
+
+    A record without a position inherits its vehicle's last known location status (RULES.md
+    §3): its trip's last position, in this batch or from the state (``trips.lat``/``lon``).
+    Located on every grid the views use, exactly like a position of its own. ``None`` if
+    every live row has a position.
+    """
+    bare = batch.ok & ~located.positioned
+    if not bare.any():
+        return None
+    lat = np.full(len(batch), np.nan)
+    lon = np.full(len(batch), np.nan)
+    if len(trips.order):
+        lat[trips.order] = trips.lat
+        lon[trips.order] = trips.lon
+    lat[~bare] = np.nan
+    lon[~bare] = np.nan
+    carried = Batch.from_columns(vehicle=batch.vehicle, time=batch.time, lat=lat, lon=lon)
+    return locate(carried, the_plan.bundle.zones, the_plan.grids)
+
+
+def _inherited_zones(
+    inherited: Located,
+    view: ResolvedView,
+    bare: BoolArray,
+    r: npt.NDArray[np.uint64],
+    masks: tuple[BoolArray, BoolArray, BoolArray],
+) -> tuple[BoolArray, BoolArray, BoolArray, BoolArray]:
+    """``(zone_hit, prohibited, sensitive)`` with the ``bare`` rows (live, no position of
+    their own) judged on their inherited position at the view's grid, and the bare rows
+    whose vehicle has no known position this trip (``unplaced``: fail closed, their
+    location-derived fields are removed). Cites ``zone.authorised`` in ``r``."""
+    zone_hit, prohibited, sensitive = masks
+    layer = inherited.layer(view.grid_m)
+    placed = bare & inherited.positioned
+    full = layer.level
+    level = layer.levels_excluding(view.authorised) if view.authorised else full
+    if view.authorised:
+        _set(r, placed & layer.hits_any(view.authorised), _BIT[RuleId.ZONE_AUTHORISED])
+    return (
+        zone_hit | (placed & (full != ZoneLevel.NONE)),
+        prohibited | (placed & (level == ZoneLevel.PROHIBITED)),
+        sensitive | (placed & (level == ZoneLevel.SENSITIVE)),
+        bare & ~inherited.positioned,
+    )
+
+
 class _ConsentIndex:
     """Per-row look-ups of a batch's consents, from the book's sorted columns."""
 
     def __init__(self, batch: Batch, trips: _Trips, state: StateSnapshot) -> None:
         n = len(batch)
         self.time = batch.time
+        self.now = state.now
         self.book = state.consents.columns()
         self.lo = np.zeros(n, dtype=np.intp)
         self.count = np.zeros(n, dtype=np.intp)
@@ -1276,8 +1411,9 @@ class _ConsentIndex:
             self.count[trips.order] = count[trips.veh]
 
     def lookup(self, purposes: Iterable[str], rows: BoolArray) -> npt.NDArray[np.object_]:
-        """Per row (where ``rows``): id of the consent (smallest id) active at the row's time
-        for one of ``purposes``, else ``None``."""
+        """Per row (where ``rows``): id of the consent (smallest id) for one of ``purposes``
+        active both at the row's time and at the decision time, else ``None``: an expired or
+        withdrawn consent covers nothing decided afterwards, whatever the record's time."""
         out = np.full(len(rows), None, dtype=object)
         idx = np.flatnonzero(rows & (self.count > 0))
         if idx.size == 0:
@@ -1289,7 +1425,9 @@ class _ConsentIndex:
         offsets = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)
         c = np.repeat(self.lo[idx], cnt) + offsets
         t = self.time[pair_row]
+        now = self.now
         active = wanted[c] & (book.start[c] <= t) & (t < book.end[c])
+        active &= (book.start[c] <= now) & (now < book.end[c])
         pair_row, c = pair_row[active], c[active]
         if pair_row.size == 0:
             return out
@@ -1385,10 +1523,15 @@ def _held_vehicles(trips: _Trips, state: StateSnapshot) -> IntpArray:
 
 
 def _settle_held(
-    trips: _Trips, state: StateSnapshot, held_veh: IntpArray, sub_id: str, trim: float
+    trips: _Trips,
+    state: StateSnapshot,
+    held_veh: IntpArray,
+    sub_id: str,
+    trims: tuple[float, float],
 ) -> tuple[IntpArray, IntpArray]:
     """Indices (into ``state.held``) of the views held from earlier batches for ``sub_id``
-    that this batch releases, and of those it discards (their trip ended)."""
+    that this batch releases, and of those it discards (their trip ended). ``trims``: the
+    view's trim, and the one of views under a per-trip pseudonym."""
     held = state.held
     empty = np.empty(0, dtype=np.intp)
     if len(held) == 0 or len(trips.order) == 0:
@@ -1409,9 +1552,11 @@ def _settle_held(
     pair = np.repeat(np.arange(mine.size), cnt)
     offsets = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)
     j = np.repeat(lo, cnt) + offsets
+    per_trip = [held.views[i].transforms.get("pseudonym") == "per-trip" for i in mine.tolist()]
+    need = np.where(np.asarray(per_trip, dtype=bool), max(trims), trims[0])
     with np.errstate(invalid="ignore"):
         far = distance_m(held.lat[mine][pair], held.lon[mine][pair], trips.lat[j], trips.lon[j])
-        hit = far >= trim
+        hit = far >= need[pair]
     released = np.zeros(mine.size, dtype=bool)
     released[pair[hit]] = True
     discarded = ~same | (~released & trips.ended[k])

@@ -217,7 +217,8 @@ def shape(decisions: Decisions, keys: PseudonymKeys) -> Shaped:
     Guarantees: each object follows the subscriber's view schema (once :func:`encode_view`
     adds ``message_id`` and ``audit_seq``); it carries only fields the view allows, at the
     decided precision; a position appears only where ``decisions.position`` is true, as the
-    reported cell centre in the view's datum; the VIN appears only in ``vin`` mode.
+    reported cell centre in the view's datum; the VIN appears only in ``vin`` mode; a field
+    whose value links trips never appears beside a per-trip pseudonym.
     """
     batch = decisions.batch
     cls = decisions.classified
@@ -459,6 +460,7 @@ def _signal_columns(
     row carries, and (name, column, which rows carry it) of the others."""
     view = decisions.plan.views[s]
     derived_ok = (applied & np.uint32(Applied.DERIVED_REMOVED)) == 0
+    unlinked = (applied & np.uint32(Applied.LINKING_REMOVED)) != 0
     step = view.subscriber.view.time_precision_s
     full_names: list[str] = []
     full_columns: list[npt.NDArray[Any]] = []
@@ -468,6 +470,8 @@ def _signal_columns(
         if path not in view.allowed or spec.category in _OUTSIDE_SIGNALS or path == TIMESTAMP:
             continue
         present = cls.present[path][rows]
+        if spec.links_trips:
+            present = present & ~unlinked
         column: npt.NDArray[Any]
         if spec.category is FieldCategory.LOCATION_DERIVED:
             if view.derived is DerivedMode.SUPPRESS:

@@ -281,6 +281,9 @@ class FieldSpec(_Model):
     sensitive: bool = False
     important: bool = False
     purposes: tuple[str, ...] = ()
+    links_trips: bool = False
+    """The value carries over from one trip to the next (odometer, energy levels): it links
+    trips, so it never goes beside a per-trip pseudonym."""
 
 
 class FieldsDoc(_Model):
@@ -630,6 +633,9 @@ class TripRules(_Model):
     """How records are split into trips (for trimming and per-trip pseudonyms)."""
 
     split_gap_s: PositiveNumber
+    pseudonym_trim_m: NonNegativeNumber = 200.0
+    """The least trip trim (start and end) of records sent under a per-trip pseudonym: where
+    one trip ends the next begins, so untrimmed trip ends would link the trips."""
 
 
 class IngestRules(_Model):

@@ -25,7 +25,7 @@ What the snapshot holds:
   :class:`HeldView`).
 
 Trip-end trimming has a latency: a view that trims the last ``N`` metres of every trip holds
-each record back until the vehicle has been seen at least ``N`` metres (straight line) away
+each record back until the vehicle has been seen at least ``N`` metres (geodesic) away
 from it, and drops it if the trip ends first. Held views are state: they leave the engine in
 the delta (``Shaped.held`` for new ones), the service persists them in the same transaction,
 and a later batch (or :func:`gateway.pipeline.decide.sweep`, for vehicles that went quiet)
@@ -212,7 +212,7 @@ class TripState(NamedTuple):
 
     ``start_time`` identifies the trip (per-trip pseudonyms are derived from it).
     ``start_lat``/``start_lon`` is the trip's first known position (NaN while none is
-    known); ``max_disp_m`` the greatest straight-line distance from it reached so far (start
+    known); ``max_disp_m`` the greatest geodesic distance from it reached so far (start
     trimming); ``last_lat``/``last_lon`` the last known position (NaN if none yet this trip);
     ``ended`` is true when the last record was a key-off, so the next record starts a trip.
     (A named tuple: the engine makes one per vehicle per batch.)
@@ -379,7 +379,8 @@ class StateSnapshot:
 
     ``now`` is the decision time (Unix seconds): qualifications, zone authorisations and
     legal bases are checked against its Beijing date, and cross-border counts use its
-    calendar year. Consents are checked against each record's own time.
+    calendar year. A consent covers a record only if it is active at the record's own time
+    and at ``now`` (an expired or withdrawn consent covers nothing decided afterwards).
     """
 
     now: float

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +22,7 @@ from gateway.audit.entries import (
     parse_time,
     row_columns,
 )
+from gateway.errors import AuditError
 from gateway.keys import KeyRing
 from tests.audit.conftest import T0, decision
 from tests.test_jsonbytes import retained
@@ -47,6 +50,16 @@ def test_decision_entry_carries_every_field_of_rules_section_5(ring: KeyRing) ->
     }
     assert body["seq"] == 4 and body["prev"] == "01" * 32
     assert body["time"] == format_time(round((T0 + 4) * 1000))
+
+
+def test_unclassified_field_names_never_enter_an_entry(ring: KeyRing) -> None:
+    """Only a count of unclassified fields: their names are input, possibly a VIN."""
+    entry = decision(ring, 1)
+    named = dataclasses.replace(entry, transforms={"unclassified": ["OEM.Owner.LSVAU2181P2100001"]})
+    with pytest.raises(AuditError, match="unclassified"):
+        encode_entry(named, 1, None)
+    counted = dataclasses.replace(entry, transforms={"unclassified": 1})
+    assert orjson.loads(encode_entry(counted, 1, None))["transforms"] == {"unclassified": 1}
 
 
 def test_encoding_is_the_canonical_json_of_the_fields(ring: KeyRing) -> None:

@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pyproj import Geod
 
 from gateway.pipeline.classify import classify
 from gateway.pipeline.decide import (
@@ -245,6 +248,19 @@ GBA_CONTRACT = LegalBasis(
 
 def moved(meters: float, base: tuple[float, float] = CITY) -> tuple[float, float]:
     return (base[0] + meters / 111_320.0, base[1])
+
+
+GEOD = Geod(ellps="WGS84")
+
+
+def geodesic(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return float(GEOD.inv(a[1], a[0], b[1], b[0])[2])
+
+
+def north(metres: float, base: tuple[float, float] = CITY) -> tuple[float, float]:
+    """The point ``metres`` due north of ``base`` on the WGS-84 ellipsoid."""
+    lon, lat, _ = GEOD.fwd(base[1], base[0], 0.0, metres)
+    return (float(lat), float(lon))
 
 
 CASES = [
@@ -718,6 +734,127 @@ CASES = [
         cites=(RuleId.XBORDER_BASIS_MISSING, RuleId.XBORDER_TIER_CONTRACT),
     ),
     Case(
+        "no consent, masked in a sensitive zone: still the per-trip pseudonym (issue 10.1)",
+        "mapco-nav",
+        [record(VIN_NONE, where=SENSITIVE_1)],
+        "redact",
+        cites=(RuleId.ZONE_SENSITIVE, RuleId.PI_NO_CONSENT_TRIP_PSEUDONYM),
+        check=lambda o: no_location(o) and o is not None and o["vehicle"].startswith("pt-"),
+    ),
+    Case(
+        "no consent, no position: the per-trip pseudonym all the same",
+        "mapco-nav",
+        [record(VIN_NONE, t=NOW - 60), record(VIN_NONE, t=NOW - 30, where=None)],
+        "redact",
+        row=1,
+        cites=(RuleId.PI_NO_CONSENT_TRIP_PSEUDONYM,),
+        check=lambda o: o is not None and o["vehicle"].startswith("pt-"),
+    ),
+    Case(
+        "a record without a position inherits its trip's sensitive zone",
+        "insureco-ubi",
+        [
+            record(t=NOW - 120, where=SENSITIVE_2),
+            record(t=NOW - 60, where=None, Vehicle__Speed=57.0),
+        ],
+        "redact",
+        row=1,
+        cites=(RuleId.ZONE_SENSITIVE, RuleId.PI_LOCATION_DERIVED),
+        not_cites=(RuleId.PI_TRAJECTORY_CONSENT,),
+        check=lambda o: no_location(o) and o is not None and "Vehicle.Speed" not in o["signals"],
+    ),
+    Case(
+        "a record without a position inherits its trip's prohibited zone",
+        "mapco-nav",
+        [record(t=NOW - 60, where=PROHIBITED), record(t=NOW - 30, where=None, Vehicle__Speed=5.0)],
+        "block",
+        row=1,
+        cites=(RuleId.ZONE_PROHIBITED,),
+    ),
+    Case(
+        "a record without a position inherits the zone of the last batch's position",
+        "insureco-ubi",
+        [record(where=None, Vehicle__Speed=57.0)],
+        "redact",
+        state=lambda b, r, now: dataclasses.replace(
+            mid_trip(b, r, now),
+            trips={VIN: TripState(NOW - 900, *CITY, math.inf, NOW - 90, *SENSITIVE_2)},
+        ),
+        cites=(RuleId.ZONE_SENSITIVE, RuleId.PI_LOCATION_DERIVED),
+        check=lambda o: o is not None and "Vehicle.Speed" not in o["signals"],
+    ),
+    Case(
+        "a record without a position outside any zone keeps its coarsened fields",
+        "insureco-ubi",
+        [record(t=NOW - 120), record(t=NOW - 60, where=None, Vehicle__Speed=57.0)],
+        "share",
+        row=1,
+        not_cites=(RuleId.ZONE_SENSITIVE,),
+        check=lambda o: o is not None and o["signals"] == {"Vehicle.Speed": 60.0},
+    ),
+    Case(
+        "consent is judged at the decision time too: withdrawn since, no trajectory",
+        "insureco-ubi",
+        [record(VIN_REVOKED, t=beijing(2025, 6, 1, 18, 0))],
+        "redact",
+        now=beijing(2025, 6, 1, 19, 1),
+        cites=(RuleId.PI_NO_CONSENT_DROP_LOCATION,),
+        not_cites=(RuleId.PI_TRAJECTORY_CONSENT,),
+        check=no_location,
+    ),
+    Case(
+        "consent is judged at the decision time too: expired since, per-trip pseudonym",
+        "mapco-nav",
+        [record(VIN, t=beijing(2027, 1, 10, 9, 0))],
+        "redact",
+        now=beijing(2027, 1, 10, 10, 0),
+        cites=(RuleId.PI_NO_CONSENT_TRIP_PSEUDONYM,),
+        not_cites=(RuleId.PI_TRAJECTORY_CONSENT,),
+        check=lambda o: o is not None and o["vehicle"].startswith("pt-"),
+    ),
+    Case(
+        "a per-trip pseudonym never travels with a value that links trips (odometer)",
+        "sh-traffic",
+        [record(VIN_TRAFFIC, Vehicle__TraveledDistance=50989.8, Vehicle__Speed=57.0)],
+        "held",
+        cites=(RuleId.PI_VIN_PSEUDONYM,),
+        check=lambda o: o is not None and o["signals"] == {"Vehicle.Speed": 60.0},
+    ),
+    Case(
+        "no consent, per-trip pseudonym: the odometer is withheld",
+        "mapco-nav",
+        [record(VIN_NONE, Vehicle__TraveledDistance=50989.8, Vehicle__Speed=57.3)],
+        "redact",
+        cites=(RuleId.PI_NO_CONSENT_TRIP_PSEUDONYM,),
+        check=lambda o: o is not None and o["signals"] == {"Vehicle.Speed": 57.3},
+    ),
+    Case(
+        "with consent and a stable pseudonym the odometer goes",
+        "mapco-nav",
+        [record(VIN, Vehicle__TraveledDistance=50989.8)],
+        "share",
+        cites=(RuleId.PI_TRAJECTORY_CONSENT,),
+        check=lambda o: o is not None and o["signals"] == {"Vehicle.TraveledDistance": 50989.8},
+    ),
+    Case(
+        "under a per-trip pseudonym the trip start is trimmed, whatever the view's trim",
+        "mapco-nav",
+        [record(VIN_NONE, t=NOW - 60), record(VIN_NONE, t=NOW - 50, where=north(150.0))],
+        "block",
+        row=1,
+        state=fresh,
+        cites=(RuleId.PI_TRIP_TRIM,),
+    ),
+    Case(
+        "under a stable pseudonym the view's own trim (none) applies",
+        "mapco-nav",
+        [record(VIN, t=NOW - 60), record(VIN, t=NOW - 50, where=north(150.0))],
+        "share",
+        row=1,
+        state=fresh,
+        not_cites=(RuleId.PI_TRIP_TRIM,),
+    ),
+    Case(
         "a record without a timestamp is blocked for everyone",
         "mapco-nav",
         [{"Vehicle.VehicleIdentification.VIN": VIN, "Vehicle.CurrentLocation.Latitude": 31.2}],
@@ -809,7 +946,7 @@ def test_start_trimming_waits_until_the_vehicle_is_far_enough_from_the_start(
     assert labels[4:8] == ["share"] * 4
     # the last rows wait for the vehicle to move 200 m on: held
     assert labels[-3:] == ["held"] * 3
-    assert d.delta.trips[VIN].max_disp_m == pytest.approx(660, abs=1)
+    assert d.delta.trips[VIN].max_disp_m == pytest.approx(geodesic(CITY, moved(660)), abs=1e-6)
 
 
 def test_held_views_are_released_by_a_later_batch(bundle: PolicyBundle) -> None:
@@ -904,10 +1041,59 @@ def test_downsampling_carries_across_batches(bundle: PolicyBundle) -> None:
     assert whole == parts == [True, False, False, True, False, False, True, False]
 
 
-def test_distance_is_symmetric_enough_and_metric() -> None:
-    d = distance_m(31.0, 121.0, 31.0 + 500 / 111_319.49, 121.0)
-    assert d == pytest.approx(500, rel=1e-6)
+def test_distance_is_geodesic_on_wgs84() -> None:
+    rng = np.random.default_rng(4)
+    lat1, lat2 = rng.uniform(18, 53, (2, 3, 40))
+    lon1, lon2 = rng.uniform(73, 135, (2, 3, 40))
+    lat2 = lat1 + (lat2 - lat1) * 1e-3
+    lon2 = lon1 + (lon2 - lon1) * 1e-3
+    want = GEOD.inv(lon1.ravel(), lat1.ravel(), lon2.ravel(), lat2.ravel())[2].reshape(3, 40)
+    got = distance_m(lat1, lon1, lat2, lon2)
+    assert got.shape == (3, 40) and np.allclose(got, want, rtol=0, atol=1e-6)
+    column = distance_m(lat1[:, :1], lon1[:, :1], lat2, lon2)  # broadcast
+    assert column.shape == (3, 40)
+    assert distance_m(31.0, 121.0, *north(500, (31.0, 121.0))) == pytest.approx(500, abs=1e-6)
     assert np.isnan(distance_m(np.nan, 121.0, 31.0, 121.0))
+
+
+def test_start_trimming_measures_on_the_ellipsoid(bundle: PolicyBundle) -> None:
+    """199.6 m north of the start is inside a 200 m trim, though an equirectangular
+    distance at 31 N calls it 200.4 m (issue 10.4)."""
+    records = [record(VIN_TRAFFIC, t=NOW - 60, where=CITY)]
+    records.append(record(VIN_TRAFFIC, t=NOW - 50, where=north(199.6)))
+    records.append(record(VIN_TRAFFIC, t=NOW - 40, where=north(900.0)))
+    records.append(record(VIN_TRAFFIC, t=NOW - 30, where=north(1500.0)))
+    d, _ = run(bundle, records, state=fresh(bundle, records, NOW))
+    s = index(d, "sh-traffic")  # 200 m trim
+    assert [Verdict(int(v)).label for v in d.verdict[s]] == ["block", "block", "share", "held"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(0, 360), st.floats(0, 150), st.booleans()), min_size=1, max_size=14
+    ),
+    st.sampled_from([18.5, 31.0, 45.0, 53.0]),
+)
+def test_no_released_view_is_within_the_trim_of_its_trip_start(
+    bundle: PolicyBundle, legs: list[tuple[float, float, bool]], lat0: float
+) -> None:
+    """Against pyproj.Geod: a view goes only once its trip has been ``trip_trim_m`` from
+    its start, and only once the vehicle has been seen that far from the view's record."""
+    here = (lat0, 121.4737 if lat0 < 40 else 125.0)
+    points = [here]
+    for bearing, step, _ in legs:
+        lon, lat, _ = GEOD.fwd(here[1], here[0], bearing, step)
+        here = (float(lat), float(lon))
+        points.append(here)
+    records = [record(VIN_TRAFFIC, t=NOW - 600 + 10 * i, where=p) for i, p in enumerate(points)]
+    d, _ = run(bundle, records, state=fresh(bundle, records, NOW))
+    s = index(d, "sh-traffic")
+    trim = bundle.subscribers["sh-traffic"].view.trip_trim_m
+    for i, v in enumerate(d.verdict[s].tolist()):
+        if v in (Verdict.SHARE, Verdict.REDACT):
+            assert max(geodesic(points[0], p) for p in points[: i + 1]) >= trim
+            assert max(geodesic(points[i], p) for p in points[i:]) >= trim
 
 
 # --- cross-border gate ---------------------------------------------------------------------
@@ -978,6 +1164,36 @@ def test_records_without_a_position_still_go(bundle: PolicyBundle) -> None:
     out = output(d, sh, "mapco-nav", 0)
     assert out is not None and out["location"] is None
     assert out["signals"] == {"Vehicle.IsMoving": True}
+
+
+def test_audit_transforms_name_only_catalogued_fields(bundle: PolicyBundle) -> None:
+    """An unknown field's name never reaches the audit entry, only how many were dropped;
+    a catalogued field dropped for its type is named (issue 10.3)."""
+    hostile = {f"OEM.Owner.{VIN}": "x", "at 31.2304,121.4737": 1, "Vehicle.Speed": "fast"}
+    d, sh = run(bundle, [record(**hostile), record(t=NOW - 30, oem_private=1)])
+    for s in range(len(d.plan.views)):
+        first, second = d.transforms_of(s, np.array([0, 1], dtype=np.intp))
+        if d.verdict[s, 0] != Verdict.BLOCK:
+            assert first["unclassified"] == 2 and first["ill_typed"] == ["Vehicle.Speed"]
+        if d.verdict[s, 1] != Verdict.BLOCK:
+            assert second["unclassified"] == 1 and "ill_typed" not in second
+        text = repr((first, second))
+        assert VIN not in text and "31.2304" not in text and "oem_private" not in text
+    for view in sh.views:
+        assert VIN not in repr(view) and not any("31.2304" in name for name in view["signals"])
+
+
+def test_per_trip_trim_holds_the_trip_end_and_is_audited(bundle: PolicyBundle) -> None:
+    """The end of a trip under per-trip pseudonyms is held back like its start (issue
+    17.2: where one trip ends the next begins)."""
+    records = [record(VIN_NONE, t=NOW - 60 + 10 * i, where=north(110.0 * i)) for i in range(6)]
+    d, sh = run(bundle, records, state=fresh(bundle, records, NOW))
+    s = index(d, "mapco-nav")
+    labels = [Verdict(int(v)).label for v in d.verdict[s]]
+    assert labels == ["block", "block", "redact", "redact", "held", "held"]
+    assert d.transforms(s, 0)["trip_trim_m"] == bundle.rules.trips.pseudonym_trim_m
+    mine = [h for h in sh.held if h.subscriber == "mapco-nav"]
+    assert len(mine) == 2 and all(h.transforms["pseudonym"] == "per-trip" for h in mine)
 
 
 def test_privilege_needs_mainland_storage(bundle: PolicyBundle) -> None:

@@ -6,6 +6,7 @@ which implements exactly the keywords the view schemas use (and fails on any oth
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -282,6 +283,9 @@ def test_trip_pseudonyms_change_with_the_trip_and_keyed_ones_do_not(
 ) -> None:
     recs = [record(VIN_NONE, t=NOW - 3000), record(VIN_NONE, t=NOW - 60)]  # a gap: two trips
     state = StateSnapshot(now=NOW, consents=ConsentBook.from_policy(bundle.consents))
+    # Untrimmed trips (trimming under per-trip pseudonyms is tested in test_decide).
+    trips = bundle.rules.trips.model_copy(update={"pseudonym_trim_m": 0.0})
+    bundle = dataclasses.replace(bundle, rules=bundle.rules.model_copy(update={"trips": trips}))
     d, sh = evaluate(decode_records(recs, bundle.aliases), bundle, state, keys)
     by_sub: dict[str, list[str]] = {}
     for s, view in zip(sh.subscriber.tolist(), sh.views, strict=True):

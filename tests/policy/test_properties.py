@@ -7,6 +7,12 @@
 * No view of a subscriber without a valid qualification ever contains a WGS-84 coordinate,
   a position that is not the datum-transformed centre of a grid cell at least as coarse as
   the floor, or a location-derived value finer than the view allows.
+* Over random fleets, views and batch cuts: no identifier a subscriber reads (topic segment,
+  vehicle field, message id), no value that carries over between trips (odometer, energy
+  level) and no position within ``pseudonym_trim_m`` of a trip's ends appears in two trips
+  of a vehicle whose trips it must not link.
+* A record without a position obeys its trip's last known zone (and loses its
+  location-derived fields when no position of its trip is known).
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyproj import Geod
 
+from gateway.commit import view_topic
 from gateway.geo.altitude import coarsen_altitude
 from gateway.geo.datum import transform
 from gateway.geo.grid import cell_centres, format_cell_id, parse_cell_id, snap, split_cell_id
@@ -257,10 +265,12 @@ def _iso(t: float) -> str:
     return f"{text}Z" if ms % 1000 == 0 else f"{text}.{ms % 1000:03d}Z"
 
 
+_GEOD = Geod(ellps="WGS84")
+
+
 def _dist(a: tuple[float, float], b: tuple[float, float]) -> float:
-    dx = (b[1] - a[1]) * math.cos(math.radians(a[0]))
-    dy = b[0] - a[0]
-    return math.sqrt(dx * dx + dy * dy) * 6378137.0 * math.pi / 180.0
+    """Geodesic distance on the WGS-84 ellipsoid, one pair at a time."""
+    return float(_GEOD.inv(a[1], a[0], b[1], b[0])[2])
 
 
 class Reference:
@@ -341,8 +351,38 @@ class Reference:
                 values[path] = value
         return values, dropped
 
-    def static(self, cfg: dict[str, Any], rec: dict[str, Any] | None) -> dict[str, Any]:
-        """Everything about one (record, subscriber) that does not depend on other records."""
+    def zone(self, cfg: dict[str, Any], lat: float, lon: float) -> dict[str, Any]:
+        """The zone standing of a position at the subscriber's grid, and its reported cell."""
+        if cfg["grid"] == 0:
+            mask = self.bundle.zones.points_in_zones(lat, lon)
+            centre, cell = (lat, lon), None
+        else:
+            g = snap(lat, lon, cfg["grid"])
+            mask = self.bundle.zones.mask_cells(g)
+            centre = (float(g.lat[0]), float(g.lon[0]))
+            cell = format_cell_id(int(g.cell[0]))
+        hits = mask.zone_ids(0)
+        levels = [self.bundle.zones[z].level for z in hits if z not in cfg["authorised"]]
+        worst = ZoneLevel.PROHIBITED if mask.bad[0] else max(levels, default=ZoneLevel.NONE)
+        return {"hits": hits, "bad": bool(mask.bad[0]), "worst": worst, "centre": centre,
+                "cell": cell}  # fmt: skip
+
+    def consent(self, vin: str, purposes: Iterable[str], t: float) -> ConsentRecord | None:
+        """The consent (smallest id) active at the record's time and at the decision time."""
+        for record in self.state.consents.for_vehicle(vin):
+            now = self.state.now
+            if record.purpose in purposes and record.active_at(t) and record.active_at(now):
+                return record
+        return None
+
+    def static(
+        self,
+        cfg: dict[str, Any],
+        rec: dict[str, Any] | None,
+        inherited: tuple[float, float] | None = None,
+    ) -> dict[str, Any]:
+        """Everything about one (record, subscriber) that does not depend on other records
+        but the last known position of its trip (``inherited``, for a record without one)."""
         if rec is None:
             return {"blocked": True, "rules": {"input.invalid"}}
         sub = cfg["sub"]
@@ -363,21 +403,16 @@ class Reference:
         lon = rec.get("Vehicle.CurrentLocation.Longitude")
         prohibited = sensitive = False
         centre = cell = None
-        if has_pos:
-            if cfg["grid"] == 0:
-                mask = self.bundle.zones.points_in_zones(lat, lon)
-                centre = (lat, lon)
-            else:
-                g = snap(lat, lon, cfg["grid"])
-                mask = self.bundle.zones.mask_cells(g)
-                centre = (float(g.lat[0]), float(g.lon[0]))
-                cell = format_cell_id(int(g.cell[0]))
-            hits = mask.zone_ids(0)
-            levels = [self.bundle.zones[z].level for z in hits if z not in cfg["authorised"]]
-            worst = ZoneLevel.PROHIBITED if mask.bad[0] else max(levels, default=ZoneLevel.NONE)
+        place = (lat, lon) if has_pos else inherited
+        unplaced = place is None
+        if place is not None:
+            z = self.zone(cfg, *place)
+            hits, worst = z["hits"], z["worst"]
+            if has_pos:
+                centre, cell = z["centre"], z["cell"]
             if set(hits) & cfg["authorised"]:
                 rules.add("zone.authorised")
-            if sub.cross_border and (hits or mask.bad[0]):
+            if sub.cross_border and (hits or z["bad"]):
                 rules.add("xborder.important-data")
             prohibited = worst == ZoneLevel.PROHIBITED
             sensitive = worst == ZoneLevel.SENSITIVE
@@ -406,13 +441,21 @@ class Reference:
         degraded = False
         trip_id = False
         consent = None
-        if out:
-            found = self.state.consents.active(rec[VIN], sub.purposes, rec[TIMESTAMP])
+        derived_in = any(
+            self.bundle.fields[p].category is FieldCategory.LOCATION_DERIVED and p in allowed
+            for p in values
+        )
+        consent_dropped = False
+        if LATITUDE in allowed:  # every record of a located view is judged
+            found = self.consent(rec[VIN], sub.purposes, rec[TIMESTAMP])
             if found is not None:
-                rules.add("pi.trajectory-consent")
-                consent = found.id
+                if out:
+                    rules.add("pi.trajectory-consent")
+                    consent = found.id
             elif view.no_consent is NoConsentFallback.DROP_LOCATION:
-                rules.add("pi.no-consent-drop-location")
+                if out or derived_in:
+                    rules.add("pi.no-consent-drop-location")
+                    consent_dropped = True
                 out = False
             else:
                 rules.add("pi.no-consent-trip-pseudonym")
@@ -434,11 +477,7 @@ class Reference:
                     alt_out = True
         elif ALTITUDE in allowed and has_alt:
             rules.add("geo.altitude-removed")
-        derived_in = any(
-            self.bundle.fields[p].category is FieldCategory.LOCATION_DERIVED and p in allowed
-            for p in values
-        )
-        derived_lost = derived_in and (removed or sensitive)
+        derived_lost = derived_in and (removed or sensitive or unplaced or consent_dropped)
         degraded |= derived_lost
         if cfg["derived"] is DerivedMode.KEEP:
             if derived_lost:
@@ -521,6 +560,8 @@ class Reference:
             spec = self.bundle.fields[path]
             if path not in allowed or spec.category in _OUTSIDE or path == TIMESTAMP:
                 continue
+            if spec.links_trips and info["trip_id"] and not info["vin_mode"]:
+                continue  # a value carried over between trips would link them
             if spec.category is FieldCategory.LOCATION_DERIVED:
                 if not info["derived_ok"] or cfg["derived"] is DerivedMode.SUPPRESS:
                     continue
@@ -539,6 +580,13 @@ class Reference:
             signals[path] = value
         out["signals"] = signals
         return out
+
+    def trim_of(self, view: Any, info: dict[str, Any]) -> float:
+        """The trip trim of one record: at least ``pseudonym_trim_m`` under a per-trip
+        pseudonym (where one trip ends the next begins)."""
+        if info["trip_id"] and not info["vin_mode"]:
+            return max(view.trip_trim_m, self.bundle.rules.trips.pseudonym_trim_m)
+        return float(view.trip_trim_m)
 
     def run(self, records: list[Any]) -> dict[tuple[str, int], Outcome]:
         """Outcome of every (subscriber, row) of one batch."""
@@ -621,15 +669,16 @@ class Reference:
             view = cfg["sub"].view
             infos = {}
             for i, rec in enumerate(records):
-                info = self.static(cfg, rec if live[i] else None)
+                carried = trip[i]["pos"] if live[i] else None
+                info = self.static(cfg, rec if live[i] else None, carried)
                 infos[i] = info
                 if info["blocked"]:
                     outcomes[(sub_id, i)] = Outcome("block", info["rules"])
-            trim = view.trip_trim_m
             passing = []
             for i in order:
                 if infos[i]["blocked"]:
                     continue
+                trim = self.trim_of(view, infos[i])
                 if trim > 0 and trip[i]["far"] < trim:
                     outcomes[(sub_id, i)] = Outcome("block", {"pi.trip-trim"})
                     continue
@@ -655,6 +704,7 @@ class Reference:
                 for b in basis.get(i, ()):
                     rules.add(b)
                 verdict = "redact" if info["degraded"] else "share"
+                trim = self.trim_of(view, info)
                 if trim > 0:
                     vin, k = seg_of[i]
                     seg = segments[vin][k]
@@ -1050,3 +1100,231 @@ def test_sensitive_and_important_fields_go_only_where_a_basis_or_purpose_covers_
                     sub.id,
                     path,
                 )
+
+
+# --- unlinkable trips ---------------------------------------------------------------------------
+
+
+@st.composite
+def fleets(draw: Any) -> dict[str, Any]:
+    """A few vehicles driving several trips each (split by key-off or a long gap), with
+    continuous odometers, trips that start where the last one ended, records without a
+    position, random consents, random views and random batch cuts."""
+    records: list[dict[str, Any]] = []
+    for vin in draw(st.sets(st.sampled_from(VINS), min_size=1, max_size=3)):
+        t = T0 + draw(st.floats(min_value=0, max_value=3600))
+        here = draw(st.sampled_from(PLACES))
+        odometer = draw(st.floats(min_value=1000, max_value=90000))
+        soc = 80.0
+        for _ in range(draw(st.integers(2, 4))):
+            n = draw(st.integers(1, 6))
+            for k in range(n):
+                t += draw(st.sampled_from([1.0, 7.0, 31.0, 90.0]))
+                step = draw(st.sampled_from([0.0, 0.0005, 0.003]))
+                here = (here[0] + step, here[1] + draw(st.sampled_from([0.0, step])))
+                odometer += step * 111.0
+                rec: dict[str, Any] = {VIN: vin, TIMESTAMP: t, "Vehicle.TraveledDistance": odometer}
+                if draw(st.integers(0, 4)) > 0:
+                    rec[LATITUDE] = here[0]
+                    rec["Vehicle.CurrentLocation.Longitude"] = here[1]
+                if draw(st.booleans()):
+                    rec["Vehicle.Speed"] = draw(st.floats(min_value=0, max_value=120))
+                soc -= draw(st.sampled_from([0.0, 0.5]))
+                rec["Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"] = soc
+                if k == n - 1 and draw(st.booleans()):
+                    rec[KEY_OFF_SIGNAL] = "OFF"
+                records.append(rec)
+            t += draw(st.sampled_from([5.0, 700.0, 4000.0]))  # parked; the next trip starts here
+            if KEY_OFF_SIGNAL not in records[-1]:
+                t += 700.0
+    records.sort(key=lambda r: r[TIMESTAMP])
+    views = {
+        sub: {
+            "identifier": draw(st.sampled_from(list(IdentifierMode))),
+            "no_consent": draw(st.sampled_from(list(NoConsentFallback))),
+            "trip_trim_m": draw(st.sampled_from([0.0, 200.0])),
+            "min_interval_s": draw(st.sampled_from([0.0, 30.0])),
+        }
+        for sub in ("mapco-nav", "insureco-ubi", "sh-traffic", "oem-hq-de")
+    }
+    consents = [
+        ConsentRecord(
+            f"y{i}",
+            draw(st.sampled_from(VINS)),
+            draw(st.sampled_from(PURPOSES)),
+            T0 + draw(st.floats(min_value=-4e5, max_value=4e4)),
+            T0 + draw(st.floats(min_value=0, max_value=4e5)),
+        )
+        for i in range(draw(st.integers(0, 3)))
+    ]
+    n = len(records)
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, n - 1)), max_size=3)))
+    return {"records": records, "views": views, "consents": consents, "cuts": cuts}
+
+
+def fleet_bundle(base: PolicyBundle, views: dict[str, dict[str, Any]]) -> PolicyBundle:
+    subs = dict(base.subscribers)
+    for sub_id, change in views.items():
+        view = subs[sub_id].view
+        update = dict(change)
+        if change["identifier"] is IdentifierMode.VIN:
+            update["fields"] = (*view.fields, VIN)
+        subs[sub_id] = subs[sub_id].model_copy(update={"view": view.model_copy(update=update)})
+    return dataclasses.replace(base, subscribers=MappingProxyType(subs))
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivered:
+    """One view a subscriber received: of which vehicle and trip (as the engine saw it)."""
+
+    subscriber: str
+    vehicle: str
+    trip: float
+    message_id: str
+    view: dict[str, Any]
+    where: tuple[float, float]
+
+
+def deliveries(
+    bundle: PolicyBundle,
+    records: list[Any],
+    state: StateSnapshot,
+    cuts: Iterable[int],
+    trips: dict[tuple[str, float], list[tuple[float, float]]] | None = None,
+) -> list[Delivered]:
+    """Every view delivered when the stream is cut at ``cuts`` (held views when released);
+    ``trips`` collects each trip's true positions, in time order."""
+    bounds = [0, *cuts, len(records)]
+    out: list[Delivered] = []
+    trips = {} if trips is None else trips
+    for lo, hi in itertools.pairwise(bounds):
+        if lo >= hi:
+            continue
+        state = dataclasses.replace(state, now=records[hi - 1][TIMESTAMP] + 1.0)
+        d, sh = evaluate(decode(records[lo:hi], bundle), bundle, state, keys)
+        lat, lon = d.batch.lat, d.batch.lon
+        for row in np.argsort(d.batch.time, kind="stable").tolist():
+            if d.located.positioned[row]:
+                key = (str(d.batch.vehicle[row]), float(d.trip_start[row]))
+                trips.setdefault(key, []).append((float(lat[row]), float(lon[row])))
+        for s, row, view, mid in zip(
+            sh.subscriber.tolist(), sh.row.tolist(), sh.views, sh.message_ids, strict=True
+        ):
+            vin = str(d.batch.vehicle[row])
+            trip = float(d.trip_start[row])
+            where = (float(lat[row]), float(lon[row]))
+            out.append(Delivered(d.plan.views[s].id, vin, trip, mid, view, where))
+        for h in d.delta.released:
+            where = (h.lat, h.lon)
+            out.append(
+                Delivered(h.subscriber, h.vehicle, h.trip_start, h.message_id, dict(h.view), where)
+            )
+        state = state.apply(d.delta, sh.held)
+    return out
+
+
+def must_be_unlinkable(bundle: PolicyBundle, book: ConsentBook, sub_id: str, vin: str) -> bool:
+    """Whether a subscriber's views of a vehicle must not link its trips: the view uses
+    per-trip pseudonyms, or the vehicle never consented and the fallback is per-trip."""
+    view = bundle.subscribers[sub_id].view
+    if view.identifier is IdentifierMode.TRIP_PSEUDONYM:
+        return True
+    purposes = set(bundle.subscribers[sub_id].purposes)
+    consented = any(c.purpose in purposes for c in book.for_vehicle(vin))
+    return view.no_consent is NoConsentFallback.TRIP_PSEUDONYM and not consented
+
+
+def identifiers(bundle: PolicyBundle, item: Delivered) -> set[str]:
+    """The identifier values a subscriber reads in one delivery: topic segments and the
+    payload's identifying fields."""
+    topic = view_topic(bundle, item.subscriber, item.view).split("/")
+    return {*topic[:-1][-1:], item.view["vehicle"], item.message_id}
+
+
+@settings(max_examples=40, deadline=None)
+@given(fleets())
+def test_no_identifier_links_two_trips_of_an_unlinkable_vehicle(
+    bundles: dict[str, PolicyBundle], case: dict[str, Any]
+) -> None:
+    bundle = fleet_bundle(bundles["default"], case["views"])
+    records = case["records"]
+    book = ConsentBook.from_policy(bundle.consents).with_records(case["consents"])
+    state = StateSnapshot(now=records[0][TIMESTAMP], consents=book)
+    seen: dict[tuple[str, str, str], set[float]] = {}
+    carried: dict[tuple[str, str, str, Any], set[float]] = {}
+    trips: dict[tuple[str, float], list[tuple[float, float]]] = {}
+    trim = bundle.rules.trips.pseudonym_trim_m
+    for item in deliveries(bundle, records, state, case["cuts"], trips):
+        if not must_be_unlinkable(bundle, book, item.subscriber, item.vehicle):
+            continue
+        if item.view.get("location") is not None:
+            # Trip ends: where one trip ends the next begins. (The fleets drive away from
+            # where they start, never back, so the trims bound these distances.)
+            path = trips[(item.vehicle, item.trip)]
+            assert _dist(path[0], item.where) >= trim, (item, path[0])
+            assert _dist(item.where, path[-1]) >= trim, (item, path[-1])
+        for value in identifiers(bundle, item):
+            seen.setdefault((item.subscriber, item.vehicle, value), set()).add(item.trip)
+        # Quasi-identifiers: a value that carries over from one trip to the next (an
+        # odometer, an energy level) links the trips as surely as an identifier.
+        for path, value in item.view["signals"].items():
+            if bundle.fields[path].links_trips:
+                key = (item.subscriber, item.vehicle, path, value)
+                carried.setdefault(key, set()).add(item.trip)
+    linked = {key: trips for key, trips in seen.items() if len(trips) > 1}
+    assert not linked, linked
+    linked_by_value = {key: trips for key, trips in carried.items() if len(trips) > 1}
+    assert not linked_by_value, linked_by_value
+
+
+@settings(max_examples=60, deadline=None)
+@given(streams(), st.sampled_from(["default", "variant"]))
+def test_a_record_without_a_position_obeys_its_trips_last_zone(
+    bundles: dict[str, PolicyBundle], case: dict[str, Any], which: str
+) -> None:
+    """A record without a position is judged on its trip's last known position (RULES.md
+    §3): in a prohibited zone nothing goes, in a sensitive one no location-derived field;
+    with no known position at all, no location-derived field either."""
+    bundle = bundles[which]
+    state = initial_state(bundle, case)
+    records = case["records"]
+    d, sh = evaluate(decode(records, bundle), bundle, state, keys)
+    outputs = {
+        (d.plan.views[s].id, row): view
+        for s, row, view in zip(sh.subscriber.tolist(), sh.row.tolist(), sh.views, strict=True)
+    }
+    for s, row, held in zip(
+        sh.held_subscriber.tolist(), sh.held_row.tolist(), sh.held, strict=True
+    ):
+        outputs[(d.plan.views[s].id, row)] = dict(held.view)
+    reference = Reference(bundle, state)
+    live = np.flatnonzero(d.batch.ok & ~d.located.positioned)
+    order = np.lexsort((np.arange(len(d.batch)), d.batch.time)).tolist()
+    key_off = d.classified.key_off
+    for row in live.tolist():
+        last = None  # the trip's last position before this record, walking back
+        for r in reversed(order[: order.index(row)]):
+            if d.batch.vehicle[r] != d.batch.vehicle[row] or not d.batch.ok[r]:
+                continue
+            if key_off[r] or d.trip_start[r] != d.trip_start[row]:
+                break  # an earlier trip
+            if d.located.positioned[r]:
+                last = r
+                break
+        for sub_id in bundle.subscribers:
+            out = outputs.get((sub_id, row))
+            if out is None:
+                continue
+            derived = [
+                p
+                for p in out["signals"]
+                if bundle.fields[p].category is FieldCategory.LOCATION_DERIVED
+            ]
+            if last is None:  # (the stored trips of these streams carry no position)
+                assert not derived, (sub_id, row, out)
+                continue
+            place = (float(d.batch.lat[last]), float(d.batch.lon[last]))
+            worst = reference.zone(reference.settings(sub_id), *place)["worst"]
+            assert worst != ZoneLevel.PROHIBITED, (sub_id, row, out)
+            if worst == ZoneLevel.SENSITIVE:
+                assert not derived, (sub_id, row, out)
