@@ -79,7 +79,9 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
 
 
 def envelopes() -> list[Envelope]:
-    msgs = Fleet(FleetConfig(vehicles=3), seed=5).messages(5, 1.0)
+    # A minute of driving: views under a per-trip pseudonym wait until the trip has left the
+    # least per-trip trim behind (rules.trips.pseudonym_trim_m).
+    msgs = Fleet(FleetConfig(vehicles=3), seed=5).messages(60, 1.0)
     good = [Envelope(m.topic, m.payload, 0.0, i + 1) for i, m in enumerate(msgs)]
     return [*good, Envelope("vehicles/X/telemetry", b"not json", 0.0, 999)]
 
