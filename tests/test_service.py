@@ -552,13 +552,15 @@ def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+@pytest.mark.parametrize("races", [1, 2])
 def test_two_workers_cannot_cross_a_threshold_together(
-    tmp_path: Path, shared_store: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, shared_store: str, monkeypatch: pytest.MonkeyPatch, races: int
 ) -> None:
-    """Two workers share one store; the overseas OEM has counted 99,999 people this year and
-    has no security assessment (needed beyond 100,000). Each worker decides a batch with a
-    new vehicle; the second reads the count before the first commits and commits after: its
-    commit finds the count changed, so it decides again, and blocks."""
+    """Two workers share one store; the overseas OEM is just below 100,000 people this year
+    and has no security assessment (needed beyond). The first worker commits a batch with a
+    new vehicle between the second's read of the counts and its commit, ``races`` times:
+    the second's commit finds the count changed, so it decides again (the last time under
+    the counters' locks), and blocks its new vehicle."""
     init_keys(tmp_path / "keys")
     now = float(round(datetime.now(UTC).timestamp()))
 
@@ -577,21 +579,21 @@ def test_two_workers_cannot_cross_a_threshold_together(
         payload = {VIN_PATH: vin, TIMESTAMP_PATH: stamp, "Vehicle.Speed": 30.0}
         return Envelope(f"vehicles/{vin}/telemetry", orjson.dumps(payload), 0.0, 1)
 
-    first, second = sorted({e.topic.split("/")[1] for e in fleet_envelopes(2, 1)})
+    *firsts, second = sorted({e.topic.split("/")[1] for e in fleet_envelopes(races + 1, 1)})
     a, b = worker("w1"), worker("w2")
     try:
         year = counting_year(a.holder.current.rules.crossborder.year_utc_offset_hours, now)
         pi = ExportDataClass.PERSONAL_INFORMATION.value
         with a.store.transaction() as tx:
-            seeded = [f"k0:seed{i}" for i in range(99_999)]
+            seeded = [f"k0:seed{i}" for i in range(100_000 - races)]
             tx.add_crossborder_subjects("oem-hq-de", year, seeded, category=pi, at=now)
         read = b._crossborder
         reads: list[object] = []
 
         def racing(*args: Any) -> Any:
             counts = read(*args)
-            if not reads:  # the first worker commits between this read and b's commit
-                a.process([record(first)])
+            if len(reads) < races:  # the first worker commits between this read and b's commit
+                a.process([record(firsts[len(reads)])])
             reads.append(counts)
             return counts
 
@@ -613,11 +615,12 @@ def test_two_workers_cannot_cross_a_threshold_together(
         a.store.close()
         b.store.close()
     verdicts = {(shard, vehicle): (decision, rules) for shard, vehicle, decision, rules in rows}
-    assert set(verdicts) == {(a.origin, a.vehicle_ref(first)), (b.origin, b.vehicle_ref(second))}
-    assert verdicts[(a.origin, a.vehicle_ref(first))][0] == "shared"
+    shared = {(a.origin, a.vehicle_ref(first)) for first in firsts}
+    assert set(verdicts) == {*shared, (b.origin, b.vehicle_ref(second))}
+    assert all(verdicts[key][0] == "shared" for key in shared)
     decision, rules = verdicts[(b.origin, b.vehicle_ref(second))]
     assert decision == "blocked"
     assert "xborder.basis-missing" in rules
     assert counted == subjects == 100_000
-    assert len(reads) == 2  # decided again on fresh counts
+    assert len(reads) == races + 1  # decided again on fresh counts
     assert blocked == 1
