@@ -14,6 +14,7 @@ failures of a whole operation: a file that does not load, a store that does not 
     │   └── DatumError         unknown datum transform name
     ├── KeyStoreError          key directory missing, unreadable or too open
     ├── StoreError             the transactional store failed
+    ├── StaleDecisionError     cross-border counts changed between a batch's decision and commit
     ├── AuditError             the audit log cannot be written or read
     │   └── VerificationError  the log does not verify: shard and first bad sequence number
     ├── IngestError            MQTT input failed, or a broker connection did not come up
@@ -94,6 +95,15 @@ class KeyStoreError(GatewayError):
 
 class StoreError(GatewayError):
     """The transactional store failed; nothing of the operation was committed."""
+
+
+class StaleDecisionError(GatewayError):
+    """A batch was decided on cross-border counts another worker changed before its commit;
+    the commit is rolled back and the batch decided again (nothing was acknowledged)."""
+
+    def __init__(self, keys: list[tuple[str, int, str]]) -> None:
+        self.keys = keys
+        super().__init__(f"cross-border counts changed since the decision: {keys}")
 
 
 class AuditError(GatewayError):

@@ -52,16 +52,16 @@ from gateway.commit import Context, DeadInput, Written, commit_batch
 from gateway.config import GatewayConfig
 from gateway.deliver.mqtt import MqttPublisher
 from gateway.deliver.outbox import OutboxDrainer
-from gateway.errors import StoreError
+from gateway.errors import StaleDecisionError, StoreError
 from gateway.health import StoreHealth
 from gateway.ingest.client import BrokerSpec, parse_broker_url
 from gateway.ingest.source import MqttSource
 from gateway.keys import KeyKind, ensure_store_key
 from gateway.metrics import Metrics
-from gateway.model import Envelope, ErrorCode
-from gateway.pipeline.decide import sweep
+from gateway.model import Batch, Envelope, ErrorCode
+from gateway.pipeline.decide import Decisions, sweep
 from gateway.pipeline.decode import decode, topic_vehicle
-from gateway.pipeline.shape import evaluate
+from gateway.pipeline.shape import Shaped, evaluate
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.child import load_in_child
 from gateway.policy.holder import PolicyHolder
@@ -111,9 +111,41 @@ FORGET_PER_TICK = 2_000
 """Expired rows forgotten once a second, so an idle gateway forgets too."""
 PRUNE_PER_SWEEP = 5_000
 """Rows of each table past its retention deleted per sweep (once a minute)."""
+DECIDE_ATTEMPTS = 3
+"""Times a batch is decided at most: all but the last against counts read before the
+commit's transaction (checked in it), the last under the cross-border locks."""
 
 DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 """Mosquitto's count of messages it dropped (offline queue or in-flight limits)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A batch ready to decide: its fresh records (``work``), the state before it (``base``,
+    without cross-border counts), its dead inputs, the record keys it marks seen, and its
+    number of rows."""
+
+    bundle: PolicyBundle
+    work: Batch
+    base: StateSnapshot
+    dead: list[DeadInput]
+    seen: list[tuple[str, str]]
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """One decision of a batch: the ``state`` it was decided on (with the cross-border
+    counts read), the engine's output, the state after it, the vehicle documents to store
+    and the subjects it counts per (recipient, year, category)."""
+
+    state: StateSnapshot
+    decisions: Decisions | None
+    shaped: Shaped | None
+    delta: StateDelta
+    new_state: StateSnapshot
+    vehicle_docs: dict[str, bytes]
+    crossborder: dict[tuple[str, int, str], list[str]]
 
 
 def origin_of(worker: str) -> str:
@@ -186,9 +218,6 @@ class Gateway:
         self._policy_unrecorded = False
         self._stop = threading.Event()
         self._refs: dict[str, str] = {}
-        # Distinct vehicles counted per (recipient, year, data class): read from the store
-        # once, then kept up to date by this worker's commits (refreshed by the sweep).
-        self._xb_counts: dict[tuple[str, int, str], int] = {}
         self.state = self._load_state()
         self._ready = threading.Event()
         self._last_sweep = clock()
@@ -304,31 +333,61 @@ class Gateway:
         return ref
 
     def _crossborder(
-        self, bundle: PolicyBundle, vehicles: Sequence[str], now: float
+        self, bundle: PolicyBundle, vehicles: Sequence[str], now: float, rd: Reader | None = None
     ) -> dict[CounterKey, CrossBorderCount]:
         """Counts for every cross-border subscriber of ``bundle`` (the batch's) this year,
         with the batch's vehicles that are already counted (what the engine needs; the
-        store holds keyed refs)."""
+        store holds keyed refs), read from the store (in ``rd``, else a snapshot): the one
+        source of truth, which every worker's commits keep."""
         year = counting_year(bundle.rules.crossborder.year_utc_offset_hours, now)
-        out: dict[CounterKey, CrossBorderCount] = {}
-        subs = [s for s in bundle.subscribers.values() if s.cross_border]
+        subs = sorted(s.id for s in bundle.subscribers.values() if s.cross_border)
         if not subs or not vehicles:
-            return out
+            return {}
+        if rd is None:
+            with self.store.snapshot() as snap:
+                return self._counts_in(snap, subs, year, vehicles)
+        return self._counts_in(rd, subs, year, vehicles)
+
+    def _counts_in(
+        self, rd: Reader, subs: list[str], year: int, vehicles: Sequence[str]
+    ) -> dict[CounterKey, CrossBorderCount]:
+        out: dict[CounterKey, CrossBorderCount] = {}
         unique = list(dict.fromkeys(vehicles))
         refs = [self.vehicle_ref(v) for v in unique]
-        with self.store.snapshot() as rd:
-            for sub in subs:
-                for data_class in ExportDataClass:
-                    key = (sub.id, year, data_class.value)
-                    count = self._xb_counts.get(key)
-                    if count is None:
-                        count = self._xb_counts[key] = rd.crossborder_count(*key)
-                    if count == 0:
-                        continue
-                    new = set(rd.crossborder_new(sub.id, year, refs, data_class.value))
-                    known = frozenset(v for v, r in zip(unique, refs, strict=True) if r not in new)
-                    out[(sub.id, year, data_class)] = CrossBorderCount(count, known)
+        for sub in subs:
+            for data_class in ExportDataClass:
+                count = rd.crossborder_count(sub, year, data_class.value)
+                if count == 0:
+                    continue
+                new = set(rd.crossborder_new(sub, year, refs, data_class.value))
+                known = frozenset(v for v, r in zip(unique, refs, strict=True) if r not in new)
+                out[(sub, year, data_class)] = CrossBorderCount(count, known)
         return out
+
+    def _lock_crossborder(self, tx: Transaction, bundle: PolicyBundle, now: float) -> None:
+        """Take the counters' locks of every cross-border subscriber of ``bundle`` this year
+        (in one order, as every commit takes them)."""
+        year = counting_year(bundle.rules.crossborder.year_utc_offset_hours, now)
+        for sub_id in sorted(s.id for s in bundle.subscribers.values() if s.cross_border):
+            tx.lock_crossborder(sub_id, year)
+
+    @staticmethod
+    def _check_counts(tx: Transaction, decided: Decided) -> None:
+        """Under the counters' locks, the counts of every (recipient, year) the batch adds
+        subjects to must be those it was decided on; else raise :class:`StaleDecisionError`.
+        Every class is compared, not only those added to: a tier may depend on any."""
+        pairs = sorted({(recipient, year) for recipient, year, _ in decided.crossborder})
+        for recipient, year in pairs:
+            tx.lock_crossborder(recipient, year)
+        stale = [
+            (recipient, year, c.value)
+            for recipient, year in pairs
+            for c in ExportDataClass
+            if tx.crossborder_count(recipient, year, c.value)
+            != decided.state.count((recipient, year, c)).count
+        ]
+        if stale:
+            raise StaleDecisionError(stale)
 
     # -- the pipeline --------------------------------------------------------------------
     def process(self, envelopes: Sequence[Envelope]) -> Written:
@@ -416,56 +475,13 @@ class Gateway:
             fresh_keys.append(key)
         duplicates = len(rows) - len(fresh)
         work = batch.take(np.asarray(fresh, dtype=np.intp))
-        work_vehicles = work.vehicle.tolist()
-        state = replace(
-            self.state,
-            now=now,
-            consents=book,
-            crossborder=self._crossborder(bundle, work_vehicles, now),
-        )
-        decisions = shaped = None
-        if len(work):
-            decisions, shaped = evaluate(work, bundle, state, self.keys.pseudonym_key)
-            delta = decisions.delta
-            new_state = state.apply(delta, shaped.held, now=now)
-        else:
-            delta = StateDelta()
-            new_state = replace(state, now=now)
-        touched = set(work_vehicles)
-        touched.update(h.vehicle for h in delta.released)
-        touched.update(h.vehicle for h in delta.discarded)
-        vehicle_docs = self._vehicle_docs(new_state, touched)
-        crossborder: dict[tuple[str, int, str], list[str]] = {}
-        for sub, year, data_class, vin in delta.counted:
-            crossborder.setdefault((sub, year, data_class.value), []).append(self.vehicle_ref(vin))
-        ctx = self._context(bundle, now)
-        t_commit = time.perf_counter()
-        with self.store.transaction() as tx:
-            written = commit_batch(
-                tx,
-                ctx,
-                dead=dead,
-                decisions=decisions,
-                shaped=shaped,
-                released=delta.released,
-                discarded=delta.discarded,
-                seen=fresh_keys + dead_keys,
-                vehicle_states=vehicle_docs,
-                crossborder=crossborder,
-            )
-            prune_seen(
-                tx,
-                self._dedup_edge_ms(bundle, now),
-                FORGET_MIN + FORGET_PER_RECORD * len(batch),
-            )
-        self.metrics.batch_commit_seconds.observe(time.perf_counter() - t_commit)
-        if decisions is not None:
-            for sub_id, n in decisions.crossborder_blocked().items():
+        base = replace(self.state, now=now, consents=book)
+        pending = Pending(bundle, work, base, dead, fresh_keys + dead_keys, len(batch))
+        written, decided = self._decide_and_commit(pending)
+        if decided.decisions is not None:
+            for sub_id, n in decided.decisions.crossborder_blocked().items():
                 self.metrics.crossborder_blocked.labels(sub_id).inc(n)
-        for counter, added in written.counted.items():
-            if counter in self._xb_counts:
-                self._xb_counts[counter] += added
-        self.state = new_state
+        self.state = decided.new_state
         for env in envelopes:
             if env.ack is not None:
                 env.ack()
@@ -481,6 +497,71 @@ class Gateway:
             time.perf_counter() - t0,
         )
         return written
+
+    def _decide(self, p: Pending, counts: dict[CounterKey, CrossBorderCount]) -> Decided:
+        """Decide ``p``'s records on the cross-border ``counts`` given (nothing written)."""
+        now = p.base.now
+        state = replace(p.base, crossborder=counts)
+        decisions = shaped = None
+        if len(p.work):
+            decisions, shaped = evaluate(p.work, p.bundle, state, self.keys.pseudonym_key)
+            delta = decisions.delta
+            new_state = state.apply(delta, shaped.held, now=now)
+        else:
+            delta = StateDelta()
+            new_state = replace(state, now=now)
+        touched = set(p.work.vehicle.tolist())
+        touched.update(h.vehicle for h in delta.released)
+        touched.update(h.vehicle for h in delta.discarded)
+        crossborder: dict[tuple[str, int, str], list[str]] = {}
+        for sub, year, data_class, vin in delta.counted:
+            crossborder.setdefault((sub, year, data_class.value), []).append(self.vehicle_ref(vin))
+        docs = self._vehicle_docs(new_state, touched)
+        return Decided(state, decisions, shaped, delta, new_state, docs, crossborder)
+
+    def _decide_and_commit(self, p: Pending) -> tuple[Written, Decided]:
+        """Decide and commit ``p``. The decision reads the cross-border counts outside the
+        commit's transaction (other workers keep writing meanwhile); the commit checks them
+        under the counters' locks and, if another worker changed them, is rolled back and
+        the batch decided again on fresh counts. The last attempt decides under the locks."""
+        for attempt in range(1, DECIDE_ATTEMPTS):
+            counts = self._crossborder(p.bundle, p.work.vehicle.tolist(), p.base.now)
+            try:
+                return self._commit(p, self._decide(p, counts))
+            except StaleDecisionError as exc:
+                log.info("batch decided again (attempt %d): %s", attempt, exc)
+        return self._commit(p, None)
+
+    def _commit(self, p: Pending, decided: Decided | None) -> tuple[Written, Decided]:
+        """One transaction: the decision (``None``: made in it, under the counters' locks)
+        with its cross-border counts checked (:meth:`_check_counts`), the batch written,
+        some expired records forgotten."""
+        t_commit = time.perf_counter()
+        with self.store.transaction() as tx:
+            if decided is None:
+                self._lock_crossborder(tx, p.bundle, p.base.now)
+                counts = self._crossborder(p.bundle, p.work.vehicle.tolist(), p.base.now, tx)
+                decided = self._decide(p, counts)
+            self._check_counts(tx, decided)
+            written = commit_batch(
+                tx,
+                self._context(p.bundle, p.base.now),
+                dead=p.dead,
+                decisions=decided.decisions,
+                shaped=decided.shaped,
+                released=decided.delta.released,
+                discarded=decided.delta.discarded,
+                seen=p.seen,
+                vehicle_states=decided.vehicle_docs,
+                crossborder=decided.crossborder,
+            )
+            prune_seen(
+                tx,
+                self._dedup_edge_ms(p.bundle, p.base.now),
+                FORGET_MIN + FORGET_PER_RECORD * p.rows,
+            )
+        self.metrics.batch_commit_seconds.observe(time.perf_counter() - t_commit)
+        return written, decided
 
     def _seen(
         self, rd: Reader, keys: list[tuple[str, str]], vin_of: dict[str, str], now: float
@@ -674,7 +755,6 @@ class Gateway:
             )
             self._prune_expired(tx, bundle, now)
         self.state = new_state
-        self._xb_counts.clear()  # other workers may have counted too: read again
         self.drainer.submit(written.outbox)
         self.totals.add(written)
         self.metrics.audit_entries.inc(written.entries)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -23,7 +24,10 @@ from gateway.audit.outbox import row_aad
 from gateway.config import GatewayConfig, load_config
 from gateway.keys import KeyRing, init_keys, rotate_keys
 from gateway.model import Envelope
+from gateway.policy.checks import TIMESTAMP as TIMESTAMP_PATH
+from gateway.policy.checks import VIN as VIN_PATH
 from gateway.policy.child import load_in_child
+from gateway.policy.schema import ExportDataClass, counting_year
 from gateway.service import Gateway, origin_of
 from simulators.fleet import Fleet, FleetConfig
 
@@ -430,20 +434,17 @@ def test_cross_border_counts_persist_and_stay_consistent_with_the_store(
     try:
         gw.process(envelopes[:60])
         gw.process(envelopes[60:])
-        with gw.store.snapshot() as rd:
-            stored = {
-                key: rd.crossborder_count(*key) for key in gw._xb_counts if gw._xb_counts[key]
-            }
-        cached = {k: v for k, v in gw._xb_counts.items() if v}
     finally:
         gw.store.close()
     con = db(config)
     counted = con.execute(
-        "select recipient, count(*) from crossborder_subjects group by recipient"
+        "select recipient, year, category, count(*) from crossborder_subjects "
+        "group by recipient, year, category order by 1, 2, 3"
     ).fetchall()
     assert counted, "nothing was counted for the cross-border subscriber"
-    assert {r for r, _ in counted} == {"oem-hq-de"}
-    assert cached == stored
+    assert {r for r, *_ in counted} == {"oem-hq-de"}
+    counters = con.execute("select * from crossborder_counts order by 1, 2, 3").fetchall()
+    assert counters == counted
     subjects = [s for (s,) in con.execute("select subject from crossborder_subjects")]
     assert all(s.startswith("k") and ":" in s for s in subjects)  # keyed refs, never VINs
 
@@ -512,8 +513,8 @@ def test_counts_are_read_in_the_year_the_rules_count_in(
     policies = _policy_copy(tmp_path, "year_utc_offset_hours: 8", "year_utc_offset_hours: 0")
     gw = Gateway(config.model_copy(update={"policies": policies}), clock=lambda: now)
     try:
-        envelopes = fleet_envelopes(3, 5, start=datetime.fromtimestamp(now - 600, UTC))
-        gw.process(envelopes)
+        # records of the gateway's clock, not of today (they would be dead letters)
+        gw.process(fleet_envelopes(3, 5, datetime.fromtimestamp(now - 600, UTC)))
         bundle = gw.holder.current
         vehicles = list(gw.state.trips)
         counts = gw._crossborder(bundle, vehicles, now)
@@ -533,7 +534,7 @@ def test_the_sweep_deletes_views_dead_letters_and_vehicle_state_past_their_reten
     gw = Gateway(config, clock=lambda: clock[0])
     broken = Envelope("vehicles/LSVAU2181P2100001/telemetry", b'{"secret": 31.2', 0.0, 99)
     try:
-        gw.process([*fleet_envelopes(2, 5, start=datetime.fromtimestamp(t0 - 600, UTC)), broken])
+        gw.process([*fleet_envelopes(2, 5, datetime.fromtimestamp(t0 - 600, UTC)), broken])
         con = db(config)
         tables = ("outbox", "deadletters", "vehicle_state")
         before = {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in tables}
@@ -755,3 +756,85 @@ def test_shutdown_empties_the_input_queue_while_the_input_stops(config: GatewayC
     gw.shutdown(drain_timeout=1)
     assert stopped == [True]
     assert src.acked == []  # left for the broker to deliver again
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.mark.parametrize("races", [1, 2])
+def test_two_workers_cannot_cross_a_threshold_together(
+    tmp_path: Path, shared_store: str, monkeypatch: pytest.MonkeyPatch, races: int
+) -> None:
+    """Two workers share one store; the overseas OEM is just below 100,000 people this year
+    and has no security assessment (needed beyond). The first worker commits a batch with a
+    new vehicle between the second's read of the counts and its commit, ``races`` times:
+    the second's commit finds the count changed, so it decides again (the last time under
+    the counters' locks), and blocks its new vehicle."""
+    init_keys(tmp_path / "keys")
+    now = float(round(datetime.now(UTC).timestamp()))
+
+    def worker(name: str) -> Gateway:
+        overrides = {
+            ("broker", "url"): "mqtt://127.0.0.1:9",
+            ("broker", "protocol"): "5",
+            ("store",): shared_store,
+            ("keys",): str(tmp_path / "keys"),
+            ("worker",): name,
+        }
+        return Gateway(load_config(None, overrides=overrides, environ={}), clock=lambda: now)
+
+    def record(vin: str) -> Envelope:
+        stamp = datetime.fromtimestamp(now - 1, UTC).isoformat().replace("+00:00", "Z")
+        payload = {VIN_PATH: vin, TIMESTAMP_PATH: stamp, "Vehicle.Speed": 30.0}
+        return Envelope(f"vehicles/{vin}/telemetry", orjson.dumps(payload), 0.0, 1)
+
+    *firsts, second = sorted({e.topic.split("/")[1] for e in fleet_envelopes(races + 1, 1)})
+    a, b = worker("w1"), worker("w2")
+    try:
+        year = counting_year(a.holder.current.rules.crossborder.year_utc_offset_hours, now)
+        pi = ExportDataClass.PERSONAL_INFORMATION.value
+        with a.store.transaction() as tx:
+            seeded = [f"k0:seed{i}" for i in range(100_000 - races)]
+            tx.add_crossborder_subjects("oem-hq-de", year, seeded, category=pi, at=now)
+        read = b._crossborder
+        reads: list[object] = []
+
+        def racing(*args: Any) -> Any:
+            counts = read(*args)
+            if len(reads) < races:  # the first worker commits between this read and b's commit
+                a.process([record(firsts[len(reads)])])
+            reads.append(counts)
+            return counts
+
+        monkeypatch.setattr(b, "_crossborder", racing)
+        b.process([record(second)])
+        with b.store.snapshot() as rd:
+            rows = rd._all(
+                "select shard, vehicle, decision, rules from audit_entries "
+                "where kind = 'decision' and subscriber = 'oem-hq-de'"
+            )
+            counted = rd.crossborder_count("oem-hq-de", year, pi)
+            subjects = rd._one(
+                "select count(*) from crossborder_subjects where recipient = 'oem-hq-de' "
+                "and year = ? and category = ?",
+                (year, pi),
+            )[0]
+        blocked = b.metrics.crossborder_blocked.labels("oem-hq-de")._value.get()
+    finally:
+        a.store.close()
+        b.store.close()
+    verdicts = {(shard, vehicle): (decision, rules) for shard, vehicle, decision, rules in rows}
+    shared = {(a.origin, a.vehicle_ref(first)) for first in firsts}
+    assert set(verdicts) == {*shared, (b.origin, b.vehicle_ref(second))}
+    assert all(verdicts[key][0] == "shared" for key in shared)
+    decision, rules = verdicts[(b.origin, b.vehicle_ref(second))]
+    assert decision == "blocked"
+    assert "xborder.basis-missing" in rules
+    assert counted == subjects == 100_000
+    assert len(reads) == races + 1  # decided again on fresh counts
+    assert blocked == 1

@@ -210,6 +210,24 @@ MIGRATIONS: tuple[tuple[int, tuple[str | Callable[[_Cursor, Store], None], ...]]
             "create index dedup_seen on dedup (seen_ms)",
         ),
     ),
+    (
+        5,
+        (
+            # Distinct subjects per (recipient, year, category), kept with every insert into
+            # crossborder_subjects (same transaction, under the counter's lock), so a batch
+            # reads its count in one row instead of counting up to a million at commit.
+            """create table crossborder_counts (
+                recipient text not null,
+                year integer not null,
+                category text not null,
+                subjects bigint not null,
+                primary key (recipient, year, category)
+            )""",
+            """insert into crossborder_counts (recipient, year, category, subjects)
+                select recipient, year, category, count(*) from crossborder_subjects
+                group by recipient, year, category""",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -595,13 +613,14 @@ class Reader:
     # cross-border counters ------------------------------------------------------------------
 
     def crossborder_count(self, recipient: str, year: int, category: str = "pi") -> int:
-        """Distinct data subjects exported to ``recipient`` in ``year`` (Beijing time)."""
+        """Distinct data subjects exported to ``recipient`` in ``year`` (the counting year):
+        the counter row kept with the subjects, read in O(1)."""
         row = self._one(
-            "select count(*) from crossborder_subjects "
+            "select subjects from crossborder_counts "
             "where recipient = ? and year = ? and category = ?",
             (recipient, year, category),
         )
-        return int(row[0])
+        return int(row[0]) if row else 0
 
     def crossborder_new(
         self, recipient: str, year: int, subjects: Iterable[str], category: str = "pi"
@@ -798,13 +817,22 @@ class Transaction(Reader):
         at: float,
     ) -> int:
         """Count ``subjects`` as exported to ``recipient`` in ``year``; returns how many were
-        new. Idempotent: a subject is counted once per (recipient, year, category)."""
+        new. Idempotent: a subject is counted once per (recipient, year, category). Takes
+        :meth:`lock_crossborder`, so the counter row moves with the subjects it counts."""
+        self.lock_crossborder(recipient, year)
         new = self.crossborder_new(recipient, year, subjects, category)
         if new:
             self.insert_rows(
                 "insert into crossborder_subjects (recipient, year, category, subject, first_ms)",
                 [(recipient, year, category, s, to_ms(at)) for s in new],
-                " on conflict do nothing",
+            )
+            self._cur.execute(
+                self._q(
+                    "insert into crossborder_counts (recipient, year, category, subjects) "
+                    "values (?, ?, ?, ?) on conflict (recipient, year, category) "
+                    "do update set subjects = crossborder_counts.subjects + excluded.subjects"
+                ),
+                (recipient, year, category, len(new)),
             )
         return len(new)
 

@@ -1491,12 +1491,14 @@ def _gate(
     state: StateSnapshot,
     counted: list[tuple[str, int, ExportDataClass, str]],
 ) -> tuple[IntpArray, GateResult]:
-    """Cross-border gate for the sorted positions ``ok``, taken in (time, vehicle, row)
-    order: the sorted positions in that order, and the gate's per-record result."""
+    """Cross-border gate for the sorted positions ``ok``, taken in (time, row) order: the
+    sorted positions in that order, and the gate's per-record result. Arrival breaks a tie
+    in time, never the vehicle's place in the batch, so cutting a stream into batches
+    changes nobody's turn at a threshold."""
     pos = np.flatnonzero(ok)
     if pos.size == 0:
         return pos, GateResult((), (), (), ())
-    pos = pos[np.lexsort((trips.order[pos], trips.veh[pos], trips.time[pos]))]
+    pos = pos[np.lexsort((trips.order[pos], trips.time[pos]))]
     result = crossborder_gate(
         view.subscriber,
         the_plan.bundle.rules.crossborder,

@@ -216,6 +216,44 @@ def test_crossborder_subjects_count_once_per_recipient_year_category(store: Stor
         assert len(r.crossborder_new("overseas-x", 2025, many)) == 1200
 
 
+def test_a_schema_4_store_gets_counters_equal_to_its_subjects(
+    store_url: str, ring: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 5 backfills one counter row per (recipient, year, category) from the
+    subjects already counted; counting goes on from there."""
+    import gateway.audit.store as store_module
+
+    subjects = [("overseas-x", 2025, "pi", f"s{i}") for i in range(7)]
+    subjects += [("overseas-x", 2025, "spi", "s1"), ("overseas-x", 2026, "pi", "s1")]
+    subjects += [("other", 2025, "pi", f"s{i}") for i in range(3)]
+    with monkeypatch.context() as m:
+        m.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:4])
+        m.setattr(store_module, "SCHEMA_VERSION", 4)
+        with open_store(store_url, shard=ORIGIN, keys=ring) as s, s.transaction() as tx:
+            tx.insert_rows(
+                "insert into crossborder_subjects (recipient, year, category, subject, first_ms)",
+                [(*row, 5) for row in subjects],
+            )
+    with open_store(store_url, shard=ORIGIN, keys=ring) as s:
+        with s.snapshot() as r:
+            counted = r._all(
+                "select recipient, year, category, count(*) from crossborder_subjects "
+                "group by recipient, year, category order by 1, 2, 3"
+            )
+            counters = r._all(
+                "select recipient, year, category, subjects from crossborder_counts "
+                "order by 1, 2, 3"
+            )
+            assert len(counted) == 4
+            assert [tuple(c) for c in counters] == [tuple(c) for c in counted]
+            for recipient, year, category, n in counted:
+                assert r.crossborder_count(recipient, year, category) == n
+        with s.transaction() as tx:
+            assert tx.add_crossborder_subjects("overseas-x", 2025, ["s6", "s7"], at=T0) == 1
+        with s.snapshot() as r:
+            assert r.crossborder_count("overseas-x", 2025) == 8
+
+
 def test_beijing_year_turns_at_utc_1600_on_new_years_eve() -> None:
     assert beijing_year(datetime(2024, 12, 31, 15, 59, 59, tzinfo=UTC).timestamp()) == 2024
     assert beijing_year(datetime(2024, 12, 31, 16, 0, 0, tzinfo=UTC).timestamp()) == 2025

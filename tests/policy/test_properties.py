@@ -912,6 +912,29 @@ def test_cutting_a_stream_into_batches_changes_nothing(
         assert same_output(whole[key][1], cut[key][1]), key
 
 
+def test_a_tie_in_time_is_broken_by_arrival_not_by_vehicle() -> None:
+    """Two vehicles' records with one timestamp, counts just below a threshold the
+    cross-border subscriber has no basis for: the first to arrive is counted first, whether
+    the two come in one batch or in two (the vehicle's place in the batch decides nothing)."""
+    bundle = load_bundle()
+    late, early = sorted(VINS[:2], reverse=True)  # arrives first, sorts last
+    t = T0 + 3600
+    records = [{VIN: vin, TIMESTAMP: t, "Vehicle.Speed": 30.0} for vin in (late, early)]
+    for counted in range(99_990, 100_010):
+        case = {"records": records, "now": t + 1, "consents": [], "counted": counted,
+                "known": frozenset(), "mid_trip": False}  # fmt: skip
+        state = initial_state(bundle, case)
+        whole = stream_outcome(bundle, records, state, [])
+        cut = stream_outcome(bundle, records, state, [1])
+        assert {k: v[0] for k, v in whole.items()} == {k: v[0] for k, v in cut.items()}, counted
+        verdicts = [whole[("oem-hq-de", i)][0] for i in range(2)]
+        if verdicts[0] != verdicts[1]:  # the threshold falls between them
+            assert verdicts == ["share", "block"], counted
+            break
+    else:
+        raise AssertionError("no count in range puts a threshold between the two records")
+
+
 @settings(max_examples=60)
 @given(streams(), st.sampled_from(["default", "variant"]))
 def test_no_unqualified_view_holds_a_fine_or_wgs84_position(
