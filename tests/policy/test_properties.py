@@ -749,7 +749,7 @@ class Reference:
             for i in sent:
                 outcomes[(sub.id, i)] = Outcome("block", {"xborder.impact-assessment"})
             return keep
-        for i in sorted(sent, key=lambda i: (records[i][TIMESTAMP], records[i][VIN], i)):
+        for i in sorted(sent, key=lambda i: (records[i][TIMESTAMP], i)):  # ties: arrival
             vin = records[i][VIN]
             classes = [ExportDataClass.PERSONAL_INFORMATION]
             if infos[i]["out"]:
