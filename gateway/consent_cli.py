@@ -102,9 +102,9 @@ def list_command(store: _Store, keys: _Keys, vin: Annotated[str, typer.Option("-
     from gateway.keys import KeyRing
 
     try:
-        ref = KeyRing.load(keys).vehicle_ref(vin)
+        refs = KeyRing.load(keys).vehicle_refs(vin)  # recorded before a rotation too
         with _open(store, "gw-1") as s, s.snapshot() as rd:
-            found = of_vehicles(rd, [ref])
+            found = of_vehicles(rd, refs)
     except GatewayError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -457,7 +457,8 @@ class Gateway:
         dead_keys = [(d.vehicle_ref or "-", d.message_id) for d in dead]
         with self.store.snapshot() as rd:
             seen = self._seen(rd, keys + dead_keys, vin_of, now)
-            book = consents.book(consents.of_vehicles(rd, list(vin_of)), vin_of)
+            consent_of = self._consent_refs(vin_of)
+            book = consents.book(consents.of_vehicles(rd, list(consent_of)), consent_of)
         # A redelivered unusable input is not dead-lettered (and audited) twice either.
         first = {k: i for i, k in reversed(list(enumerate(dead_keys)))}  # linear, not i²
         unseen = [k not in seen and first[k] == i for i, k in enumerate(dead_keys)]
@@ -581,6 +582,19 @@ class Gateway:
         }
         found = seen_records(rd, list(earlier), generation=old)
         return seen | {earlier[k] for k in found}
+
+    def _consent_refs(self, vin_of: dict[str, str]) -> dict[str, str]:
+        """``vin_of`` (current references to VINs) with the references of every older HMAC
+        key generation added: a consent keeps the reference it was recorded under, so one
+        granted before ``icvgw keys rotate`` is found under the older one."""
+        older = self.keys.generations(KeyKind.HMAC)[:-1]
+        if not older:
+            return vin_of
+        out = dict(vin_of)
+        for vin in vin_of.values():
+            for gen in older:
+                out[self.keys.vehicle_ref(vin, generation=gen)] = vin
+        return out
 
     def _previous_hmac_in_window(self) -> int | None:
         """The previous HMAC key generation, if the de-duplication window holds records

@@ -114,3 +114,25 @@ def test_consent_cli_grants_lists_and_withdraws(config: GatewayConfig) -> None:
             for (b,) in con.execute("select body from audit_entries where kind='admin'")
         ]
     assert actions.count("c-cli") == 2  # granted, then withdrawn: both audited
+
+
+def test_consent_list_finds_a_consent_recorded_before_a_key_rotation(
+    config: GatewayConfig,
+) -> None:
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+    from gateway.keys import rotate_keys
+
+    runner = CliRunner()
+    vin = "LSVAU2180N2183294"
+    base = ["--store", config.store, "--keys", config.keys]
+    out = runner.invoke(
+        app,
+        ["consent", "grant", *base, "--vin", vin, "--purpose", "traffic-management",
+         "--expires", "2030-01-01T00:00:00+08:00", "--id", "c-before"],
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    rotate_keys(config.keys)
+    listed = runner.invoke(app, ["consent", "list", *base, "--vin", vin])
+    assert "c-before" in listed.output, listed.output

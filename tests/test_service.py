@@ -21,6 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.audit.outbox import row_aad
+from gateway.audit.store import Consent
 from gateway.config import GatewayConfig, load_config
 from gateway.keys import KeyRing, init_keys, rotate_keys
 from gateway.model import Envelope
@@ -838,3 +839,34 @@ def test_two_workers_cannot_cross_a_threshold_together(
     assert counted == subjects == 100_000
     assert len(reads) == races + 1  # decided again on fresh counts
     assert blocked == 1
+
+
+def test_a_consent_recorded_before_an_hmac_rotation_still_counts(config: GatewayConfig) -> None:
+    """A consent granted at run time is stored under the vehicle reference of its day; after
+    ``icvgw keys rotate`` the vehicle's references change, and the consent must still be
+    found (else the vehicle would silently fall back to no consent: per-trip pseudonyms)."""
+    envelopes = fleet_envelopes(3, 60)
+    vin = envelopes[0].topic.split("/")[1]
+    gw = Gateway(config)
+    purpose = "navigation-map"  # mapco-nav: a stable pseudonym with consent, else per trip
+    assert not any(c.vin == vin and c.purpose == purpose for c in gw.holder.current.consents)
+    now = time.time()
+    with gw.store.transaction() as tx:
+        consent = Consent("c-run-time", gw.vehicle_ref(vin), purpose, now - 3600, now + 86400)
+        tx.put_consents([consent], at=now, instance="test")
+    gw.store.close()
+    rotate_keys(config.keys)
+    again = Gateway(config)
+    try:
+        again.process(envelopes)
+        stable = again.keys.vehicle_ref(vin)  # the current generation's reference
+    finally:
+        again.store.close()
+    ids = Counter(
+        orjson.loads(payload)["vehicle"][:3]
+        for topic, payload in opened(config, "outbox")
+        if topic.startswith("share/mapco-nav/")
+    )
+    assert stable.startswith("k2:")
+    assert ids["pk-"] > 0, ids  # the consenting vehicle's stable pseudonym
+    assert ids["pt-"] > 0, ids  # the two others: per trip
