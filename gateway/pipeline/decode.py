@@ -243,8 +243,8 @@ def _to_batch(
     )
     lat, lon, coord_error = (
         check_coordinates(
-            [0.0 if none else v for v, none in zip(lat_in, no_position, strict=True)],
-            [0.0 if none else v for v, none in zip(lon_in, no_position, strict=True)],
+            _cells([0.0 if none else v for v, none in zip(lat_in, no_position, strict=True)]),
+            _cells([0.0 if none else v for v, none in zip(lon_in, no_position, strict=True)]),
         )
         if n
         else (np.empty(0), np.empty(0), np.empty(0, np.uint16))
@@ -267,6 +267,15 @@ def _to_batch(
         msg_id=msg_id,
         signals=signals,
     )
+
+
+def _cells(values: list[Any]) -> np.ndarray[Any, Any]:
+    """One object cell per record: numpy would read ``[[31.2]]`` as 31.2 and
+    ``[[31.2, 121.4]]`` as two rows; a list stays a list here, which is not a number."""
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
 
 
 def _record_error(

@@ -106,6 +106,17 @@ def test_bad_records_are_rejected_rows(record: Any, code: ErrorCode) -> None:
     assert b.status.tolist() == [RowStatus.REJECTED, RowStatus.OK]
 
 
+@pytest.mark.parametrize("value", [[31.2], [[31.2]], [31.2, 121.4], [], [None], [[]]])
+@pytest.mark.parametrize("field", [LATITUDE, LONGITUDE])
+def test_a_coordinate_that_is_a_list_or_object_is_not_a_number(field: str, value: Any) -> None:
+    """``[31.2]`` was taken for 31.2 and shared; ``[31.2, 121.4]`` or ``[]`` raised and failed
+    the whole batch, every vehicle in it, again on each redelivery."""
+    for records in ([rec(**{field: value})], [rec(**{field: value}), rec()]):
+        b = decode_records(records)
+        expected = [ErrorCode.NON_NUMERIC_COORDINATE, ErrorCode.OK][: len(records)]
+        assert b.error.tolist() == expected
+
+
 NOT_VINS = [
     "x" * 30_000,
     V1[:16],
