@@ -187,8 +187,9 @@ class Gateway:
         held: list[HeldView] = []
         with self.store.transaction() as tx:
             stored = all_vehicle_state(tx)
+        not_after = self.clock() + self.holder.current.rules.ingest.max_future_s
         for vehicle, data in stored.items():
-            trip, sent, views = decode_state(vehicle, data)
+            trip, sent, views = decode_state(vehicle, data, not_after=not_after)
             if trip is not None:
                 trips[vehicle] = trip
             for sub, t in sent.items():
