@@ -50,7 +50,7 @@ from gateway.keys import KeyKind, ensure_store_key
 from gateway.metrics import Metrics
 from gateway.model import Envelope, ErrorCode
 from gateway.pipeline.decide import sweep
-from gateway.pipeline.decode import decode, topic_vehicle
+from gateway.pipeline.decode import MAX_CELLS, decode, topic_vehicle
 from gateway.pipeline.shape import evaluate
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.child import load_in_child
@@ -324,7 +324,11 @@ class Gateway:
             max_records=bundle.rules.ingest.max_records_per_payload,
             check_digit=bundle.rules.ingest.verify_vin_check_digit,
             window=(now - bundle.rules.ingest.max_age_s, now + bundle.rules.ingest.max_future_s),
+            max_cells=MAX_CELLS,
         )
+        if decoded.too_wide:  # too many field names for one batch's columns: in two parts
+            half = len(envelopes) // 2
+            return self.process(envelopes[:half]).merged(self.process(envelopes[half:]))
         batch = decoded.batch
         dead: list[DeadInput] = []
         for d in decoded.dead:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 import tempfile
+import tracemalloc
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -160,3 +161,37 @@ def test_hostile_input_never_fails_a_batch_poisons_a_vehicle_or_the_log(
             assert vin.encode() not in text.upper()
     for r in notices:  # a notice says why and whose, never what the vehicle sent
         assert orjson.loads(r.payload).keys() == {"reason", "vehicle", "digest", "audit_seq"}
+
+
+def test_a_batch_too_wide_for_its_columns_is_decided_in_parts_in_bounded_memory(
+    tmp_path: Path,
+) -> None:
+    """Each field name is a column as long as the batch: 200 payloads of 250 names each
+    beside two arrays of 1,000 records took 900 MB to decode as one batch."""
+    topic = f"vehicles/{V1}/telemetry"
+    wide = [
+        Envelope(
+            topic, orjson.dumps(record(msg_id=str(j), **{f"k{j}_{i}": 0 for i in range(250)})), 0.0
+        )
+        for j in range(200)
+    ]
+    arrays = [
+        Envelope(topic, orjson.dumps([record(msg_id=f"r{j}-{i}") for i in range(1000)]), 0.0)
+        for j in range(2)
+    ]
+    decisions: list[Counter[tuple[str, str]]] = []
+    for name, batches in (("apart", [[e] for e in arrays + wide]), ("together", [arrays + wide])):
+        gw = Gateway(make_config(tmp_path / name), clock=lambda: NOW)
+        tracemalloc.start()
+        try:
+            seen: Counter[tuple[str, str]] = Counter()
+            for batch in batches:
+                seen.update(gw.process(batch).decisions)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            gw.store.close()
+        decisions.append(seen)
+        assert peak < 250_000_000, f"{name}: {peak:,} bytes"
+    assert decisions[1] == decisions[0]  # nothing lost, nothing decided differently
+    assert sum(decisions[0].values()) >= 2200

@@ -58,6 +58,10 @@ MAX_FIELDS = 256
 """Distinct field names a payload's records may have between them (the catalogue has about
 60): each name is a column as long as the whole batch, so five 250 KB payloads of 20,000
 names each took 1.6 GB to decode beside 2,000 ordinary records."""
+MAX_CELLS = 8_000_000
+"""Rows times distinct field names a batch may decode to (64 MB of column slots): above it,
+:func:`decode` decodes nothing and says ``too_wide``, and the caller splits the batch (200
+payloads of 250 names beside 2,000 ordinary records were 900 MB)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,7 @@ class Decoded:
 
     batch: Batch
     dead: list[DeadLetter]
+    too_wide: bool = False  # more than ``max_cells``: nothing was decoded, split the batch
 
 
 def topic_vehicle(topic: str) -> str | None:
@@ -111,6 +116,7 @@ def decode(
     vehicle_from_topic: Callable[[str], str | None] | None = topic_vehicle,
     check_digit: bool = True,
     window: tuple[float, float] | None = None,
+    max_cells: int | None = None,
 ) -> Decoded:
     """Decode envelopes into one batch. Never raises on payload content.
 
@@ -121,12 +127,15 @@ def decode(
     ``None`` where there is no topic (e.g. ``policy explain``).
     ``check_digit=False`` accepts VINs whose check digit is wrong. ``window`` is the range
     of record times accepted (Unix seconds, inclusive); None accepts any in :data:`TIME_RANGE`.
+    With ``max_cells``, a batch of several envelopes whose rows times distinct field names
+    exceed it is not decoded (``too_wide``): each name is a column as long as the batch.
     """
     alias = aliases or {}
     records: list[Any] = []
     sources: list[int] = []
     expected: list[str | None] = []
     dead: list[DeadLetter] = []
+    names: set[str] = set()
     for index, env in enumerate(envelopes):
         if len(env.payload) > max_payload:
             dead.append(DeadLetter(index, "oversize", f"{len(env.payload)} > {max_payload} bytes"))
@@ -148,7 +157,8 @@ def decode(
                 DeadLetter(index, "too-many-records", f"{len(items)} > {max_records} records")
             )
             continue
-        if _too_many_fields(items):
+        fields = _field_names(items)
+        if fields is None:
             dead.append(DeadLetter(index, "too-many-fields", f"more than {MAX_FIELDS} fields"))
             continue
         want = vehicle_from_topic(env.topic) if vehicle_from_topic is not None else None
@@ -156,10 +166,13 @@ def decode(
             # the detail never echoes the id: a topic may be 64 KB of anything
             dead.append(DeadLetter(index, "invalid-topic-vin", "the topic's id is not a VIN"))
             continue
+        names |= fields
         for item in items:
             records.append(item)
             sources.append(index)
             expected.append(want)
+    if max_cells is not None and len(envelopes) > 1 and len(records) * len(names) > max_cells:
+        return Decoded(_to_batch([], [], [], alias, _Checks(False, False, None)), [], True)
     checks = _Checks(vehicle_from_topic is not None, check_digit, window)
     return Decoded(_to_batch(records, sources, expected, alias, checks), dead)
 
@@ -309,9 +322,9 @@ def _record_error(
     return ErrorCode.OK
 
 
-def _too_many_fields(items: list[Any]) -> bool:
-    """True if the records name more than :data:`MAX_FIELDS` distinct (flattened) fields;
-    stops looking as soon as they do."""
+def _field_names(items: list[Any]) -> set[str] | None:
+    """The distinct (flattened) field names of the records, or None if there are more than
+    :data:`MAX_FIELDS` (it stops looking as soon as there are)."""
     names: set[str] = set()
     stack: list[tuple[str, dict[str, Any]]] = [("", r) for r in items if isinstance(r, dict)]
     while stack:
@@ -322,8 +335,8 @@ def _too_many_fields(items: list[Any]) -> bool:
                 continue
             names.add(f"{prefix}{key}")
             if len(names) > MAX_FIELDS:
-                return True
-    return False
+                return None
+    return names
 
 
 def _flatten(record: dict[str, Any], alias: Mapping[str, str]) -> dict[str, Any]:
