@@ -69,6 +69,20 @@ class Written:
     outbox: list[OutboxRow] = field(default_factory=list)
     counted: dict[tuple[str, int, str], int] = field(default_factory=dict)
 
+    def merged(self, other: Written) -> Written:
+        """Both commits' figures (a batch committed in parts)."""
+        counted = dict(self.counted)
+        for key, n in other.counted.items():
+            counted[key] = counted.get(key, 0) + n
+        return Written(
+            self.entries + other.entries,
+            self.views + other.views,
+            self.deadletters + other.deadletters,
+            self.decisions + other.decisions,
+            self.outbox + other.outbox,
+            counted,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Context:

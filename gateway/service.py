@@ -60,7 +60,7 @@ from gateway.keys import KeyKind, ensure_store_key
 from gateway.metrics import Metrics
 from gateway.model import Batch, Envelope, ErrorCode
 from gateway.pipeline.decide import Decisions, sweep
-from gateway.pipeline.decode import decode, topic_vehicle
+from gateway.pipeline.decode import MAX_CELLS, decode, topic_vehicle
 from gateway.pipeline.shape import Shaped, evaluate
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.child import load_in_child
@@ -234,8 +234,9 @@ class Gateway:
         held: list[HeldView] = []
         with self.store.transaction() as tx:
             stored = all_vehicle_state(tx)
+        not_after = self.clock() + self.holder.current.rules.ingest.max_future_s
         for vehicle, data in stored.items():
-            trip, sent, views = decode_state(vehicle, data)
+            trip, sent, views = decode_state(vehicle, data, not_after=not_after)
             if trip is not None:
                 trips[vehicle] = trip
             for sub, t in sent.items():
@@ -406,7 +407,11 @@ class Gateway:
             max_records=bundle.rules.ingest.max_records_per_payload,
             check_digit=bundle.rules.ingest.verify_vin_check_digit,
             window=(now - bundle.rules.ingest.max_age_s, now + bundle.rules.ingest.max_future_s),
+            max_cells=MAX_CELLS,
         )
+        if decoded.too_wide:  # too many field names for one batch's columns: in two parts
+            half = len(envelopes) // 2
+            return self.process(envelopes[:half]).merged(self.process(envelopes[half:]))
         batch = decoded.batch
         dead: list[DeadInput] = []
         for d in decoded.dead:

@@ -58,14 +58,21 @@ def encode(
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def decode(vehicle: str, data: bytes) -> tuple[TripState | None, dict[str, float], list[HeldView]]:
-    """Inverse of :func:`encode`."""
+def decode(
+    vehicle: str, data: bytes, *, not_after: float = math.inf
+) -> tuple[TripState | None, dict[str, float], list[HeldView]]:
+    """Inverse of :func:`encode`. A trip or a last-sent time later than ``not_after`` (the
+    gateway's clock plus ``rules.ingest.max_future_s``) is forgotten: a store written before
+    record times were bounded may remember year 9999, which would silence the vehicle."""
     doc = orjson.loads(data)
     trip_raw = doc.get("trip")
     trip = None
     if trip_raw is not None:
         n = [_float(x) for x in trip_raw[:7]]
         trip = TripState(n[0], n[1], n[2], n[3], n[4], n[5], n[6], ended=bool(trip_raw[7]))
+        if not (trip.start_time <= not_after and trip.last_time <= not_after):
+            trip = None
+    sent = {k: float(v) for k, v in doc.get("last_sent", {}).items()}
     held = [
         HeldView(
             subscriber=h[0],
@@ -84,4 +91,4 @@ def decode(vehicle: str, data: bytes) -> tuple[TripState | None, dict[str, float
         )
         for h in doc.get("held", [])
     ]
-    return trip, {k: float(v) for k, v in doc.get("last_sent", {}).items()}, held
+    return trip, {k: t for k, t in sent.items() if t <= not_after}, held

@@ -10,6 +10,7 @@ import tempfile
 import time
 import tracemalloc
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.audit.entries import parse_time
-from gateway.audit.outbox import row_aad
+from gateway.audit.outbox import (
+    DeadLetterRow,
+    OutboxRow,
+    deadletter,
+    deadletters,
+    outbox_rows,
+)
 from gateway.audit.verify import verify_store
 from gateway.config import GatewayConfig, load_config
-from gateway.keys import KeyRing, init_keys
+from gateway.keys import init_keys
 from gateway.model import Envelope
 from gateway.pipeline.decode import LATITUDE, LONGITUDE, TIMESTAMP, VIN
-from gateway.service import Gateway, origin_of
+from gateway.service import Gateway
 from gateway.testing import make_vin
 from simulators.fleet import Fleet, FleetConfig
 
@@ -57,78 +64,74 @@ def db(config: GatewayConfig) -> sqlite3.Connection:
     return sqlite3.connect(config.store.removeprefix("sqlite:///"))
 
 
-def opened(config: GatewayConfig, table: str) -> list[tuple[str, str, bytes]]:
-    """``(reason or subscriber, topic, payload)`` of each row of the outbox or the dead
-    letters, in order, opened with the deployment's store key (they are sealed at rest)."""
-    ring = KeyRing.load(config.keys)
-    shard = origin_of(config.worker)
-    label = "reason" if table == "deadletters" else "subscriber"
-    out = []
-    query = f"select seq, {label}, sealed from {table} order by seq"
-    for seq, what, sealed in db(config).execute(query):
-        topic, _, payload = ring.unseal(sealed, row_aad(table, shard, seq)).partition(b"\0")
-        out.append((what, topic.decode(), payload))
-    return out
-
-
 def record(vin: str = V1, **extra: object) -> dict[str, object]:
     return {VIN: vin, TIMESTAMP: 1795867200.0, LATITUDE: 31.23, LONGITUDE: 121.47, **extra}
 
 
-def run(config: GatewayConfig, envelopes: list[Envelope]) -> Gateway:
+@dataclass
+class Kept:
+    """What the store holds after a run, opened: dead letters and outbox rows in audit
+    order, decision entries' bodies."""
+
+    letters: list[DeadLetterRow]
+    outbox: list[OutboxRow]
+    bodies: list[bytes]
+
+
+def run(config: GatewayConfig, envelopes: list[Envelope]) -> Kept:
     gw = Gateway(config, clock=lambda: NOW)
     try:
         gw.process(envelopes)
+        with gw.store.snapshot() as rd:
+            infos = sorted(deadletters(rd, gw.origin, 1_000_000), key=lambda d: d.seq)
+            letters = [deadletter(rd, gw.origin, d.seq) for d in infos]
+            outbox = [row for row, _ in outbox_rows(rd, gw.origin)]
+            bodies = [e.body for e in rd.iter_entries(gw.origin) if e.body is not None]
     finally:
         gw.store.close()
-    return gw
+    kept = [d for d in letters if d is not None]
+    decisions = [b for b in bodies if orjson.loads(b)["kind"] == "decision"]
+    return Kept(kept, outbox, decisions)
 
 
 def test_a_hostile_topic_is_dead_lettered_once_and_never_echoed(config: GatewayConfig) -> None:
     hostile = "<b>" + "x" * 30_000 + "</b>"
     topic = f"vehicles/{hostile}/telemetry"
     payload = orjson.dumps([record(hostile)] * 3)
-    run(config, [Envelope(topic, payload, 0.0, 1)])
-    con = db(config)
-    rows = [(reason, topic) for reason, topic, _ in opened(config, "deadletters")]
+    kept = run(config, [Envelope(topic, payload, 0.0, 1)])
+    rows = [(d.reason, d.topic) for d in kept.letters]
     assert [r for r, _ in rows] == ["invalid-topic-vin"]
     assert len(rows[0][1]) <= 128 and rows[0][1].startswith("vehicles/<b>xxx")
-    notices = [(topic, payload) for _, topic, payload in opened(config, "outbox")]
+    notices = [(r.topic, r.payload) for r in kept.outbox]
     assert [t for t, _ in notices] == ["gateway/deadletter/invalid-topic-vin"]
     assert len(notices[0][1]) < 300 and b"xxx" not in notices[0][1]
     assert "vehicle" not in orjson.loads(notices[0][1])  # no vehicle reference in a notice
-    audited = list(con.execute("select body from audit_entries where kind = 'decision'"))
-    assert len(audited) == 1 and b"xxx" not in bytes(audited[0][0])
+    assert len(kept.bodies) == 1 and b"xxx" not in kept.bodies[0]
 
 
 def test_a_payload_of_many_bad_records_is_kept_once(config: GatewayConfig) -> None:
     bad = [record(**{LATITUDE: "31.2", "pad": "y" * 50}) for _ in range(1000)]
     payload = orjson.dumps(bad)
-    run(config, [Envelope(f"vehicles/{V1}/telemetry", payload, 0.0, 1)])
-    con = db(config)
-    rows = [(reason, len(payload)) for reason, _, payload in opened(config, "deadletters")]
+    kept = run(config, [Envelope(f"vehicles/{V1}/telemetry", payload, 0.0, 1)])
+    rows = [(d.reason, len(d.payload)) for d in kept.letters]
     assert len(rows) == 1000  # every bad record has its own dead letter and audit entry
     assert {r for r, _ in rows} == {"non-numeric-coordinate"}
     assert sum(n for _, n in rows) == len(payload)  # ... and the payload is kept once
-    digests = {
-        orjson.loads(bytes(b))["digest"]
-        for (b,) in con.execute("select body from audit_entries where kind = 'decision'")
-    }
+    digests = {orjson.loads(b)["digest"] for b in kept.bodies}
     assert len(digests) == 1  # every entry names the one payload kept
 
 
 def test_an_oversize_payload_keeps_its_size_digest_and_a_prefix(config: GatewayConfig) -> None:
     payload = orjson.dumps(record(pad="z" * 10_000_000))
-    run(config, [Envelope(f"vehicles/{V1}/telemetry", payload, 0.0, 1)])
-    con = db(config)
-    [(reason, _, kept)] = opened(config, "deadletters")
-    assert reason == "oversize"
-    assert len(kept) < 6000  # 4096 bytes of prefix, base64, and the size and digest
-    summary = orjson.loads(kept)
+    kept = run(config, [Envelope(f"vehicles/{V1}/telemetry", payload, 0.0, 1)])
+    [letter] = kept.letters
+    assert letter.reason == "oversize"
+    assert len(letter.payload) < 6000  # 4096 bytes of prefix, base64, and the size and digest
+    summary = orjson.loads(letter.payload)
     assert summary["size"] == len(payload)
     assert base64.b64decode(summary["prefix_base64"]) == payload[:4096]
-    [(body,)] = list(con.execute("select body from audit_entries where kind = 'decision'"))
-    assert orjson.loads(bytes(body))["digest"] == summary["digest"]
+    [body] = kept.bodies
+    assert orjson.loads(body)["digest"] == summary["digest"]
 
 
 offsets = st.integers(-1439, 1439).map(lambda m: timezone(timedelta(minutes=m)))
@@ -188,8 +191,8 @@ def test_a_record_from_year_9999_does_not_silence_its_vehicle(tmp_path: Path) ->
 
 
 def stored_bytes(con: sqlite3.Connection) -> int:
-    """Bytes of content the store holds: entries, views and notices, dead letters (these
-    two sealed: topic and payload plus 31 bytes of key generation, nonce and tag)."""
+    """Bytes of content the store holds: entries, views and notices, dead letters (the
+    last two sealed with their topics)."""
     return sum(
         con.execute(q).fetchone()[0] or 0
         for q in (

@@ -7,7 +7,8 @@ paths by the policy's alias map before anything else looks at them.
 Two kinds of failure, both without raising:
 
 * the whole payload is unusable (oversize, not JSON, not an object or array, empty array,
-  more records than the bundle allows, a topic naming a vehicle id that is not a VIN):
+  more records than the bundle allows, more than :data:`MAX_FIELDS` field names, a topic
+  naming a vehicle id that is not a VIN):
   a :class:`DeadLetter` for the envelope, no rows;
 * one record is unusable (not an object, no vehicle id, a vehicle id that is not a VIN, no or
   bad timestamp, a coordinate that is not a number, vehicle id differs from the topic's): the
@@ -53,6 +54,14 @@ TIME_RANGE = (0.0, 1e11)
 
 DEFAULT_MAX_PAYLOAD = 256 * 1024
 DEFAULT_MAX_RECORDS = 1000
+MAX_FIELDS = 256
+"""Distinct field names a payload's records may have between them (the catalogue has about
+60): each name is a column as long as the whole batch, so five 250 KB payloads of 20,000
+names each took 1.6 GB to decode beside 2,000 ordinary records."""
+MAX_CELLS = 8_000_000
+"""Rows times distinct field names a batch may decode to (64 MB of column slots): above it,
+:func:`decode` decodes nothing and says ``too_wide``, and the caller splits the batch (200
+payloads of 250 names beside 2,000 ordinary records were 900 MB)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +79,7 @@ class Decoded:
 
     batch: Batch
     dead: list[DeadLetter]
+    too_wide: bool = False  # more than ``max_cells``: nothing was decoded, split the batch
 
 
 def topic_vehicle(topic: str) -> str | None:
@@ -106,6 +116,7 @@ def decode(
     vehicle_from_topic: Callable[[str], str | None] | None = topic_vehicle,
     check_digit: bool = True,
     window: tuple[float, float] | None = None,
+    max_cells: int | None = None,
 ) -> Decoded:
     """Decode envelopes into one batch. Never raises on payload content.
 
@@ -116,12 +127,15 @@ def decode(
     ``None`` where there is no topic (e.g. ``policy explain``).
     ``check_digit=False`` accepts VINs whose check digit is wrong. ``window`` is the range
     of record times accepted (Unix seconds, inclusive); None accepts any in :data:`TIME_RANGE`.
+    With ``max_cells``, a batch of several envelopes whose rows times distinct field names
+    exceed it is not decoded (``too_wide``): each name is a column as long as the batch.
     """
     alias = aliases or {}
     records: list[Any] = []
     sources: list[int] = []
     expected: list[str | None] = []
     dead: list[DeadLetter] = []
+    names: set[str] = set()
     for index, env in enumerate(envelopes):
         if len(env.payload) > max_payload:
             dead.append(DeadLetter(index, "oversize", f"{len(env.payload)} > {max_payload} bytes"))
@@ -143,15 +157,22 @@ def decode(
                 DeadLetter(index, "too-many-records", f"{len(items)} > {max_records} records")
             )
             continue
+        fields = _field_names(items)
+        if fields is None:
+            dead.append(DeadLetter(index, "too-many-fields", f"more than {MAX_FIELDS} fields"))
+            continue
         want = vehicle_from_topic(env.topic) if vehicle_from_topic is not None else None
         if vehicle_from_topic is not None and not _topic_names_vin(env.topic, want, check_digit):
             # the detail never echoes the id: a topic may be 64 KB of anything
             dead.append(DeadLetter(index, "invalid-topic-vin", "the topic's id is not a VIN"))
             continue
+        names |= fields
         for item in items:
             records.append(item)
             sources.append(index)
             expected.append(want)
+    if max_cells is not None and len(envelopes) > 1 and len(records) * len(names) > max_cells:
+        return Decoded(_to_batch([], [], [], alias, _Checks(False, False, None)), [], True)
     checks = _Checks(vehicle_from_topic is not None, check_digit, window)
     return Decoded(_to_batch(records, sources, expected, alias, checks), dead)
 
@@ -243,8 +264,8 @@ def _to_batch(
     )
     lat, lon, coord_error = (
         check_coordinates(
-            [0.0 if none else v for v, none in zip(lat_in, no_position, strict=True)],
-            [0.0 if none else v for v, none in zip(lon_in, no_position, strict=True)],
+            _cells([0.0 if none else v for v, none in zip(lat_in, no_position, strict=True)]),
+            _cells([0.0 if none else v for v, none in zip(lon_in, no_position, strict=True)]),
         )
         if n
         else (np.empty(0), np.empty(0), np.empty(0, np.uint16))
@@ -269,6 +290,15 @@ def _to_batch(
     )
 
 
+def _cells(values: list[Any]) -> np.ndarray[Any, Any]:
+    """One object cell per record: numpy would read ``[[31.2]]`` as 31.2 and
+    ``[[31.2, 121.4]]`` as two rows; a list stays a list here, which is not a number."""
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
+
+
 def _record_error(
     rec: Mapping[str, Any], vin: Any, ts: float | None, expected: str | None, checks: _Checks
 ) -> ErrorCode:
@@ -290,6 +320,23 @@ def _record_error(
     if not TIME_RANGE[0] <= ts < TIME_RANGE[1]:
         return ErrorCode.BAD_TIMESTAMP
     return ErrorCode.OK
+
+
+def _field_names(items: list[Any]) -> set[str] | None:
+    """The distinct (flattened) field names of the records, or None if there are more than
+    :data:`MAX_FIELDS` (it stops looking as soon as there are)."""
+    names: set[str] = set()
+    stack: list[tuple[str, dict[str, Any]]] = [("", r) for r in items if isinstance(r, dict)]
+    while stack:
+        prefix, node = stack.pop()
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                stack.append((f"{prefix}{key}.", value))
+                continue
+            names.add(f"{prefix}{key}")
+            if len(names) > MAX_FIELDS:
+                return None
+    return names
 
 
 def _flatten(record: dict[str, Any], alias: Mapping[str, str]) -> dict[str, Any]:

@@ -14,13 +14,13 @@ import orjson
 import pytest
 
 from gateway.audit.outbox import row_aad
-from gateway.keys import KeyRing
 from gateway.testing import MosquittoBroker
 from simulators.fleet import Fleet, Kind
 from tests.integration.harness import (
     LATITUDE,
     LONGITUDE,
     MAX_PAYLOAD,
+    ORIGIN,
     TIMESTAMP,
     VIN,
     Deployment,
@@ -87,15 +87,15 @@ def test_hostile_flood_is_bounded_and_loses_nothing(
     peak = peak_rss(gw.proc.pid)
     repeats, dead_repeats = finish(gw, dep, expected, out)  # nothing lost, nothing twice
     assert (repeats, dead_repeats) == (0, 0)
-    ring = KeyRing.load(dep.store.parent / "keys")
-    with closing(sqlite3.connect(dep.store)) as con:
-        rows = con.execute("select shard, seq, sealed from deadletters").fetchall()
-    kept_bytes = longest_topic = 0
-    for shard, seq, sealed in rows:  # topic and payload are sealed together at rest
-        opened = ring.unseal(bytes(sealed), row_aad("deadletters", shard, seq))
-        topic, _, payload = opened.partition(b"\0")
-        kept_bytes += len(payload)
-        longest_topic = max(longest_topic, len(topic.decode()))
+    ring = dep.ring()
+    with closing(sqlite3.connect(dep.store)) as con:  # schema 4: topic and payload sealed
+        rows = con.execute("select seq, sealed from deadletters where shard = ?", (ORIGIN,))
+        opened = [
+            ring.unseal(bytes(sealed), row_aad("deadletters", ORIGIN, seq)).partition(b"\0")
+            for seq, sealed in rows
+        ]
+    kept_bytes = sum(len(payload) for _, _, payload in opened)
+    longest_topic = max(len(topic.decode()) for topic, _, _ in opened)
     bound = sum(len(p) if len(p) <= MAX_PAYLOAD else SUMMARY_MAX for p in expected.dead)
     print(f"dead payload bytes kept {kept_bytes:,} (bound {bound:,}); peak RSS {peak:,}")
     assert kept_bytes <= bound  # each dead payload once, an oversize one as a summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from gateway.model import Datum, Envelope, ErrorCode, RowStatus
 from gateway.pipeline.decode import (
     LATITUDE,
     LONGITUDE,
+    MAX_FIELDS,
     TIMESTAMP,
     VIN,
     decode,
@@ -76,6 +78,23 @@ def test_unusable_payloads_are_dead_letters(raw: bytes, reason: str) -> None:
     assert len(out.batch) == 1 and out.batch.ok.all()
 
 
+def test_a_payload_naming_too_many_fields_is_dead_lettered_in_bounded_memory() -> None:
+    """Every field name is a column as long as the batch: five 250 KB payloads of 20,000
+    names each beside two arrays of 1,000 records took 1.6 GB to decode."""
+    wide = [env(rec(msg_id=str(j), **{f"k{j}_{i}": 0 for i in range(20_000)})) for j in range(5)]
+    arrays = [env([rec(msg_id=f"r{j}-{i}") for i in range(1000)]) for j in range(2)]
+    fits = env(rec(**{f"k{i}": 0 for i in range(MAX_FIELDS - len(rec()))}))
+    tracemalloc.start()
+    try:
+        out = decode([*wide, *arrays, fits])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [(d.source, d.reason) for d in out.dead] == [(j, "too-many-fields") for j in range(5)]
+    assert out.batch.ok.all() and len(out.batch) == 2001
+    assert peak < 100_000_000, f"{peak:,} bytes"
+
+
 def test_oversize_payload_is_dead_lettered_without_parsing() -> None:
     out = decode([env(rec(pad="x" * 2000))], max_payload=1000)
     assert [d.reason for d in out.dead] == ["oversize"]
@@ -104,6 +123,17 @@ def test_bad_records_are_rejected_rows(record: Any, code: ErrorCode) -> None:
     assert out.dead == []
     assert b.error.tolist() == [code, ErrorCode.OK]
     assert b.status.tolist() == [RowStatus.REJECTED, RowStatus.OK]
+
+
+@pytest.mark.parametrize("value", [[31.2], [[31.2]], [31.2, 121.4], [], [None], [[]]])
+@pytest.mark.parametrize("field", [LATITUDE, LONGITUDE])
+def test_a_coordinate_that_is_a_list_or_object_is_not_a_number(field: str, value: Any) -> None:
+    """``[31.2]`` was taken for 31.2 and shared; ``[31.2, 121.4]`` or ``[]`` raised and failed
+    the whole batch, every vehicle in it, again on each redelivery."""
+    for records in ([rec(**{field: value})], [rec(**{field: value}), rec()]):
+        b = decode_records(records)
+        expected = [ErrorCode.NON_NUMERIC_COORDINATE, ErrorCode.OK][: len(records)]
+        assert b.error.tolist() == expected
 
 
 NOT_VINS = [
