@@ -669,7 +669,7 @@ def _trips(
     vehicle_last_seg[:-1] = seg_veh[1:] != seg_veh[:-1]
     ended = ~vehicle_last_seg | key_off[last]
 
-    start = np.where(cont, st_start[seg_veh], t[first])
+    start = _distinct_starts(np.where(cont, st_start[seg_veh], t[first]), cont, seg_veh, st_start)
     # Carry the last known position forward inside each segment (seeded by the state's).
     pos_idx = np.where(has_pos, np.arange(m), -1)
     last_pos = np.maximum.accumulate(pos_idx)
@@ -731,6 +731,30 @@ def _trips(
         state_disp=state_disp,
         new_state=new_state,
     )
+
+
+def _distinct_starts(
+    start: FloatArray, cont: BoolArray, seg_veh: IntpArray, st_start: FloatArray
+) -> FloatArray:
+    """Trip starts made strictly increasing per vehicle, in whole milliseconds where they
+    would repeat: a trip's start names its per-trip pseudonym, so a trip beginning in the
+    millisecond the last one began (a key-off and the next record stamped alike) starts a
+    millisecond after it instead, and never shares its pseudonym."""
+    prev = np.full(len(start), -np.inf)
+    prev[1:] = start[:-1]
+    first_of_vehicle = np.ones(len(start), dtype=bool)
+    first_of_vehicle[1:] = seg_veh[1:] != seg_veh[:-1]
+    prev = np.where(first_of_vehicle, st_start[seg_veh], prev)
+    with np.errstate(invalid="ignore"):
+        clash = ~cont & (np.round(start * 1000) <= np.round(prev * 1000))
+    if not clash.any():
+        return start
+    out = start.copy()
+    for k in range(int(np.flatnonzero(clash)[0]), len(out)):
+        before = st_start[seg_veh[k]] if first_of_vehicle[k] else out[k - 1]
+        if not cont[k] and np.isfinite(before) and round(out[k] * 1000) <= round(before * 1000):
+            out[k] = (round(before * 1000) + 1) / 1000
+    return out
 
 
 def _left_start(trips: _Trips, trim: float) -> BoolArray:
@@ -810,6 +834,7 @@ class Decisions:
     trip_lat: FloatArray
     trip_lon: FloatArray
     delta: StateDelta = field(default_factory=StateDelta)
+    inherited: Located | None = None
     _transform_cache: dict[tuple[Any, ...], dict[str, Any]] = field(
         default_factory=dict, repr=False
     )
@@ -845,8 +870,13 @@ class Decisions:
         return rule_ids(int(self.rules[s, row]))
 
     def zone_ids(self, s: int, row: int) -> tuple[str, ...]:
-        """Ids of the zones the row's reported cell touches at subscriber ``s``'s grid."""
-        return self.layer(s).zone_ids(row)
+        """Ids of the zones the row's reported cell touches at subscriber ``s``'s grid (for a
+        row without a position, the cell of its trip's last known one, which it was judged
+        on)."""
+        own = self.layer(s).zone_ids(row)
+        if own or self.inherited is None:
+            return own
+        return self.inherited.layer(self.plan.views[s].grid_m).zone_ids(row)
 
     def reason(self, row: int) -> str | None:
         """Why a rejected row was rejected (e.g. ``"missing-timestamp"``), else ``None``."""
@@ -896,6 +926,14 @@ class Decisions:
         zoned = np.zeros(len(rows), dtype=bool)
         has_site = site >= 0
         zoned[has_site] = layer.mask.level[site[has_site]] != 0
+        # Rows without a position were judged on their trip's last known one: its zones.
+        carried = (
+            None if self.inherited is None else self.inherited.layer(self.plan.views[s].grid_m)
+        )
+        if carried is not None:
+            c_site = carried.site[rows]
+            c_has = ~has_site & (c_site >= 0)
+            zoned[c_has] = carried.mask.level[c_site[c_has]] != 0
         bits_list = self.applied[s, rows].tolist()
         pos_list = self.position[s, rows].tolist()
         dropped = self.classified.dropped[rows].tolist()
@@ -906,7 +944,11 @@ class Decisions:
         for row, bits, pos, in_zone, kind in zip(
             rows.tolist(), bits_list, pos_list, zoned.tolist(), dropped, strict=True
         ):
-            zones = layer.zone_ids(row) if in_zone else ()
+            zones = (
+                (layer if carried is None or layer.site[row] >= 0 else carried).zone_ids(row)
+                if in_zone
+                else ()
+            )
             names: tuple[int, tuple[str, ...]] = (0, ())
             if bits & _UNCLASSIFIED_BIT:
                 known = names_of.get(kind) if kind > 0 else None
@@ -1319,6 +1361,7 @@ def decide(
         trip_lat=trip_lat,
         trip_lon=trip_lon,
         delta=delta,
+        inherited=inherited,
     )
 
 

@@ -1242,3 +1242,80 @@ def test_the_map_review_of_a_navigation_map_subscriber_is_in_the_audit(
     d, _ = run(bundle, [record()])
     assert d.transforms(index(d, "mapco-nav"), 0)["map_review"] == "FICTITIOUS-审图号-0000001"
     assert "map_review" not in d.transforms(index(d, "insureco-ubi"), 0)
+
+
+def test_a_record_judged_on_its_last_known_position_names_the_zone_in_the_audit(
+    bundle: PolicyBundle,
+) -> None:
+    """The audit entry of a record without a position, masked for its trip's last known
+    zone, names that zone as it would for a record of its own there."""
+    records = [
+        record(t=NOW - 120, where=SENSITIVE_2),
+        record(t=NOW - 60, where=None, Vehicle__Speed=57.0),
+    ]
+    d, _ = run(bundle, records)
+    s = index(d, "insureco-ubi")
+    assert "zone.sensitive" in d.rule_ids(s, 1)
+    own = d.transforms(s, 0)["zones"]
+    assert own and d.transforms(s, 1).get("zones") == own
+    assert d.zone_ids(s, 1) == tuple(own)
+
+
+def _per_trip_views(sh: Shaped, d: Decisions, sub_id: str) -> list[tuple[str, str]]:
+    s = index(d, sub_id)
+    return [
+        (sh.views[i]["vehicle"], sh.message_ids[i]) for i in range(len(sh)) if sh.subscriber[i] == s
+    ]
+
+
+def test_message_ids_under_per_trip_pseudonyms_do_not_repeat_across_trips(
+    bundle: PolicyBundle,
+) -> None:
+    """A vehicle that restarts its msg_id counter every trip: under per-trip pseudonyms the
+    output message ids of two trips share nothing, and a redelivered record keeps its id."""
+    gap = bundle.rules.trips.split_gap_s
+
+    def trip(t0: float) -> list[dict[str, Any]]:
+        return [
+            {**record(VIN_NONE, t=t0 + 10 * i, where=north(400.0 * i)), "msg_id": str(i)}
+            for i in range(8)
+        ]
+
+    records = trip(NOW - 4 * gap) + trip(NOW - gap / 2)
+    state = fresh(bundle, records, NOW)
+    d, sh = run(bundle, records, state=state)
+    views = _per_trip_views(sh, d, "mapco-nav")
+    by_trip: dict[str, set[str]] = {}
+    for vehicle, mid in views:
+        assert vehicle.startswith("pt-")
+        by_trip.setdefault(vehicle, set()).add(mid)
+    assert len(by_trip) == 2
+    first, second = by_trip.values()
+    assert first and second and not first & second
+    again, sh_again = run(bundle, records, state=state)
+    assert _per_trip_views(sh_again, again, "mapco-nav") == views
+
+
+def test_a_trip_starting_when_the_last_one_ended_has_its_own_pseudonym(
+    bundle: PolicyBundle,
+) -> None:
+    """A trip ended by a key-off and the next one, every record stamped the same second (a
+    clock stuck, or one that counts whole seconds): two trips, two per-trip pseudonyms, in
+    one batch or across two."""
+
+    first = [record(VIN_NONE, t=NOW - 60, where=north(300.0 * i)) for i in range(4)]
+    first[-1]["Vehicle.LowVoltageSystemState"] = "OFF"
+    second = [record(VIN_NONE, t=NOW - 60 + 10 * i, where=north(300.0 * i)) for i in range(5)]
+    state = fresh(bundle, first, NOW)
+
+    def pseudonyms(d: Decisions, sh: Shaped) -> set[str]:
+        return {vehicle for vehicle, _ in _per_trip_views(sh, d, "mapco-nav")}
+
+    d, sh = run(bundle, first + second, state=state)
+    one = pseudonyms(*run(bundle, first, state=state))
+    assert len(one) == 1 and len(pseudonyms(d, sh)) == 2, [
+        Verdict(int(v)).label for v in d.verdict[index(d, "mapco-nav")]
+    ]
+    d1, sh1 = run(bundle, first, state=state)
+    two = pseudonyms(*run(bundle, second, state=state.apply(d1.delta, sh1.held)))
+    assert one and two and not one & two
