@@ -1443,6 +1443,9 @@ class _ConsentIndex:
         self.book = state.consents.columns()
         self.lo = np.zeros(n, dtype=np.intp)
         self.count = np.zeros(n, dtype=np.intp)
+        self.trip_start = np.full(n, np.inf)
+        if len(trips.order):
+            self.trip_start[trips.order] = trips.start[trips.seg]
         vins = self.book.vins
         if len(vins) and len(trips.order):
             names = trips.names  # the batch's vehicles, once each
@@ -1456,7 +1459,9 @@ class _ConsentIndex:
     def lookup(self, purposes: Iterable[str], rows: BoolArray) -> npt.NDArray[np.object_]:
         """Per row (where ``rows``): id of the consent (smallest id) for one of ``purposes``
         active both at the row's time and at the decision time, else ``None``: an expired or
-        withdrawn consent covers nothing decided afterwards, whatever the record's time."""
+        withdrawn consent covers nothing decided afterwards, whatever the record's time. A
+        consent granted after the row's trip began covers none of that trip: its stable
+        pseudonym would continue the trip's per-trip views and name what went before."""
         out = np.full(len(rows), None, dtype=object)
         idx = np.flatnonzero(rows & (self.count > 0))
         if idx.size == 0:
@@ -1470,6 +1475,7 @@ class _ConsentIndex:
         t = self.time[pair_row]
         now = self.now
         active = wanted[c] & (book.start[c] <= t) & (t < book.end[c])
+        active &= book.start[c] <= self.trip_start[pair_row]
         active &= (book.start[c] <= now) & (now < book.end[c])
         pair_row, c = pair_row[active], c[active]
         if pair_row.size == 0:

@@ -1319,3 +1319,29 @@ def test_a_trip_starting_when_the_last_one_ended_has_its_own_pseudonym(
     d1, sh1 = run(bundle, first, state=state)
     two = pseudonyms(*run(bundle, second, state=state.apply(d1.delta, sh1.held)))
     assert one and two and not one & two
+
+
+def test_a_consent_granted_mid_trip_does_not_name_the_trip_it_began_in(
+    bundle: PolicyBundle,
+) -> None:
+    """Consent granted while a trip of a vehicle without it is under way: the rest of that
+    trip keeps its per-trip pseudonym, or the stable one would continue the per-trip views
+    cell for cell and name the part of the trip driven before the consent (RULES.md §3)."""
+    records = [record(VIN_NONE, t=NOW - 600 + 30 * i, where=north(250.0 * i)) for i in range(12)]
+    granted = NOW - 600 + 30 * 6 - 1
+    consent = ConsentRecord("c-mid", VIN_NONE, "navigation-map", granted, NOW + 86400)
+    state = dataclasses.replace(fresh(bundle, records, NOW), consents=ConsentBook([consent]))
+    d, sh = run(bundle, records, state=state)
+    vehicles = {vehicle for vehicle, _ in _per_trip_views(sh, d, "mapco-nav")}
+    assert len(vehicles) == 1 and vehicles.pop().startswith("pt-")
+    # the next trip, begun under the consent, carries the stable pseudonym
+    later = [record(VIN_NONE, t=NOW - 60 + 10 * i, where=north(250.0 * i)) for i in range(4)]
+    d2, sh2 = run(
+        bundle,
+        later,
+        state=dataclasses.replace(fresh(bundle, later, NOW), consents=ConsentBook([consent])),
+    )
+    assert {v for v, _ in _per_trip_views(sh2, d2, "mapco-nav")} == {
+        output(d2, sh2, "mapco-nav", 2)["vehicle"]  # type: ignore[index]
+    }
+    assert output(d2, sh2, "mapco-nav", 2)["vehicle"].startswith("pk-")  # type: ignore[index]
