@@ -41,6 +41,9 @@ Each arrow of RULES.md, per (record, subscriber), in this order:
    (``pi.no-consent-trip-pseudonym``). Consent is the vehicle's standing, not the record's:
    every record of a view that may carry a position is judged, so masked records and records
    without a position get the same identifier (and lose the same fields) as located ones.
+   Consent is judged per trip too: one granted after the trip began covers none of it, and
+   when one held at the trip's start lapses, the rest of the trip also loses its position
+   (a per-trip pseudonym would continue the stable one's track).
 7. Removing the position always removes altitude and location-derived fields with it.
    Location-derived fields otherwise follow the view (``pi.location-derived``); altitude is
    removed or coarsened (``geo.altitude-removed``, ``geo.altitude-coarsened``); the time is
@@ -1176,6 +1179,12 @@ def decide(
         else:
             _set(r, no_consent, _BIT[RuleId.PI_NO_CONSENT_TRIP_PSEUDONYM])
             trip_pseudonym |= no_consent
+            # A consent lapsed mid-trip: positions under the per-trip pseudonym would
+            # continue the stable one's track, so the rest of the trip goes without them.
+            lapsed = no_consent & consents.began_under(sub.purposes, no_consent)
+            consent_dropped = lapsed & (out_pos | derived_in)
+            _set(r, consent_dropped, _BIT[RuleId.PI_NO_CONSENT_DROP_LOCATION])
+            out_pos &= ~lapsed
             if cfg.identifier is not IdentifierMode.TRIP_PSEUDONYM:
                 degraded |= no_consent
         removed = wants_pos & ~out_pos
@@ -1456,6 +1465,19 @@ class _ConsentIndex:
             self.lo[trips.order] = lo[trips.veh]
             self.count[trips.order] = count[trips.veh]
 
+    def _pairs(
+        self, purposes: Iterable[str], rows: BoolArray
+    ) -> tuple[IntpArray, IntpArray, BoolArray] | None:
+        """Every (row, consent) pair of ``rows`` for one of ``purposes``."""
+        idx = np.flatnonzero(rows & (self.count > 0))
+        if idx.size == 0:
+            return None
+        cnt = self.count[idx]
+        pair_row = np.repeat(idx, cnt)
+        offsets = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        c = np.repeat(self.lo[idx], cnt) + offsets
+        return pair_row, c, self.book.purpose_mask(purposes)[c]
+
     def lookup(self, purposes: Iterable[str], rows: BoolArray) -> npt.NDArray[np.object_]:
         """Per row (where ``rows``): id of the consent (smallest id) for one of ``purposes``
         active both at the row's time and at the decision time, else ``None``: an expired or
@@ -1463,25 +1485,35 @@ class _ConsentIndex:
         consent granted after the row's trip began covers none of that trip: its stable
         pseudonym would continue the trip's per-trip views and name what went before."""
         out = np.full(len(rows), None, dtype=object)
-        idx = np.flatnonzero(rows & (self.count > 0))
-        if idx.size == 0:
+        pairs = self._pairs(purposes, rows)
+        if pairs is None:
             return out
+        pair_row, c, wanted = pairs
         book = self.book
-        wanted = book.purpose_mask(purposes)
-        cnt = self.count[idx]
-        pair_row = np.repeat(idx, cnt)
-        offsets = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-        c = np.repeat(self.lo[idx], cnt) + offsets
         t = self.time[pair_row]
         now = self.now
-        active = wanted[c] & (book.start[c] <= t) & (t < book.end[c])
-        active &= book.start[c] <= self.trip_start[pair_row]
+        active = wanted & (book.start[c] <= t) & (t < book.end[c])
         active &= (book.start[c] <= now) & (now < book.end[c])
+        active &= book.start[c] <= self.trip_start[pair_row]
         pair_row, c = pair_row[active], c[active]
         if pair_row.size == 0:
             return out
         rows_u, first = np.unique(pair_row, return_index=True)
         out[rows_u] = book.ids[c[first]]
+        return out
+
+    def began_under(self, purposes: Iterable[str], rows: BoolArray) -> BoolArray:
+        """Per row (where ``rows``): a consent for one of ``purposes`` held when the row's
+        trip began (it may have lapsed since: the trip then had views under the stable
+        pseudonym)."""
+        out = np.zeros(len(rows), dtype=bool)
+        pairs = self._pairs(purposes, rows)
+        if pairs is None:
+            return out
+        pair_row, c, wanted = pairs
+        start = self.trip_start[pair_row]
+        held = wanted & (self.book.start[c] <= start) & (start < self.book.end[c])
+        out[pair_row[held]] = True
         return out
 
 

@@ -1345,3 +1345,29 @@ def test_a_consent_granted_mid_trip_does_not_name_the_trip_it_began_in(
         output(d2, sh2, "mapco-nav", 2)["vehicle"]  # type: ignore[index]
     }
     assert output(d2, sh2, "mapco-nav", 2)["vehicle"].startswith("pk-")  # type: ignore[index]
+
+
+def test_a_consent_withdrawn_mid_trip_leaves_no_located_view_of_the_rest_of_it(
+    bundle: PolicyBundle,
+) -> None:
+    """Consent withdrawn while a trip is under way: a per-trip pseudonym with positions would
+    continue the stable pseudonym's track cell for cell, so the rest of the trip goes without
+    a position (RULES.md §3: withdrawal covers every later decision)."""
+    t0 = NOW - 3600
+    records = [record(t=t0 + 30 * i, where=north(250.0 * i)) for i in range(12)]
+    revoked = t0 + 30 * 6 - 1
+    consent = ConsentRecord("c-nav", VIN, "navigation-map", t0 - 86400, NOW + 86400, revoked)
+    state = dataclasses.replace(
+        fresh(bundle, records, revoked - 1), consents=ConsentBook([consent])
+    )
+    d1, sh1 = run(bundle, records[:6], state=state)
+    first = [output(d1, sh1, "mapco-nav", r) for r in range(6)]
+    assert all(o is not None and o["vehicle"].startswith("pk-") for o in first)
+    assert any(o is not None and o["location"] is not None for o in first)
+    state2 = dataclasses.replace(state.apply(d1.delta, sh1.held), now=NOW)
+    d2, sh2 = run(bundle, records[6:], state=state2)
+    s = index(d2, "mapco-nav")
+    for r in range(6):
+        assert d2.verdict[s, r] != Verdict.SHARE
+        assert no_location(output(d2, sh2, "mapco-nav", r)), r
+    assert RuleId.PI_NO_CONSENT_DROP_LOCATION.value in d2.rule_ids(s, 0)
