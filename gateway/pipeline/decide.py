@@ -118,6 +118,7 @@ from gateway.policy.schema import (
 from gateway.policy.state import (
     CounterKey,
     CrossBorderCount,
+    HeldView,
     SentTimes,
     StateDelta,
     StateSnapshot,
@@ -1332,7 +1333,9 @@ def decide(
             held_rows = order[waiting[~ended]]
             v[held_rows] = Verdict.HELD
             r[held_rows] |= _BIT[RuleId.PI_TRIP_TRIM]
-        rel, dis = _settle_held(trips, state, held_veh, sub.id, (trim, view.per_trip_trim_m))
+        rel, dis = _settle_held(
+            trips, state, held_veh, sub.id, (trim, view.per_trip_trim_m), bundle.version
+        )
         released.extend(rel.tolist())
         discarded.extend(dis.tolist())
         final_block = v == Verdict.BLOCK
@@ -1609,10 +1612,12 @@ def _settle_held(
     held_veh: IntpArray,
     sub_id: str,
     trims: tuple[float, float],
+    version: str,
 ) -> tuple[IntpArray, IntpArray]:
     """Indices (into ``state.held``) of the views held from earlier batches for ``sub_id``
     that this batch releases, and of those it discards (their trip ended). ``trims``: the
-    view's trim, and the one of views under a per-trip pseudonym."""
+    view's trim, and the one of views under a per-trip pseudonym. A view that is
+    :func:`_stale` under the policy ``version`` is discarded, never released."""
     held = state.held
     empty = np.empty(0, dtype=np.intp)
     if len(held) == 0 or len(trips.order) == 0:
@@ -1640,8 +1645,25 @@ def _settle_held(
         hit = far >= need[pair]
     released = np.zeros(mine.size, dtype=bool)
     released[pair[hit]] = True
-    discarded = ~same | (~released & trips.ended[k])
+    stale = np.array([_stale(held.views[i], state, version) for i in mine.tolist()], dtype=bool)
+    released &= ~stale
+    discarded = ~same | stale | (~released & trips.ended[k])
     return mine[released], mine[discarded]
+
+
+def _stale(view: HeldView, state: StateSnapshot, version: str) -> bool:
+    """A held view that may no longer go out as it was decided: the policy changed since
+    (its view was shaped by the old one), or the consent it relied on no longer holds
+    (releasing it is a decision after the withdrawal or expiry)."""
+    if view.view.get("policy_version") != version:
+        return True
+    if RuleId.PI_TRAJECTORY_CONSENT.value not in view.rules or not view.basis:
+        return False
+    consent_id = view.basis.split(",")[0]
+    for consent in state.consents.for_vehicle(view.vehicle):
+        if consent.id == consent_id:
+            return not consent.active_at(state.now)
+    return True
 
 
 def sweep(state: StateSnapshot, bundle: PolicyBundle, now: float) -> StateDelta:

@@ -42,6 +42,7 @@ from gateway.policy.rules import RuleId
 from gateway.policy.schema import (
     BEIJING,
     ExportDataClass,
+    FieldCategory,
     IdentifierMode,
     LegalBasis,
     LegalBasisKind,
@@ -1371,3 +1372,51 @@ def test_a_consent_withdrawn_mid_trip_leaves_no_located_view_of_the_rest_of_it(
         assert d2.verdict[s, r] != Verdict.SHARE
         assert no_location(output(d2, sh2, "mapco-nav", r)), r
     assert RuleId.PI_NO_CONSENT_DROP_LOCATION.value in d2.rule_ids(s, 0)
+
+
+def test_a_held_view_is_not_released_after_its_consent_was_withdrawn(
+    bundle: PolicyBundle,
+) -> None:
+    """A view held for the trip-end trim under a consent is released by a later batch only
+    if the consent still holds then: its release is a decision after the withdrawal."""
+    t0 = NOW - 3600
+    records = [record(t=t0 + 60 * i, where=north(150.0 * i)) for i in range(16)]
+    revoked = t0 + 60 * 8 - 1
+    consent = ConsentRecord("c-ubi", VIN, "usage-based-insurance", t0 - 86400, NOW, revoked)
+    state = dataclasses.replace(
+        mid_trip(bundle, records, revoked - 1), consents=ConsentBook([consent])
+    )
+    d1, sh1 = run(bundle, records[:8], state=state)
+    held = [h for h in sh1.held if h.subscriber == "insureco-ubi"]
+    assert held and all("pi.trajectory-consent" in h.rules for h in held)
+    state2 = dataclasses.replace(state.apply(d1.delta, sh1.held), now=NOW - 1)
+    d2, _ = run(bundle, records[8:], state=state2)
+    assert not [h for h in d2.delta.released if h.subscriber == "insureco-ubi"]
+    assert {h.key for h in held} <= {h.key for h in d2.delta.discarded}
+
+
+def test_a_held_view_is_not_released_under_a_policy_it_was_not_decided_by(
+    bundle: PolicyBundle,
+) -> None:
+    """A view held under one policy, released after a reload to a stricter one: it must not
+    go out as the old policy shaped it (here with a field the new view no longer allows)."""
+    t0 = NOW - 3600
+    records = [
+        record(VIN_TRAFFIC, t=t0 + 60 * i, where=north(150.0 * i), Vehicle__Speed=42.0)
+        for i in range(16)
+    ]
+    state = mid_trip(bundle, records, beijing(2026, 1, 15, 9, 0))
+    d1, sh1 = run(bundle, records[:8], state=state)
+    held = [h for h in sh1.held if h.subscriber == "sh-traffic"]
+    assert held and any("Vehicle.Speed" in h.view["signals"] for h in held)
+    stricter = dataclasses.replace(
+        tweak(
+            bundle, "sh-traffic", view={"categories": (FieldCategory.LOCATION, FieldCategory.TIME)}
+        ),
+        version="stricter",
+    )
+    batch = decode_records(records[8:], stricter.aliases)
+    d2, _ = evaluate(batch, stricter, state.apply(d1.delta, sh1.held), keys)
+    for h in d2.delta.released:
+        assert h.subscriber != "sh-traffic" or "Vehicle.Speed" not in h.view["signals"]
+    assert {h.key for h in held} <= {h.key for h in d2.delta.discarded}
