@@ -1124,6 +1124,7 @@ def fleets(draw: Any) -> dict[str, Any]:
                 here = (here[0] + step, here[1] + draw(st.sampled_from([0.0, step])))
                 odometer += step * 111.0
                 rec: dict[str, Any] = {VIN: vin, TIMESTAMP: t, "Vehicle.TraveledDistance": odometer}
+                rec["msg_id"] = str(k)  # a counter restarted every trip
                 if draw(st.integers(0, 4)) > 0:
                     rec[LATITUDE] = here[0]
                     rec["Vehicle.CurrentLocation.Longitude"] = here[1]
@@ -1241,6 +1242,30 @@ def identifiers(bundle: PolicyBundle, item: Delivered) -> set[str]:
     return {*topic[:-1][-1:], item.view["vehicle"], item.message_id}
 
 
+def assert_per_trip_views_stand_alone(bundle: PolicyBundle, delivered: list[Delivered]) -> None:
+    """Whatever the vehicle's consents: an identifier read beside a per-trip pseudonym
+    appears in no other trip, and a trip with located per-trip views has no view under a
+    stable identifier (it would continue their track and name them: consent granted or
+    withdrawn mid-trip)."""
+    trips_of: dict[tuple[str, str, str], set[float]] = {}
+    located_per_trip: set[tuple[str, str, float]] = set()
+    stable: set[tuple[str, str, float]] = set()
+    for item in delivered:
+        trip = (item.subscriber, item.vehicle, item.trip)
+        if not item.view["vehicle"].startswith("pt-"):
+            stable.add(trip)
+            continue
+        if item.view.get("location") is not None:
+            located_per_trip.add(trip)
+        for value in identifiers(bundle, item):
+            trips_of.setdefault((item.subscriber, item.vehicle, value), set()).add(item.trip)
+    for item in delivered:
+        for value in identifiers(bundle, item):
+            others = trips_of.get((item.subscriber, item.vehicle, value), set()) - {item.trip}
+            assert not others, (item, value, others)
+    assert not located_per_trip & stable, located_per_trip & stable
+
+
 @settings(max_examples=40, deadline=None)
 @given(fleets())
 def test_no_identifier_links_two_trips_of_an_unlinkable_vehicle(
@@ -1273,6 +1298,7 @@ def test_no_identifier_links_two_trips_of_an_unlinkable_vehicle(
                 carried.setdefault(key, set()).add(item.trip)
     linked = {key: trips for key, trips in seen.items() if len(trips) > 1}
     assert not linked, linked
+    assert_per_trip_views_stand_alone(bundle, deliveries(bundle, records, state, case["cuts"]))
     linked_by_value = {key: trips for key, trips in carried.items() if len(trips) > 1}
     assert not linked_by_value, linked_by_value
 
