@@ -1420,3 +1420,25 @@ def test_a_held_view_is_not_released_under_a_policy_it_was_not_decided_by(
     for h in d2.delta.released:
         assert h.subscriber != "sh-traffic" or "Vehicle.Speed" not in h.view["signals"]
     assert {h.key for h in held} <= {h.key for h in d2.delta.discarded}
+
+
+def test_a_person_s_identifier_never_goes_beside_a_per_trip_pseudonym(
+    bundle: PolicyBundle,
+) -> None:
+    """A driver or occupant id is the same on every trip: beside a per-trip pseudonym it
+    would link them like the VIN (issue 10.1: no identifier value in two trips)."""
+    ids = {
+        "Vehicle__Driver__Identifier__Subject": "driver-42",
+        "Vehicle__Cabin__Seat__Row1__DriverSide__Occupant__Identifier__Subject": "occ-7",
+        "Vehicle__Cabin__Seat__Row1__PassengerSide__Occupant__Identifier__Subject": "occ-8",
+    }
+    sub = bundle.subscribers["mapco-nav"]
+    personal = tweak(
+        bundle, "mapco-nav", view={"categories": (*sub.view.categories, FieldCategory.PERSONAL)}
+    )
+    d, sh = run(personal, [record(VIN_NONE, **ids), record(VIN, t=NOW - 30, **ids)])
+    out = output(d, sh, "mapco-nav", 0)
+    assert out is not None and out["vehicle"].startswith("pt-")
+    assert not {"driver-42", "occ-7", "occ-8"} & set(out["signals"].values())
+    consented = output(d, sh, "mapco-nav", 1)  # a stable pseudonym: the ids may go
+    assert consented is not None and "driver-42" in consented["signals"].values()
