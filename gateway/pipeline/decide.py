@@ -573,7 +573,8 @@ class _Trips:
     ``vehicles`` are the batch's vehicle ids, sorted and unique (also as a string array,
     ``names``, a list, ``vehicle_list``, and their state numbers, ``codes``). Arrays indexed by
     sorted position: ``order`` (row index), ``veh`` (vehicle code), ``time``, ``seg`` (segment),
-    ``lat``/``lon`` (position carried forward within the trip, NaN while unknown), ``disp``
+    ``lat``/``lon`` (position carried forward within the trip, NaN while unknown),
+    ``veh_lat``/``veh_lon`` (the vehicle's last known position, across trips), ``disp``
     (distance from the trip's first position, 0 while unknown). Per segment: ``first``/``last``
     sorted positions, ``cont`` (continues the state's trip), ``ended`` (the trip ends inside the
     batch), ``start`` (trip start time), ``state_disp`` (distance already reached before the
@@ -590,6 +591,8 @@ class _Trips:
     seg: IntpArray
     lat: FloatArray
     lon: FloatArray
+    veh_lat: FloatArray
+    veh_lon: FloatArray
     disp: FloatArray
     first: IntpArray
     last: IntpArray
@@ -629,6 +632,8 @@ def _trips(
             seg=empty_i,
             lat=empty_f,
             lon=empty_f,
+            veh_lat=empty_f,
+            veh_lon=empty_f,
             disp=empty_f,
             first=empty_i,
             last=empty_i,
@@ -682,6 +687,11 @@ def _trips(
     seed_lon = np.where(cont, st_llon[seg_veh], np.nan)
     lat = np.where(inside, p_lat[np.maximum(last_pos, 0)], seed_lat[seg])
     lon = np.where(inside, p_lon[np.maximum(last_pos, 0)], seed_lon[seg])
+    # The vehicle's last known position, across trip boundaries (where it parked).
+    vehicle_first = np.maximum.accumulate(np.where(first_of_vehicle, np.arange(m), 0))
+    own = last_pos >= vehicle_first
+    veh_lat = np.where(own, p_lat[np.maximum(last_pos, 0)], st_llat[veh])
+    veh_lon = np.where(own, p_lon[np.maximum(last_pos, 0)], st_llon[veh])
     # The trip's first position: the state's, else the segment's first positioned row.
     big = np.iinfo(np.intp).max
     first_pos = np.minimum.reduceat(np.where(has_pos, np.arange(m), big), first)
@@ -694,6 +704,9 @@ def _trips(
     lon0 = np.where(use_state, st_lon0[seg_veh], own_lon)
     state_disp = np.where(cont, st_disp[seg_veh], 0.0)
     disp = np.nan_to_num(distance_m(lat0[seg], lon0[seg], lat, lon), nan=0.0)
+    # Before the trip's first position, a carried one is where the vehicle parked: no
+    # distance travelled on this trip.
+    disp = np.where(inside | use_state[seg], disp, 0.0)
 
     seg_max = np.maximum.reduceat(disp, first)
     ks = np.flatnonzero(vehicle_last_seg)
@@ -709,8 +722,8 @@ def _trips(
                 lon0[ks],
                 np.maximum(seg_max[ks], state_disp[ks]),
                 last_time,
-                lat[ends],
-                lon[ends],
+                np.where(np.isnan(lat[ends]), veh_lat[ends], lat[ends]),
+                np.where(np.isnan(lon[ends]), veh_lon[ends], lon[ends]),
                 key_off[ends],
             )
         ),
@@ -726,6 +739,8 @@ def _trips(
         seg=seg,
         lat=lat,
         lon=lon,
+        veh_lat=veh_lat,
+        veh_lon=veh_lon,
         disp=disp,
         first=first,
         last=last,
@@ -1401,7 +1416,9 @@ def _inherit(batch: Batch, located: Located, trips: _Trips, the_plan: Plan) -> L
     """The located last known positions of the rows without a position of their own.
 
     A record without a position inherits its vehicle's last known location status (RULES.md
-    §3): its trip's last position, in this batch or from the state (``trips.lat``/``lon``).
+    §3): its trip's last position, in this batch or from the state (``trips.lat``/``lon``),
+    or, before its trip has one, where the vehicle was last seen (``trips.veh_lat``/``lon``:
+    a vehicle parked in a zone is still there when it starts again without a fix).
     Located on every grid the views use, exactly like a position of its own. ``None`` if
     every live row has a position.
     """
@@ -1411,8 +1428,9 @@ def _inherit(batch: Batch, located: Located, trips: _Trips, the_plan: Plan) -> L
     lat = np.full(len(batch), np.nan)
     lon = np.full(len(batch), np.nan)
     if len(trips.order):
-        lat[trips.order] = trips.lat
-        lon[trips.order] = trips.lon
+        unknown = np.isnan(trips.lat) | np.isnan(trips.lon)
+        lat[trips.order] = np.where(unknown, trips.veh_lat, trips.lat)
+        lon[trips.order] = np.where(unknown, trips.veh_lon, trips.lon)
     lat[~bare] = np.nan
     lon[~bare] = np.nan
     carried = Batch.from_columns(vehicle=batch.vehicle, time=batch.time, lat=lat, lon=lon)

@@ -1442,3 +1442,24 @@ def test_a_person_s_identifier_never_goes_beside_a_per_trip_pseudonym(
     assert not {"driver-42", "occ-7", "occ-8"} & set(out["signals"].values())
     consented = output(d, sh, "mapco-nav", 1)  # a stable pseudonym: the ids may go
     assert consented is not None and "driver-42" in consented["signals"].values()
+
+
+@pytest.mark.parametrize("ended", [True, False], ids=["key-off", "gap"])
+def test_a_record_without_a_position_starting_a_trip_inherits_where_the_vehicle_parked(
+    bundle: PolicyBundle, ended: bool
+) -> None:
+    """A vehicle parked inside a prohibited zone starts again before its GPS has a fix: the
+    new trip knows no position yet, but the vehicle's last known one is in the zone, and
+    that is the status the record inherits (RULES.md §3), not none at all."""
+    gap = bundle.rules.trips.split_gap_s
+    parked = TripState(NOW - 7200, *PROHIBITED, 500.0, NOW - 60 - 2 * gap, *PROHIBITED, ended)
+    state = dataclasses.replace(fresh(bundle, [], NOW), trips={VIN: parked})
+    d, sh = run(bundle, [record(where=None, Vehicle__IsMoving=False)], state=state)
+    s = index(d, "mapco-nav")
+    assert d.verdict[s, 0] == Verdict.BLOCK
+    assert "zone.prohibited" in d.rule_ids(s, 0)
+    assert d.delta.trips[VIN].start_time == NOW - 60  # it did start a new trip
+    # still without a fix in the next batch: the same trip, still where it parked
+    d2, _ = run(bundle, [record(t=NOW - 30, where=None)], state=state.apply(d.delta, sh.held))
+    assert d2.verdict[s, 0] == Verdict.BLOCK and "zone.prohibited" in d2.rule_ids(s, 0)
+    assert d2.delta.trips[VIN].start_time == NOW - 60
