@@ -13,8 +13,7 @@ BLAKE2b-128 MACs under the subscriber's own pseudonym key
 and nobody without the key can test a guessed VIN against them. Keyed pseudonyms are stable
 for a key generation; per-trip pseudonyms change with every trip (derived from the trip's
 start time); message ids are stable for a redelivered record (derived from the vehicle, the
-record's ``msg_id`` or else its timestamp, and the subscriber; under a per-trip pseudonym,
-that pseudonym in place of the vehicle). Pseudonyms are computed once
+record's ``msg_id`` or else its timestamp, and the subscriber). Pseudonyms are computed once
 per distinct vehicle (and trip) of a batch.
 """
 
@@ -244,12 +243,7 @@ def shape(decisions: Decisions, keys: PseudonymKeys) -> Shaped:
         vehicle_out = _identifiers(key, vehicles, applied, decisions.trip_start[rows])
         t = times[rows]
         rid = [None] * len(rows) if record_ids is None else record_ids[rows].tolist()
-        # Under a per-trip pseudonym the message id is keyed by it, not by the vehicle: a
-        # vehicle restarting its msg_id counter every trip would otherwise repeat ids across
-        # trips. A redelivered record falls in the same trip and keeps its id.
-        per_trip = ((applied & np.uint32(Applied.TRIP_PSEUDONYM)) != 0).tolist()
-        keyed_by = [o if p else v for v, o, p in zip(vehicles, vehicle_out, per_trip, strict=True)]
-        mids = message_ids(key, view.id, keyed_by, rid, t.tolist())
+        mids = message_ids(key, view.id, vehicles, rid, t.tolist())
         step = view.subscriber.view.time_precision_s
         stamps = iso_times(_truncate(t, step))
         objs = _objects(decisions, cls, s, rows, applied, vehicle_out, stamps)

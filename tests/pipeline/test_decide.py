@@ -1269,34 +1269,6 @@ def _per_trip_views(sh: Shaped, d: Decisions, sub_id: str) -> list[tuple[str, st
     ]
 
 
-def test_message_ids_under_per_trip_pseudonyms_do_not_repeat_across_trips(
-    bundle: PolicyBundle,
-) -> None:
-    """A vehicle that restarts its msg_id counter every trip: under per-trip pseudonyms the
-    output message ids of two trips share nothing, and a redelivered record keeps its id."""
-    gap = bundle.rules.trips.split_gap_s
-
-    def trip(t0: float) -> list[dict[str, Any]]:
-        return [
-            {**record(VIN_NONE, t=t0 + 10 * i, where=north(400.0 * i)), "msg_id": str(i)}
-            for i in range(8)
-        ]
-
-    records = trip(NOW - 4 * gap) + trip(NOW - gap / 2)
-    state = fresh(bundle, records, NOW)
-    d, sh = run(bundle, records, state=state)
-    views = _per_trip_views(sh, d, "mapco-nav")
-    by_trip: dict[str, set[str]] = {}
-    for vehicle, mid in views:
-        assert vehicle.startswith("pt-")
-        by_trip.setdefault(vehicle, set()).add(mid)
-    assert len(by_trip) == 2
-    first, second = by_trip.values()
-    assert first and second and not first & second
-    again, sh_again = run(bundle, records, state=state)
-    assert _per_trip_views(sh_again, again, "mapco-nav") == views
-
-
 def test_a_trip_starting_when_the_last_one_ended_has_its_own_pseudonym(
     bundle: PolicyBundle,
 ) -> None:

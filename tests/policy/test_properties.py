@@ -1157,7 +1157,6 @@ def fleets(draw: Any) -> dict[str, Any]:
                 here = (here[0] + step, here[1] + draw(st.sampled_from([0.0, step])))
                 odometer += step * 111.0
                 rec: dict[str, Any] = {VIN: vin, TIMESTAMP: t, "Vehicle.TraveledDistance": odometer}
-                rec["msg_id"] = str(k)  # a counter restarted every trip
                 if draw(st.integers(0, 4)) > 0:
                     rec[LATITUDE] = here[0]
                     rec["Vehicle.CurrentLocation.Longitude"] = here[1]
