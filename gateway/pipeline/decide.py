@@ -41,6 +41,9 @@ Each arrow of RULES.md, per (record, subscriber), in this order:
    (``pi.no-consent-trip-pseudonym``). Consent is the vehicle's standing, not the record's:
    every record of a view that may carry a position is judged, so masked records and records
    without a position get the same identifier (and lose the same fields) as located ones.
+   Consent is judged per trip too: one granted after the trip began covers none of it, and
+   when one held at the trip's start lapses, the rest of the trip also loses its position
+   (a per-trip pseudonym would continue the stable one's track).
 7. Removing the position always removes altitude and location-derived fields with it.
    Location-derived fields otherwise follow the view (``pi.location-derived``); altitude is
    removed or coarsened (``geo.altitude-removed``, ``geo.altitude-coarsened``); the time is
@@ -115,6 +118,7 @@ from gateway.policy.schema import (
 from gateway.policy.state import (
     CounterKey,
     CrossBorderCount,
+    HeldView,
     SentTimes,
     StateDelta,
     StateSnapshot,
@@ -569,7 +573,8 @@ class _Trips:
     ``vehicles`` are the batch's vehicle ids, sorted and unique (also as a string array,
     ``names``, a list, ``vehicle_list``, and their state numbers, ``codes``). Arrays indexed by
     sorted position: ``order`` (row index), ``veh`` (vehicle code), ``time``, ``seg`` (segment),
-    ``lat``/``lon`` (position carried forward within the trip, NaN while unknown), ``disp``
+    ``lat``/``lon`` (position carried forward within the trip, NaN while unknown),
+    ``veh_lat``/``veh_lon`` (the vehicle's last known position, across trips), ``disp``
     (distance from the trip's first position, 0 while unknown). Per segment: ``first``/``last``
     sorted positions, ``cont`` (continues the state's trip), ``ended`` (the trip ends inside the
     batch), ``start`` (trip start time), ``state_disp`` (distance already reached before the
@@ -586,6 +591,8 @@ class _Trips:
     seg: IntpArray
     lat: FloatArray
     lon: FloatArray
+    veh_lat: FloatArray
+    veh_lon: FloatArray
     disp: FloatArray
     first: IntpArray
     last: IntpArray
@@ -625,6 +632,8 @@ def _trips(
             seg=empty_i,
             lat=empty_f,
             lon=empty_f,
+            veh_lat=empty_f,
+            veh_lon=empty_f,
             disp=empty_f,
             first=empty_i,
             last=empty_i,
@@ -669,7 +678,7 @@ def _trips(
     vehicle_last_seg[:-1] = seg_veh[1:] != seg_veh[:-1]
     ended = ~vehicle_last_seg | key_off[last]
 
-    start = np.where(cont, st_start[seg_veh], t[first])
+    start = _distinct_starts(np.where(cont, st_start[seg_veh], t[first]), cont, seg_veh, st_start)
     # Carry the last known position forward inside each segment (seeded by the state's).
     pos_idx = np.where(has_pos, np.arange(m), -1)
     last_pos = np.maximum.accumulate(pos_idx)
@@ -678,6 +687,11 @@ def _trips(
     seed_lon = np.where(cont, st_llon[seg_veh], np.nan)
     lat = np.where(inside, p_lat[np.maximum(last_pos, 0)], seed_lat[seg])
     lon = np.where(inside, p_lon[np.maximum(last_pos, 0)], seed_lon[seg])
+    # The vehicle's last known position, across trip boundaries (where it parked).
+    vehicle_first = np.maximum.accumulate(np.where(first_of_vehicle, np.arange(m), 0))
+    own = last_pos >= vehicle_first
+    veh_lat = np.where(own, p_lat[np.maximum(last_pos, 0)], st_llat[veh])
+    veh_lon = np.where(own, p_lon[np.maximum(last_pos, 0)], st_llon[veh])
     # The trip's first position: the state's, else the segment's first positioned row.
     big = np.iinfo(np.intp).max
     first_pos = np.minimum.reduceat(np.where(has_pos, np.arange(m), big), first)
@@ -690,6 +704,9 @@ def _trips(
     lon0 = np.where(use_state, st_lon0[seg_veh], own_lon)
     state_disp = np.where(cont, st_disp[seg_veh], 0.0)
     disp = np.nan_to_num(distance_m(lat0[seg], lon0[seg], lat, lon), nan=0.0)
+    # Before the trip's first position, a carried one is where the vehicle parked: no
+    # distance travelled on this trip.
+    disp = np.where(inside | use_state[seg], disp, 0.0)
 
     seg_max = np.maximum.reduceat(disp, first)
     ks = np.flatnonzero(vehicle_last_seg)
@@ -705,8 +722,8 @@ def _trips(
                 lon0[ks],
                 np.maximum(seg_max[ks], state_disp[ks]),
                 last_time,
-                lat[ends],
-                lon[ends],
+                np.where(np.isnan(lat[ends]), veh_lat[ends], lat[ends]),
+                np.where(np.isnan(lon[ends]), veh_lon[ends], lon[ends]),
                 key_off[ends],
             )
         ),
@@ -722,6 +739,8 @@ def _trips(
         seg=seg,
         lat=lat,
         lon=lon,
+        veh_lat=veh_lat,
+        veh_lon=veh_lon,
         disp=disp,
         first=first,
         last=last,
@@ -731,6 +750,30 @@ def _trips(
         state_disp=state_disp,
         new_state=new_state,
     )
+
+
+def _distinct_starts(
+    start: FloatArray, cont: BoolArray, seg_veh: IntpArray, st_start: FloatArray
+) -> FloatArray:
+    """Trip starts made strictly increasing per vehicle, in whole milliseconds where they
+    would repeat: a trip's start names its per-trip pseudonym, so a trip beginning in the
+    millisecond the last one began (a key-off and the next record stamped alike) starts a
+    millisecond after it instead, and never shares its pseudonym."""
+    prev = np.full(len(start), -np.inf)
+    prev[1:] = start[:-1]
+    first_of_vehicle = np.ones(len(start), dtype=bool)
+    first_of_vehicle[1:] = seg_veh[1:] != seg_veh[:-1]
+    prev = np.where(first_of_vehicle, st_start[seg_veh], prev)
+    with np.errstate(invalid="ignore"):
+        clash = ~cont & (np.round(start * 1000) <= np.round(prev * 1000))
+    if not clash.any():
+        return start
+    out = start.copy()
+    for k in range(int(np.flatnonzero(clash)[0]), len(out)):
+        before = st_start[seg_veh[k]] if first_of_vehicle[k] else out[k - 1]
+        if not cont[k] and np.isfinite(before) and round(out[k] * 1000) <= round(before * 1000):
+            out[k] = (round(before * 1000) + 1) / 1000
+    return out
 
 
 def _left_start(trips: _Trips, trim: float) -> BoolArray:
@@ -810,6 +853,7 @@ class Decisions:
     trip_lat: FloatArray
     trip_lon: FloatArray
     delta: StateDelta = field(default_factory=StateDelta)
+    inherited: Located | None = None
     _transform_cache: dict[tuple[Any, ...], dict[str, Any]] = field(
         default_factory=dict, repr=False
     )
@@ -845,8 +889,13 @@ class Decisions:
         return rule_ids(int(self.rules[s, row]))
 
     def zone_ids(self, s: int, row: int) -> tuple[str, ...]:
-        """Ids of the zones the row's reported cell touches at subscriber ``s``'s grid."""
-        return self.layer(s).zone_ids(row)
+        """Ids of the zones the row's reported cell touches at subscriber ``s``'s grid (for a
+        row without a position, the cell of its trip's last known one, which it was judged
+        on)."""
+        own = self.layer(s).zone_ids(row)
+        if own or self.inherited is None:
+            return own
+        return self.inherited.layer(self.plan.views[s].grid_m).zone_ids(row)
 
     def reason(self, row: int) -> str | None:
         """Why a rejected row was rejected (e.g. ``"missing-timestamp"``), else ``None``."""
@@ -896,6 +945,14 @@ class Decisions:
         zoned = np.zeros(len(rows), dtype=bool)
         has_site = site >= 0
         zoned[has_site] = layer.mask.level[site[has_site]] != 0
+        # Rows without a position were judged on their trip's last known one: its zones.
+        carried = (
+            None if self.inherited is None else self.inherited.layer(self.plan.views[s].grid_m)
+        )
+        if carried is not None:
+            c_site = carried.site[rows]
+            c_has = ~has_site & (c_site >= 0)
+            zoned[c_has] = carried.mask.level[c_site[c_has]] != 0
         bits_list = self.applied[s, rows].tolist()
         pos_list = self.position[s, rows].tolist()
         dropped = self.classified.dropped[rows].tolist()
@@ -906,7 +963,11 @@ class Decisions:
         for row, bits, pos, in_zone, kind in zip(
             rows.tolist(), bits_list, pos_list, zoned.tolist(), dropped, strict=True
         ):
-            zones = layer.zone_ids(row) if in_zone else ()
+            zones = (
+                (layer if carried is None or layer.site[row] >= 0 else carried).zone_ids(row)
+                if in_zone
+                else ()
+            )
             names: tuple[int, tuple[str, ...]] = (0, ())
             if bits & _UNCLASSIFIED_BIT:
                 known = names_of.get(kind) if kind > 0 else None
@@ -1134,6 +1195,12 @@ def decide(
         else:
             _set(r, no_consent, _BIT[RuleId.PI_NO_CONSENT_TRIP_PSEUDONYM])
             trip_pseudonym |= no_consent
+            # A consent lapsed mid-trip: positions under the per-trip pseudonym would
+            # continue the stable one's track, so the rest of the trip goes without them.
+            lapsed = no_consent & consents.began_under(sub.purposes, no_consent)
+            consent_dropped = lapsed & (out_pos | derived_in)
+            _set(r, consent_dropped, _BIT[RuleId.PI_NO_CONSENT_DROP_LOCATION])
+            out_pos &= ~lapsed
             if cfg.identifier is not IdentifierMode.TRIP_PSEUDONYM:
                 degraded |= no_consent
         removed = wants_pos & ~out_pos
@@ -1281,7 +1348,9 @@ def decide(
             held_rows = order[waiting[~ended]]
             v[held_rows] = Verdict.HELD
             r[held_rows] |= _BIT[RuleId.PI_TRIP_TRIM]
-        rel, dis = _settle_held(trips, state, held_veh, sub.id, (trim, view.per_trip_trim_m))
+        rel, dis = _settle_held(
+            trips, state, held_veh, sub.id, (trim, view.per_trip_trim_m), bundle.version
+        )
         released.extend(rel.tolist())
         discarded.extend(dis.tolist())
         final_block = v == Verdict.BLOCK
@@ -1319,6 +1388,7 @@ def decide(
         trip_lat=trip_lat,
         trip_lon=trip_lon,
         delta=delta,
+        inherited=inherited,
     )
 
 
@@ -1346,7 +1416,9 @@ def _inherit(batch: Batch, located: Located, trips: _Trips, the_plan: Plan) -> L
     """The located last known positions of the rows without a position of their own.
 
     A record without a position inherits its vehicle's last known location status (RULES.md
-    §3): its trip's last position, in this batch or from the state (``trips.lat``/``lon``).
+    §3): its trip's last position, in this batch or from the state (``trips.lat``/``lon``),
+    or, before its trip has one, where the vehicle was last seen (``trips.veh_lat``/``lon``:
+    a vehicle parked in a zone is still there when it starts again without a fix).
     Located on every grid the views use, exactly like a position of its own. ``None`` if
     every live row has a position.
     """
@@ -1356,8 +1428,9 @@ def _inherit(batch: Batch, located: Located, trips: _Trips, the_plan: Plan) -> L
     lat = np.full(len(batch), np.nan)
     lon = np.full(len(batch), np.nan)
     if len(trips.order):
-        lat[trips.order] = trips.lat
-        lon[trips.order] = trips.lon
+        unknown = np.isnan(trips.lat) | np.isnan(trips.lon)
+        lat[trips.order] = np.where(unknown, trips.veh_lat, trips.lat)
+        lon[trips.order] = np.where(unknown, trips.veh_lon, trips.lon)
     lat[~bare] = np.nan
     lon[~bare] = np.nan
     carried = Batch.from_columns(vehicle=batch.vehicle, time=batch.time, lat=lat, lon=lon)
@@ -1400,6 +1473,9 @@ class _ConsentIndex:
         self.book = state.consents.columns()
         self.lo = np.zeros(n, dtype=np.intp)
         self.count = np.zeros(n, dtype=np.intp)
+        self.trip_start = np.full(n, np.inf)
+        if len(trips.order):
+            self.trip_start[trips.order] = trips.start[trips.seg]
         vins = self.book.vins
         if len(vins) and len(trips.order):
             names = trips.names  # the batch's vehicles, once each
@@ -1410,29 +1486,55 @@ class _ConsentIndex:
             self.lo[trips.order] = lo[trips.veh]
             self.count[trips.order] = count[trips.veh]
 
-    def lookup(self, purposes: Iterable[str], rows: BoolArray) -> npt.NDArray[np.object_]:
-        """Per row (where ``rows``): id of the consent (smallest id) for one of ``purposes``
-        active both at the row's time and at the decision time, else ``None``: an expired or
-        withdrawn consent covers nothing decided afterwards, whatever the record's time."""
-        out = np.full(len(rows), None, dtype=object)
+    def _pairs(
+        self, purposes: Iterable[str], rows: BoolArray
+    ) -> tuple[IntpArray, IntpArray, BoolArray] | None:
+        """Every (row, consent) pair of ``rows`` for one of ``purposes``."""
         idx = np.flatnonzero(rows & (self.count > 0))
         if idx.size == 0:
-            return out
-        book = self.book
-        wanted = book.purpose_mask(purposes)
+            return None
         cnt = self.count[idx]
         pair_row = np.repeat(idx, cnt)
         offsets = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)
         c = np.repeat(self.lo[idx], cnt) + offsets
+        return pair_row, c, self.book.purpose_mask(purposes)[c]
+
+    def lookup(self, purposes: Iterable[str], rows: BoolArray) -> npt.NDArray[np.object_]:
+        """Per row (where ``rows``): id of the consent (smallest id) for one of ``purposes``
+        active both at the row's time and at the decision time, else ``None``: an expired or
+        withdrawn consent covers nothing decided afterwards, whatever the record's time. A
+        consent granted after the row's trip began covers none of that trip: its stable
+        pseudonym would continue the trip's per-trip views and name what went before."""
+        out = np.full(len(rows), None, dtype=object)
+        pairs = self._pairs(purposes, rows)
+        if pairs is None:
+            return out
+        pair_row, c, wanted = pairs
+        book = self.book
         t = self.time[pair_row]
         now = self.now
-        active = wanted[c] & (book.start[c] <= t) & (t < book.end[c])
+        active = wanted & (book.start[c] <= t) & (t < book.end[c])
         active &= (book.start[c] <= now) & (now < book.end[c])
+        active &= book.start[c] <= self.trip_start[pair_row]
         pair_row, c = pair_row[active], c[active]
         if pair_row.size == 0:
             return out
         rows_u, first = np.unique(pair_row, return_index=True)
         out[rows_u] = book.ids[c[first]]
+        return out
+
+    def began_under(self, purposes: Iterable[str], rows: BoolArray) -> BoolArray:
+        """Per row (where ``rows``): a consent for one of ``purposes`` held when the row's
+        trip began (it may have lapsed since: the trip then had views under the stable
+        pseudonym)."""
+        out = np.zeros(len(rows), dtype=bool)
+        pairs = self._pairs(purposes, rows)
+        if pairs is None:
+            return out
+        pair_row, c, wanted = pairs
+        start = self.trip_start[pair_row]
+        held = wanted & (self.book.start[c] <= start) & (start < self.book.end[c])
+        out[pair_row[held]] = True
         return out
 
 
@@ -1530,10 +1632,12 @@ def _settle_held(
     held_veh: IntpArray,
     sub_id: str,
     trims: tuple[float, float],
+    version: str,
 ) -> tuple[IntpArray, IntpArray]:
     """Indices (into ``state.held``) of the views held from earlier batches for ``sub_id``
     that this batch releases, and of those it discards (their trip ended). ``trims``: the
-    view's trim, and the one of views under a per-trip pseudonym."""
+    view's trim, and the one of views under a per-trip pseudonym. A view that is
+    :func:`_stale` under the policy ``version`` is discarded, never released."""
     held = state.held
     empty = np.empty(0, dtype=np.intp)
     if len(held) == 0 or len(trips.order) == 0:
@@ -1561,8 +1665,25 @@ def _settle_held(
         hit = far >= need[pair]
     released = np.zeros(mine.size, dtype=bool)
     released[pair[hit]] = True
-    discarded = ~same | (~released & trips.ended[k])
+    stale = np.array([_stale(held.views[i], state, version) for i in mine.tolist()], dtype=bool)
+    released &= ~stale
+    discarded = ~same | stale | (~released & trips.ended[k])
     return mine[released], mine[discarded]
+
+
+def _stale(view: HeldView, state: StateSnapshot, version: str) -> bool:
+    """A held view that may no longer go out as it was decided: the policy changed since
+    (its view was shaped by the old one), or the consent it relied on no longer holds
+    (releasing it is a decision after the withdrawal or expiry)."""
+    if view.view.get("policy_version") != version:
+        return True
+    if RuleId.PI_TRAJECTORY_CONSENT.value not in view.rules or not view.basis:
+        return False
+    consent_id = view.basis.split(",")[0]
+    for consent in state.consents.for_vehicle(view.vehicle):
+        if consent.id == consent_id:
+            return not consent.active_at(state.now)
+    return True
 
 
 def sweep(state: StateSnapshot, bundle: PolicyBundle, now: float) -> StateDelta:

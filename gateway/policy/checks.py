@@ -430,7 +430,12 @@ def _check_sensitive_data(parts: Parts, sub: Subscriber, at: Loc, out: list[Find
     """xborder.basis-missing / xborder.important-data / view.important-data, decided from
     the policy alone: each view entry (category or field) that lets a sensitive or important
     field through is reported once, naming the fields (RULES.md §2, §4)."""
-    covers = {c for b in sub.legal_bases for c in b.covers}
+    # Only a kind the engine accepts for a PI tier covers sensitive PI (not, say, a geodata
+    # export approval listing it; a GBA contract only for Hong Kong or Macao).
+    kinds = {*_CONTRACT_KINDS, LegalBasisKind.SECURITY_ASSESSMENT}
+    if not sub.hong_kong_or_macao:
+        kinds.discard(LegalBasisKind.GBA_STANDARD_CONTRACT)
+    covers = {c for b in sub.legal_bases if b.kind in kinds for c in b.covers}
     assessed = any(
         b.kind is LegalBasisKind.SECURITY_ASSESSMENT and ExportDataClass.IMPORTANT_DATA in b.covers
         for b in sub.legal_bases

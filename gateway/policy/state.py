@@ -213,7 +213,8 @@ class TripState(NamedTuple):
     ``start_time`` identifies the trip (per-trip pseudonyms are derived from it).
     ``start_lat``/``start_lon`` is the trip's first known position (NaN while none is
     known); ``max_disp_m`` the greatest geodesic distance from it reached so far (start
-    trimming); ``last_lat``/``last_lon`` the last known position (NaN if none yet this trip);
+    trimming); ``last_lat``/``last_lon`` the last known position (this trip's, or before it
+    has one where the vehicle was last seen; NaN if none is known);
     ``ended`` is true when the last record was a key-off, so the next record starts a trip.
     (A named tuple: the engine makes one per vehicle per batch.)
     """

@@ -42,6 +42,7 @@ from gateway.policy.rules import RuleId
 from gateway.policy.schema import (
     BEIJING,
     ExportDataClass,
+    FieldCategory,
     IdentifierMode,
     LegalBasis,
     LegalBasisKind,
@@ -1242,3 +1243,195 @@ def test_the_map_review_of_a_navigation_map_subscriber_is_in_the_audit(
     d, _ = run(bundle, [record()])
     assert d.transforms(index(d, "mapco-nav"), 0)["map_review"] == "FICTITIOUS-审图号-0000001"
     assert "map_review" not in d.transforms(index(d, "insureco-ubi"), 0)
+
+
+def test_a_record_judged_on_its_last_known_position_names_the_zone_in_the_audit(
+    bundle: PolicyBundle,
+) -> None:
+    """The audit entry of a record without a position, masked for its trip's last known
+    zone, names that zone as it would for a record of its own there."""
+    records = [
+        record(t=NOW - 120, where=SENSITIVE_2),
+        record(t=NOW - 60, where=None, Vehicle__Speed=57.0),
+    ]
+    d, _ = run(bundle, records)
+    s = index(d, "insureco-ubi")
+    assert "zone.sensitive" in d.rule_ids(s, 1)
+    own = d.transforms(s, 0)["zones"]
+    assert own and d.transforms(s, 1).get("zones") == own
+    assert d.zone_ids(s, 1) == tuple(own)
+
+
+def _per_trip_views(sh: Shaped, d: Decisions, sub_id: str) -> list[tuple[str, str]]:
+    s = index(d, sub_id)
+    return [
+        (sh.views[i]["vehicle"], sh.message_ids[i]) for i in range(len(sh)) if sh.subscriber[i] == s
+    ]
+
+
+def test_a_trip_starting_when_the_last_one_ended_has_its_own_pseudonym(
+    bundle: PolicyBundle,
+) -> None:
+    """A trip ended by a key-off and the next one, every record stamped the same second (a
+    clock stuck, or one that counts whole seconds): two trips, two per-trip pseudonyms, in
+    one batch or across two."""
+
+    first = [record(VIN_NONE, t=NOW - 60, where=north(300.0 * i)) for i in range(4)]
+    first[-1]["Vehicle.LowVoltageSystemState"] = "OFF"
+    second = [record(VIN_NONE, t=NOW - 60 + 10 * i, where=north(300.0 * i)) for i in range(5)]
+    state = fresh(bundle, first, NOW)
+
+    def pseudonyms(d: Decisions, sh: Shaped) -> set[str]:
+        return {vehicle for vehicle, _ in _per_trip_views(sh, d, "mapco-nav")}
+
+    d, sh = run(bundle, first + second, state=state)
+    one = pseudonyms(*run(bundle, first, state=state))
+    assert len(one) == 1 and len(pseudonyms(d, sh)) == 2, [
+        Verdict(int(v)).label for v in d.verdict[index(d, "mapco-nav")]
+    ]
+    d1, sh1 = run(bundle, first, state=state)
+    two = pseudonyms(*run(bundle, second, state=state.apply(d1.delta, sh1.held)))
+    assert one and two and not one & two
+
+
+def test_a_consent_granted_mid_trip_does_not_name_the_trip_it_began_in(
+    bundle: PolicyBundle,
+) -> None:
+    """Consent granted while a trip of a vehicle without it is under way: the rest of that
+    trip keeps its per-trip pseudonym, or the stable one would continue the per-trip views
+    cell for cell and name the part of the trip driven before the consent (RULES.md §3)."""
+    records = [record(VIN_NONE, t=NOW - 600 + 30 * i, where=north(250.0 * i)) for i in range(12)]
+    granted = NOW - 600 + 30 * 6 - 1
+    consent = ConsentRecord("c-mid", VIN_NONE, "navigation-map", granted, NOW + 86400)
+    state = dataclasses.replace(fresh(bundle, records, NOW), consents=ConsentBook([consent]))
+    d, sh = run(bundle, records, state=state)
+    vehicles = {vehicle for vehicle, _ in _per_trip_views(sh, d, "mapco-nav")}
+    assert len(vehicles) == 1 and vehicles.pop().startswith("pt-")
+    # the next trip, begun under the consent, carries the stable pseudonym
+    later = [record(VIN_NONE, t=NOW - 60 + 10 * i, where=north(250.0 * i)) for i in range(4)]
+    d2, sh2 = run(
+        bundle,
+        later,
+        state=dataclasses.replace(fresh(bundle, later, NOW), consents=ConsentBook([consent])),
+    )
+    assert {v for v, _ in _per_trip_views(sh2, d2, "mapco-nav")} == {
+        output(d2, sh2, "mapco-nav", 2)["vehicle"]  # type: ignore[index]
+    }
+    assert output(d2, sh2, "mapco-nav", 2)["vehicle"].startswith("pk-")  # type: ignore[index]
+
+
+def test_a_consent_withdrawn_mid_trip_leaves_no_located_view_of_the_rest_of_it(
+    bundle: PolicyBundle,
+) -> None:
+    """Consent withdrawn while a trip is under way: a per-trip pseudonym with positions would
+    continue the stable pseudonym's track cell for cell, so the rest of the trip goes without
+    a position (RULES.md §3: withdrawal covers every later decision)."""
+    t0 = NOW - 3600
+    records = [record(t=t0 + 30 * i, where=north(250.0 * i)) for i in range(12)]
+    revoked = t0 + 30 * 6 - 1
+    consent = ConsentRecord("c-nav", VIN, "navigation-map", t0 - 86400, NOW + 86400, revoked)
+    state = dataclasses.replace(
+        fresh(bundle, records, revoked - 1), consents=ConsentBook([consent])
+    )
+    d1, sh1 = run(bundle, records[:6], state=state)
+    first = [output(d1, sh1, "mapco-nav", r) for r in range(6)]
+    assert all(o is not None and o["vehicle"].startswith("pk-") for o in first)
+    assert any(o is not None and o["location"] is not None for o in first)
+    state2 = dataclasses.replace(state.apply(d1.delta, sh1.held), now=NOW)
+    d2, sh2 = run(bundle, records[6:], state=state2)
+    s = index(d2, "mapco-nav")
+    for r in range(6):
+        assert d2.verdict[s, r] != Verdict.SHARE
+        assert no_location(output(d2, sh2, "mapco-nav", r)), r
+    assert RuleId.PI_NO_CONSENT_DROP_LOCATION.value in d2.rule_ids(s, 0)
+
+
+def test_a_held_view_is_not_released_after_its_consent_was_withdrawn(
+    bundle: PolicyBundle,
+) -> None:
+    """A view held for the trip-end trim under a consent is released by a later batch only
+    if the consent still holds then: its release is a decision after the withdrawal."""
+    t0 = NOW - 3600
+    records = [record(t=t0 + 60 * i, where=north(150.0 * i)) for i in range(16)]
+    revoked = t0 + 60 * 8 - 1
+    consent = ConsentRecord("c-ubi", VIN, "usage-based-insurance", t0 - 86400, NOW, revoked)
+    state = dataclasses.replace(
+        mid_trip(bundle, records, revoked - 1), consents=ConsentBook([consent])
+    )
+    d1, sh1 = run(bundle, records[:8], state=state)
+    held = [h for h in sh1.held if h.subscriber == "insureco-ubi"]
+    assert held and all("pi.trajectory-consent" in h.rules for h in held)
+    state2 = dataclasses.replace(state.apply(d1.delta, sh1.held), now=NOW - 1)
+    d2, _ = run(bundle, records[8:], state=state2)
+    assert not [h for h in d2.delta.released if h.subscriber == "insureco-ubi"]
+    assert {h.key for h in held} <= {h.key for h in d2.delta.discarded}
+
+
+def test_a_held_view_is_not_released_under_a_policy_it_was_not_decided_by(
+    bundle: PolicyBundle,
+) -> None:
+    """A view held under one policy, released after a reload to a stricter one: it must not
+    go out as the old policy shaped it (here with a field the new view no longer allows)."""
+    t0 = NOW - 3600
+    records = [
+        record(VIN_TRAFFIC, t=t0 + 60 * i, where=north(150.0 * i), Vehicle__Speed=42.0)
+        for i in range(16)
+    ]
+    state = mid_trip(bundle, records, beijing(2026, 1, 15, 9, 0))
+    d1, sh1 = run(bundle, records[:8], state=state)
+    held = [h for h in sh1.held if h.subscriber == "sh-traffic"]
+    assert held and any("Vehicle.Speed" in h.view["signals"] for h in held)
+    stricter = dataclasses.replace(
+        tweak(
+            bundle, "sh-traffic", view={"categories": (FieldCategory.LOCATION, FieldCategory.TIME)}
+        ),
+        version="stricter",
+    )
+    batch = decode_records(records[8:], stricter.aliases)
+    d2, _ = evaluate(batch, stricter, state.apply(d1.delta, sh1.held), keys)
+    for h in d2.delta.released:
+        assert h.subscriber != "sh-traffic" or "Vehicle.Speed" not in h.view["signals"]
+    assert {h.key for h in held} <= {h.key for h in d2.delta.discarded}
+
+
+def test_a_person_s_identifier_never_goes_beside_a_per_trip_pseudonym(
+    bundle: PolicyBundle,
+) -> None:
+    """A driver or occupant id is the same on every trip: beside a per-trip pseudonym it
+    would link them like the VIN (issue 10.1: no identifier value in two trips)."""
+    ids = {
+        "Vehicle__Driver__Identifier__Subject": "driver-42",
+        "Vehicle__Cabin__Seat__Row1__DriverSide__Occupant__Identifier__Subject": "occ-7",
+        "Vehicle__Cabin__Seat__Row1__PassengerSide__Occupant__Identifier__Subject": "occ-8",
+    }
+    sub = bundle.subscribers["mapco-nav"]
+    personal = tweak(
+        bundle, "mapco-nav", view={"categories": (*sub.view.categories, FieldCategory.PERSONAL)}
+    )
+    d, sh = run(personal, [record(VIN_NONE, **ids), record(VIN, t=NOW - 30, **ids)])
+    out = output(d, sh, "mapco-nav", 0)
+    assert out is not None and out["vehicle"].startswith("pt-")
+    assert not {"driver-42", "occ-7", "occ-8"} & set(out["signals"].values())
+    consented = output(d, sh, "mapco-nav", 1)  # a stable pseudonym: the ids may go
+    assert consented is not None and "driver-42" in consented["signals"].values()
+
+
+@pytest.mark.parametrize("ended", [True, False], ids=["key-off", "gap"])
+def test_a_record_without_a_position_starting_a_trip_inherits_where_the_vehicle_parked(
+    bundle: PolicyBundle, ended: bool
+) -> None:
+    """A vehicle parked inside a prohibited zone starts again before its GPS has a fix: the
+    new trip knows no position yet, but the vehicle's last known one is in the zone, and
+    that is the status the record inherits (RULES.md §3), not none at all."""
+    gap = bundle.rules.trips.split_gap_s
+    parked = TripState(NOW - 7200, *PROHIBITED, 500.0, NOW - 60 - 2 * gap, *PROHIBITED, ended)
+    state = dataclasses.replace(fresh(bundle, [], NOW), trips={VIN: parked})
+    d, sh = run(bundle, [record(where=None, Vehicle__IsMoving=False)], state=state)
+    s = index(d, "mapco-nav")
+    assert d.verdict[s, 0] == Verdict.BLOCK
+    assert "zone.prohibited" in d.rule_ids(s, 0)
+    assert d.delta.trips[VIN].start_time == NOW - 60  # it did start a new trip
+    # still without a fix in the next batch: the same trip, still where it parked
+    d2, _ = run(bundle, [record(t=NOW - 30, where=None)], state=state.apply(d.delta, sh.held))
+    assert d2.verdict[s, 0] == Verdict.BLOCK and "zone.prohibited" in d2.rule_ids(s, 0)
+    assert d2.delta.trips[VIN].start_time == NOW - 60

@@ -530,3 +530,31 @@ def test_batch_column_fields_must_be_listed(bundle_dir: Path) -> None:
         f"{fields}:{line_of(fields, 'gps.time')}: aliases[gps.time]: maps to unknown field "
         "'Vehicle.CurrentLocation.Timestamp' (did you mean 'Vehicle.CurrentLocation.Heading'?)",
     ]
+
+
+def test_sensitive_pi_abroad_needs_a_basis_that_can_cover_it(bundle_dir: Path) -> None:
+    """A geodata export approval listing sensitive_personal_information covers no PI tier
+    (the engine would block every record): the check says so at the view entry."""
+    path = bundle_dir / "subscribers.yaml"
+    edit(
+        path,
+        '    impact_assessment:\n      reference: "FICTITIOUS-PIA-2025-0007"',
+        "      - kind: geodata_export_approval\n"
+        "        id: GEO-1\n"
+        "        covers: [geographic_data, sensitive_personal_information]\n"
+        "        expires: 2027-03-31\n"
+        '    impact_assessment:\n      reference: "FICTITIOUS-PIA-2025-0007"',
+    )
+    edit(
+        path,
+        "categories: [location, time, energy, diagnostics, vehicle_state]",
+        "categories: [location, time, energy, diagnostics, vehicle_state, personal]",
+    )
+    with pytest.raises(PolicyError) as info:
+        load_bundle(bundle_dir)
+    line = line_of(path, "vehicle_state, personal]")
+    problems = [str(p) for p in info.value.problems]
+    assert len(problems) == 1 and problems[0].startswith(
+        f"{path}:{line}: subscribers[3].view.categories[5]: "
+    )
+    assert "sensitive_personal_information (RULES.md §4)" in problems[0]

@@ -157,7 +157,10 @@ def test_keys_give_the_gateways_pseudonyms(tmp_path: Path) -> None:
 
 
 def test_at_sets_the_day_expiry_is_checked_on(tmp_path: Path) -> None:
-    path = str(write(tmp_path, RECORD))
+    # A vehicle without consent: RECORD's navigation consent, held when its trip began and
+    # expired by 2029, would take the rest of that trip's positions with it.
+    vehicle = {**RECORD["Vehicle"], "VehicleIdentification": {"VIN": "LVHRU585XN6100077"}}
+    path = str(write(tmp_path, {**RECORD, "Vehicle": vehicle}))
     later = explain_json("--at", "2029-01-05T10:00:00+08:00", "-s", "mapco-nav", path)[0]
     location = later["output"]["location"]
     assert location["datum"] == "GCJ-02" and location["precision_m"] == 50

@@ -11,8 +11,8 @@
   vehicle field, message id), no value that carries over between trips (odometer, energy
   level) and no position within ``pseudonym_trim_m`` of a trip's ends appears in two trips
   of a vehicle whose trips it must not link.
-* A record without a position obeys its trip's last known zone (and loses its
-  location-derived fields when no position of its trip is known).
+* A record without a position obeys its trip's last known zone, or where its vehicle was
+  last seen (and loses its location-derived fields when no position is known).
 """
 
 from __future__ import annotations
@@ -367,19 +367,31 @@ class Reference:
         return {"hits": hits, "bad": bool(mask.bad[0]), "worst": worst, "centre": centre,
                 "cell": cell}  # fmt: skip
 
-    def consent(self, vin: str, purposes: Iterable[str], t: float) -> ConsentRecord | None:
-        """The consent (smallest id) active at the record's time and at the decision time."""
+    def consent(
+        self, vin: str, purposes: Iterable[str], t: float, start: float = math.inf
+    ) -> ConsentRecord | None:
+        """The consent (smallest id) active at the record's time and at the decision time,
+        granted before the record's trip began (``start``)."""
         for record in self.state.consents.for_vehicle(vin):
             now = self.state.now
-            if record.purpose in purposes and record.active_at(t) and record.active_at(now):
+            active = record.active_at(t) and record.active_at(now)
+            if record.purpose in purposes and active and record.granted <= start:
                 return record
         return None
+
+    def began_under(self, vin: str, purposes: Iterable[str], start: float) -> bool:
+        """A consent held when the record's trip began (it may have lapsed since)."""
+        return any(
+            r.purpose in purposes and r.active_at(start)
+            for r in self.state.consents.for_vehicle(vin)
+        )
 
     def static(
         self,
         cfg: dict[str, Any],
         rec: dict[str, Any] | None,
         inherited: tuple[float, float] | None = None,
+        start: float = math.inf,
     ) -> dict[str, Any]:
         """Everything about one (record, subscriber) that does not depend on other records
         but the last known position of its trip (``inherited``, for a record without one)."""
@@ -447,7 +459,7 @@ class Reference:
         )
         consent_dropped = False
         if LATITUDE in allowed:  # every record of a located view is judged
-            found = self.consent(rec[VIN], sub.purposes, rec[TIMESTAMP])
+            found = self.consent(rec[VIN], sub.purposes, rec[TIMESTAMP], start)
             if found is not None:
                 if out:
                     rules.add("pi.trajectory-consent")
@@ -461,6 +473,11 @@ class Reference:
                 rules.add("pi.no-consent-trip-pseudonym")
                 trip_id = True
                 degraded |= view.identifier is not IdentifierMode.TRIP_PSEUDONYM
+                if self.began_under(rec[VIN], sub.purposes, start):  # lapsed mid-trip
+                    if out or derived_in:
+                        rules.add("pi.no-consent-drop-location")
+                        consent_dropped = True
+                    out = False
         removed = wants and not out
         degraded |= removed
         if out:
@@ -609,9 +626,15 @@ class Reference:
         trip: dict[int, dict[str, Any]] = {}
         current: dict[str, dict[str, Any]] = {}
         segments: dict[str, list[list[int]]] = {}
+        parked: dict[str, tuple[float, float] | None] = {}  # the vehicle's last position
         for i in order:
             rec = records[i]
             vin = rec[VIN]
+            if vin not in parked:
+                s0 = state.trips.get(vin)
+                parked[vin] = (
+                    None if s0 is None or math.isnan(s0.last_lat) else (s0.last_lat, s0.last_lon)
+                )
             t = rec[TIMESTAMP]
             cur = current.get(vin)
             if cur is None:
@@ -633,7 +656,14 @@ class Reference:
             elif cur["ended"] or t - cur["last_t"] > gap:
                 cur = None
             if cur is None:
-                cur = {"start": t, "start_pos": None, "last_pos": None, "last_t": -math.inf,
+                # a trip's start names its pseudonym: never the millisecond of the last one's
+                before = current[vin]["start"] if vin in current else None
+                if before is None and vin in state.trips:
+                    before = state.trips[vin].start_time
+                start = t
+                if before is not None and round(t * 1000) <= round(before * 1000):
+                    start = (round(before * 1000) + 1) / 1000
+                cur = {"start": start, "start_pos": None, "last_pos": None, "last_t": -math.inf,
                        "far": 0.0, "ended": False, "cont": False}  # fmt: skip
                 segments.setdefault(vin, []).append([])
             elif not segments.get(vin):
@@ -643,6 +673,7 @@ class Reference:
             if rec.get(LATITUDE) is not None:
                 pos = (rec[LATITUDE], rec["Vehicle.CurrentLocation.Longitude"])
                 cur["last_pos"] = pos
+                parked[vin] = pos
                 if cur["start_pos"] is None:
                     cur["start_pos"] = pos
             disp = 0.0
@@ -652,7 +683,7 @@ class Reference:
             cur["last_t"] = max(cur["last_t"], t)
             cur["ended"] = rec.get(KEY_OFF_SIGNAL) in KEY_OFF_VALUES
             trip[i] = {"start": cur["start"], "pos": cur["last_pos"], "far": cur["far"],
-                       "cont": cur["cont"]}  # fmt: skip
+                       "cont": cur["cont"], "parked": parked[vin]}  # fmt: skip
         seg_of: dict[int, tuple[str, int]] = {}
         for vin, segs in segments.items():
             for k, seg in enumerate(segs):
@@ -669,8 +700,10 @@ class Reference:
             view = cfg["sub"].view
             infos = {}
             for i, rec in enumerate(records):
-                carried = trip[i]["pos"] if live[i] else None
-                info = self.static(cfg, rec if live[i] else None, carried)
+                # without a position: the trip's last, else where the vehicle was last seen
+                carried = (trip[i]["pos"] or trip[i]["parked"]) if live[i] else None
+                start = trip[i]["start"] if live[i] else math.inf
+                info = self.static(cfg, rec if live[i] else None, carried, start)
                 infos[i] = info
                 if info["blocked"]:
                     outcomes[(sub_id, i)] = Outcome("block", info["rules"])
@@ -1264,6 +1297,30 @@ def identifiers(bundle: PolicyBundle, item: Delivered) -> set[str]:
     return {*topic[:-1][-1:], item.view["vehicle"], item.message_id}
 
 
+def assert_per_trip_views_stand_alone(bundle: PolicyBundle, delivered: list[Delivered]) -> None:
+    """Whatever the vehicle's consents: an identifier read beside a per-trip pseudonym
+    appears in no other trip, and a trip with located per-trip views has no view under a
+    stable identifier (it would continue their track and name them: consent granted or
+    withdrawn mid-trip)."""
+    trips_of: dict[tuple[str, str, str], set[float]] = {}
+    located_per_trip: set[tuple[str, str, float]] = set()
+    stable: set[tuple[str, str, float]] = set()
+    for item in delivered:
+        trip = (item.subscriber, item.vehicle, item.trip)
+        if not item.view["vehicle"].startswith("pt-"):
+            stable.add(trip)
+            continue
+        if item.view.get("location") is not None:
+            located_per_trip.add(trip)
+        for value in identifiers(bundle, item):
+            trips_of.setdefault((item.subscriber, item.vehicle, value), set()).add(item.trip)
+    for item in delivered:
+        for value in identifiers(bundle, item):
+            others = trips_of.get((item.subscriber, item.vehicle, value), set()) - {item.trip}
+            assert not others, (item, value, others)
+    assert not located_per_trip & stable, located_per_trip & stable
+
+
 @settings(max_examples=40, deadline=None)
 @given(fleets())
 def test_no_identifier_links_two_trips_of_an_unlinkable_vehicle(
@@ -1296,6 +1353,7 @@ def test_no_identifier_links_two_trips_of_an_unlinkable_vehicle(
                 carried.setdefault(key, set()).add(item.trip)
     linked = {key: trips for key, trips in seen.items() if len(trips) > 1}
     assert not linked, linked
+    assert_per_trip_views_stand_alone(bundle, deliveries(bundle, records, state, case["cuts"]))
     linked_by_value = {key: trips for key, trips in carried.items() if len(trips) > 1}
     assert not linked_by_value, linked_by_value
 
@@ -1323,14 +1381,11 @@ def test_a_record_without_a_position_obeys_its_trips_last_zone(
     reference = Reference(bundle, state)
     live = np.flatnonzero(d.batch.ok & ~d.located.positioned)
     order = np.lexsort((np.arange(len(d.batch)), d.batch.time)).tolist()
-    key_off = d.classified.key_off
     for row in live.tolist():
-        last = None  # the trip's last position before this record, walking back
-        for r in reversed(order[: order.index(row)]):
+        last = None  # the vehicle's last position before this record (this trip's, or
+        for r in reversed(order[: order.index(row)]):  # where it parked), walking back
             if d.batch.vehicle[r] != d.batch.vehicle[row] or not d.batch.ok[r]:
                 continue
-            if key_off[r] or d.trip_start[r] != d.trip_start[row]:
-                break  # an earlier trip
             if d.located.positioned[r]:
                 last = r
                 break
