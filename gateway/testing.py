@@ -17,7 +17,24 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from gateway.config import GatewayConfig, load_config
+from gateway.keys import init_keys
 from gateway.policy.codes import vin_check_digit
+
+
+def offline_config(root: Path, *, worker: str | None = None) -> GatewayConfig:
+    """A gateway config for in-process tests: fresh keys in ``root/keys``, a SQLite store
+    ``root/gw.sqlite``, the shipped policy, and a broker address that is never connected."""
+    init_keys(root / "keys")
+    overrides: dict[tuple[str, ...], object] = {
+        ("broker", "url"): "mqtt://127.0.0.1:9",
+        ("broker", "protocol"): "5",
+        ("store",): f"sqlite:///{root / 'gw.sqlite'}",
+        ("keys",): str(root / "keys"),
+    }
+    if worker is not None:
+        overrides[("worker",)] = worker
+    return load_config(None, overrides=overrides, environ={})
 
 
 def make_vin(serial: int, prefix: str = "LSVAU2180N2") -> str:

@@ -29,12 +29,11 @@ from gateway.audit.outbox import (
     outbox_rows,
 )
 from gateway.audit.verify import verify_store
-from gateway.config import GatewayConfig, load_config
-from gateway.keys import init_keys
+from gateway.config import GatewayConfig
 from gateway.model import Envelope
 from gateway.pipeline.decode import LATITUDE, LONGITUDE, TIMESTAMP, VIN
 from gateway.service import Gateway
-from gateway.testing import make_vin
+from gateway.testing import make_vin, offline_config
 from simulators.fleet import Fleet, FleetConfig
 
 V1 = make_vin(1)
@@ -47,17 +46,7 @@ def config(tmp_path: Path) -> GatewayConfig:
 
 
 def make_config(tmp_path: Path) -> GatewayConfig:
-    init_keys(tmp_path / "keys")
-    return load_config(
-        None,
-        overrides={
-            ("broker", "url"): "mqtt://127.0.0.1:9",  # never connected in these tests
-            ("broker", "protocol"): "5",
-            ("store",): f"sqlite:///{tmp_path / 'gw.sqlite'}",
-            ("keys",): str(tmp_path / "keys"),
-        },
-        environ={},
-    )
+    return offline_config(tmp_path)
 
 
 def db(config: GatewayConfig) -> sqlite3.Connection:

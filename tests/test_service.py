@@ -30,6 +30,7 @@ from gateway.policy.checks import VIN as VIN_PATH
 from gateway.policy.child import load_in_child
 from gateway.policy.schema import ExportDataClass, counting_year
 from gateway.service import Gateway, origin_of
+from gateway.testing import offline_config
 from simulators.fleet import Fleet, FleetConfig
 
 VIN_RE = re.compile(rb"[A-HJ-NPR-Z0-9]{17}")
@@ -40,17 +41,7 @@ START = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
 
 @pytest.fixture
 def config(tmp_path: Path) -> GatewayConfig:
-    init_keys(tmp_path / "keys")
-    return load_config(
-        None,
-        overrides={
-            ("broker", "url"): "mqtt://127.0.0.1:9",  # never connected in these tests
-            ("broker", "protocol"): "5",
-            ("store",): f"sqlite:///{tmp_path / 'gw.sqlite'}",
-            ("keys",): str(tmp_path / "keys"),
-        },
-        environ={},
-    )
+    return offline_config(tmp_path)
 
 
 def fleet_envelopes(

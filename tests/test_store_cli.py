@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 from gateway.audit.store import AuditQuery, Reader, open_store
 from gateway.audit.verify import verify_store
 from gateway.cli import app
-from gateway.config import GatewayConfig, load_config
+from gateway.config import GatewayConfig
 from gateway.keys import KeyRing, init_keys
 from gateway.model import Envelope
 from gateway.service import Gateway, origin_of
+from gateway.testing import offline_config
 from simulators.fleet import Fleet, FleetConfig
 
 WORKER = "gw-1"
@@ -26,18 +27,7 @@ SHARD = origin_of(WORKER)
 
 @pytest.fixture
 def config(tmp_path: Path) -> GatewayConfig:
-    init_keys(tmp_path / "keys")
-    return load_config(
-        None,
-        overrides={
-            ("broker", "url"): "mqtt://127.0.0.1:9",  # never connected in these tests
-            ("broker", "protocol"): "5",
-            ("store",): f"sqlite:///{tmp_path / 'gw.sqlite'}",
-            ("keys",): str(tmp_path / "keys"),
-            ("worker",): WORKER,
-        },
-        environ={},
-    )
+    return offline_config(tmp_path, worker=WORKER)
 
 
 def run_gateway(config: GatewayConfig, envelopes: list[Envelope]) -> None:
