@@ -150,7 +150,13 @@ def erase_command(
     not yet delivered and kept ones, dead letters, records seen; its consents are
     withdrawn. One audited ``vehicle.erased`` entry; the audit log stays."""
     from gateway.keys import KeyRing
+    from gateway.policy.codes import is_vin_shaped
 
+    if not is_vin_shaped(vin):  # a typo would erase nothing and be audited as an erasure
+        typer.echo(
+            "error: --vin: not a VIN (17 characters of 0-9 and A-Z without I, O, Q)", err=True
+        )
+        raise typer.Exit(2)
     now = datetime.now(UTC).timestamp()
     compacted: GatewayError | None = None
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import struct
 from collections import Counter
 from pathlib import Path
@@ -246,3 +247,19 @@ def test_erase_counts_the_held_views_it_deletes(tmp_path: Path, rotated: bool) -
     with open_store(url, shard=SHARD, keys=ring) as s, s.transaction() as tx:
         details = erase(tx, ring, vin.lower(), at=1e9, instance=WORKER)
     assert details["vehicle_state"] == 1 and details["held_views"] == 2
+
+
+@pytest.mark.parametrize("vin", ["LSVAU2180N218329", "LSVAU2180N2183294X", "LSVAU2180N21832O4", ""])
+def test_erase_refuses_what_is_not_a_vin_and_audits_nothing(
+    config: GatewayConfig, vin: str
+) -> None:
+    """A mistyped VIN erases nothing: it must not be reported (and audited) as an erasure."""
+    Gateway(config).store.close()  # a store to erase from
+    result = CliRunner().invoke(
+        app, ["vehicle", "erase", "--store", config.store, "--keys", str(config.keys), "--vin", vin]
+    )
+    assert result.exit_code == 2, result.output
+    assert "not a VIN" in result.output and "Traceback" not in result.output
+    with sqlite3.connect(config.store.removeprefix("sqlite:///")) as con:
+        bodies = [b for (b,) in con.execute("select body from audit_entries where kind='admin'")]
+    assert not any(b"vehicle.erased" in bytes(b) for b in bodies)

@@ -126,6 +126,12 @@ def vin_check_digit(vin: str) -> str:
     return "X" if remainder == 10 else str(remainder)
 
 
+def is_vin_shaped(vin: str) -> bool:
+    """True if ``vin`` (any case, surrounding blanks ignored) is 17 characters of ISO 3779's
+    alphabet; the check digit is not verified (a policy may waive it)."""
+    return bool(_VIN_CHARS.fullmatch(vin.strip().upper()))
+
+
 def is_valid_vin(vin: str) -> bool:
     """True if ``vin`` is well formed and its position-9 check digit is right."""
     return bool(_VIN_CHARS.fullmatch(vin)) and vin[8] == vin_check_digit(vin)
