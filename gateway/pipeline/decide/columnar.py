@@ -209,8 +209,7 @@ def export_bases(ctx: BatchContext, view: ResolvedView, p: ViewPairs) -> None:
     important = frozenset(f for f in view.allowed if f in fields and fields[f].important)
     rows = rows_with(ctx.classified, important, ctx.n) & ctx.live
     for row in np.flatnonzero(rows).tolist():
-        prior = p.basis[row]
-        p.basis[row] = f"{prior},{view.important_basis}" if prior else view.important_basis
+        p.add_basis(row, view.important_basis)
 
 
 def altitude(ctx: BatchContext, view: ResolvedView, p: ViewPairs) -> None:

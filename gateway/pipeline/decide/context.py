@@ -147,6 +147,11 @@ class ViewPairs:
             block_rules=np.zeros(n, dtype=np.uint64),
         )
 
+    def add_basis(self, row: int, basis: str) -> None:
+        """Cite legal basis ``basis`` for ``row`` after those already cited."""
+        prior = self.basis[row]
+        self.basis[row] = f"{prior},{basis}" if prior else basis
+
 
 @dataclass(slots=True, eq=False)
 class Changes:

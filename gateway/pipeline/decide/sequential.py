@@ -123,8 +123,7 @@ def crossborder(
     p.applied[denied] = 0
     for row, basis in zip(rows_gated.tolist(), gate.basis, strict=True):
         if basis:
-            prior = p.basis[row]
-            p.basis[row] = f"{prior},{basis}" if prior else basis
+            p.add_basis(row, basis)
     sp.ok[gated[~allowed]] = False
 
 
