@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from gateway.errors import ConfigError, Problem
-from gateway.policy.source import Source, read_yaml, validation_problems
+from gateway.located_yaml import Source, read_yaml, validation_problems
 
 __all__ = ["ENV_OVERRIDES", "GatewayConfig", "load_config"]
 

@@ -25,12 +25,12 @@ from gateway.audit.store import Consent
 from gateway.config import GatewayConfig, load_config
 from gateway.keys import KeyRing, init_keys, rotate_keys
 from gateway.model import Envelope
-from gateway.policy.checks import TIMESTAMP as TIMESTAMP_PATH
-from gateway.policy.checks import VIN as VIN_PATH
 from gateway.policy.child import load_in_child
 from gateway.policy.schema import ExportDataClass, counting_year
 from gateway.service import Gateway, origin_of
 from gateway.testing import offline_config
+from gateway.vss import TIMESTAMP as TIMESTAMP_PATH
+from gateway.vss import VIN as VIN_PATH
 from simulators.fleet import Fleet, FleetConfig
 
 VIN_RE = re.compile(rb"[A-HJ-NPR-Z0-9]{17}")

@@ -98,7 +98,6 @@ from gateway.model import Batch, BoolArray, Datum, ErrorCode, FloatArray
 from gateway.pipeline.classify import Classified
 from gateway.pipeline.geo import GeoLayer, GridSpec, Located, locate
 from gateway.policy.bundle import PolicyBundle
-from gateway.policy.checks import ALTITUDE, LATITUDE, VIN
 from gateway.policy.rules import RuleId
 from gateway.policy.schema import (
     AltitudeMode,
@@ -126,6 +125,7 @@ from gateway.policy.state import (
     TripTable,
 )
 from gateway.policy.vehicles import VehicleIndex
+from gateway.vss import ALTITUDE, LATITUDE, VIN
 
 __all__ = [
     "Applied",

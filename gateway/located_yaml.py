@@ -1,4 +1,5 @@
-"""Reading human-edited YAML with line numbers, and turning errors into located problems.
+"""Reading human-edited YAML with line numbers (policy bundles, the gateway config, simulator
+scenarios), and turning errors into located problems.
 
 :func:`read_yaml` composes the file into YAML nodes (each node knows its line) and builds
 plain Python data from them, recording the line of every mapping key and sequence item by
