@@ -279,9 +279,9 @@ class Gateway:
 
     def _watch_policy(self) -> None:
         """The policy thread: it checks the files once a second and has a changed bundle
-        loaded in a child process (:mod:`gateway.policy.child`). Loading 10,000 zones took
-        the pipeline thread 2-3 s (at 1,800 msg/s, p99 2.9 s over 30 s with one reload); on
-        this thread it still took half the interpreter (p99 ~1 s)."""
+        loaded in a child process (:mod:`gateway.policy.child`): on the pipeline thread, or
+        on this one, a large bundle's load held the pipeline up for seconds
+        (``bench/RESULTS.md``, the policy edit under load)."""
         while not self._stop.wait(1.0):
             try:
                 self._prepare_policy(load_in_child)
