@@ -24,7 +24,12 @@ import numpy as np
 import orjson
 
 from gateway.audit.entries import Decision, DecisionEntry
-from gateway.audit.outbox import (
+from gateway.pipeline.decide import Decisions, Verdict
+from gateway.pipeline.shape import Shaped, encode_view, message_ids
+from gateway.policy.bundle import PolicyBundle
+from gateway.policy.state import HeldView
+from gateway.store.connection import Transaction
+from gateway.store.outbox import (
     DeadLetterRow,
     OutboxRow,
     add_deadletters,
@@ -32,11 +37,6 @@ from gateway.audit.outbox import (
     add_seen,
     save_vehicle_state,
 )
-from gateway.audit.store import Transaction
-from gateway.pipeline.decide import Decisions, Verdict
-from gateway.pipeline.shape import Shaped, encode_view, message_ids
-from gateway.policy.bundle import PolicyBundle
-from gateway.policy.state import HeldView
 
 _AUDIT_DECISION = {
     Verdict.SHARE: Decision.SHARED,

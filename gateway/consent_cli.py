@@ -17,7 +17,7 @@ import typer
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
-    from gateway.audit.store import Store
+    from gateway.store.connection import Store
 
 app = typer.Typer(
     name="consent",
@@ -40,8 +40,8 @@ def _time(text: str) -> float:
 
 
 def _open(store: str, worker: str) -> Store:
-    from gateway.audit.store import open_store
     from gateway.service import origin_of
+    from gateway.store.connection import open_store
 
     return open_store(store, shard=origin_of(worker))
 
@@ -57,8 +57,8 @@ def grant(
     worker: _Worker = "gw-1",
 ) -> None:
     """Record a consent, from now until --expires (never open-ended)."""
-    from gateway.audit.store import Consent
     from gateway.keys import KeyRing
+    from gateway.store.connection import Consent
 
     now = datetime.now(UTC).timestamp()
     end = _time(expires)

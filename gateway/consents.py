@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from gateway.audit.store import Consent, Reader, Store, _consent
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.state import ConsentBook, ConsentRecord
+from gateway.store.connection import Consent, Reader, Store, _consent
 
 _CHUNK = 400
 

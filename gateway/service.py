@@ -6,7 +6,7 @@ Threads, each with one job:
 * the pipeline thread (:meth:`Gateway.run`) takes a micro-batch, decodes, de-duplicates,
   decides and shapes it, commits it in one store transaction, and only then acknowledges
   its input messages;
-* the delivery thread (:class:`~gateway.deliver.outbox.OutboxDrainer`) publishes committed
+* the delivery thread (:class:`~gateway.deliver.drainer.OutboxDrainer`) publishes committed
   views and marks them delivered when the broker confirms them.
 
 A crash at any point loses nothing: unacknowledged input is redelivered by the broker and
@@ -39,19 +39,10 @@ from prometheus_client import CollectorRegistry
 from gateway import consents
 from gateway.audit.entries import AdminAction, AdminEntry
 from gateway.audit.log import AuditLog, CheckpointPolicy
-from gateway.audit.outbox import (
-    all_vehicle_state,
-    count_pending,
-    prune_expired,
-    prune_seen,
-    seen_records,
-    seen_under,
-)
-from gateway.audit.store import Reader, Store, Transaction, open_store
 from gateway.commit import Context, DeadInput, Written, commit_batch
 from gateway.config import GatewayConfig
+from gateway.deliver.drainer import OutboxDrainer
 from gateway.deliver.mqtt import MqttPublisher
-from gateway.deliver.outbox import OutboxDrainer
 from gateway.errors import StaleDecisionError, StoreError
 from gateway.health import StoreHealth
 from gateway.ingest.client import BrokerSpec, parse_broker_url
@@ -74,6 +65,15 @@ from gateway.policy.state import (
     StateDelta,
     StateSnapshot,
     TripState,
+)
+from gateway.store.connection import Reader, Store, Transaction, open_store
+from gateway.store.outbox import (
+    all_vehicle_state,
+    count_pending,
+    prune_expired,
+    prune_seen,
+    seen_records,
+    seen_under,
 )
 from gateway.vehicle_state import decode as decode_state
 from gateway.vehicle_state import encode as encode_state

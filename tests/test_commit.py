@@ -21,18 +21,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.audit.entries import parse_time
-from gateway.audit.outbox import (
+from gateway.audit.verify import verify_store
+from gateway.config import GatewayConfig
+from gateway.model import Envelope
+from gateway.pipeline.decode import LATITUDE, LONGITUDE, TIMESTAMP, VIN
+from gateway.service import Gateway
+from gateway.store.outbox import (
     DeadLetterRow,
     OutboxRow,
     deadletter,
     deadletters,
     outbox_rows,
 )
-from gateway.audit.verify import verify_store
-from gateway.config import GatewayConfig
-from gateway.model import Envelope
-from gateway.pipeline.decode import LATITUDE, LONGITUDE, TIMESTAMP, VIN
-from gateway.service import Gateway
 from gateway.testing import make_vin, offline_config
 from simulators.fleet import Fleet, FleetConfig
 

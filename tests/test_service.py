@@ -20,8 +20,6 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.audit.outbox import row_aad
-from gateway.audit.store import Consent
 from gateway.config import GatewayConfig, load_config
 from gateway.keys import KeyRing, init_keys, rotate_keys
 from gateway.model import Envelope
@@ -30,6 +28,8 @@ from gateway.policy.checks import VIN as VIN_PATH
 from gateway.policy.child import load_in_child
 from gateway.policy.schema import ExportDataClass, counting_year
 from gateway.service import Gateway, origin_of
+from gateway.store.connection import Consent
+from gateway.store.outbox import row_aad
 from gateway.testing import offline_config
 from simulators.fleet import Fleet, FleetConfig
 

@@ -12,13 +12,13 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from gateway.audit.store import AuditQuery, Reader, open_store
 from gateway.audit.verify import verify_store
 from gateway.cli import app
 from gateway.config import GatewayConfig
 from gateway.keys import KeyRing, init_keys
 from gateway.model import Envelope
 from gateway.service import Gateway, origin_of
+from gateway.store.connection import AuditQuery, Reader, open_store
 from gateway.testing import offline_config
 from simulators.fleet import Fleet, FleetConfig
 
@@ -231,8 +231,8 @@ def test_a_dead_letter_written_out_is_readable_by_its_owner_only(
 def test_erase_counts_the_held_views_it_deletes(tmp_path: Path, rotated: bool) -> None:
     """Also when the VIN is typed in lower case, or the state is still stored under the
     reference of an older HMAC key (rotated while the worker was stopped)."""
-    from gateway.audit.outbox import save_vehicle_state
     from gateway.keys import KeyKind, rotate_keys
+    from gateway.store.outbox import save_vehicle_state
     from gateway.store_cli import erase
 
     vin = "LSVAU2180N2183294"

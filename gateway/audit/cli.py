@@ -21,10 +21,10 @@ from gateway.audit.log import AuditLog, retention_days
 from gateway.audit.note import NoteVerifier, read_verifier_keys
 from gateway.audit.proof import check_proof_document, proof_document
 from gateway.audit.query import iter_json_lines, render_table, write_csv
-from gateway.audit.store import AuditQuery, open_store
 from gateway.audit.verify import ShardReport, verify_export, verify_store
 from gateway.errors import GatewayError, VerificationError
 from gateway.keys import KeyRing
+from gateway.store.connection import AuditQuery, open_store
 
 app = typer.Typer(
     name="audit",

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.audit.canonical import canonical_json
-from gateway.audit.store import Store
 from gateway.audit.verify import PRUNED_KEY, checkpoint_path
 from gateway.errors import AuditError
+from gateway.store.connection import Store
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from gateway.audit.checkpoint import Checkpoint, note_key_ids, sign_checkpoint
 from gateway.audit.entries import AdminAction, AdminEntry, to_ms
 from gateway.audit.note import NoteSigner
-from gateway.audit.store import Store, StoredCheckpoint, Transaction
 from gateway.errors import AuditError
 from gateway.keys import KeyKind, KeyRing
+from gateway.store.connection import Store, StoredCheckpoint, Transaction
 
 log = logging.getLogger(__name__)
 

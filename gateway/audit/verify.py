@@ -32,8 +32,8 @@ from gateway.audit.checkpoint import Checkpoint, SignedCheckpoint, open_checkpoi
 from gateway.audit.entries import GENESIS_PREV, AdminAction, row_columns
 from gateway.audit.merkle import EMPTY_ROOT, HASH_SIZE, CompactRange, leaf_hash
 from gateway.audit.note import NoteVerifier
-from gateway.audit.store import ShardState, Store
 from gateway.errors import AuditError, VerificationError
+from gateway.store.connection import ShardState, Store
 
 PRUNED_KEY = "pruned_leaf_hash"
 _TRUSTED = "the trusted checkpoint"

@@ -10,8 +10,8 @@ import pytest
 
 from gateway.audit.entries import AdminAction, AdminEntry, Decision, DecisionEntry
 from gateway.audit.log import AuditLog, CheckpointPolicy
-from gateway.audit.store import Store, open_store
 from gateway.keys import KeyRing, init_keys
+from gateway.store.connection import Store, open_store
 
 ORIGIN = "icvgw.test/audit/w1"
 T0 = 1_740_000_000.0

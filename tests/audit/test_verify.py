@@ -14,9 +14,9 @@ from gateway.audit.export import export_shard, export_store
 from gateway.audit.log import RETENTION_MINIMUM_DAYS
 from gateway.audit.merkle import CompactRange
 from gateway.audit.note import NoteSigner
-from gateway.audit.store import Store, open_store
 from gateway.audit.verify import verify_export, verify_store
 from gateway.keys import KeyRing, init_keys
+from gateway.store.connection import Store, open_store
 from tests.audit.conftest import ORIGIN, decision, fill, make_log, tamper
 
 N = 60

@@ -11,7 +11,10 @@ import pytest
 
 from gateway.audit.entries import GENESIS_PREV, AdminAction, Decision, DecisionEntry
 from gateway.audit.merkle import perfect_from_leaves
-from gateway.audit.store import (
+from gateway.audit.verify import verify_store
+from gateway.errors import AuditError, StoreError
+from gateway.keys import KeyRing
+from gateway.store.connection import (
     SCHEMA_VERSION,
     AuditQuery,
     Consent,
@@ -20,9 +23,6 @@ from gateway.audit.store import (
     insert_rows,
     open_store,
 )
-from gateway.audit.verify import verify_store
-from gateway.errors import AuditError, StoreError
-from gateway.keys import KeyRing
 from tests.audit.conftest import ORIGIN, T0, admin, decision, tamper
 from tests.audit.test_merkle import ref_mth
 
@@ -221,7 +221,7 @@ def test_a_schema_4_store_gets_counters_equal_to_its_subjects(
 ) -> None:
     """Migration 5 backfills one counter row per (recipient, year, category) from the
     subjects already counted; counting goes on from there."""
-    import gateway.audit.store as store_module
+    import gateway.store.connection as store_module
 
     subjects = [("overseas-x", 2025, "pi", f"s{i}") for i in range(7)]
     subjects += [("overseas-x", 2025, "spi", "s1"), ("overseas-x", 2026, "pi", "s1")]

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit.outbox import (
+from gateway.errors import StoreError
+from gateway.keys import KeyRing
+from gateway.store.connection import Store, open_store
+from gateway.store.outbox import (
     DeadLetterRow,
     OutboxRow,
     add_deadletters,
@@ -27,9 +30,6 @@ from gateway.audit.outbox import (
     seen_records,
     seen_under,
 )
-from gateway.audit.store import Store, open_store
-from gateway.errors import StoreError
-from gateway.keys import KeyRing
 
 SHARD = "test/shard"
 

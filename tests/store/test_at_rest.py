@@ -10,8 +10,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.audit import store as store_module
-from gateway.audit.outbox import (
+from gateway.errors import KeyStoreError, StoreError
+from gateway.keys import KeyKind, KeyRing, rotate_keys
+from gateway.store import connection as store_module
+from gateway.store.connection import open_store
+from gateway.store.outbox import (
     DeadLetterRow,
     OutboxRow,
     add_deadletters,
@@ -26,9 +29,6 @@ from gateway.audit.outbox import (
     save_vehicle_state,
     seen_records,
 )
-from gateway.audit.store import open_store
-from gateway.errors import KeyStoreError, StoreError
-from gateway.keys import KeyKind, KeyRing, rotate_keys
 from tests.audit.conftest import decision
 
 SHARD = "icvgw.test/audit/w1"
@@ -241,7 +241,7 @@ def test_compaction_says_so_when_a_reader_keeps_the_old_pages(
 def test_an_interrupted_migration_leaves_schema_3_whole_and_runs_again(
     store_url: str, ring: KeyRing, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gateway.audit import outbox as outbox_module
+    from gateway.store import outbox as outbox_module
 
     _v3_store(store_url, monkeypatch)
 

@@ -13,7 +13,7 @@ a vehicle's state (trip start, held views, its VIN), a view's topic and bytes, a
 payload and its topic — is sealed with the store key (AES-256-GCM), bound to its row by the
 associated data (:func:`row_aad`): a sealed value copied to another row does not open. The
 functions here seal and open with the keys the store was opened with
-(:meth:`~gateway.audit.store.Store.at_rest`).
+(:meth:`~gateway.store.connection.Store.at_rest`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.audit.store import AtRestKeys, Reader, Store, Transaction, _Cursor, insert_rows
 from gateway.errors import StoreError
+from gateway.store.connection import AtRestKeys, Reader, Store, Transaction, _Cursor, insert_rows
 
 _CHUNK = 400  # rows per IN (...) list: well under SQLite's 32,766 parameter limit
 

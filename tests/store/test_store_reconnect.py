@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.audit.entries import AdminAction, AdminEntry
-from gateway.audit.store import open_store
 from gateway.errors import StoreError
+from gateway.store.connection import open_store
 
 SHARD = "icv-gateway/reconnect-test"
 

@@ -3,7 +3,7 @@
 Everything that must change together lives here, so one commit covers it: the audit log
 (entries, tree tiles, checkpoints, the shard's right edge), consents, cross-border subject
 counters, the delivery outbox, dead letters, the de-duplication window and per-vehicle
-decision state (:mod:`gateway.audit.outbox`, which keeps vehicles as keyed references and
+decision state (:mod:`gateway.store.outbox`, which keeps vehicles as keyed references and
 seals the raw data those tables need); new tables are added as numbered migrations in
 :data:`MIGRATIONS`.
 
@@ -42,8 +42,8 @@ from typing import Any, Protocol
 
 from gateway.audit.entries import AdminAction, AdminEntry, AuditEntry, encode_entry, to_ms
 from gateway.audit.merkle import TILE_HEIGHT, CompactRange, node_hash
-from gateway.audit.walcheckpoint import WalCheckpointer
 from gateway.errors import AuditError, GatewayError, StoreError
+from gateway.store.walcheckpoint import WalCheckpointer
 
 BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 
@@ -166,7 +166,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str | Callable[[_Cursor, Store], None], ...]]
         (
             # Data at rest: keyed vehicle references and sealed values only. Rows of version
             # 3 (VINs, raw positions, raw payloads, message ids) are converted with the key
-            # directory (:func:`gateway.audit.outbox.seal_v3_rows`), then their tables go.
+            # directory (:func:`gateway.store.outbox.seal_v3_rows`), then their tables go.
             """create table vehicle_state_v4 (
                 vehicle text primary key,
                 state {blob} not null,
@@ -238,7 +238,7 @@ in older pages: every open compacts until one succeeds."""
 
 
 def _seal_v3_rows(cur: _Cursor, store: Store) -> None:
-    from gateway.audit.outbox import seal_v3_rows
+    from gateway.store.outbox import seal_v3_rows
 
     store.converted = seal_v3_rows(cur, store)
     if store.converted:
@@ -1022,7 +1022,7 @@ class Store(ABC):
 class SqliteStore(Store):
     """SQLite: one file, WAL journal, synchronous=FULL, writers serialised. A writing store
     (one bound to a shard) checkpoints the log from a thread of its own
-    (:class:`~gateway.audit.walcheckpoint.WalCheckpointer`), not inside its commits."""
+    (:class:`~gateway.store.walcheckpoint.WalCheckpointer`), not inside its commits."""
 
     kind = "sqlite"
     db_errors = (sqlite3.Error,)

@@ -7,9 +7,9 @@ import threading
 import time
 from pathlib import Path
 
-from gateway.audit.store import SqliteStore, open_store
-from gateway.audit.walcheckpoint import WalCheckpointer
 from gateway.keys import KeyRing
+from gateway.store.connection import SqliteStore, open_store
+from gateway.store.walcheckpoint import WalCheckpointer
 from tests.audit.conftest import ORIGIN, decision
 
 

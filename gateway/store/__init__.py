@@ -1,0 +1,1 @@
+"""The transactional store: one database per gateway worker, one commit per micro-batch."""
