@@ -23,7 +23,7 @@ from gateway.audit.log import AuditLog, CheckpointPolicy
 from gateway.audit.proof import proof_document
 from gateway.audit.verify import verify_export, verify_store
 from gateway.keys import KeyRing, init_keys
-from gateway.store.connection import Store, open_store
+from gateway.store import Store, open_store
 
 ORIGIN = "bench.icvgw.example/audit/w1"
 

@@ -34,8 +34,8 @@ import numpy as np
 from bench.common import machine
 from gateway.keys import init_keys
 from gateway.service import FORGET_MIN, FORGET_PER_RECORD, FORGET_PER_TICK
-from gateway.store.connection import Store, open_store
-from gateway.store.outbox import add_seen, prune_seen
+from gateway.store import Store, open_store
+from gateway.store.dedup import add_seen, prune_seen
 
 SHARD = "bench"
 

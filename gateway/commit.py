@@ -28,15 +28,11 @@ from gateway.pipeline.decide import Decisions, Verdict
 from gateway.pipeline.shape import Shaped, encode_view, message_ids
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.state import HeldView
-from gateway.store.connection import Transaction
-from gateway.store.outbox import (
-    DeadLetterRow,
-    OutboxRow,
-    add_deadletters,
-    add_outbox,
-    add_seen,
-    save_vehicle_state,
-)
+from gateway.store import Transaction
+from gateway.store.deadletters import DeadLetterRow, add_deadletters
+from gateway.store.dedup import add_seen
+from gateway.store.outbox import OutboxRow, add_outbox
+from gateway.store.vehicle_states import save_vehicle_state
 
 _AUDIT_DECISION = {
     Verdict.SHARE: Decision.SHARED,

@@ -698,7 +698,8 @@ def check_log(summary: Summary) -> None:
     False unless both hold."""
     from gateway.audit.verify import verify_store
     from gateway.keys import KeyRing
-    from gateway.store.connection import AuditQuery, open_store
+    from gateway.store import open_store
+    from gateway.store.audit import AuditQuery
 
     verifiers = KeyRing.load(summary.keys).verifiers(summary.shard)
     with open_store(summary.store, migrate=False) as store:

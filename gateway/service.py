@@ -66,15 +66,11 @@ from gateway.policy.state import (
     StateSnapshot,
     TripState,
 )
-from gateway.store.connection import Reader, Store, Transaction, open_store
-from gateway.store.outbox import (
-    all_vehicle_state,
-    count_pending,
-    prune_expired,
-    prune_seen,
-    seen_records,
-    seen_under,
-)
+from gateway.store import Reader, Store, Transaction, open_store
+from gateway.store.dedup import prune_seen, seen_records, seen_under
+from gateway.store.forget import prune_expired
+from gateway.store.outbox import count_pending
+from gateway.store.vehicle_states import all_vehicle_state
 from gateway.vehicle_state import decode as decode_state
 from gateway.vehicle_state import encode as encode_state
 
@@ -463,7 +459,7 @@ class Gateway:
         with self.store.snapshot() as rd:
             seen = self._seen(rd, keys + dead_keys, vin_of, now)
             consent_of = self._consent_refs(vin_of)
-            book = consents.book(consents.of_vehicles(rd, list(consent_of)), consent_of)
+            book = consents.book(rd.consents_of(list(consent_of)), consent_of)
         # A redelivered unusable input is not dead-lettered (and audited) twice either.
         first = {k: i for i, k in reversed(list(enumerate(dead_keys)))}  # linear, not i²
         unseen = [k not in seen and first[k] == i for i, k in enumerate(dead_keys)]

@@ -22,7 +22,7 @@ from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
     from gateway.keys import KeyRing
-    from gateway.store.connection import Store, Transaction
+    from gateway.store import Store, Transaction
 
 deadletter_app = typer.Typer(
     name="deadletter",
@@ -53,7 +53,7 @@ def _time(ms: int) -> str:
 
 def _open(store: str, worker: str, keys: KeyRing | None) -> Store:
     from gateway.service import origin_of
-    from gateway.store.connection import open_store
+    from gateway.store import open_store
 
     return open_store(store, shard=origin_of(worker), keys=keys)
 
@@ -70,8 +70,8 @@ def list_command(
     """The newest dead letters: audit seq, time, reason, vehicle reference, size. Nothing
     of their content (no key directory needed)."""
     from gateway.service import origin_of
-    from gateway.store.connection import open_store
-    from gateway.store.outbox import deadletters
+    from gateway.store import open_store
+    from gateway.store.deadletters import deadletters
 
     try:
         with open_store(store, migrate=False) as s, s.snapshot() as rd:
@@ -98,7 +98,7 @@ def show_command(
     from gateway.audit.entries import AdminAction, AdminEntry
     from gateway.keys import KeyRing
     from gateway.service import origin_of
-    from gateway.store.outbox import deadletter
+    from gateway.store.deadletters import deadletter
 
     shard = origin_of(worker)
     now = datetime.now(UTC).timestamp()
@@ -186,16 +186,16 @@ def erase(tx: Transaction, ring: KeyRing, vin: str, *, at: float, instance: str)
     """Erase ``vin``'s data in ``tx`` (see :func:`erase_command`) and audit it; returns
     what was erased per kind."""
     from gateway.audit.entries import AdminAction, AdminEntry
-    from gateway.consents import of_vehicles
-    from gateway.store.outbox import erase_vehicle, vehicle_states_of
+    from gateway.store.forget import erase_vehicle
+    from gateway.store.vehicle_states import vehicle_states_of
     from gateway.vehicle_state import decode
 
     refs = ring.vehicle_refs(vin)
     held = sum(len(decode(v, doc)[2]) for v, doc in vehicle_states_of(tx, refs))
     details = {**erase_vehicle(tx, refs, vin=vin), "held_views": held}
     withdrawn = 0
-    for c in of_vehicles(tx, refs):
-        withdrawn += tx.withdraw_consent(c.consent_id, at=at, instance=instance)
+    for c in tx.consents_of(refs):
+        withdrawn += tx.withdraw_consent(c.id, at=at, instance=instance)
     details["consents_withdrawn"] = withdrawn
     entry = AdminEntry(
         time=at,

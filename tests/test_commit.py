@@ -26,13 +26,8 @@ from gateway.config import GatewayConfig
 from gateway.model import Envelope
 from gateway.pipeline.decode import LATITUDE, LONGITUDE, TIMESTAMP, VIN
 from gateway.service import Gateway
-from gateway.store.outbox import (
-    DeadLetterRow,
-    OutboxRow,
-    deadletter,
-    deadletters,
-    outbox_rows,
-)
+from gateway.store.deadletters import DeadLetterRow, deadletter, deadletters
+from gateway.store.outbox import OutboxRow, outbox_rows
 from gateway.testing import make_vin, offline_config
 from simulators.fleet import Fleet, FleetConfig
 

@@ -12,9 +12,8 @@ import pytest
 from gateway.config import GatewayConfig, load_config
 from gateway.consents import seed
 from gateway.keys import init_keys
-from gateway.model import Envelope
+from gateway.model import Consent, Envelope
 from gateway.service import Gateway
-from gateway.store.connection import Consent
 from simulators.fleet import Fleet, FleetConfig
 
 T0 = 1_795_867_200.0  # the fleet's default start, 2026-11-28T12:00Z

@@ -236,8 +236,8 @@ def test_record_keys_are_keyed_digests(tmp_path: Path) -> None:
 
 
 def test_cli_rotate_with_a_store_reseals_it(tmp_path: Path) -> None:
-    from gateway.store.connection import open_store
-    from gateway.store.outbox import DeadLetterRow, add_deadletters, deadletter
+    from gateway.store import open_store
+    from gateway.store.deadletters import DeadLetterRow, add_deadletters, deadletter
 
     ring = init_keys(tmp_path / "k")
     url = f"sqlite:///{tmp_path / 's.db'}"
@@ -258,9 +258,9 @@ def test_cli_rotate_reports_a_reseal_it_could_not_compact(
 ) -> None:
     import sqlite3
 
-    from gateway.store import connection as store_module
-    from gateway.store.connection import open_store
-    from gateway.store.outbox import DeadLetterRow, add_deadletters
+    from gateway.store import dialects as store_module
+    from gateway.store import open_store
+    from gateway.store.deadletters import DeadLetterRow, add_deadletters
 
     ring = init_keys(tmp_path / "k")
     url = f"sqlite:///{tmp_path / 's.db'}"

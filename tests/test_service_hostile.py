@@ -23,7 +23,7 @@ from gateway.model import Envelope
 from gateway.pipeline.decode import ALTITUDE, LATITUDE, LONGITUDE, TIMESTAMP, VIN
 from gateway.policy.state import TripState
 from gateway.service import Gateway
-from gateway.store.outbox import save_vehicle_state
+from gateway.store.vehicle_states import save_vehicle_state
 from gateway.testing import make_vin
 from gateway.vehicle_state import encode as encode_state
 from simulators.fleet import Fleet, FleetConfig

@@ -24,7 +24,8 @@ from gateway.audit.query import iter_json_lines, render_table, write_csv
 from gateway.audit.verify import ShardReport, verify_export, verify_store
 from gateway.errors import GatewayError, VerificationError
 from gateway.keys import KeyRing
-from gateway.store.connection import AuditQuery, open_store
+from gateway.store import open_store
+from gateway.store.audit import AuditQuery
 
 app = typer.Typer(
     name="audit",

@@ -19,7 +19,7 @@ from pathlib import Path
 from gateway.audit.canonical import canonical_json
 from gateway.audit.verify import PRUNED_KEY, checkpoint_path
 from gateway.errors import AuditError
-from gateway.store.connection import Store
+from gateway.store import Store
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,8 @@ from gateway.audit.entries import AdminAction, AdminEntry, to_ms
 from gateway.audit.note import NoteSigner
 from gateway.errors import AuditError
 from gateway.keys import KeyKind, KeyRing
-from gateway.store.connection import Store, StoredCheckpoint, Transaction
+from gateway.store import Store, Transaction
+from gateway.store.checkpoints import StoredCheckpoint
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from gateway.audit.checkpoint import open_checkpoint
 from gateway.audit.merkle import consistency_proof, inclusion_proof, leaf_hash, verify_inclusion
 from gateway.audit.note import NoteVerifier
 from gateway.errors import AuditError, VerificationError
-from gateway.store.connection import Store
+from gateway.store import Store
 
 
 def _b64(b: bytes) -> str:

@@ -33,7 +33,8 @@ from gateway.audit.entries import GENESIS_PREV, AdminAction, row_columns
 from gateway.audit.merkle import EMPTY_ROOT, HASH_SIZE, CompactRange, leaf_hash
 from gateway.audit.note import NoteVerifier
 from gateway.errors import AuditError, VerificationError
-from gateway.store.connection import ShardState, Store
+from gateway.store import Store
+from gateway.store.audit import ShardState
 
 PRUNED_KEY = "pruned_leaf_hash"
 _TRUSTED = "the trusted checkpoint"

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from gateway.deliver.mqtt import MqttPublisher
 from gateway.errors import DeliveryError, StoreError
 from gateway.metrics import Metrics
-from gateway.store.connection import Store
+from gateway.store import Store
 from gateway.store.outbox import OutboxRow, count_pending, mark_delivered, pending_outbox
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from gateway.cli import app
 from gateway.keys import KeyRing
-from gateway.store.connection import open_store
+from gateway.store import open_store
 from tests.audit.conftest import ORIGIN, decision, fill, make_log, tamper
 
 runner = CliRunner()

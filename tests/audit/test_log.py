@@ -12,7 +12,7 @@ from gateway.audit.note import NoteSigner
 from gateway.audit.verify import verify_store
 from gateway.errors import AuditError
 from gateway.keys import KeyKind, KeyRing, rotate_keys
-from gateway.store.connection import Store
+from gateway.store import Store
 from tests.audit.conftest import ORIGIN, Clock, decision, fill, make_log
 
 

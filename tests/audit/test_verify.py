@@ -16,7 +16,7 @@ from gateway.audit.merkle import CompactRange
 from gateway.audit.note import NoteSigner
 from gateway.audit.verify import verify_export, verify_store
 from gateway.keys import KeyRing, init_keys
-from gateway.store.connection import Store, open_store
+from gateway.store import Store, open_store
 from tests.audit.conftest import ORIGIN, decision, fill, make_log, tamper
 
 N = 60

@@ -17,7 +17,7 @@ from gateway.errors import DeliveryError
 from gateway.ingest import parse_broker_url
 from gateway.keys import init_keys
 from gateway.metrics import Metrics
-from gateway.store.connection import open_store
+from gateway.store import open_store
 from gateway.store.outbox import OutboxRow, add_outbox, count_pending
 from gateway.testing import MosquittoBroker
 from tests.deliver.test_mqtt import persistent_subscriber

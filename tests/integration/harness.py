@@ -42,7 +42,7 @@ from gateway.pipeline.shape import message_ids
 from gateway.policy.codes import is_valid_vin
 from gateway.resources import default_policy_dir
 from gateway.service import origin_of
-from gateway.store.outbox import row_aad
+from gateway.store.sealing import row_aad
 from gateway.testing import MosquittoBroker
 from simulators.fleet import Fleet, Kind, Message
 from simulators.publish import Publisher, PublishStats, publish_messages

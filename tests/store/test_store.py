@@ -14,15 +14,12 @@ from gateway.audit.merkle import perfect_from_leaves
 from gateway.audit.verify import verify_store
 from gateway.errors import AuditError, StoreError
 from gateway.keys import KeyRing
-from gateway.store.connection import (
-    SCHEMA_VERSION,
-    AuditQuery,
-    Consent,
-    Store,
-    beijing_year,
-    insert_rows,
-    open_store,
-)
+from gateway.model import Consent
+from gateway.store import Store, open_store
+from gateway.store.audit import AuditQuery
+from gateway.store.crossborder import beijing_year
+from gateway.store.cursor import insert_rows
+from gateway.store.schema import SCHEMA_VERSION
 from tests.audit.conftest import ORIGIN, T0, admin, decision, tamper
 from tests.audit.test_merkle import ref_mth
 
@@ -172,7 +169,7 @@ def test_consents_expire_and_withdrawal_is_final_and_audited(store: Store) -> No
     with store.snapshot() as r:
         assert r.active_consent(vehicle, "navigation", T0 - 1) is None
         active = r.active_consent(vehicle, "navigation", T0 + 10)
-        assert active is not None and active.consent_id == "c-1" and active.active(T0 + 10)
+        assert active is not None and active.id == "c-1" and active.active_at(T0 + 10)
         assert r.active_consent(vehicle, "navigation", T0 + 100) is None
         assert r.active_consent(vehicle, "insurance", T0 + 60) is None
         assert r.active_consent("k1:" + "2" * 32, "navigation", T0 + 10) is None
@@ -184,7 +181,7 @@ def test_consents_expire_and_withdrawal_is_final_and_audited(store: Store) -> No
         assert r.active_consent(vehicle, "navigation", T0 + 19.999) is not None
         assert r.active_consent(vehicle, "navigation", T0 + 20) is None
         c = r.consent("c-1")
-        assert c is not None and c.withdrawn_at == T0 + 20 and not c.active(T0 + 21)
+        assert c is not None and c.revoked == T0 + 20 and not c.active_at(T0 + 21)
     entries = [orjson.loads(b) for b in _bodies(store)]
     assert [(e["action"], e["subject"]) for e in entries] == [
         ("consent.changed", "c-1"),
@@ -221,7 +218,7 @@ def test_a_schema_4_store_gets_counters_equal_to_its_subjects(
 ) -> None:
     """Migration 5 backfills one counter row per (recipient, year, category) from the
     subjects already counted; counting goes on from there."""
-    import gateway.store.connection as store_module
+    import gateway.store.schema as store_module
 
     subjects = [("overseas-x", 2025, "pi", f"s{i}") for i in range(7)]
     subjects += [("overseas-x", 2025, "spi", "s1"), ("overseas-x", 2026, "pi", "s1")]
@@ -236,11 +233,11 @@ def test_a_schema_4_store_gets_counters_equal_to_its_subjects(
             )
     with open_store(store_url, shard=ORIGIN, keys=ring) as s:
         with s.snapshot() as r:
-            counted = r._all(
+            counted = r.fetch_all(
                 "select recipient, year, category, count(*) from crossborder_subjects "
                 "group by recipient, year, category order by 1, 2, 3"
             )
-            counters = r._all(
+            counters = r.fetch_all(
                 "select recipient, year, category, subjects from crossborder_counts "
                 "order by 1, 2, 3"
             )
@@ -343,4 +340,8 @@ def test_many_rows_in_one_transaction_all_arrive(store: Store) -> None:
     with store.transaction() as tx:
         tx.insert_rows("insert into dedup (vehicle, record, seen_ms)", [(*k, 7) for k in keys])
     with store.snapshot() as rd:
-        assert rd._one("select count(*), min(seen_ms), max(seen_ms) from dedup") == (2500, 7, 7)
+        assert rd.fetch_one("select count(*), min(seen_ms), max(seen_ms) from dedup") == (
+            2500,
+            7,
+            7,
+        )

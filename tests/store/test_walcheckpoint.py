@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from gateway.keys import KeyRing
-from gateway.store.connection import SqliteStore, open_store
+from gateway.store import open_store
+from gateway.store.dialects import SqliteStore
 from gateway.store.walcheckpoint import WalCheckpointer
 from tests.audit.conftest import ORIGIN, decision
 
