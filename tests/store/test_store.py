@@ -51,6 +51,38 @@ def test_append_assigns_seq_and_prev_and_hashes_the_stored_bytes(
     assert state.root() == ref_mth([e.body for e in entries if e.body])
 
 
+def test_a_batch_numbers_its_entries_as_the_shard_then_stores_them(
+    store: Store, ring: KeyRing
+) -> None:
+    with store.transaction() as tx:
+        tx.append_audit([admin(0)])
+    with store.transaction() as tx:
+        batch = tx.audit_batch()
+        assert [batch.add(decision(ring, i)) for i in range(1, 4)] == [1, 2, 3]
+        assert batch.next_seq == 4
+        result = tx.append_batch(batch)
+    assert result.seqs == range(1, 4)
+    with store.snapshot() as r:
+        assert [orjson.loads(e.body or b"")["seq"] for e in r.iter_entries(ORIGIN)] == [0, 1, 2, 3]
+
+
+def test_a_batch_numbered_before_another_append_is_refused(store: Store, ring: KeyRing) -> None:
+    # The numbers a batch handed out (and a caller wrote into view bytes) must be the ones
+    # the entries get: an append in between would shift them, so nothing is appended.
+    def interleaved() -> None:
+        with store.transaction() as tx:
+            batch = tx.audit_batch()
+            batch.add(decision(ring, 0))
+            tx.append_audit([admin(1)])
+            tx.append_batch(batch)
+
+    with pytest.raises(AuditError, match="numbered from 0, but the next is 1"):
+        interleaved()
+    with store.snapshot() as r:
+        state = r.shard_state(ORIGIN)
+    assert state is None or state.size == 0  # rolled back: not even the admin entry
+
+
 def test_many_transactions_extend_one_tree_and_store_tiles(store: Store, ring: KeyRing) -> None:
     for b in range(0, 300, 100):
         with store.transaction() as tx:
