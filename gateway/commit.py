@@ -269,6 +269,25 @@ def _held_entry(
     }
 
 
+def _message_ids(
+    ctx: Context,
+    sub_id: str,
+    rows: list[int],
+    vehicles: list[Any],
+    record_ids: list[Any],
+    times: list[Any],
+) -> dict[int, str]:
+    """The message ids, by row, of decisions that have no shaped view (blocked ones)."""
+    ids = message_ids(
+        ctx.pseudonym_key(sub_id),
+        sub_id,
+        [vehicles[r] for r in rows],
+        [record_ids[r] for r in rows],
+        [times[r] for r in rows],
+    )
+    return dict(zip(rows, ids, strict=True))
+
+
 def _decisions(
     ctx: Context,
     decisions: Decisions,
@@ -298,19 +317,7 @@ def _decisions(
         if rows.size == 0:
             continue
         unshaped = rows[view_of[rows] < 0].tolist()
-        ids = dict(
-            zip(
-                unshaped,
-                message_ids(
-                    ctx.pseudonym_key(sub_id),
-                    sub_id,
-                    [vehicles[r] for r in unshaped],
-                    [record_ids[r] for r in unshaped],
-                    [times[r] for r in unshaped],
-                ),
-                strict=True,
-            )
-        )
+        ids = _message_ids(ctx, sub_id, unshaped, vehicles, record_ids, times)
         precision = np.where(decisions.position[s, rows], view.grid_m, np.nan)
         columns = zip(
             rows.tolist(),

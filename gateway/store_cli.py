@@ -1,6 +1,6 @@
 """``icvgw deadletter`` and ``icvgw vehicle``: the store's working data, for the operator.
 
-Dead letters are kept sealed (:mod:`gateway.store.outbox`): ``list`` shows what can be
+Dead letters are kept sealed (:mod:`gateway.store.deadletters`): ``list`` shows what can be
 shown without the key directory (time, reason, keyed vehicle reference, size); ``show``
 opens one with it, and is audited (``deadletter.read``). ``vehicle erase`` deletes one
 vehicle's data from the store on request (PIPL art. 47), audited (``vehicle.erased``);
