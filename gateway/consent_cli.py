@@ -17,7 +17,7 @@ import typer
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
-    from gateway.audit.store import Store
+    from gateway.store import Store
 
 app = typer.Typer(
     name="consent",
@@ -40,8 +40,8 @@ def _time(text: str) -> float:
 
 
 def _open(store: str, worker: str) -> Store:
-    from gateway.audit.store import open_store
     from gateway.service import origin_of
+    from gateway.store import open_store
 
     return open_store(store, shard=origin_of(worker))
 
@@ -57,8 +57,8 @@ def grant(
     worker: _Worker = "gw-1",
 ) -> None:
     """Record a consent, from now until --expires (never open-ended)."""
-    from gateway.audit.store import Consent
     from gateway.keys import KeyRing
+    from gateway.model import Consent
 
     now = datetime.now(UTC).timestamp()
     end = _time(expires)
@@ -98,13 +98,12 @@ def withdraw(
 @app.command("list")
 def list_command(store: _Store, keys: _Keys, vin: Annotated[str, typer.Option("--vin")]) -> None:
     """The consents recorded for one vehicle."""
-    from gateway.consents import of_vehicles
     from gateway.keys import KeyRing
 
     try:
         refs = KeyRing.load(keys).vehicle_refs(vin)  # recorded before a rotation too
         with _open(store, "gw-1") as s, s.snapshot() as rd:
-            found = of_vehicles(rd, refs)
+            found = rd.consents_of(refs)
     except GatewayError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -112,10 +111,10 @@ def list_command(store: _Store, keys: _Keys, vin: Annotated[str, typer.Option("-
     def fmt(t: float | None) -> str:
         return "-" if t is None else datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
-    for c in sorted(found, key=lambda c: c.consent_id):
+    for c in sorted(found, key=lambda c: c.id):
         typer.echo(
-            f"{c.consent_id}  {c.purpose}  granted {fmt(c.granted_at)}  "
-            f"expires {fmt(c.expires_at)}  withdrawn {fmt(c.withdrawn_at)}"
+            f"{c.id}  {c.purpose}  granted {fmt(c.granted)}  "
+            f"expires {fmt(c.expires)}  withdrawn {fmt(c.revoked)}"
         )
     if not found:
         typer.echo("no consents recorded for this vehicle")

@@ -10,11 +10,12 @@ or, later, the API — therefore applies to the next batch; every change is an a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
-from gateway.audit.store import IN_CHUNK, Consent, Reader, Store, _consent
+from gateway.model import Consent
 from gateway.policy.bundle import PolicyBundle
-from gateway.policy.state import ConsentBook, ConsentRecord
+from gateway.policy.state import ConsentBook
+from gateway.store import Store
 
 
 def seed(
@@ -42,7 +43,7 @@ def seed(
     with store.transaction() as tx:
         changed = []
         for c in wanted:
-            current = tx.consent(c.consent_id)
+            current = tx.consent(c.id)
             if current is None or _differs(current, c):
                 changed.append(c)
         if changed:
@@ -51,38 +52,14 @@ def seed(
 
 
 def _differs(current: Consent, wanted: Consent) -> bool:
-    fixed = (current.vehicle, current.purpose, current.granted_at, current.expires_at)
-    if fixed != (wanted.vehicle, wanted.purpose, wanted.granted_at, wanted.expires_at):
+    fixed = (current.vehicle, current.purpose, current.granted, current.expires)
+    if fixed != (wanted.vehicle, wanted.purpose, wanted.granted, wanted.expires):
         return True
-    return wanted.withdrawn_at is not None and current.withdrawn_at != wanted.withdrawn_at
-
-
-def of_vehicles(reader: Reader, refs: Sequence[str]) -> list[Consent]:
-    """Every stored consent of these vehicle references."""
-    out: list[Consent] = []
-    for i in range(0, len(refs), IN_CHUNK):
-        chunk = list(refs[i : i + IN_CHUNK])
-        marks = ",".join("?" for _ in chunk)
-        rows = reader._all(
-            "select consent_id, vehicle, purpose, granted_ms, expires_ms, withdrawn_ms "
-            f"from consents where vehicle in ({marks})",
-            chunk,
-        )
-        out.extend(_consent(r) for r in rows)
-    return out
+    return wanted.revoked is not None and current.revoked != wanted.revoked
 
 
 def book(consents: Iterable[Consent], vin_of: dict[str, str]) -> ConsentBook:
     """The engine's VIN-keyed book of ``consents`` (references mapped by ``vin_of``)."""
     return ConsentBook(
-        ConsentRecord(
-            id=c.consent_id,
-            vin=vin_of[c.vehicle],
-            purpose=c.purpose,
-            granted=c.granted_at,
-            expires=c.expires_at,
-            revoked=c.withdrawn_at,
-        )
-        for c in consents
-        if c.vehicle in vin_of
+        c._replace(vehicle=vin_of[c.vehicle]) for c in consents if c.vehicle in vin_of
     )

@@ -696,9 +696,10 @@ def check_log(summary: Summary) -> None:
     decisions since ``summary.first_seq`` with the summary's counts. Sets ``verification``,
     ``verified`` and ``log_matches``; adds to ``problems`` what fails, so ``summary.ok`` is
     False unless both hold."""
-    from gateway.audit.store import AuditQuery, open_store
     from gateway.audit.verify import verify_store
     from gateway.keys import KeyRing
+    from gateway.store import open_store
+    from gateway.store.audit import AuditQuery
 
     verifiers = KeyRing.load(summary.keys).verifiers(summary.shard)
     with open_store(summary.store, migrate=False) as store:

@@ -81,8 +81,8 @@ def rotate_command(
 def _reseal(url: str, ring: KeyRing) -> tuple[int, GatewayError | None]:
     """Re-seal ``url`` with the newest store key; the count, and why the file could not be
     compacted afterwards (the re-sealing is committed all the same), if it could not."""
-    from gateway.audit.outbox import reseal
-    from gateway.audit.store import open_store
+    from gateway.store import open_store
+    from gateway.store.rekey import reseal
 
     with open_store(url, keys=ring) as s:
         with s.transaction() as tx:

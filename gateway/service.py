@@ -6,7 +6,7 @@ Threads, each with one job:
 * the pipeline thread (:meth:`Gateway.run`) takes a micro-batch, decodes, de-duplicates,
   decides and shapes it, commits it in one store transaction, and only then acknowledges
   its input messages;
-* the delivery thread (:class:`~gateway.deliver.outbox.OutboxDrainer`) publishes committed
+* the delivery thread (:class:`~gateway.deliver.drainer.OutboxDrainer`) publishes committed
   views and marks them delivered when the broker confirms them.
 
 A crash at any point loses nothing: unacknowledged input is redelivered by the broker and
@@ -37,21 +37,11 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from gateway import consents
-from gateway.audit.entries import AdminAction, AdminEntry
 from gateway.audit.log import AuditLog, CheckpointPolicy
-from gateway.audit.outbox import (
-    all_vehicle_state,
-    count_pending,
-    prune_expired,
-    prune_seen,
-    seen_records,
-    seen_under,
-)
-from gateway.audit.store import Reader, Store, Transaction, open_store
 from gateway.commit import Context, DeadInput, Written, commit_batch
 from gateway.config import GatewayConfig
+from gateway.deliver.drainer import OutboxDrainer
 from gateway.deliver.mqtt import MqttPublisher
-from gateway.deliver.outbox import OutboxDrainer
 from gateway.errors import StaleDecisionError, StoreError
 from gateway.health import StoreHealth
 from gateway.ingest.client import BrokerSpec, parse_broker_url
@@ -75,6 +65,12 @@ from gateway.policy.state import (
     StateSnapshot,
     TripState,
 )
+from gateway.store import Reader, Store, Transaction, open_store
+from gateway.store.dedup import prune_seen, seen_records, seen_under
+from gateway.store.forget import prune_expired
+from gateway.store.outbox import count_pending
+from gateway.store.vehicle_states import all_vehicle_state
+from gateway.tlog.entries import AdminAction, AdminEntry
 from gateway.vehicle_state import decode as decode_state
 from gateway.vehicle_state import encode as encode_state
 
@@ -462,7 +458,7 @@ class Gateway:
         with self.store.snapshot() as rd:
             seen = self._seen(rd, keys + dead_keys, vin_of, now)
             consent_of = self._consent_refs(vin_of)
-            book = consents.book(consents.of_vehicles(rd, list(consent_of)), consent_of)
+            book = consents.book(rd.consents_of(list(consent_of)), consent_of)
         # A redelivered unusable input is not dead-lettered (and audited) twice either.
         first = {k: i for i, k in reversed(list(enumerate(dead_keys)))}  # linear, not i²
         unseen = [k not in seen and first[k] == i for i, k in enumerate(dead_keys)]

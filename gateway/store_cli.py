@@ -1,6 +1,6 @@
 """``icvgw deadletter`` and ``icvgw vehicle``: the store's working data, for the operator.
 
-Dead letters are kept sealed (:mod:`gateway.audit.outbox`): ``list`` shows what can be
+Dead letters are kept sealed (:mod:`gateway.store.deadletters`): ``list`` shows what can be
 shown without the key directory (time, reason, keyed vehicle reference, size); ``show``
 opens one with it, and is audited (``deadletter.read``). ``vehicle erase`` deletes one
 vehicle's data from the store on request (PIPL art. 47), audited (``vehicle.erased``);
@@ -21,8 +21,8 @@ import typer
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
-    from gateway.audit.store import Store, Transaction
     from gateway.keys import KeyRing
+    from gateway.store import Store, Transaction
 
 deadletter_app = typer.Typer(
     name="deadletter",
@@ -52,8 +52,8 @@ def _time(ms: int) -> str:
 
 
 def _open(store: str, worker: str, keys: KeyRing | None) -> Store:
-    from gateway.audit.store import open_store
     from gateway.service import origin_of
+    from gateway.store import open_store
 
     return open_store(store, shard=origin_of(worker), keys=keys)
 
@@ -69,9 +69,9 @@ def list_command(
 ) -> None:
     """The newest dead letters: audit seq, time, reason, vehicle reference, size. Nothing
     of their content (no key directory needed)."""
-    from gateway.audit.outbox import deadletters
-    from gateway.audit.store import open_store
     from gateway.service import origin_of
+    from gateway.store import open_store
+    from gateway.store.deadletters import deadletters
 
     try:
         with open_store(store, migrate=False) as s, s.snapshot() as rd:
@@ -95,10 +95,10 @@ def show_command(
     ] = None,
 ) -> None:
     """Open one dead letter: its topic and payload as received (audited as read)."""
-    from gateway.audit.entries import AdminAction, AdminEntry
-    from gateway.audit.outbox import deadletter
     from gateway.keys import KeyRing
     from gateway.service import origin_of
+    from gateway.store.deadletters import deadletter
+    from gateway.tlog.entries import AdminAction, AdminEntry
 
     shard = origin_of(worker)
     now = datetime.now(UTC).timestamp()
@@ -185,17 +185,17 @@ def erase_command(
 def erase(tx: Transaction, ring: KeyRing, vin: str, *, at: float, instance: str) -> dict[str, int]:
     """Erase ``vin``'s data in ``tx`` (see :func:`erase_command`) and audit it; returns
     what was erased per kind."""
-    from gateway.audit.entries import AdminAction, AdminEntry
-    from gateway.audit.outbox import erase_vehicle, vehicle_states_of
-    from gateway.consents import of_vehicles
+    from gateway.store.forget import erase_vehicle
+    from gateway.store.vehicle_states import vehicle_states_of
+    from gateway.tlog.entries import AdminAction, AdminEntry
     from gateway.vehicle_state import decode
 
     refs = ring.vehicle_refs(vin)
     held = sum(len(decode(v, doc)[2]) for v, doc in vehicle_states_of(tx, refs))
     details = {**erase_vehicle(tx, refs, vin=vin), "held_views": held}
     withdrawn = 0
-    for c in of_vehicles(tx, refs):
-        withdrawn += tx.withdraw_consent(c.consent_id, at=at, instance=instance)
+    for c in tx.consents_of(refs):
+        withdrawn += tx.withdraw_consent(c.id, at=at, instance=instance)
     details["consents_withdrawn"] = withdrawn
     entry = AdminEntry(
         time=at,

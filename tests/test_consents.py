@@ -9,11 +9,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.audit.store import Consent
 from gateway.config import GatewayConfig, load_config
 from gateway.consents import seed
 from gateway.keys import init_keys
-from gateway.model import Envelope
+from gateway.model import Consent, Envelope
 from gateway.service import Gateway
 from simulators.fleet import Fleet, FleetConfig
 

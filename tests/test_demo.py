@@ -19,12 +19,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from gateway.audit.outbox import count_pending, deadletters
-from gateway.audit.store import AuditQuery, open_store
 from gateway.cli import app
 from gateway.demo import Summary, check_log, write_demo_policy
 from gateway.policy.loader import BUNDLE_FILES, load_bundle
 from gateway.resources import default_policy_dir
+from gateway.store import open_store
+from gateway.store.audit import AuditQuery
+from gateway.store.deadletters import deadletters
+from gateway.store.outbox import count_pending
 from gateway.testing import MosquittoBroker
 from simulators.vin import random_vins
 from tests.simulators.subscriber import Subscriber

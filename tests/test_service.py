@@ -20,15 +20,14 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.audit.outbox import row_aad
-from gateway.audit.store import Consent
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import IngestError
 from gateway.keys import KeyRing, init_keys, rotate_keys
-from gateway.model import Envelope
+from gateway.model import Consent, Envelope
 from gateway.policy.child import load_in_child
 from gateway.policy.schema import ExportDataClass, counting_year
 from gateway.service import Gateway, origin_of
+from gateway.store.sealing import row_aad
 from gateway.testing import offline_config
 from gateway.vss import TIMESTAMP as TIMESTAMP_PATH
 from gateway.vss import VIN as VIN_PATH
@@ -816,12 +815,12 @@ def test_two_workers_cannot_cross_a_threshold_together(
         monkeypatch.setattr(b, "_crossborder", racing)
         b.process([record(second)])
         with b.store.snapshot() as rd:
-            rows = rd._all(
+            rows = rd.fetch_all(
                 "select shard, vehicle, decision, rules from audit_entries "
                 "where kind = 'decision' and subscriber = 'oem-hq-de'"
             )
             counted = rd.crossborder_count("oem-hq-de", year, pi)
-            subjects = rd._one(
+            subjects = rd.fetch_one(
                 "select count(*) from crossborder_subjects where recipient = 'oem-hq-de' "
                 "and year = ? and category = ?",
                 (year, pi),

@@ -16,10 +16,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.audit.canonical import canonical_json
-from gateway.audit.store import Store
 from gateway.audit.verify import PRUNED_KEY, checkpoint_path
 from gateway.errors import AuditError
+from gateway.store import Store
+from gateway.tlog.canonical import canonical_json
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.audit.canonical import parse_canonical
-from gateway.audit.checkpoint import Checkpoint, SignedCheckpoint, open_checkpoint
-from gateway.audit.entries import GENESIS_PREV, AdminAction, row_columns
-from gateway.audit.merkle import EMPTY_ROOT, HASH_SIZE, CompactRange, leaf_hash
-from gateway.audit.store import ShardState, Store
 from gateway.crypto import NoteVerifier
 from gateway.errors import AuditError, VerificationError
+from gateway.store import Store
+from gateway.store.audit import ShardState
+from gateway.tlog.canonical import parse_canonical
+from gateway.tlog.checkpoint import Checkpoint, SignedCheckpoint, open_checkpoint
+from gateway.tlog.entries import GENESIS_PREV, AdminAction, row_columns
+from gateway.tlog.merkle import EMPTY_ROOT, HASH_SIZE, CompactRange, leaf_hash
 
 PRUNED_KEY = "pruned_leaf_hash"
 _TRUSTED = "the trusted checkpoint"

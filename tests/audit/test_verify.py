@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit.checkpoint import Checkpoint, sign_checkpoint
-from gateway.audit.entries import encode_entry
 from gateway.audit.export import export_shard, export_store
 from gateway.audit.log import RETENTION_MINIMUM_DAYS
-from gateway.audit.merkle import CompactRange
-from gateway.audit.store import Store, open_store
 from gateway.audit.verify import verify_export, verify_store
 from gateway.crypto import NoteSigner
 from gateway.keys import KeyRing, init_keys
+from gateway.store import Store, open_store
+from gateway.tlog.checkpoint import Checkpoint, sign_checkpoint
+from gateway.tlog.entries import encode_entry
+from gateway.tlog.merkle import CompactRange
 from tests.audit.conftest import ORIGIN, decision, fill, make_log, tamper
 
 N = 60

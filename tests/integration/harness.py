@@ -37,12 +37,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.audit.outbox import row_aad
 from gateway.keys import KeyRing, init_keys
 from gateway.pipeline.shape import message_ids
 from gateway.policy.codes import is_valid_vin
 from gateway.resources import default_policy_dir
 from gateway.service import origin_of
+from gateway.store.sealing import row_aad
 from gateway.testing import MosquittoBroker
 from gateway.vss import LATITUDE, LONGITUDE, TIMESTAMP, VIN
 from simulators.fleet import Fleet, Kind, Message

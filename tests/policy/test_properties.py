@@ -36,7 +36,7 @@ from gateway.geo.altitude import coarsen_altitude
 from gateway.geo.datum import transform
 from gateway.geo.grid import cell_centres, format_cell_id, parse_cell_id, snap, split_cell_id
 from gateway.geo.zones import ZoneLevel
-from gateway.model import Batch
+from gateway.model import Batch, Consent
 from gateway.pipeline.classify import value_fits
 from gateway.pipeline.decide import Decisions, Verdict
 from gateway.pipeline.decode import decode_records
@@ -66,7 +66,6 @@ from gateway.policy.state import (
     KEY_OFF_SIGNAL,
     KEY_OFF_VALUES,
     ConsentBook,
-    ConsentRecord,
     CrossBorderCount,
     HeldSet,
     HeldView,
@@ -189,7 +188,7 @@ def streams(draw: Any) -> dict[str, Any]:
         records.append(rec)
     now = max(r.get(TIMESTAMP, t) for r in records) + draw(st.sampled_from([1.0, 3600.0]))
     consents = [
-        ConsentRecord(
+        Consent(
             f"x{i}",
             draw(st.sampled_from(VINS)),
             draw(st.sampled_from(PURPOSES)),
@@ -369,7 +368,7 @@ class Reference:
 
     def consent(
         self, vin: str, purposes: Iterable[str], t: float, start: float = math.inf
-    ) -> ConsentRecord | None:
+    ) -> Consent | None:
         """The consent (smallest id) active at the record's time and at the decision time,
         granted before the record's trip began (``start``)."""
         for record in self.state.consents.for_vehicle(vin):
@@ -1204,7 +1203,7 @@ def fleets(draw: Any) -> dict[str, Any]:
         for sub in ("mapco-nav", "insureco-ubi", "sh-traffic", "oem-hq-de")
     }
     consents = [
-        ConsentRecord(
+        Consent(
             f"y{i}",
             draw(st.sampled_from(VINS)),
             draw(st.sampled_from(PURPOSES)),
