@@ -291,7 +291,8 @@ class KeyRing:
         return f"k{gen}:{hmac.new(key, b'payload:' + data, hashlib.sha256).hexdigest()}"
 
     def record_key(self, record: str, *, generation: int | None = None) -> str:
-        """The de-duplication key of a record id (``m:<msg_id>``, ``t:<ms>``): ``r:`` and a
+        """The de-duplication key of a record id (``m:<ms>:<msg_id>``, ``t:<ms>``,
+        :func:`gateway.pipeline.shape.record_part`): ``r:`` and a
         keyed digest (HMAC-SHA256, 128 bits), so the store never holds the id itself (a
         message id often embeds the VIN)."""
         _, key = self._secret(KeyKind.HMAC, generation)

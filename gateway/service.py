@@ -51,7 +51,7 @@ from gateway.metrics import Metrics
 from gateway.model import Batch, Envelope, ErrorCode
 from gateway.pipeline.decide import Decisions, sweep
 from gateway.pipeline.decode import MAX_CELLS, decode, topic_vehicle
-from gateway.pipeline.shape import Shaped, evaluate
+from gateway.pipeline.shape import Shaped, evaluate, record_part
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.child import load_in_child
 from gateway.policy.holder import PolicyHolder
@@ -442,16 +442,16 @@ class Gateway:
                     f"{dead_ids[int(batch.source[row])]}:{index}",
                 )
             )
-        # De-duplication: the same record (vehicle, msg_id or timestamp) is decided once.
+        # De-duplication: the same record (vehicle, timestamp and msg_id) is decided once; a
+        # msg_id reused with another timestamp (a counter restarted) is another record.
         rows = np.flatnonzero(ok)
-        keys: list[tuple[str, str]] = []
         vehicles = batch.vehicle.tolist()
         msg_ids = batch.msg_id.tolist() if batch.msg_id is not None else [None] * len(batch)
         times = batch.time.tolist()
-        for row in rows.tolist():
-            mid = msg_ids[row]
-            record = f"m:{mid}" if mid is not None else f"t:{round(times[row] * 1000)}"
-            keys.append((self.vehicle_ref(vehicles[row]), record))
+        keys = [
+            (self.vehicle_ref(vehicles[row]), record_part(msg_ids[row], times[row]))
+            for row in rows.tolist()
+        ]
         batch_vins = {vehicles[row] for row in rows.tolist()}
         vin_of = {self.vehicle_ref(v): v for v in batch_vins}
         dead_keys = [(d.vehicle_ref or "-", d.message_id) for d in dead]

@@ -24,6 +24,8 @@ from gateway.config import GatewayConfig, load_config
 from gateway.errors import IngestError
 from gateway.keys import KeyRing, init_keys, rotate_keys
 from gateway.model import Consent, Envelope
+from gateway.pipeline.decode import decode_records
+from gateway.pipeline.shape import message_ids
 from gateway.policy.child import load_in_child
 from gateway.policy.schema import ExportDataClass, counting_year
 from gateway.service import Gateway, origin_of
@@ -153,6 +155,102 @@ def test_redelivered_messages_are_not_decided_twice_even_after_a_restart(
         assert again.totals.entries == 0
     finally:
         again.store.close()
+
+
+def trip_envelopes(start: datetime, first: int) -> list[Envelope]:
+    """One vehicle's drive from ``start``: the same VIN and the same ``msg_id``\\ s
+    (``<VIN>-0``, ``<VIN>-1``, ...) whenever it is generated again, as from a TCU whose
+    counter restarts after a reboot; envelope ids from ``first``."""
+    msgs = Fleet(FleetConfig(vehicles=1, start=start), seed=5).messages(120, 1.0)
+    return [Envelope(m.topic, m.payload, 0.0, first + i) for i, m in enumerate(msgs)]
+
+
+def delivered(config: GatewayConfig) -> list[tuple[str, str, dict[str, Any]]]:
+    """(subscriber, message_id, view) of every view in the outbox, in commit order."""
+    ring = KeyRing.load(config.keys)
+    shard = origin_of(config.worker)
+    query = (
+        "select seq, subscriber, message_id, sealed from outbox where subscriber != '' order by seq"
+    )
+    out = []
+    for seq, sub, mid, sealed in db(config).execute(query):
+        payload = ring.unseal(sealed, row_aad("outbox", shard, seq)).partition(b"\0")[2]
+        out.append((sub, mid, orjson.loads(payload)))
+    return out
+
+
+def decided_per_subscriber(config: GatewayConfig) -> Counter[str]:
+    """Decision entries plus views still held, per subscriber: one per record decided."""
+    query = "select subscriber from audit_entries where kind='decision'"
+    return Counter(sub for (sub,) in db(config).execute(query)) + held_per_subscriber(config)
+
+
+def msg_ids_of(envelopes: list[Envelope]) -> list[str]:
+    return [orjson.loads(e.payload)["msg_id"] for e in envelopes]
+
+
+def test_a_vehicle_reusing_msg_ids_in_a_later_trip_loses_nothing_and_links_nothing(
+    config: GatewayConfig,
+) -> None:
+    # Two trips of a vehicle without consent, a dedup window and an hour apart; the second
+    # sends the first one's msg_ids again. Its records must all be decided, and its views
+    # carry ids that appear in no view of the first trip (mapco-nav's views are per-trip).
+    t = [0.0]
+    gw = Gateway(config, clock=lambda: t[0])
+    later = START
+    earlier = later - timedelta(seconds=gw.holder.current.rules.ingest.dedup_window_s + 3600)
+    first, second = trip_envelopes(earlier, 1), trip_envelopes(later, 10_000)
+    assert msg_ids_of(first) == msg_ids_of(second)
+    try:
+        t[0] = earlier.timestamp() + 600
+        gw.process(first)
+        views_first = delivered(config)
+        t[0] = later.timestamp() + 600
+        gw.forget_seen(t[0])  # what the service does as the window passes
+        gw.process(second)
+        assert gw.totals.duplicates == 0
+    finally:
+        gw.store.close()
+    views_second = delivered(config)[len(views_first) :]
+    nav = [view["vehicle"] for sub, _, view in views_second if sub == "mapco-nav"]
+    assert nav and all(p.startswith("pt-") for p in nav)  # the vehicle must stay unlinkable
+    ids_first = {mid for _, mid, _ in views_first}
+    assert ids_first and ids_first.isdisjoint(mid for _, mid, _ in views_second)
+    for sub, n in decided_per_subscriber(config).items():
+        assert n == len(first) + len(second), sub
+
+
+def test_a_reused_msg_id_is_a_new_record_and_a_redelivery_a_duplicate(
+    config: GatewayConfig,
+) -> None:
+    # Within the dedup window: the vehicle's counter restarted (same msg_ids, new times).
+    first, second = trip_envelopes(START - timedelta(minutes=40), 1), trip_envelopes(START, 500)
+    assert msg_ids_of(first) == msg_ids_of(second)
+    gw = Gateway(config)
+    try:
+        gw.process(first)
+        gw.process(second)
+        assert gw.totals.duplicates == 0
+        before = delivered(config)
+        gw.process(second[:10])  # a redelivery: the same bytes
+        assert gw.totals.duplicates == 10
+        assert delivered(config) == before
+    finally:
+        gw.store.close()
+    for sub, n in decided_per_subscriber(config).items():
+        assert n == len(first) + len(second), sub
+    # Every view went out under the id its record's bytes give (a redelivery's too), and
+    # the two drives' ids are disjoint although their msg_ids are the same.
+    ring = KeyRing.load(config.keys)
+    for sub in gw.holder.current.subscribers:
+        key = ring.pseudonym_key(sub)
+        first_ids, second_ids = (
+            set(message_ids(key, sub, b.vehicle.tolist(), b.msg_id.tolist(), b.time.tolist()))
+            for b in (decode_records([orjson.loads(e.payload) for e in d]) for d in (first, second))
+        )
+        sent = {mid for s, mid, _ in before if s == sub}
+        assert first_ids.isdisjoint(second_ids)
+        assert sent & second_ids and sent <= first_ids | second_ids, sub
 
 
 def test_keys_rotated_across_a_restart_neither_lose_state_nor_decide_twice(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ class SqliteStore(Store):
                 wait = self._timeout if wait_s is None else wait_s
                 self._conn.execute(f"pragma busy_timeout = {round(wait * 1000)}")
                 self._conn.execute("vacuum")
-                busy = self._conn.execute("pragma wal_checkpoint(truncate)").fetchone()[0]
+                busy = self._truncate_log(wait)
             except sqlite3.Error as exc:
                 raise StoreError(f"sqlite store: {exc}") from exc
             finally:
@@ -93,6 +94,17 @@ class SqliteStore(Store):
                     "sqlite store: another connection (a reader) holds the write-ahead log; "
                     "older copies of deleted pages remain until it lets go"
                 )
+
+    def _truncate_log(self, wait: float) -> bool:
+        """Copy the log back and empty it; True if a reader still kept it after ``wait``
+        seconds. A checkpoint that meets another one in progress (the background
+        checkpointer's) returns at once without the busy handler: tried again until then."""
+        deadline = time.monotonic() + wait
+        while True:
+            busy = bool(self._conn.execute("pragma wal_checkpoint(truncate)").fetchone()[0])
+            if not busy or time.monotonic() >= deadline:
+                return busy
+            time.sleep(0.02)
 
     def close(self) -> None:
         """Close the connection (the last one to close checkpoints the log)."""
