@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from gateway.cli_paths import out_file
 from gateway.errors import GatewayError
 from gateway.keys import KeyKind, KeyRing, init_keys, rotate_keys
 
@@ -102,7 +103,8 @@ def public_command(
         typer.Option("--origin", help="Audit log origin (shard) the key signs for; repeatable."),
     ],
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write to this file instead of stdout.")
+        Path | None,
+        typer.Option("--out", callback=out_file, help="Write to this file instead of stdout."),
     ] = None,
 ) -> None:
     """Print the checkpoint verifier keys (note format, every generation) for auditors."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from gateway.cli_paths import out_file
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
@@ -91,7 +92,8 @@ def show_command(
     seq: Annotated[int, typer.Argument(help="The dead letter's audit seq (from list).")],
     worker: _Worker = "gw-1",
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write the payload's bytes to this file.")
+        Path | None,
+        typer.Option("--out", callback=out_file, help="Write the payload's bytes to this file."),
     ] = None,
 ) -> None:
     """Open one dead letter: its topic and payload as received (audited as read)."""

@@ -86,7 +86,7 @@ def test_consent_cli_grants_lists_and_withdraws(config: GatewayConfig) -> None:
     from gateway.cli import app
 
     runner = CliRunner()
-    vin = "LSVAU2180N2183294"
+    vin = "LSVAU218XN2183294"  # the check digit is right: grant checks it as the ingest does
     base = ["--store", config.store]
     out = runner.invoke(
         app,
@@ -125,7 +125,7 @@ def test_consent_list_finds_a_consent_recorded_before_a_key_rotation(
     from gateway.keys import rotate_keys
 
     runner = CliRunner()
-    vin = "LSVAU2180N2183294"
+    vin = "LSVAU218XN2183294"  # the check digit is right: grant checks it as the ingest does
     base = ["--store", config.store, "--keys", config.keys]
     out = runner.invoke(
         app,

@@ -23,6 +23,7 @@ from gateway.audit.proof import check_proof_document, proof_document
 from gateway.audit.query import iter_json_lines, render_table, write_csv
 from gateway.audit.store import AuditQuery, open_store
 from gateway.audit.verify import ShardReport, verify_export, verify_store
+from gateway.cli_paths import out_file, out_file_or_dir
 from gateway.errors import GatewayError, VerificationError
 from gateway.keys import KeyRing
 
@@ -141,7 +142,12 @@ def verify_command(
 def export_command(
     store: StoreUrl,
     out: Annotated[
-        Path, typer.Option("--out", help="FILE.jsonl (or a directory, for several shards).")
+        Path,
+        typer.Option(
+            "--out",
+            callback=out_file_or_dir,
+            help="FILE.jsonl (or a directory, for several shards).",
+        ),
     ],
     shard: ShardOpt = None,
 ) -> None:
@@ -228,7 +234,10 @@ def proof_command(
     store: StoreUrl,
     seq: Annotated[int, typer.Argument(help="Sequence number of the entry.")],
     shard: ShardOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Write JSON here.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", callback=out_file, help="Write JSON here (default: stdout)."),
+    ] = None,
 ) -> None:
     """The inclusion proof of one entry against the newest checkpoint, as JSON."""
     try:
