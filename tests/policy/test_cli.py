@@ -93,6 +93,6 @@ def test_schema_unknown_subscriber() -> None:
     result = runner.invoke(app, ["policy", "schema", "nobody"])
     assert result.exit_code == 1
     assert result.stderr == (
-        "unknown subscriber 'nobody'; the bundle has: mapco-nav, insureco-ubi, sh-traffic, "
+        "error: unknown subscriber 'nobody'; the bundle has: mapco-nav, insureco-ubi, sh-traffic, "
         "oem-hq-de\n"
     )

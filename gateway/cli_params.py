@@ -1,4 +1,4 @@
-"""Output paths of the ``icvgw`` commands, checked where they enter.
+"""Values of the ``icvgw`` commands that are checked where they enter: output paths, choices.
 
 Every ``--out``-like option passes its value through :func:`out_file` (or
 :func:`out_file_or_dir`) as a Typer callback, so a path that cannot be written is a usage
@@ -9,6 +9,7 @@ entry, generates a fleet, reads a store), not an ``OSError`` half way through.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -41,3 +42,15 @@ def out_file(path: Path | None) -> Path | None:
 def out_file_or_dir(path: Path | None) -> Path | None:
     """A file to write, or an existing directory to write files into."""
     return _check(path, dir_ok=True)
+
+
+def one_of(*values: str) -> Callable[[str | None], str | None]:
+    """A Typer callback accepting only ``values`` (or no value): a typo is an error that
+    lists the valid values, never a filter that silently matches nothing."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in values:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(values)}")
+        return value
+
+    return check
