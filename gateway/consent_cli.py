@@ -109,11 +109,12 @@ def import_command(
     """Record many consents at once (fleet onboarding), each row checked as 'grant' checks
     it. A file with a bad row imports nothing; importing a file again changes nothing. At
     most 100,000 rows a file; each consent is audited."""
-    from gateway.consents import import_csv
+    from gateway.consents import check_import, import_csv
     from gateway.keys import KeyRing
 
     now = datetime.now(UTC).timestamp()
     bundle = _bundle(policies)
+    check_import(file, bundle, now=now)  # a bad row: nothing imported, the store untouched
     ring = KeyRing.load(keys)
     with _open(store, worker) as s:
         result = import_csv(s, bundle, ring.vehicle_ref, file, now=now, instance=worker)

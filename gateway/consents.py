@@ -151,14 +151,11 @@ def import_csv(
     now: float,
     instance: str,
 ) -> ImportResult:
-    """Record the consents of the CSV file ``path`` (header :data:`IMPORT_COLUMNS`, an
-    ``id`` column optional): every row is checked first, and a file with a bad row raises
-    :class:`~gateway.errors.ConfigError` naming each ``file:line`` and imports nothing. Then
-    one transaction writes the consents the store does not hold yet (each audited as
-    ``consent.changed``, as ``icvgw consent grant`` does); a consent it holds with the same
-    vehicle, purpose and expiry is left as it is (a withdrawn one stays withdrawn). The file
-    is read twice, row by row, never whole."""
-    _check_file(path, bundle, now)
+    """Record the consents of the CSV file ``path``, checked by :func:`check_import` (call
+    it first, before opening the store). One transaction writes the consents the store does
+    not hold yet (each audited as ``consent.changed``, as ``icvgw consent grant`` does); a
+    consent it holds with the same vehicle, purpose and expiry is left as it is (a withdrawn
+    one stays withdrawn). The file is read row by row, never whole."""
     written = rows = 0
     with store.transaction() as tx:
         batch: list[Consent] = []
@@ -207,7 +204,10 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, str], bool]]:
             yield reader.line_num, {k: (v or "").strip() for k, v in row.items()}, bool(extra)
 
 
-def _check_file(path: Path, bundle: PolicyBundle, now: float) -> None:
+def check_import(path: Path, bundle: PolicyBundle, *, now: float) -> None:
+    """Check every row of the consent file ``path`` (header :data:`IMPORT_COLUMNS`, an
+    ``id`` column optional) as :func:`check_consent` does; raise
+    :class:`~gateway.errors.ConfigError` naming each bad ``file:line`` (the first 20)."""
     problems: list[Problem] = []
     ids: set[str] = set()
     count = 0

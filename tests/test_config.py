@@ -94,3 +94,13 @@ def test_a_broker_setting_that_would_be_ignored_is_an_error(
 def test_a_username_in_the_url_takes_the_password_from_password_env(tmp_path: Path) -> None:
     text = "broker:\n  protocol: 5\n  url: mqtt://gw@h\n  password_env: PW\n"
     assert load_config(write(tmp_path, text), environ={}).broker.password_env == "PW"
+
+
+def test_a_bad_broker_url_is_refused_where_it_is_given(tmp_path: Path) -> None:
+    path = write(tmp_path, "broker:\n  protocol: 5\n  url: mqtt://127.0.0.1:99999\n")
+    with pytest.raises(ConfigError, match=r"gateway.yaml:3: broker.url: .*bad port '99999'"):
+        load_config(path, environ={})
+    with pytest.raises(ConfigError, match=r"broker.url: .*bad port 'abc'"):
+        load_config(
+            None, overrides={("broker", "protocol"): "5", ("broker", "url"): "mqtt://h:abc"}
+        )

@@ -279,3 +279,13 @@ def test_cli_rotate_reports_a_reseal_it_could_not_compact(
     assert result.exit_code == 0, result.output
     assert "re-sealed 1 value(s)" in result.output
     assert "warning: the store was not compacted" in result.output
+
+
+def test_init_refuses_a_missing_or_non_directory_parent(tmp_path: Path) -> None:
+    """A mistyped path is an error, not a tree of new directories."""
+    with pytest.raises(KeyStoreError, match="its parent directory does not exist"):
+        init_keys(tmp_path / "missing" / "keys")
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(KeyStoreError, match="file/keys: cannot create the key directory"):
+        init_keys(tmp_path / "file" / "keys")
