@@ -52,7 +52,7 @@ class _Icvgw(TyperGroup):
             typer.echo(f"error: {_one_line(str(exc))}", err=True)
             code = 2
         except OSError as exc:
-            typer.echo(f"error: {os_error(exc)}", err=True)
+            typer.echo(f"error: {_os_error(exc)}", err=True)
             code = 2
         if standalone_mode:
             sys.exit(code)
@@ -71,7 +71,7 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def os_error(exc: OSError) -> str:
+def _os_error(exc: OSError) -> str:
     """``FILE: reason`` for an OSError (both files of a rename), else its text."""
     if exc.filename is None:
         return _one_line(str(exc))
