@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import functools
 import hashlib
 import hmac
@@ -111,12 +110,10 @@ def init_keys(directory: str | Path) -> KeyRing:
     file with mode 0600. Refuses a directory that already holds keys.
     """
     path = Path(directory)
-    try:  # not the parents: a mistyped path would become a tree of directories
-        path.mkdir(mode=0o700, exist_ok=True)
-    except OSError as exc:
-        missing = exc.errno == errno.ENOENT
-        reason = "its parent directory does not exist" if missing else exc.strerror
-        raise KeyStoreError(f"{path}: cannot create the key directory: {reason}") from None
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission
+        raise KeyStoreError(f"{path}: cannot create the key directory: {exc.strerror}") from None
     path.chmod(0o700)
     if any(_FILE_RE.match(p.name) for p in path.iterdir()):
         raise KeyStoreError(f"{path}: already holds keys; use 'icvgw keys rotate' instead")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from gateway.cli_params import out_file
+from gateway.cli_params import out_file, out_file_or_dir
 from gateway.errors import GatewayError
 from gateway.keys import KeyKind, KeyRing, init_keys, rotate_keys
 
@@ -23,7 +23,14 @@ _Dir = Annotated[Path, typer.Option("--dir", help="The key directory.")]
 
 @app.command("init")
 def init_command(
-    out: Annotated[Path, typer.Option("--out", help="Key directory to create (mode 0700).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            callback=out_file_or_dir,  # its parent must exist: a typo is not a new tree
+            help="Key directory to create (mode 0700), in an existing directory.",
+        ),
+    ],
 ) -> None:
     """Create a key directory with generation 1 of every key (files mode 0600)."""
     ring = init_keys(out)
