@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -41,10 +42,21 @@ def _protocol(value: Any) -> Any:
     return "5" if value == 5 and not isinstance(value, bool) else value
 
 
+def _broker_url(value: str) -> str:
+    from gateway.errors import IngestError
+    from gateway.ingest.client import parse_broker_url
+
+    try:
+        parse_broker_url(value)
+    except IngestError as exc:  # scheme, host, port: said where the URL is given
+        raise ValueError(str(exc)) from None
+    return value
+
+
 class BrokerConfig(_Model):
     """The MQTT broker vehicles publish to and subscribers read from."""
 
-    url: str = "mqtt://127.0.0.1:1883"
+    url: Annotated[str, AfterValidator(_broker_url)] = "mqtt://127.0.0.1:1883"
     protocol: Annotated[Literal["5", "3.1.1"], BeforeValidator(_protocol)]
     username: str | None = None
     password_env: str | None = None

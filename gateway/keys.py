@@ -110,7 +110,10 @@ def init_keys(directory: str | Path) -> KeyRing:
     file with mode 0600. Refuses a directory that already holds keys.
     """
     path = Path(directory)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission
+        raise KeyStoreError(f"{path}: cannot create the key directory: {exc.strerror}") from None
     path.chmod(0o700)
     if any(_FILE_RE.match(p.name) for p in path.iterdir()):
         raise KeyStoreError(f"{path}: already holds keys; use 'icvgw keys rotate' instead")

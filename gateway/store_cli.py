@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from gateway.cli_params import out_file
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
@@ -40,11 +41,6 @@ _Keys = Annotated[Path, typer.Option("--keys", help="The key directory.")]
 _Worker = Annotated[
     str, typer.Option("--worker", help="The gateway worker whose shard records the action.")
 ]
-
-
-def _fail(exc: GatewayError) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(2)
 
 
 def _time(ms: int) -> str:
@@ -73,11 +69,8 @@ def list_command(
     from gateway.store import open_store
     from gateway.store.deadletters import deadletters
 
-    try:
-        with open_store(store, migrate=False) as s, s.snapshot() as rd:
-            rows = deadletters(rd, origin_of(worker), limit, before_seq=before)
-    except GatewayError as exc:
-        raise _fail(exc) from exc
+    with open_store(store, migrate=False) as s, s.snapshot() as rd:
+        rows = deadletters(rd, origin_of(worker), limit, before_seq=before)
     for r in rows:
         typer.echo(f"{r.seq}  {_time(r.ts_ms)}  {r.reason}  {r.vehicle or '-'}  {r.size} B")
     if not rows:
@@ -91,7 +84,8 @@ def show_command(
     seq: Annotated[int, typer.Argument(help="The dead letter's audit seq (from list).")],
     worker: _Worker = "gw-1",
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write the payload's bytes to this file.")
+        Path | None,
+        typer.Option("--out", callback=out_file, help="Write the payload's bytes to this file."),
     ] = None,
 ) -> None:
     """Open one dead letter: its topic and payload as received (audited as read)."""
@@ -102,21 +96,18 @@ def show_command(
 
     shard = origin_of(worker)
     now = datetime.now(UTC).timestamp()
-    try:
-        ring = KeyRing.load(keys)
-        with _open(store, worker, ring) as s, s.transaction() as tx:
-            row = deadletter(tx, shard, seq)
-            if row is not None:
-                entry = AdminEntry(
-                    time=now,
-                    instance=worker,
-                    action=AdminAction.DEADLETTER_READ,
-                    subject=f"{shard}#{seq}",
-                    details={"reason": row.reason},
-                )
-                tx.append_audit([entry], shard=shard)
-    except GatewayError as exc:
-        raise _fail(exc) from exc
+    ring = KeyRing.load(keys)
+    with _open(store, worker, ring) as s, s.transaction() as tx:
+        row = deadletter(tx, shard, seq)
+        if row is not None:
+            entry = AdminEntry(
+                time=now,
+                instance=worker,
+                action=AdminAction.DEADLETTER_READ,
+                subject=f"{shard}#{seq}",
+                details={"reason": row.reason},
+            )
+            tx.append_audit([entry], shard=shard)
     if row is None:
         typer.echo(f"error: no dead letter {seq} in {shard}", err=True)
         raise typer.Exit(1)
@@ -159,17 +150,14 @@ def erase_command(
         raise typer.Exit(2)
     now = datetime.now(UTC).timestamp()
     compacted: GatewayError | None = None
-    try:
-        ring = KeyRing.load(keys)
-        with _open(store, worker, ring) as s:
-            with s.transaction() as tx:
-                details = erase(tx, ring, vin, at=now, instance=worker)
-            try:
-                s.compact()
-            except GatewayError as exc:  # erased and committed all the same
-                compacted = exc
-    except GatewayError as exc:
-        raise _fail(exc) from exc
+    ring = KeyRing.load(keys)
+    with _open(store, worker, ring) as s:
+        with s.transaction() as tx:
+            details = erase(tx, ring, vin, at=now, instance=worker)
+        try:
+            s.compact()
+        except GatewayError as exc:  # erased and committed all the same
+            compacted = exc
     typer.echo(
         f"erased {ring.vehicle_ref(vin)}: "
         + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in details.items())

@@ -133,3 +133,13 @@ def test_empty_and_unknown_environment_variables_change_nothing(tmp_path: Path) 
         "ICVGW_TEST_POSTGRES_URL": "postgresql://elsewhere",
     }
     assert load_config(path, environ=env) == load_config(path, environ={})
+
+
+def test_a_bad_broker_url_is_refused_where_it_is_given(tmp_path: Path) -> None:
+    path = write(tmp_path, "broker:\n  protocol: 5\n  url: mqtt://127.0.0.1:99999\n")
+    with pytest.raises(ConfigError, match=r"gateway.yaml:3: broker.url: .*bad port '99999'"):
+        load_config(path, environ={})
+    with pytest.raises(ConfigError, match=r"broker.url: .*bad port 'abc'"):
+        load_config(
+            None, overrides={("broker", "protocol"): "5", ("broker", "url"): "mqtt://h:abc"}
+        )

@@ -280,3 +280,16 @@ def test_cli_rotate_reports_a_reseal_it_could_not_compact(
     assert result.exit_code == 0, result.output
     assert "re-sealed 1 value(s)" in result.output
     assert "warning: the store was not compacted" in result.output
+
+
+def test_init_refuses_a_missing_or_non_directory_parent(tmp_path: Path) -> None:
+    """A mistyped path is one line of error, not a traceback nor a tree of new directories."""
+    result = CliRunner().invoke(app, ["keys", "init", "--out", str(tmp_path / "no" / "keys")])
+    assert result.exit_code == 2
+    assert f"{tmp_path / 'no' / 'keys'}: directory {tmp_path / 'no'} does not exist" in (
+        result.stderr
+    )
+    assert not (tmp_path / "no").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(KeyStoreError, match="file/keys: cannot create the key directory"):
+        init_keys(tmp_path / "file" / "keys")
