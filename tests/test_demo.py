@@ -246,3 +246,65 @@ def test_demo_refuses_bad_options_before_starting_anything(
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "w").exists()
+
+
+def test_default_demo_feeds_every_subscriber_in_20_s_and_continues_in_time(
+    tmp_path: Path,
+) -> None:
+    workdir = tmp_path / "w"
+    proc, first = run_demo(tmp_path, "--duration", "20", "--seed", "7", "--workdir", str(workdir))
+    check_against_store(first)
+    # Vehicles are mid-trip at start: trip-start trimming (500 m at most, not weakened) has
+    # released, so every subscriber receives views within the first 20 seconds.
+    assert all(n > 0 for n in first["delivered"].values()), first["delivered"]
+    assert set(first["held"]) == set(first["decisions"])
+    assert "held: views waiting for trip trimming" in proc.stdout
+    assert first["continued_from"] is None
+
+    # The same fleet again in the same directory continues in time: new records, delivered.
+    proc, again = run_demo(tmp_path, "--duration", "5", "--seed", "7", "--workdir", str(workdir))
+    check_against_store(again)
+    assert again["continued_from"] is not None
+    assert again["duplicates"] * 10 < again["records"], again  # only the scenario's faults
+    assert sum(again["delivered"].values()) > 0
+    assert "fleet continued from the last run in this directory" in proc.stdout
+
+
+def test_a_failing_demo_names_its_working_directory(tmp_path: Path) -> None:
+    from gateway.testing import free_port
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "demo", "--duration", "2",
+         "--broker", f"mqtt://127.0.0.1:{free_port()}", "--protocol", "5"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    kept = [line for line in proc.stderr.splitlines() if "working directory kept: " in line]
+    assert len(kept) == 1, proc.stderr
+    directory = Path(kept[0].split("working directory kept: ")[1].split(" (log: ")[0])
+    assert (directory / "demo.log").is_file()
+    assert "Traceback" not in proc.stderr and "demo OK" not in proc.stdout
+
+
+def test_demo_ok_only_when_views_were_delivered(tmp_path: Path) -> None:
+    from gateway.demo import _check_demonstrated
+
+    def summary(delivered: int, duplicates: int = 0, records: int = 10) -> Summary:
+        return Summary(
+            workdir=tmp_path, store="", keys=tmp_path, verifier=tmp_path, shard="s",
+            broker="", seed=1, vehicles=1, seconds=1.0, records=records,
+            duplicates=duplicates, delivered={"a": delivered, "b": 0},
+        )  # fmt: skip
+
+    fine = summary(1)
+    _check_demonstrated(fine)
+    assert fine.ok
+    nothing = summary(0)
+    _check_demonstrated(nothing)
+    assert nothing.problems == ["no view was delivered to any subscriber"]
+    repeated = summary(0, duplicates=247, records=3)
+    _check_demonstrated(repeated)
+    assert repeated.problems == [
+        "no view was delivered to any subscriber: 247 of 250 records were duplicates of "
+        "records the store had already seen"
+    ]
