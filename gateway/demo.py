@@ -24,9 +24,14 @@ waits (bounded) until the gateway has processed every message the broker confirm
 outbox is empty, so the summary's counts are final. It stops the gateway (final signed
 checkpoint), verifies the audit log in-process with the key ring's public keys, checks that
 the log holds exactly the decisions the summary counts, and prints where the store is and
-how to verify and query it again. Exit status: 0 when all of that holds; 1 when
-verification fails, the counts are not final or disagree with the log, or a part fails;
-2 for invalid options.
+how to verify and query it again. Exit status: 0 when all of that holds and views were
+delivered (130 instead after Ctrl-C, the Unix convention); 1 when verification fails, the
+counts are not final or disagree with the log, no view was delivered, or a part fails (the
+working directory is then named); 2 for invalid options.
+
+The fleet starts :data:`_HISTORY_S` before the run, its messages of that minute published at
+once, so vehicles are mid-trip and past trip-start trimming; a run in a kept working
+directory continues the same fleet (same seed) from where the last one stopped.
 """
 
 from __future__ import annotations
@@ -138,7 +143,8 @@ def demo(
 
     Ctrl-C (or --duration) ends the run: the summary's counts are final, the audit log is
     verified, and the commands to verify and query it again are printed. Exit 0 only if
-    verification passes and the log holds exactly the counted decisions.
+    views were delivered, verification passes and the log holds exactly the counted
+    entries; 130 after Ctrl-C.
     """
     if not 0 < rate <= 100:
         raise typer.BadParameter("must be in (0, 100] Hz", param_hint="--rate")

@@ -7,6 +7,7 @@ counts the run's decisions and dead letters, and runs ``icvgw audit verify`` sep
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -284,6 +285,7 @@ def test_a_failing_demo_names_its_working_directory(tmp_path: Path) -> None:
     directory = Path(kept[0].split("working directory kept: ")[1].split(" (log: ")[0])
     assert (directory / "demo.log").is_file()
     assert "Traceback" not in proc.stderr and "demo OK" not in proc.stdout
+    shutil.rmtree(directory)
 
 
 def test_demo_ok_only_when_views_were_delivered(tmp_path: Path) -> None:
