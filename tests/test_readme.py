@@ -29,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,17 +151,21 @@ def run_gateway(cwd: Path, env: dict[str, str], broker: MosquittoBroker) -> None
         ["bash", "-c", f"exec {RUN}"],
         cwd=cwd,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+    lines: list[str] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr or ()), daemon=True)
+    reader.start()
+    store = f"sqlite:///{cwd / 'icvgw.sqlite'}"  # ../icvgw.sqlite from deploy/
+    running = f"gateway gw-1 running; store {store}"
     try:
-        store = f"sqlite:///{cwd / 'icvgw.sqlite'}"  # ../icvgw.sqlite from deploy/
         deadline = time.monotonic() + 30
-        while not (cwd / "icvgw.sqlite").exists() and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.communicate()
+        while not any(running in line for line in lines) and time.monotonic() < deadline:
+            assert proc.poll() is None, lines
             time.sleep(0.2)
-        time.sleep(2)
         feed(cwd, env, broker)
         last, stable_since = -1, time.monotonic()
         while time.monotonic() - stable_since < 3 and time.monotonic() < deadline + 120:
@@ -170,13 +175,15 @@ def run_gateway(cwd: Path, env: dict[str, str], broker: MosquittoBroker) -> None
             time.sleep(0.5)
         assert last > 1234
         proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        reader.join(10)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+            proc.wait()
+    err = "".join(lines)
     assert proc.returncode == 130, err
-    assert "gateway gw-1 running; store " + store in err
+    assert running in err
     assert "stopped (Ctrl-C); final checkpoint written" in err
     assert " WARNING " not in err and "Traceback" not in err, err
 
