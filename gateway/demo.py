@@ -203,8 +203,7 @@ def demo(
         for problem in summary.problems:
             typer.echo(f"icvgw demo: {problem}", err=True)
         raise typer.Exit(1)
-    if summary.interrupted:
-        raise typer.Exit(INTERRUPTED_EXIT)
+    raise typer.Exit(INTERRUPTED_EXIT if summary.interrupted else 0)
 
 
 INTERRUPTED_EXIT = 130
@@ -552,14 +551,11 @@ class _Demo:
         return Gateway(config, registry=CollectorRegistry())
 
     # -- running ------------------------------------------------------------------------
-    def run(self) -> Summary:
-        from gateway.broker import EmbeddedBroker
-        from gateway.errors import GatewayError
+    def _prepare(self, fleet: Fleet) -> Summary:
+        """Keys, policy and verifier keys in the working directory; the summary to fill."""
         from gateway.keys import KeyRing
         from gateway.service import origin_of
-        from simulators.publish import Publisher
 
-        fleet = self._fleet()
         previous = self._previous_end()
         self._keyring_ready()
         write_demo_policy(self.policy, fleet.consenting_vins, datetime.now(UTC))
@@ -568,8 +564,7 @@ class _Demo:
             "".join(k + "\n" for k in KeyRing.load(self.keys).verifier_keys(origin)),
             encoding="utf-8",
         )
-        embedded = EmbeddedBroker() if self.o.broker is None else None
-        summary = Summary(
+        return Summary(
             workdir=self.workdir,
             store=self.store,
             keys=self.keys,
@@ -581,6 +576,16 @@ class _Demo:
             seconds=0.0,
             continued_from=None if previous is None else previous.isoformat(),
         )
+
+    def run(self) -> Summary:
+        from gateway.broker import EmbeddedBroker
+        from gateway.errors import GatewayError
+        from simulators.publish import Publisher
+
+        fleet = self._fleet()
+        summary = self._prepare(fleet)
+        origin = summary.shard
+        embedded = EmbeddedBroker() if self.o.broker is None else None
         with contextlib.ExitStack() as stack:
             if embedded is not None:
                 embedded.start()

@@ -6,11 +6,14 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from gateway.errors import ConnectInterrupted, GatewayError
+
+if TYPE_CHECKING:
+    from gateway.service import Gateway
 
 log = logging.getLogger("gateway.run")
 
@@ -83,6 +86,13 @@ def run(
         typer.echo(f"icvgw run: {exc}", err=True)
         raise typer.Exit(2) from exc
 
+    raise typer.Exit(_serve(gw, status_every=None if quiet else status_every))
+
+
+def _serve(gw: Gateway, *, status_every: float | None) -> int:
+    """Start ``gw``, run it until SIGTERM or Ctrl-C, log status lines every
+    ``status_every`` seconds (None: none) and the stopped line; the exit status."""
+    cfg = gw.config
     stopped_by: list[int] = []
 
     def on_term(sig: int, _frame: Any) -> None:
@@ -106,7 +116,7 @@ def run(
         gw.shutdown(drain_timeout=0)
         raise typer.Exit(1) from exc
     log.info("gateway %s running; store %s", cfg.worker, cfg.store)
-    ticker = None if quiet else _status_ticker(gw, status_every)
+    ticker = None if status_every is None else _status_ticker(gw, status_every)
     try:
         gw.run()
     finally:
@@ -114,9 +124,9 @@ def run(
             ticker.set()
     if not gw.clean_shutdown:  # said in the log: the final checkpoint could not be written
         log.error("stopped (%s); the final checkpoint was not written", _signal_name(stopped_by))
-        raise typer.Exit(1)
+        return 1
     log.info("stopped (%s); final checkpoint written", _signal_name(stopped_by))
-    raise typer.Exit(_exit_status(stopped_by))
+    return _exit_status(stopped_by)
 
 
 def _setup_logging(level: str, fmt: str) -> None:
@@ -142,7 +152,7 @@ def _exit_status(stopped_by: list[int]) -> int:
     return INTERRUPTED_EXIT if stopped_by and stopped_by[0] == signal.SIGINT else 0
 
 
-def _status_ticker(gw: Any, every: float) -> threading.Event:
+def _status_ticker(gw: Gateway, every: float) -> threading.Event:
     """Log a status line every ``every`` seconds until the returned event is set."""
     from gateway.status import StatusLine
 
