@@ -181,6 +181,8 @@ def run_gateway(cwd: Path, env: dict[str, str], broker: MosquittoBroker) -> None
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        reader.join(10)
+        proc.stderr.close()
     err = "".join(lines)
     assert proc.returncode == 130, err
     assert running in err
