@@ -74,6 +74,23 @@ def test_the_shipped_example_config_loads() -> None:
     assert cfg.worker == "gw-1"
     assert cfg.broker.protocol == "5"
     assert cfg.policies is None
+    # From a checkout: `icvgw keys init --out keys` at the root, then --config deploy/...
+    root = example.parent.parent
+    assert cfg.keys == str(root / "keys")
+    assert cfg.store == f"sqlite:///{root / 'icvgw.sqlite'}"
+
+
+def test_paths_in_the_file_are_relative_to_it_and_flags_to_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "etc").mkdir()
+    path = tmp_path / "etc" / "gw.yaml"
+    path.write_text("broker: {protocol: 5}\nkeys: ../k\nstore: sqlite:///s.db\n")
+    monkeypatch.chdir(tmp_path / "etc")  # not the file's directory's parent
+    cfg = load_config(path, environ={})
+    assert (cfg.keys, cfg.store) == (str(tmp_path / "k"), f"sqlite:///{tmp_path / 'etc/s.db'}")
+    cfg = load_config(path, environ={"ICVGW_KEYS": "k2"}, overrides={("store",): "sqlite:///x"})
+    assert (cfg.keys, cfg.store) == ("k2", "sqlite:///x")
 
 
 @pytest.mark.parametrize(

@@ -94,7 +94,7 @@ def verify_command(
     ] = None,
     export: Annotated[
         list[Path] | None,
-        typer.Option("--export", help="An export FILE.jsonl (FILE.checkpoint beside it)."),
+        typer.Option("--export", help="An export FILE.jsonl (FILE.jsonl.checkpoint beside it)."),
     ] = None,
     trusted_checkpoint: Annotated[
         list[Path] | None,

@@ -84,7 +84,7 @@ def test_trusted_checkpoint_and_export_round_trip(setup: tuple[str, Path], tmp_p
     assert result.exit_code == 0, result.output
     assert "40 entries" in result.output
     kept = tmp_path / "kept.checkpoint"
-    kept.write_bytes(out.with_suffix(".checkpoint").read_bytes())
+    kept.write_bytes((tmp_path / "audit.jsonl.checkpoint").read_bytes())
     result = runner.invoke(
         app,
         [
