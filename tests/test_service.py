@@ -986,3 +986,23 @@ def test_numeric_msg_ids_of_one_millisecond_are_different_records(config: Gatewa
         assert gw.totals.duplicates == 1
     finally:
         gw.store.close()
+
+
+def test_state_moved_to_a_rotated_key_keeps_its_age_for_retention(config: GatewayConfig) -> None:
+    # Restarting after ``icvgw keys rotate`` moves each vehicle's state to its new reference;
+    # the move is not an update of the vehicle: the row must keep its last-updated time, or
+    # the next retention sweep takes it for years old and deletes the state of a vehicle
+    # that is still driving (its trip, its held views).
+    gw = Gateway(config)
+    gw.process(fleet_envelopes(4, 60))
+    gw.store.close()
+    before = sorted(ms for (ms,) in db(config).execute("select updated_ms from vehicle_state"))
+    rotate_keys(config.keys)
+    again = Gateway(config)
+    try:
+        after = sorted(ms for (ms,) in db(config).execute("select updated_ms from vehicle_state"))
+        assert after == before
+        again.sweep(again.clock())
+    finally:
+        again.store.close()
+    assert len(list(db(config).execute("select vehicle from vehicle_state"))) == len(before)
