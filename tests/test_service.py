@@ -968,3 +968,41 @@ def test_a_consent_recorded_before_an_hmac_rotation_still_counts(config: Gateway
     assert stable.startswith("k2:")
     assert ids["pk-"] > 0, ids  # the consenting vehicle's stable pseudonym
     assert ids["pt-"] > 0, ids  # the two others: per trip
+
+
+def test_numeric_msg_ids_of_one_millisecond_are_different_records(config: GatewayConfig) -> None:
+    # A TCU that writes its counter as a JSON float (2.0, as many encoders do) and sends two
+    # records stamped in the same millisecond: they are two records, not a redelivery, and
+    # both must be decided; 2.0 is the same msg_id as 2 (equal JSON numbers).
+    good = fleet_envelopes(1, 1)[0]
+    vin = orjson.loads(good.payload)[VIN_PATH]
+    stamp = START.isoformat()
+    recs = [{VIN_PATH: vin, TIMESTAMP_PATH: stamp, "msg_id": m} for m in (1.0, 2.0, 2)]
+    gw = Gateway(config)
+    try:
+        gw.process([Envelope(good.topic, orjson.dumps(recs[:2]), 0.0, 1)])
+        assert gw.totals.duplicates == 0
+        gw.process([Envelope(good.topic, orjson.dumps(recs[2:]), 0.0, 2)])
+        assert gw.totals.duplicates == 1
+    finally:
+        gw.store.close()
+
+
+def test_state_moved_to_a_rotated_key_keeps_its_age_for_retention(config: GatewayConfig) -> None:
+    # Restarting after ``icvgw keys rotate`` moves each vehicle's state to its new reference;
+    # the move is not an update of the vehicle: the row must keep its last-updated time, or
+    # the next retention sweep takes it for years old and deletes the state of a vehicle
+    # that is still driving (its trip, its held views).
+    gw = Gateway(config)
+    gw.process(fleet_envelopes(4, 60))
+    gw.store.close()
+    before = sorted(ms for (ms,) in db(config).execute("select updated_ms from vehicle_state"))
+    rotate_keys(config.keys)
+    again = Gateway(config)
+    try:
+        after = sorted(ms for (ms,) in db(config).execute("select updated_ms from vehicle_state"))
+        assert after == before
+        again.sweep(again.clock())
+    finally:
+        again.store.close()
+    assert len(list(db(config).execute("select vehicle from vehicle_state"))) == len(before)

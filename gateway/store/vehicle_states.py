@@ -41,24 +41,30 @@ def all_vehicle_state(tx: WriteSession) -> dict[str, bytes]:
     reference of an older HMAC key generation is moved to the current one here."""
     keys = tx.at_rest()
     out: dict[str, bytes] = {}
-    stale: dict[str, str] = {}
+    stale: dict[str, tuple[str, int]] = {}
     for r in tx.fetch_all("select vehicle, state, updated_ms from vehicle_state"):
         vin, doc = open_state(keys, r[0], bytes(r[1]))
         out[vin] = doc
         if keys.vehicle_ref(vin) != r[0]:
-            stale[r[0]] = vin
+            stale[r[0]] = (vin, int(r[2]))
     if stale:
+        # Moved, not updated: each row keeps its time, which retention measures from.
         delete_vehicle_state(tx, list(stale))
-        save_vehicle_state(tx, {vin: out[vin] for vin in stale.values()}, 0)
+        _put(tx, [(vin, out[vin], at_ms) for vin, at_ms in stale.values()])
     return out
 
 
 def save_vehicle_state(tx: WriteSession, states: dict[str, bytes], at_ms: int) -> None:
     """Replace the stored state of these vehicles (by VIN): keyed by reference, sealed with
     the VIN inside."""
+    _put(tx, [(vin, doc, at_ms) for vin, doc in states.items()])
+
+
+def _put(tx: WriteSession, states: Sequence[tuple[str, bytes, int]]) -> None:
+    """Insert or replace (VIN, document, last-updated ms) rows."""
     keys = tx.at_rest()
     rows: dict[str, tuple[str, bytes, int]] = {}
-    for vin, doc in states.items():
+    for vin, doc, at_ms in states:
         ref = keys.vehicle_ref(vin)
         rows[ref] = (ref, seal_state(keys, ref, vin, doc), at_ms)
     tx.insert_rows(
