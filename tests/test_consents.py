@@ -82,7 +82,7 @@ def test_a_withdrawal_in_the_store_applies_to_the_next_batch(config: GatewayConf
 def test_consent_cli_grants_lists_and_withdraws(config: GatewayConfig) -> None:
     from typer.testing import CliRunner
 
-    from gateway.cli import app
+    from gateway.cli.main import app
 
     runner = CliRunner()
     vin = "LSVAU218XN2183294"  # the check digit is right: grant checks it as the ingest does
@@ -120,7 +120,7 @@ def test_consent_list_finds_a_consent_recorded_before_a_key_rotation(
 ) -> None:
     from typer.testing import CliRunner
 
-    from gateway.cli import app
+    from gateway.cli.main import app
     from gateway.keys import rotate_keys
 
     runner = CliRunner()
@@ -140,7 +140,7 @@ def test_consent_list_finds_a_consent_recorded_before_a_key_rotation(
 def _cli(*args: str) -> tuple[int, str, str]:
     from typer.testing import CliRunner
 
-    from gateway.cli import app
+    from gateway.cli.main import app
 
     result = CliRunner().invoke(app, list(args))
     return result.exit_code, result.stdout, result.stderr
