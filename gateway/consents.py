@@ -14,7 +14,7 @@ import csv
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.errors import ConfigError, Problem
@@ -103,6 +103,10 @@ def check_consent(
         raise ValueError(f"expires {expires!r}: not an ISO 8601 time") from None
     if end.tzinfo is None:
         raise ValueError(f"expires {expires!r}: give a UTC offset, e.g. 2030-01-01T00:00:00+08:00")
+    try:
+        end.astimezone(UTC)  # what the store keeps, and `consent list` shows, is UTC
+    except OverflowError:
+        raise ValueError(f"expires {expires!r}: after 9999-12-31 UTC") from None
     if not end.timestamp() > now:
         raise ValueError(f"expires {expires!r}: already past")
     return end.timestamp()

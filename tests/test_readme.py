@@ -35,8 +35,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gateway.store import open_store
 
+from gateway.store import open_store
 from gateway.testing import MosquittoBroker, make_vin
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,7 +21,7 @@ from gateway.audit.log import AuditLog, retention_days
 from gateway.audit.proof import check_proof_document, proof_document
 from gateway.audit.query import iter_json_lines, render_table, write_csv
 from gateway.audit.verify import ShardReport, verify_export, verify_store
-from gateway.cli_params import one_of, out_file, out_file_or_dir
+from gateway.cli_params import INT_MAX, one_of, out_file, out_file_or_dir
 from gateway.crypto import NoteVerifier
 from gateway.errors import GatewayError, VerificationError
 from gateway.keys import KeyRing
@@ -198,7 +198,10 @@ def query_command(
     limit: Annotated[
         int,
         typer.Option(
-            "--limit", min=0, help="At most this many entries, oldest first; 0 for all of them."
+            "--limit",
+            min=0,
+            max=INT_MAX,
+            help="At most this many entries, oldest first; 0 for all of them.",
         ),
     ] = DEFAULT_QUERY_LIMIT,
     fmt: Annotated[
