@@ -83,15 +83,16 @@ def run(
         cfg = load_config(config, overrides=overrides)
         gw = Gateway(cfg, registry=CollectorRegistry())
     except GatewayError as exc:
-        typer.echo(f"icvgw run: {exc}", err=True)
+        _failed(exc, log_format)
         raise typer.Exit(2) from exc
 
-    raise typer.Exit(_serve(gw, status_every=None if quiet else status_every))
+    raise typer.Exit(_serve(gw, status_every=None if quiet else status_every, fmt=log_format))
 
 
-def _serve(gw: Gateway, *, status_every: float | None) -> int:
+def _serve(gw: Gateway, *, status_every: float | None, fmt: str) -> int:
     """Start ``gw``, run it until SIGTERM or Ctrl-C, log status lines every
-    ``status_every`` seconds (None: none) and the stopped line; the exit status."""
+    ``status_every`` seconds (None: none) and the stopped line; the exit status. ``fmt``:
+    the log format, which a failure to start is written in too."""
     cfg = gw.config
     stopped_by: list[int] = []
 
@@ -112,7 +113,7 @@ def _serve(gw: Gateway, *, status_every: float | None) -> int:
         gw.shutdown(drain_timeout=0)
         raise typer.Exit(_exit_status(stopped_by)) from exc
     except GatewayError as exc:
-        typer.echo(f"icvgw run: {exc}", err=True)
+        _failed(exc, fmt)
         gw.shutdown(drain_timeout=0)
         raise typer.Exit(1) from exc
     log.info("gateway %s running; store %s", cfg.worker, cfg.store)
@@ -127,6 +128,16 @@ def _serve(gw: Gateway, *, status_every: float | None) -> int:
         return 1
     log.info("stopped (%s); final checkpoint written", _signal_name(stopped_by))
     return _exit_status(stopped_by)
+
+
+def _failed(exc: GatewayError, fmt: str) -> None:
+    """Why ``icvgw run`` ends, in one line (several problems, e.g. of a config file, joined
+    by "; "); with JSON logs as one JSON object, so a log shipper reads nothing else."""
+    line = "icvgw run: " + "; ".join(s for s in str(exc).splitlines() if s.strip())
+    if fmt == "json":
+        log.error("%s", line)
+    else:
+        typer.echo(line, err=True)
 
 
 def _setup_logging(level: str, fmt: str) -> None:

@@ -81,3 +81,37 @@ def test_an_unknown_log_format_is_refused(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 2 and "--log-format" in proc.stderr
+
+
+def run_failing(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    init_keys(tmp_path / "keys")
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "--keys", str(tmp_path / "keys"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_config_with_two_errors_fails_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("brokr: 1\ncheckpoint:\n  every_seconds: abc\n")
+    proc = run_failing(tmp_path, "--config", "bad.yaml")
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("icvgw run: bad.yaml:")
+    assert "brokr: unknown field" in lines[0] and "checkpoint.every_seconds" in lines[0]
+
+
+def test_with_json_logs_a_failure_is_json_too(tmp_path: Path) -> None:
+    """A log shipper reading stderr gets only JSON objects, the failure included."""
+    proc = run_failing(
+        tmp_path, "--broker", "mqtt://127.0.0.1:1883", "--protocol", "5",
+        "--store", "sqlite:///missing/dir/s.db", "--log-format", "json",
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == ""
+    records = [json.loads(line) for line in proc.stderr.splitlines()]
+    last = records[-1]
+    assert last["level"] == "ERROR" and last["message"].startswith("icvgw run: ")
+    assert "missing/dir/s.db" in last["message"]
