@@ -244,3 +244,10 @@ def test_every_option_and_argument_has_a_description() -> None:
             if not getattr(p, "hidden", False) and not getattr(p, "help", None)
         ]
     assert missing == []
+
+
+def test_the_consent_group_names_each_of_its_commands() -> None:
+    """``icvgw --help`` is where a newcomer looks for ``consent import``."""
+    consent = typer.main.get_command(app).commands["consent"]  # type: ignore[attr-defined]
+    for name in consent.commands:
+        assert name in (consent.help or ""), (name, consent.help)
