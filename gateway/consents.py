@@ -137,6 +137,7 @@ def import_csv(
     consent it holds with the same vehicle, purpose and expiry is left as it is (a withdrawn
     one stays withdrawn). The file is read row by row, never whole."""
     written = rows = 0
+    seen: set[str] = set()  # a row repeated in the file is the same consent, written once
     with store.transaction() as tx:
         batch: list[Consent] = []
         for _, row, _ in _rows(path):
@@ -144,6 +145,9 @@ def import_csv(
             ref = vehicle_ref(row["vin"])
             end = datetime.fromisoformat(row["expires"]).timestamp()
             cid = row.get("id") or _derived_id(ref, row["purpose"], end)
+            if cid in seen:
+                continue
+            seen.add(cid)
             current = tx.consent(cid)
             if current is not None and (current.vehicle, current.purpose, current.expires) == (
                 ref,
