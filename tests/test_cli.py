@@ -49,6 +49,8 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
     ],
     "audit verify": [
         (["--store", "{s}", "--public-key", "{t}/missing.vkeys"], "{t}/missing.vkeys"),
+        (["--export", "{t}/missing.jsonl", "--public-key", "{t}/file"], "{t}/missing.jsonl"),
+        (["--export", "{t}", "--public-key", "{t}/file"], "is a directory"),
     ],
     "audit export": [
         (["--store", "{s}", "--out", "{t}/missing/log.jsonl"], "{t}/missing"),

@@ -94,11 +94,21 @@ def verify_command(
     ] = None,
     export: Annotated[
         list[Path] | None,
-        typer.Option("--export", help="An export FILE.jsonl (FILE.jsonl.checkpoint beside it)."),
+        typer.Option(
+            "--export",
+            exists=True,
+            dir_okay=False,
+            help="An export FILE.jsonl (FILE.jsonl.checkpoint beside it).",
+        ),
     ] = None,
     trusted_checkpoint: Annotated[
         list[Path] | None,
-        typer.Option("--trusted-checkpoint", help="A checkpoint you kept earlier; repeatable."),
+        typer.Option(
+            "--trusted-checkpoint",
+            exists=True,
+            dir_okay=False,
+            help="A checkpoint you kept earlier; repeatable.",
+        ),
     ] = None,
 ) -> None:
     """Recompute every shard's tree and check it against its signed checkpoints."""
