@@ -95,9 +95,11 @@ def _serve(gw: Gateway, *, status_every: float | None, fmt: str) -> int:
     the log format, which a failure to start is written in too."""
     cfg = gw.config
     stopped_by: list[int] = []
+    stopping = threading.Event()  # no status line once stopping: the broker is let go then
 
     def on_term(sig: int, _frame: Any) -> None:
         stopped_by.append(sig)
+        stopping.set()
         gw.stop()
 
     def on_hup(_sig: int, _frame: Any) -> None:
@@ -117,12 +119,12 @@ def _serve(gw: Gateway, *, status_every: float | None, fmt: str) -> int:
         gw.shutdown(drain_timeout=0)
         raise typer.Exit(1) from exc
     log.info("gateway %s running; store %s", cfg.worker, cfg.store)
-    ticker = None if status_every is None else _status_ticker(gw, status_every)
+    if status_every is not None:
+        _status_ticker(gw, status_every, stopping)
     try:
         gw.run()
     finally:
-        if ticker is not None:
-            ticker.set()
+        stopping.set()
     if not gw.clean_shutdown:  # said in the log: the final checkpoint could not be written
         log.error("stopped (%s); the final checkpoint was not written", _signal_name(stopped_by))
         return 1
@@ -163,11 +165,10 @@ def _exit_status(stopped_by: list[int]) -> int:
     return INTERRUPTED_EXIT if stopped_by and stopped_by[0] == signal.SIGINT else 0
 
 
-def _status_ticker(gw: Gateway, every: float) -> threading.Event:
-    """Log a status line every ``every`` seconds until the returned event is set."""
+def _status_ticker(gw: Gateway, every: float, done: threading.Event) -> None:
+    """Log a status line every ``every`` seconds until ``done`` is set."""
     from gateway.status import StatusLine
 
-    done = threading.Event()
     status = StatusLine(gw.metrics.registry, lambda: bool(gw.source.status.up))
 
     def tick() -> None:
@@ -175,4 +176,3 @@ def _status_ticker(gw: Gateway, every: float) -> threading.Event:
             log.info("%s", status.line())
 
     threading.Thread(target=tick, name="icvgw-status", daemon=True).start()
-    return done

@@ -115,3 +115,17 @@ def test_with_json_logs_a_failure_is_json_too(tmp_path: Path) -> None:
     last = records[-1]
     assert last["level"] == "ERROR" and last["message"].startswith("icvgw run: ")
     assert "missing/dir/s.db" in last["message"]
+
+
+@pytest.mark.integration
+def test_no_status_line_once_stopping(tmp_path: Path, mosquitto: MosquittoBroker) -> None:
+    """Status lines stop at the signal: a normal stop never logs 'broker DISCONNECTED'
+    (the ingest's own disconnect while the gateway drains)."""
+    proc = start(tmp_path, mosquitto, "--status-every", "0.1")
+    err = stop(proc, signal.SIGINT, after=4)
+    assert proc.returncode == 130, err
+    lines = err.splitlines()
+    assert lines[-1].endswith("stopped (Ctrl-C); final checkpoint written"), err
+    statuses = [line for line in lines if " status: " in line]
+    assert len(statuses) >= 5, err
+    assert all(s.endswith("broker connected") for s in statuses), err
