@@ -236,21 +236,47 @@ def load_config(
             and not store.startswith("sqlite:////")
         ):
             data["store"] = f"sqlite:///{os.path.normpath(base / store.removeprefix('sqlite:///'))}"
-    _merge(data, EnvOverrides.read(env))
+    from_env = EnvOverrides.read(env)
+    _merge(data, from_env)
+    given = {".".join(p) for p in _leaf_paths(from_env)}
     for field_path, value in (overrides or {}).items():
         if value is not None:
             _set(data, field_path, value)
+            given.add(".".join(field_path))
     try:
         return GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        if source is not None:
-            raise ConfigError(validation_problems(source, exc)) from exc
-        raise ConfigError(
-            [
-                Problem("<settings>", None, ".".join(str(p) for p in e["loc"]), e["msg"])
-                for e in exc.errors(include_url=False)
-            ]
-        ) from exc
+        raise ConfigError(_problems(exc, source, given)) from exc
+
+
+_GIVEN = "flags or ICVGW_* variables"
+"""Where a problem is said to be when its value did not come from the config file."""
+
+
+def _problems(exc: ValidationError, source: Source | None, given: set[str]) -> list[Problem]:
+    """The file's problems located in it; those of values given as flags or environment
+    variables (or, without a file, missing) named as such, never blamed on a file line."""
+
+    def outside(field: str) -> bool:
+        return source is None or any(field == g or field.startswith(g + ".") for g in given)
+
+    located = [] if source is None else validation_problems(source, exc)
+    problems = [p for p in located if not outside(p.field)]
+    for e in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in e["loc"])
+        if outside(field):
+            problems.append(Problem(_GIVEN, None, field, e["msg"].removeprefix("Value error, ")))
+    return problems
+
+
+def _leaf_paths(data: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out: list[tuple[str, ...]] = []
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.extend(_leaf_paths(value, (*prefix, key)))
+        else:
+            out.append((*prefix, key))
+    return out
 
 
 def _deep_copy(value: Any) -> Any:

@@ -14,7 +14,7 @@ import csv
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.errors import ConfigError, Problem
@@ -103,6 +103,10 @@ def check_consent(
         raise ValueError(f"expires {expires!r}: not an ISO 8601 time") from None
     if end.tzinfo is None:
         raise ValueError(f"expires {expires!r}: give a UTC offset, e.g. 2030-01-01T00:00:00+08:00")
+    try:
+        end.astimezone(UTC)  # what the store keeps, and `consent list` shows, is UTC
+    except OverflowError:
+        raise ValueError(f"expires {expires!r}: after 9999-12-31 UTC") from None
     if not end.timestamp() > now:
         raise ValueError(f"expires {expires!r}: already past")
     return end.timestamp()
@@ -133,6 +137,7 @@ def import_csv(
     consent it holds with the same vehicle, purpose and expiry is left as it is (a withdrawn
     one stays withdrawn). The file is read row by row, never whole."""
     written = rows = 0
+    seen: set[str] = set()  # a row repeated in the file is the same consent, written once
     with store.transaction() as tx:
         batch: list[Consent] = []
         for _, row, _ in _rows(path):
@@ -140,6 +145,9 @@ def import_csv(
             ref = vehicle_ref(row["vin"])
             end = datetime.fromisoformat(row["expires"]).timestamp()
             cid = row.get("id") or _derived_id(ref, row["purpose"], end)
+            if cid in seen:
+                continue
+            seen.add(cid)
             current = tx.consent(cid)
             if current is not None and (current.vehicle, current.purpose, current.expires) == (
                 ref,

@@ -160,3 +160,23 @@ def test_a_bad_broker_url_is_refused_where_it_is_given(tmp_path: Path) -> None:
         load_config(
             None, overrides={("broker", "protocol"): "5", ("broker", "url"): "mqtt://h:abc"}
         )
+
+
+def test_a_bad_value_from_a_flag_or_the_environment_is_not_blamed_on_the_file(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "broker:\n  url: mqtt://h\n  protocol: 5\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, overrides={("broker", "url"): "mqtt://h:99999"}, environ={})
+    assert str(err.value).startswith("flags or ICVGW_* variables: broker.url: "), err.value
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={"ICVGW_BROKER_PROTOCOL": "4"})
+    assert str(err.value).startswith("flags or ICVGW_* variables: broker.protocol: ")
+    # Without a file, a missing setting says where it can be given.
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides={("broker", "url"): "mqtt://h"}, environ={})
+    assert str(err.value).startswith("flags or ICVGW_* variables: broker.protocol: ")
+    # A bad value in the file is still located in it.
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "broker:\n  url: mqtt://h:0\n  protocol: 5\n"), environ={})
+    assert str(err.value).startswith(f"{path}:2: broker.url: ")

@@ -21,7 +21,7 @@ from gateway.audit.log import AuditLog, retention_days
 from gateway.audit.proof import check_proof_document, proof_document
 from gateway.audit.query import iter_json_lines, render_table, write_csv
 from gateway.audit.verify import ShardReport, verify_export, verify_store
-from gateway.cli.params import one_of, out_file, out_file_or_dir
+from gateway.cli.params import INT_MAX, one_of, out_file, out_file_or_dir
 from gateway.crypto import NoteVerifier
 from gateway.errors import GatewayError, VerificationError
 from gateway.keys import KeyRing
@@ -94,11 +94,21 @@ def verify_command(
     ] = None,
     export: Annotated[
         list[Path] | None,
-        typer.Option("--export", help="An export FILE.jsonl (FILE.jsonl.checkpoint beside it)."),
+        typer.Option(
+            "--export",
+            exists=True,
+            dir_okay=False,
+            help="An export FILE.jsonl (FILE.jsonl.checkpoint beside it).",
+        ),
     ] = None,
     trusted_checkpoint: Annotated[
         list[Path] | None,
-        typer.Option("--trusted-checkpoint", help="A checkpoint you kept earlier; repeatable."),
+        typer.Option(
+            "--trusted-checkpoint",
+            exists=True,
+            dir_okay=False,
+            help="A checkpoint you kept earlier; repeatable.",
+        ),
     ] = None,
 ) -> None:
     """Recompute every shard's tree and check it against its signed checkpoints."""
@@ -198,7 +208,10 @@ def query_command(
     limit: Annotated[
         int,
         typer.Option(
-            "--limit", min=0, help="At most this many entries, oldest first; 0 for all of them."
+            "--limit",
+            min=0,
+            max=INT_MAX,
+            help="At most this many entries, oldest first; 0 for all of them.",
         ),
     ] = DEFAULT_QUERY_LIMIT,
     fmt: Annotated[

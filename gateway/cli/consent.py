@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="consent",
-    help="Consents at run time: grant, withdraw, list (audited; the next batch applies them).",
+    help="Consents at run time: grant, import, withdraw, list (audited; the next batch applies).",
     no_args_is_help=True,
 )
 

@@ -14,6 +14,11 @@ from pathlib import Path
 
 import typer
 
+INT_MAX = 2**62
+"""The largest count or audit seq a command accepts: the stores keep them in signed 64-bit
+columns (and ``audit query`` asks for one more than ``--limit``), so a larger number is a usage
+error naming the option, not an overflow in the database driver."""
+
 
 def _check(path: Path | None, *, dir_ok: bool) -> Path | None:
     if path is None:

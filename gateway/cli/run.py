@@ -83,20 +83,23 @@ def run(
         cfg = load_config(config, overrides=overrides)
         gw = Gateway(cfg, registry=CollectorRegistry())
     except GatewayError as exc:
-        typer.echo(f"icvgw run: {exc}", err=True)
+        _failed(exc, log_format)
         raise typer.Exit(2) from exc
 
-    raise typer.Exit(_serve(gw, status_every=None if quiet else status_every))
+    raise typer.Exit(_serve(gw, status_every=None if quiet else status_every, fmt=log_format))
 
 
-def _serve(gw: Gateway, *, status_every: float | None) -> int:
+def _serve(gw: Gateway, *, status_every: float | None, fmt: str) -> int:
     """Start ``gw``, run it until SIGTERM or Ctrl-C, log status lines every
-    ``status_every`` seconds (None: none) and the stopped line; the exit status."""
+    ``status_every`` seconds (None: none) and the stopped line; the exit status. ``fmt``:
+    the log format, which a failure to start is written in too."""
     cfg = gw.config
     stopped_by: list[int] = []
+    stopping = threading.Event()  # no status line once stopping: the broker is let go then
 
     def on_term(sig: int, _frame: Any) -> None:
         stopped_by.append(sig)
+        stopping.set()
         gw.stop()
 
     def on_hup(_sig: int, _frame: Any) -> None:
@@ -112,21 +115,31 @@ def _serve(gw: Gateway, *, status_every: float | None) -> int:
         gw.shutdown(drain_timeout=0)
         raise typer.Exit(_exit_status(stopped_by)) from exc
     except GatewayError as exc:
-        typer.echo(f"icvgw run: {exc}", err=True)
+        _failed(exc, fmt)
         gw.shutdown(drain_timeout=0)
         raise typer.Exit(1) from exc
     log.info("gateway %s running; store %s", cfg.worker, cfg.store)
-    ticker = None if status_every is None else _status_ticker(gw, status_every)
+    if status_every is not None:
+        _status_ticker(gw, status_every, stopping)
     try:
         gw.run()
     finally:
-        if ticker is not None:
-            ticker.set()
+        stopping.set()
     if not gw.clean_shutdown:  # said in the log: the final checkpoint could not be written
         log.error("stopped (%s); the final checkpoint was not written", _signal_name(stopped_by))
         return 1
     log.info("stopped (%s); final checkpoint written", _signal_name(stopped_by))
     return _exit_status(stopped_by)
+
+
+def _failed(exc: GatewayError, fmt: str) -> None:
+    """Why ``icvgw run`` ends, in one line (several problems, e.g. of a config file, joined
+    by "; "); with JSON logs as one JSON object, so a log shipper reads nothing else."""
+    line = "icvgw run: " + "; ".join(s for s in str(exc).splitlines() if s.strip())
+    if fmt == "json":
+        log.error("%s", line)
+    else:
+        typer.echo(line, err=True)
 
 
 def _setup_logging(level: str, fmt: str) -> None:
@@ -152,11 +165,10 @@ def _exit_status(stopped_by: list[int]) -> int:
     return INTERRUPTED_EXIT if stopped_by and stopped_by[0] == signal.SIGINT else 0
 
 
-def _status_ticker(gw: Gateway, every: float) -> threading.Event:
-    """Log a status line every ``every`` seconds until the returned event is set."""
+def _status_ticker(gw: Gateway, every: float, done: threading.Event) -> None:
+    """Log a status line every ``every`` seconds until ``done`` is set."""
     from gateway.status import StatusLine
 
-    done = threading.Event()
     status = StatusLine(gw.metrics.registry, lambda: bool(gw.source.status.up))
 
     def tick() -> None:
@@ -164,4 +176,3 @@ def _status_ticker(gw: Gateway, every: float) -> threading.Event:
             log.info("%s", status.line())
 
     threading.Thread(target=tick, name="icvgw-status", daemon=True).start()
-    return done

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gateway.cli.params import out_file
+from gateway.cli.params import INT_MAX, out_file
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
@@ -58,9 +58,12 @@ def _open(store: str, worker: str, keys: KeyRing | None) -> Store:
 def list_command(
     store: _Store,
     worker: _Worker = "gw-1",
-    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 50,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=INT_MAX, help="At most this many.")
+    ] = 50,
     before: Annotated[
-        int | None, typer.Option("--before", help="Only those below this audit seq.")
+        int | None,
+        typer.Option("--before", min=0, max=INT_MAX, help="Only those below this audit seq."),
     ] = None,
 ) -> None:
     """The newest dead letters: audit seq, time, reason, vehicle reference, size. Nothing
@@ -81,7 +84,9 @@ def list_command(
 def show_command(
     store: _Store,
     keys: _Keys,
-    seq: Annotated[int, typer.Argument(help="The dead letter's audit seq (from list).")],
+    seq: Annotated[
+        int, typer.Argument(min=0, max=INT_MAX, help="The dead letter's audit seq (from list).")
+    ],
     worker: _Worker = "gw-1",
     out: Annotated[
         Path | None,

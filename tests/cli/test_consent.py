@@ -137,6 +137,19 @@ def test_consent_import_records_every_row_audited_and_twice_changes_nothing(
     assert len(_admin_subjects(config)) == 4
 
 
+def test_consent_import_records_a_repeated_row_once(config: GatewayConfig, tmp_path: Path) -> None:
+    """A row given twice (a file concatenated from two exports) is one consent, audited once."""
+    from gateway.testing import make_vin
+
+    row = f"{make_vin(1)},traffic-management,2030-01-01T00:00:00+08:00"
+    csv_file = _write(tmp_path / "fleet.csv", row, row)
+    code, out, err = _cli("consent", "import", str(csv_file), "--store", config.store,
+                          "--keys", config.keys)  # fmt: skip
+    assert code == 0, err
+    assert "imported 1 consent(s)" in out, out
+    assert len(_admin_subjects(config)) == 1
+
+
 def test_consent_import_with_a_bad_row_names_it_and_imports_nothing(
     config: GatewayConfig, tmp_path: Path
 ) -> None:

@@ -20,6 +20,8 @@ from gateway.testing import make_vin
 
 VIN = make_vin(183294)
 EXPIRES = "2030-01-01T00:00:00+08:00"
+LATE = "9999-12-31T23:59:59-12:00"  # a valid ISO 8601 time whose UTC instant is in year 10000
+HUGE = str(2**64)  # beyond any integer a store column holds
 
 # Every command of icvgw, with invocations that must fail. ``{t}`` is a scratch directory
 # holding ``keys/`` (a key directory), ``s.db`` (a store), ``file`` (a plain file) and
@@ -47,6 +49,8 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
     ],
     "audit verify": [
         (["--store", "{s}", "--public-key", "{t}/missing.vkeys"], "{t}/missing.vkeys"),
+        (["--export", "{t}/missing.jsonl", "--public-key", "{t}/file"], "{t}/missing.jsonl"),
+        (["--export", "{t}", "--public-key", "{t}/file"], "is a directory"),
     ],
     "audit export": [
         (["--store", "{s}", "--out", "{t}/missing/log.jsonl"], "{t}/missing"),
@@ -57,6 +61,7 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         (["--store", "{s}", "--kind", "typo"], "'typo' is not one of decision, admin"),
         (["--store", "{s}", "--format", "xml"], "'xml' is not one of table"),
         (["--store", "sqlite:///{t}/missing/s.db"], "{t}/missing/s.db"),
+        (["--store", "{s}", "--limit", HUGE], "--limit"),
     ],
     "audit proof": [
         (["--store", "{s}", "1", "--out", "{t}/missing/p.json"], "{t}/missing"),
@@ -90,15 +95,24 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         (["--vin", "x", "--purpose", "traffic-management", "--expires", EXPIRES], "'x'"),
         (["--vin", VIN, "--purpose", "nope", "--expires", EXPIRES], "'nope'"),
         (["--vin", VIN, "--purpose", "traffic-management", "--expires", "2030"], "'2030'"),
+        (["--vin", VIN, "--purpose", "traffic-management", "--expires", LATE], LATE),
     ],
     "consent import": [
         (["{t}/bad.csv"], "{t}/bad.csv:3"),
         (["{t}/missing.csv"], "{t}/missing.csv"),
+        (["{t}/late.csv"], "{t}/late.csv:2"),
     ],
     "consent withdraw": [(["c-none"], "c-none")],
     "consent list": [(["--keys", "{t}/missing", "--vin", VIN], "{t}/missing")],
-    "deadletter list": [(["--store", "sqlite:///{t}/missing/s.db"], "{t}/missing/s.db")],
-    "deadletter show": [(["--keys", "{t}/keys", "7", "--out", "{t}/missing/x"], "{t}/missing")],
+    "deadletter list": [
+        (["--store", "sqlite:///{t}/missing/s.db"], "{t}/missing/s.db"),
+        (["--store", "{s}", "--limit", HUGE], "--limit"),
+        (["--store", "{s}", "--before", HUGE], "--before"),
+    ],
+    "deadletter show": [
+        (["--keys", "{t}/keys", "7", "--out", "{t}/missing/x"], "{t}/missing"),
+        (["--keys", "{t}/keys", HUGE], "seq"),
+    ],
     "vehicle erase": [(["--keys", "{t}/keys", "--vin", "x"], "not a VIN")],
 }
 # The store (and key directory) the consent, dead-letter and vehicle cases do not repeat.
@@ -137,6 +151,7 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with open_store(f"sqlite:///{t / 's.db'}", shard="icvgw.test/w1"):
         pass
     (t / "file").write_text("not a directory\n")
+    (t / "late.csv").write_text(f"vin,purpose,expires\n{VIN},traffic-management,{LATE}\n")
     (t / "bad.csv").write_text(
         f"vin,purpose,expires\n{VIN},traffic-management,{EXPIRES}\n{VIN},nope,{EXPIRES}\n"
     )
@@ -231,3 +246,10 @@ def test_every_option_and_argument_has_a_description() -> None:
             if not getattr(p, "hidden", False) and not getattr(p, "help", None)
         ]
     assert missing == []
+
+
+def test_the_consent_group_names_each_of_its_commands() -> None:
+    """``icvgw --help`` is where a newcomer looks for ``consent import``."""
+    consent = typer.main.get_command(app).commands["consent"]  # type: ignore[attr-defined]
+    for name in consent.commands:
+        assert name in (consent.help or ""), (name, consent.help)

@@ -65,6 +65,10 @@ def _statuses(lines: list[str]) -> int:
     return sum('"message": "status: ' in line or '"message":"status: ' in line for line in lines)
 
 
+def _text_statuses(lines: list[str]) -> int:
+    return sum(" status: " in line for line in lines)
+
+
 def _running(lines: list[str]) -> bool:
     return any(" running; store " in line for line in lines)
 
@@ -106,3 +110,51 @@ def test_an_unknown_log_format_is_refused(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 2 and "--log-format" in proc.stderr
+
+
+def run_failing(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    init_keys(tmp_path / "keys")
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "--keys", str(tmp_path / "keys"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_config_with_two_errors_fails_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("brokr: 1\ncheckpoint:\n  every_seconds: abc\n")
+    proc = run_failing(tmp_path, "--config", "bad.yaml")
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("icvgw run: bad.yaml:")
+    assert "brokr: unknown field" in lines[0] and "checkpoint.every_seconds" in lines[0]
+
+
+def test_with_json_logs_a_failure_is_json_too(tmp_path: Path) -> None:
+    """A log shipper reading stderr gets only JSON objects, the failure included."""
+    proc = run_failing(
+        tmp_path, "--broker", "mqtt://127.0.0.1:1883", "--protocol", "5",
+        "--store", "sqlite:///missing/dir/s.db", "--log-format", "json",
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == ""
+    records = [json.loads(line) for line in proc.stderr.splitlines()]
+    last = records[-1]
+    assert last["level"] == "ERROR" and last["message"].startswith("icvgw run: ")
+    assert "missing/dir/s.db" in last["message"]
+
+
+@pytest.mark.integration
+def test_no_status_line_once_stopping(tmp_path: Path, mosquitto: MosquittoBroker) -> None:
+    """Status lines stop at the signal: a normal stop never logs 'broker DISCONNECTED'
+    (the ingest's own disconnect while the gateway drains)."""
+    proc = start(tmp_path, mosquitto, "--status-every", "0.1")
+    err = stop(proc, signal.SIGINT, until=lambda lines: _text_statuses(lines) >= 5)
+    assert proc.returncode == 130, err
+    lines = err.splitlines()
+    assert lines[-1].endswith("stopped (Ctrl-C); final checkpoint written"), err
+    statuses = [line for line in lines if " status: " in line]
+    assert len(statuses) >= 5, err
+    assert all(s.endswith("broker connected") for s in statuses), err
