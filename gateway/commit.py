@@ -36,7 +36,7 @@ from gateway.audit.store import Transaction
 from gateway.pipeline.decide import Decisions, Verdict
 from gateway.pipeline.shape import Shaped, encode_view, message_ids
 from gateway.policy.bundle import PolicyBundle
-from gateway.policy.state import HeldView
+from gateway.state.snapshot import HeldView
 
 _AUDIT_DECISION = {
     Verdict.SHARE: Decision.SHARED,

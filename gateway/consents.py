@@ -2,7 +2,7 @@
 
 The store keys consents by the keyed vehicle reference (never the VIN). For each batch the
 service loads the consents of the batch's vehicles and hands the decision engine a
-:class:`~gateway.policy.state.ConsentBook` keyed by VIN (it knows which VIN each reference
+:class:`~gateway.state.snapshot.ConsentBook` keyed by VIN (it knows which VIN each reference
 in the batch stands for). A consent granted or withdrawn in the store — by ``icvgw consent``
 or, later, the API — therefore applies to the next batch; every change is an audited
 ``consent.changed`` entry.
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from gateway.audit.store import Consent, Reader, Store, _consent
 from gateway.policy.bundle import PolicyBundle
-from gateway.policy.state import ConsentBook, ConsentRecord
+from gateway.state.snapshot import ConsentBook, ConsentRecord
 
 _CHUNK = 400
 

@@ -66,7 +66,7 @@ from gateway.policy.bundle import PolicyBundle
 from gateway.policy.child import load_in_child
 from gateway.policy.holder import PolicyHolder
 from gateway.policy.schema import ExportDataClass, counting_year
-from gateway.policy.state import (
+from gateway.state.snapshot import (
     CounterKey,
     CrossBorderCount,
     HeldSet,

@@ -1,6 +1,6 @@
 """Per-vehicle decision state as stored documents.
 
-The decision engine reads one :class:`~gateway.policy.state.StateSnapshot`; the service keeps
+The decision engine reads one :class:`~gateway.state.snapshot.StateSnapshot`; the service keeps
 it in memory (one worker owns its vehicles) and writes, in each batch's transaction, the
 state of every vehicle the batch touched: its trip, its down-sampling times per subscriber
 and its held views. On start-up the snapshot is rebuilt from these documents, so a
@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from gateway.policy.state import HeldView, TripState
+from gateway.state.snapshot import HeldView, TripState
 
 _VERSION = 1
 

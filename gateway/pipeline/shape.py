@@ -41,8 +41,8 @@ from gateway.pipeline.geo import locate
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.checks import TIMESTAMP
 from gateway.policy.schema import AltitudeMode, DerivedMode, FieldCategory
-from gateway.policy.state import HeldView, StateSnapshot
 from gateway.policy.view_schema import VIEW_SCHEMA, coordinate_names
+from gateway.state.snapshot import HeldView, StateSnapshot
 
 __all__ = [
     "PseudonymKeys",

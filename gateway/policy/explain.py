@@ -35,7 +35,7 @@ from gateway.pipeline.decide import Verdict
 from gateway.pipeline.decode import DeadLetter, decode
 from gateway.pipeline.shape import PseudonymKeys, ephemeral_keys, evaluate
 from gateway.policy.bundle import PolicyBundle
-from gateway.policy.state import ConsentBook, StateSnapshot, TripState
+from gateway.state.snapshot import ConsentBook, StateSnapshot, TripState
 
 __all__ = ["Explained", "Explanation", "explain", "parse_time", "run_explain"]
 

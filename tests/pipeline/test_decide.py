@@ -49,7 +49,7 @@ from gateway.policy.schema import (
     Qualification,
     QualificationKind,
 )
-from gateway.policy.state import (
+from gateway.state.snapshot import (
     ConsentBook,
     ConsentRecord,
     CrossBorderCount,

@@ -30,8 +30,8 @@ from gateway.pipeline.shape import (
 )
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.loader import load_bundle
-from gateway.policy.state import ConsentBook, StateSnapshot, TripState
 from gateway.policy.view_schema import view_schema
+from gateway.state.snapshot import ConsentBook, StateSnapshot, TripState
 from tests.pipeline.test_decide import (
     ABROAD,
     CITY,

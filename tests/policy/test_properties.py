@@ -63,7 +63,8 @@ from gateway.policy.schema import (
     OutputDatum,
     beijing_date,
 )
-from gateway.policy.state import (
+from gateway.policy.view_schema import VIEW_SCHEMA, coordinate_names
+from gateway.state.snapshot import (
     KEY_OFF_SIGNAL,
     KEY_OFF_VALUES,
     ConsentBook,
@@ -74,7 +75,6 @@ from gateway.policy.state import (
     StateSnapshot,
     TripState,
 )
-from gateway.policy.view_schema import VIEW_SCHEMA, coordinate_names
 
 KEY_PREFIX = b"property-test:"
 VINS = [

@@ -45,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.policy.schema import Consent, ExportDataClass
-from gateway.policy.vehicles import VehicleIndex, VehicleRows
+from gateway.state.vehicles import VehicleIndex, VehicleRows
 
 __all__ = [
     "KEY_OFF_SIGNAL",
