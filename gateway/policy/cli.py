@@ -151,7 +151,7 @@ def explain(
     ] = False,
 ) -> None:
     """Show what each subscriber would receive for RECORD, and which rules decided it."""
-    from gateway.policy.explain import run_explain
+    from gateway.explain import run_explain
 
     bundle = _load(policies)
     status = run_explain(

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from gateway.cli import app
 from gateway.keys import init_keys
 from gateway.pipeline.shape import keyed_pseudonym
-from gateway.policy.explain import explain, parse_time
+from gateway.explain import explain, parse_time
 from gateway.policy.loader import load_bundle
 
 runner = CliRunner()
