@@ -46,6 +46,11 @@ def _mount() -> None:
 
     app.add_typer(policy_app, name="policy")
 
+    from gateway.explain_cli import explain
+
+    # explain runs the pipeline, which reads the policy package: it lives outside it.
+    policy_app.command("explain")(explain)
+
     from simulators.cli import simulate
 
     app.command("simulate")(simulate)

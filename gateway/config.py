@@ -2,7 +2,7 @@
 
 Every setting has a default except the broker's MQTT protocol version, which is stated, never
 guessed. Values come from, in increasing precedence: the defaults, the file, environment
-variables ``ICVGW_<NAME>`` (see :data:`ENV_OVERRIDES`), then command-line flags. Relative
+variables ``ICVGW_<NAME>`` (see :class:`EnvOverrides`), then command-line flags. Relative
 paths in the file are relative to the file. Secrets are not kept in the file: the broker
 password is read from the environment variable the file names (``password_env``).
 """
@@ -23,11 +23,13 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 from gateway.errors import ConfigError, Problem
-from gateway.policy.source import Source, read_yaml, validation_problems
+from gateway.located_yaml import Source, read_yaml, validation_problems
 
-__all__ = ["ENV_OVERRIDES", "GatewayConfig", "load_config"]
+__all__ = ["EnvOverrides", "GatewayConfig", "load_config"]
 
 
 class _Model(BaseModel):
@@ -113,17 +115,66 @@ class GatewayConfig(_Model):
         return os.environ.get(name) if name else None
 
 
-ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
-    "ICVGW_WORKER": ("worker",),
-    "ICVGW_BROKER_URL": ("broker", "url"),
-    "ICVGW_BROKER_PROTOCOL": ("broker", "protocol"),
-    "ICVGW_POLICIES": ("policies",),
-    "ICVGW_STORE": ("store",),
-    "ICVGW_KEYS": ("keys",),
-    "ICVGW_INPUT_TOPIC": ("input", "topic"),
-    "ICVGW_INPUT_GROUP": ("input", "group"),
-}
-"""Environment variable -> config path it overrides."""
+class _BrokerEnv(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    url: str | None = None
+    protocol: str | None = None
+
+
+class _InputEnv(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    topic: str | None = None
+    group: str | None = None
+
+
+class EnvOverrides(BaseSettings):
+    """The settings the environment may override, named ``ICVGW_<FIELD>`` and
+    ``ICVGW_<SECTION>_<FIELD>``: ``ICVGW_WORKER``, ``ICVGW_BROKER_URL``,
+    ``ICVGW_BROKER_PROTOCOL``, ``ICVGW_POLICIES``, ``ICVGW_STORE``, ``ICVGW_KEYS``,
+    ``ICVGW_INPUT_TOPIC``, ``ICVGW_INPUT_GROUP`` (matched regardless of case, as
+    pydantic-settings does). An empty variable counts as unset; any other ``ICVGW_`` variable
+    is not a setting and is ignored."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ICVGW_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+    )
+
+    worker: str | None = None
+    broker: _BrokerEnv = _BrokerEnv()
+    policies: str | None = None
+    store: str | None = None
+    keys: str | None = None
+    input: _InputEnv = _InputEnv()
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str]) -> dict[str, Any]:
+        """The overrides ``environ`` holds, as nested config data (only those set)."""
+        values = _EnvironSource(cls, environ)()
+        # model_validate checks what the source found; unlike cls(), it reads no os.environ.
+        return cls.model_validate(values).model_dump(exclude_unset=True)
+
+
+class _EnvironSource(EnvSettingsSource):
+    """pydantic-settings' environment source, reading a given mapping (``load_config``'s
+    ``environ``) instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ  # read by _load_env_vars, which the base __init__ calls
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        found = parse_env_vars(
+            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
+        # ICVGW_BROKER and ICVGW_INPUT name sections, not settings: not read as JSON.
+        sections = {f"{self.env_prefix}{name}".lower() for name in ("broker", "input")}
+        return {name: value for name, value in found.items() if name not in sections}
+
 
 _PATH_FIELDS: tuple[tuple[str, ...], ...] = (
     ("policies",),
@@ -170,9 +221,7 @@ def load_config(
             and not store.startswith("sqlite:////")
         ):
             data["store"] = f"sqlite:///{base / store.removeprefix('sqlite:///')}"
-    for name, field_path in ENV_OVERRIDES.items():
-        if env.get(name):
-            _set(data, field_path, env[name])
+    _merge(data, EnvOverrides.read(env))
     for field_path, value in (overrides or {}).items():
         if value is not None:
             _set(data, field_path, value)
@@ -195,6 +244,19 @@ def _deep_copy(value: Any) -> Any:
     if isinstance(value, list):
         return [_deep_copy(v) for v in value]
     return value
+
+
+def _merge(data: dict[str, Any], overrides: dict[str, Any]) -> None:
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            if not value:
+                continue
+            child = data.get(key)
+            if not isinstance(child, dict):
+                child = data[key] = {}
+            _merge(child, value)
+        else:
+            data[key] = value
 
 
 def _get(data: dict[str, Any], path: tuple[str, ...]) -> Any:

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from gateway.audit.store import Consent, Reader, Store, _consent
+from gateway.audit.store import IN_CHUNK, Consent, Reader, Store, _consent
 from gateway.policy.bundle import PolicyBundle
 from gateway.state.snapshot import ConsentBook, ConsentRecord
-
-_CHUNK = 400
 
 
 def seed(
@@ -62,8 +60,8 @@ def _differs(current: Consent, wanted: Consent) -> bool:
 def of_vehicles(reader: Reader, refs: Sequence[str]) -> list[Consent]:
     """Every stored consent of these vehicle references."""
     out: list[Consent] = []
-    for i in range(0, len(refs), _CHUNK):
-        chunk = list(refs[i : i + _CHUNK])
+    for i in range(0, len(refs), IN_CHUNK):
+        chunk = list(refs[i : i + IN_CHUNK])
         marks = ",".join("?" for _ in chunk)
         rows = reader._all(
             "select consent_id, vehicle, purpose, granted_ms, expires_ms, withdrawn_ms "

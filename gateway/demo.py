@@ -531,7 +531,7 @@ class _Demo:
             runner = _GatewayThread(gw)
             try:
                 gw.start(timeout=_START_TIMEOUT_S)
-            except (GatewayError, TimeoutError) as exc:
+            except GatewayError as exc:
                 gw.shutdown(drain_timeout=0)
                 raise _failure(f"the gateway did not start: {exc}") from exc
             runner.start()

@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gateway.audit.note import NoteSigner, NoteVerifier
+from gateway.crypto import NoteSigner, NoteVerifier
 from gateway.errors import KeyStoreError
 
 __all__ = ["KeyKind", "KeyRing", "ensure_store_key", "init_keys", "rotate_keys"]

@@ -17,6 +17,12 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._pipeline(registry)
+        self._output(registry)
+        self._store(registry)
+
+    def _pipeline(self, registry: CollectorRegistry) -> None:
+        """Input, stages, decisions."""
         self.messages = Counter(
             "icvgw_messages_total", "MQTT messages taken from the input", registry=registry
         )
@@ -50,6 +56,15 @@ class Metrics:
             "Records dropped as redeliveries or duplicates",
             registry=registry,
         )
+        self.crossborder_blocked = Counter(
+            "icvgw_crossborder_blocked_total",
+            "Records blocked because a cross-border threshold lacks a covering legal basis",
+            ["subscriber"],
+            registry=registry,
+        )
+
+    def _output(self, registry: CollectorRegistry) -> None:
+        """Delivery, the audit log, the broker."""
         self.delivered = Counter(
             "icvgw_views_delivered_total",
             "Views confirmed by a sink",
@@ -58,12 +73,6 @@ class Metrics:
         )
         self.outbox_pending = Gauge(
             "icvgw_outbox_pending", "Views committed and not yet confirmed", registry=registry
-        )
-        self.crossborder_blocked = Counter(
-            "icvgw_crossborder_blocked_total",
-            "Records blocked because a cross-border threshold lacks a covering legal basis",
-            ["subscriber"],
-            registry=registry,
         )
         self.audit_entries = Counter(
             "icvgw_audit_entries_total", "Entries appended to the audit log", registry=registry
@@ -84,6 +93,9 @@ class Metrics:
             "since the broker started ($SYS/broker/publish/messages/dropped)",
             registry=registry,
         )
+
+    def _store(self, registry: CollectorRegistry) -> None:
+        """The store's health and commit time."""
         self.store_ok = Gauge(
             "icvgw_store_ok",
             "1 while the store takes writes, 0 while it fails (input is then not acknowledged)",

@@ -164,16 +164,6 @@ class Batch:
         ok: BoolArray = self.status == RowStatus.OK
         return ok
 
-    def reject(self, mask: BoolArray, code: ErrorCode) -> int:
-        """Mark rows in ``mask`` rejected with ``code``; the first error of a row wins.
-
-        Returns how many rows were newly rejected.
-        """
-        fresh = mask & self.ok
-        self.status[fresh] = RowStatus.REJECTED
-        self.error[fresh] = int(code)
-        return int(fresh.sum())
-
     def take(self, index: npt.NDArray[np.intp] | BoolArray) -> Batch:
         """A new batch holding the selected rows (copies)."""
         return Batch(

@@ -219,7 +219,6 @@ class Gateway:
         self._stop = threading.Event()
         self._refs: dict[str, str] = {}
         self.state = self._load_state()
-        self._ready = threading.Event()
         self._last_sweep = clock()
         # A bundle loaded by the policy thread, waiting for the pipeline to adopt it.
         self._next_bundle: PolicyBundle | None = None
@@ -280,9 +279,9 @@ class Gateway:
 
     def _watch_policy(self) -> None:
         """The policy thread: it checks the files once a second and has a changed bundle
-        loaded in a child process (:mod:`gateway.policy.child`). Loading 10,000 zones took
-        the pipeline thread 2-3 s (at 1,800 msg/s, p99 2.9 s over 30 s with one reload); on
-        this thread it still took half the interpreter (p99 ~1 s)."""
+        loaded in a child process (:mod:`gateway.policy.child`): on the pipeline thread, or
+        on this one, a large bundle's load held the pipeline up for seconds
+        (``bench/RESULTS.md``, the policy edit under load)."""
         while not self._stop.wait(1.0):
             try:
                 self._prepare_policy(load_in_child)
@@ -678,14 +677,9 @@ class Gateway:
         self._policy_thread.start()
         self.source.start()
         self.source.status.wait(self.source.wait_connected, timeout, self._stop)
-        self._ready.set()
         log.info(
             "gateway %s running: %s -> %s", self.config.worker, self.config.input.topic, self.spec
         )
-
-    def wait_ready(self, timeout: float) -> bool:
-        """True once connected and subscribed."""
-        return self._ready.wait(timeout)
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish (safe from a signal handler)."""
@@ -867,8 +861,3 @@ class Gateway:
         """Views committed and not yet confirmed by the broker."""
         with self.store.snapshot() as rd:
             return count_pending(rd, self.origin)
-
-
-def store_path(url: str) -> Path | None:
-    """The file of a ``sqlite:///`` store URL, for messages to people."""
-    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None

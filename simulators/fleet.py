@@ -45,10 +45,11 @@ import numpy as np
 import numpy.typing as npt
 import shapely
 
+from gateway import vss
 from gateway.errors import ConfigError, Problem
 from gateway.geo.zones import load_zones
 from gateway.resources import default_policy_dir
-from simulators import payload as vss
+from simulators import payload
 from simulators.roads import LocalFrame, RoadNetwork
 from simulators.scenario import Scenario
 from simulators.vin import random_vins
@@ -282,7 +283,7 @@ class _Run:
         n = len(fleet.vehicles)
         self.n = n
         self.vins = fleet.vins
-        self.topics = [vss.telemetry_topic(v) for v in self.vins]
+        self.topics = [payload.telemetry_topic(v) for v in self.vins]
         self.start_ms = round(fleet.config.start.timestamp() * 1000)
         self.phase = np.arange(n) / n * self.dt  # staggered sampling within a tick
         self.crosses = np.array([v.crosses_zones for v in fleet.vehicles], dtype=bool)
@@ -493,7 +494,7 @@ class _Run:
             self.seq[i] = seq + 1
             sample = {
                 vss.VIN: vin,
-                vss.TIMESTAMP: vss.iso_timestamp(ms),
+                vss.TIMESTAMP: payload.iso_timestamp(ms),
                 vss.LATITUDE: la,
                 vss.LONGITUDE: lo,
                 vss.ALTITUDE: al,
@@ -503,7 +504,7 @@ class _Run:
                 vss.ACCELERATION: ac,
                 vss.STATE_OF_CHARGE: sc,
                 vss.LOW_VOLTAGE_STATE: "OFF" if off else "ON",
-                vss.MSG_ID: f"{vin}-{seq}",
+                payload.MSG_ID: f"{vin}-{seq}",
             }
             self.stats.samples += 1
             at = t + float(self.phase[i])
@@ -539,15 +540,15 @@ class _Run:
         u = self.traffic.random()
         held = False
         if u < faults.malformed:
-            how = vss.MALFORMATIONS[int(self.traffic.integers(len(vss.MALFORMATIONS)))]
-            body, usable = vss.malform(samples, as_array, how, self.traffic)
+            how = payload.MALFORMATIONS[int(self.traffic.integers(len(payload.MALFORMATIONS)))]
+            body, usable = payload.malform(samples, as_array, how, self.traffic)
             msg = Message(topic, body, Kind.MALFORMED, at, usable)
         elif u < faults.malformed + faults.spoofed_vin:
             other = self._other_vin(i)
             spoofed = [{**s, vss.VIN: other} for s in samples]
-            msg = Message(topic, vss.encode(spoofed, as_array), Kind.SPOOFED, at, len(samples))
+            msg = Message(topic, payload.encode(spoofed, as_array), Kind.SPOOFED, at, len(samples))
         else:
-            body = vss.encode(samples, as_array)
+            body = payload.encode(samples, as_array)
             held = u < faults.malformed + faults.spoofed_vin + faults.out_of_order
             msg = Message(topic, body, Kind.VALID, at, len(samples))
         waiting = self.held[i]

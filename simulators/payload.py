@@ -14,26 +14,16 @@ from typing import Any
 import numpy as np
 import orjson
 
+from gateway.vss import LATITUDE, LONGITUDE, TIMESTAMP, VIN
+
 __all__ = [
     "MALFORMATIONS",
-    "VIN",
     "encode",
     "iso_timestamp",
     "malform",
     "telemetry_topic",
 ]
 
-VIN = "Vehicle.VehicleIdentification.VIN"
-TIMESTAMP = "Vehicle.CurrentLocation.Timestamp"
-LATITUDE = "Vehicle.CurrentLocation.Latitude"
-LONGITUDE = "Vehicle.CurrentLocation.Longitude"
-ALTITUDE = "Vehicle.CurrentLocation.Altitude"
-HEADING = "Vehicle.CurrentLocation.Heading"
-SPEED = "Vehicle.Speed"
-TRAVELED_DISTANCE = "Vehicle.TraveledDistance"
-ACCELERATION = "Vehicle.Acceleration.Longitudinal"
-STATE_OF_CHARGE = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
-LOW_VOLTAGE_STATE = "Vehicle.LowVoltageSystemState"
 MSG_ID = "msg_id"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from gateway import vss
 from gateway.errors import ConfigError, Problem
-from simulators import payload as vss
+from simulators import payload
 from simulators.fleet import Kind, Message
 from simulators.vin import vin_for_id
 
@@ -89,7 +90,7 @@ class Trace:
             seq[p.vin] = n + 1
             sample: dict[str, object] = {
                 vss.VIN: p.vin,
-                vss.TIMESTAMP: vss.iso_timestamp(round(p.time * 1000) + offset_ms),
+                vss.TIMESTAMP: payload.iso_timestamp(round(p.time * 1000) + offset_ms),
                 vss.LATITUDE: p.lat,
                 vss.LONGITUDE: p.lon,
             }
@@ -99,10 +100,10 @@ class Trace:
                 sample[vss.HEADING] = p.heading
             if p.speed is not None:
                 sample[vss.SPEED] = p.speed
-            sample[vss.MSG_ID] = f"{p.vin}-{n}"
+            sample[payload.MSG_ID] = f"{p.vin}-{n}"
             yield Message(
-                vss.telemetry_topic(p.vin),
-                vss.encode([sample], as_array=False),
+                payload.telemetry_topic(p.vin),
+                payload.encode([sample], as_array=False),
                 Kind.VALID,
                 p.time - t0,
                 1,

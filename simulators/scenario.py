@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from gateway.errors import ConfigError
-from gateway.policy.source import read_yaml, validation_problems
+from gateway.located_yaml import read_yaml, validation_problems
 
 __all__ = [
     "Batches",

@@ -31,9 +31,9 @@ from gateway.audit.outbox import (
 from gateway.audit.verify import verify_store
 from gateway.config import GatewayConfig
 from gateway.model import Envelope
-from gateway.pipeline.decode import LATITUDE, LONGITUDE, TIMESTAMP, VIN
 from gateway.service import Gateway
 from gateway.testing import make_vin, offline_config
+from gateway.vss import LATITUDE, LONGITUDE, TIMESTAMP, VIN
 from simulators.fleet import Fleet, FleetConfig
 
 V1 = make_vin(1)

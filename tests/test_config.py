@@ -94,3 +94,42 @@ def test_a_broker_setting_that_would_be_ignored_is_an_error(
 def test_a_username_in_the_url_takes_the_password_from_password_env(tmp_path: Path) -> None:
     text = "broker:\n  protocol: 5\n  url: mqtt://gw@h\n  password_env: PW\n"
     assert load_config(write(tmp_path, text), environ={}).broker.password_env == "PW"
+
+
+def test_each_environment_variable_overrides_its_setting() -> None:
+    env = {
+        "ICVGW_WORKER": "gw-env",
+        "ICVGW_BROKER_URL": "mqtt://env:1884",
+        "ICVGW_BROKER_PROTOCOL": "3.1.1",
+        "ICVGW_POLICIES": "/etc/icvgw/policies",
+        "ICVGW_STORE": "postgresql://db/icvgw",
+        "ICVGW_KEYS": "/etc/icvgw/keys",
+        "ICVGW_INPUT_TOPIC": "fleet/+/telemetry",
+        "ICVGW_INPUT_GROUP": "gateways",
+    }
+    cfg = load_config(None, environ=env)
+    seen = (
+        cfg.worker,
+        cfg.broker.url,
+        cfg.broker.protocol,
+        cfg.policies,
+        cfg.store,
+        cfg.keys,
+        cfg.input.topic,
+        cfg.input.group,
+    )
+    assert seen == tuple(env.values())
+
+
+def test_empty_and_unknown_environment_variables_change_nothing(tmp_path: Path) -> None:
+    path = write(tmp_path, "broker:\n  protocol: 5\nworker: from-file\n")
+    env = {
+        "ICVGW_WORKER": "",
+        "ICVGW_INPUT_GROUP": "",
+        "ICVGW_BROKER": "not a setting",
+        "ICVGW_INPUT": '{"topic": "a/b"}',
+        "ICVGW_INPUT_QUEUE_BOUND": "5",
+        "ICVGW_BROKER_PASSWORD_ENV": "PW",
+        "ICVGW_TEST_POSTGRES_URL": "postgresql://elsewhere",
+    }
+    assert load_config(path, environ=env) == load_config(path, environ={})

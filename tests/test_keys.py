@@ -13,8 +13,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from typer.testing import CliRunner
 
-from gateway.audit.note import NoteVerifier, open_note, sign_note
+from gateway.audit.note import open_note, sign_note
 from gateway.cli import app
+from gateway.crypto import NoteVerifier
 from gateway.errors import KeyStoreError
 from gateway.keys import KeyKind, KeyRing, ensure_store_key, init_keys, rotate_keys
 

@@ -23,14 +23,15 @@ from prometheus_client import CollectorRegistry
 from gateway.audit.outbox import row_aad
 from gateway.audit.store import Consent
 from gateway.config import GatewayConfig, load_config
+from gateway.errors import IngestError
 from gateway.keys import KeyRing, init_keys, rotate_keys
 from gateway.model import Envelope
-from gateway.policy.checks import TIMESTAMP as TIMESTAMP_PATH
-from gateway.policy.checks import VIN as VIN_PATH
 from gateway.policy.child import load_in_child
 from gateway.policy.schema import ExportDataClass, counting_year
 from gateway.service import Gateway, origin_of
 from gateway.testing import offline_config
+from gateway.vss import TIMESTAMP as TIMESTAMP_PATH
+from gateway.vss import VIN as VIN_PATH
 from simulators.fleet import Fleet, FleetConfig
 
 VIN_RE = re.compile(rb"[A-HJ-NPR-Z0-9]{17}")
@@ -74,6 +75,15 @@ def held_per_subscriber(config: GatewayConfig) -> Counter[str]:
         for view in orjson.loads(doc)["held"]:
             held[view[0]] += 1
     return held
+
+
+def test_start_without_a_broker_raises_the_gateways_error(config: GatewayConfig) -> None:
+    gw = Gateway(config)  # mqtt://127.0.0.1:9: nothing listens
+    try:
+        with pytest.raises(IngestError, match=r"not ready at .* within 0.5s"):
+            gw.start(timeout=0.5)
+    finally:
+        gw.shutdown(drain_timeout=0)
 
 
 def test_every_record_is_audited_once_per_subscriber(config: GatewayConfig) -> None:

@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 from gateway.audit.outbox import save_vehicle_state
 from gateway.audit.verify import verify_store
 from gateway.model import Envelope
-from gateway.pipeline.decode import ALTITUDE, LATITUDE, LONGITUDE, TIMESTAMP, VIN
 from gateway.service import Gateway
 from gateway.state.snapshot import TripState
 from gateway.testing import make_vin
 from gateway.vehicle_state import encode as encode_state
+from gateway.vss import ALTITUDE, LATITUDE, LONGITUDE, TIMESTAMP, VIN
 from simulators.fleet import Fleet, FleetConfig
 from tests.test_commit import NOW, db, make_config, record
 

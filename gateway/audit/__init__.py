@@ -14,6 +14,5 @@ Modules, in the order data flows through them:
 * :mod:`~gateway.audit.verify`, :mod:`~gateway.audit.export`, :mod:`~gateway.audit.proof`,
   :mod:`~gateway.audit.query` — the auditor's side, driven by :mod:`~gateway.audit.cli`.
 
-Nothing is imported here, so ``gateway.keys`` (which uses the note format) and the audit
-modules can import each other's leaves without a cycle.
+The signing keys are :mod:`gateway.crypto`'s; :mod:`gateway.keys` makes them from its seeds.
 """

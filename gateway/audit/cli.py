@@ -18,11 +18,12 @@ from rich.console import Console
 from gateway.audit.entries import parse_time
 from gateway.audit.export import export_store
 from gateway.audit.log import AuditLog, retention_days
-from gateway.audit.note import NoteVerifier, read_verifier_keys
+from gateway.audit.note import read_verifier_keys
 from gateway.audit.proof import check_proof_document, proof_document
 from gateway.audit.query import iter_json_lines, render_table, write_csv
 from gateway.audit.store import AuditQuery, open_store
 from gateway.audit.verify import ShardReport, verify_export, verify_store
+from gateway.crypto import NoteVerifier
 from gateway.errors import GatewayError, VerificationError
 from gateway.keys import KeyRing
 

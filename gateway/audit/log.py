@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 from gateway.audit.checkpoint import Checkpoint, note_key_ids, sign_checkpoint
 from gateway.audit.entries import AdminAction, AdminEntry, to_ms
-from gateway.audit.note import NoteSigner
 from gateway.audit.store import Store, StoredCheckpoint, Transaction
+from gateway.crypto import NoteSigner
 from gateway.errors import AuditError
 from gateway.keys import KeyKind, KeyRing
 

@@ -22,10 +22,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.audit.store import AtRestKeys, Reader, Store, Transaction, _Cursor, insert_rows
+from gateway.audit.store import (
+    IN_CHUNK,
+    AtRestKeys,
+    Reader,
+    Store,
+    Transaction,
+    _Cursor,
+    insert_rows,
+)
 from gateway.errors import StoreError
-
-_CHUNK = 400  # rows per IN (...) list: well under SQLite's 32,766 parameter limit
 
 
 def row_aad(table: str, *key: str | int) -> bytes:
@@ -144,8 +150,8 @@ def mark_delivered(tx: Transaction, shard: str, seqs: Iterable[int], at_ms: int)
     pipeline waited for the store all that time.
     """
     ordered = sorted(set(seqs))
-    for i in range(0, len(ordered), _CHUNK):
-        chunk = ordered[i : i + _CHUNK]
+    for i in range(0, len(ordered), IN_CHUNK):
+        chunk = ordered[i : i + IN_CHUNK]
         marks = ",".join("?" for _ in chunk)
         tx._cur.execute(
             tx._q(f"update outbox set delivered_ms = ? where shard = ? and seq in ({marks})"),
@@ -215,8 +221,8 @@ def seen_records(
     stored = {(v, stored_record(at_rest, r, generation)): (v, r) for v, r in keys}
     wanted = list(stored)
     found: set[tuple[str, str]] = set()
-    for i in range(0, len(wanted), _CHUNK):
-        chunk = wanted[i : i + _CHUNK]
+    for i in range(0, len(wanted), IN_CHUNK):
+        chunk = wanted[i : i + IN_CHUNK]
         params = [part for key in chunk for part in key]
         rows = reader._all(seen_query(len(chunk)), params)
         found.update(stored[(r[0], r[1])] for r in rows)
@@ -301,8 +307,8 @@ def vehicle_states_of(reader: Reader, refs: Sequence[str]) -> list[tuple[str, by
     vehicle's under every HMAC key generation, whatever case its VIN was given in)."""
     keys = reader._store.at_rest()
     out: list[tuple[str, bytes]] = []
-    for i in range(0, len(refs), _CHUNK):
-        chunk = list(refs[i : i + _CHUNK])
+    for i in range(0, len(refs), IN_CHUNK):
+        chunk = list(refs[i : i + IN_CHUNK])
         marks = ",".join("?" for _ in chunk)
         rows = reader._all(
             f"select vehicle, state from vehicle_state where vehicle in ({marks})", chunk
@@ -352,8 +358,8 @@ def delete_vehicle_state(tx: Transaction, refs: Sequence[str]) -> int:
 
 def _delete_in(tx: Transaction, sql: str, values: Sequence[Any], *head: Any) -> int:
     count = 0
-    for i in range(0, len(values), _CHUNK):
-        chunk = list(values[i : i + _CHUNK])
+    for i in range(0, len(values), IN_CHUNK):
+        chunk = list(values[i : i + IN_CHUNK])
         tx._cur.execute(tx._q(sql.format(",".join("?" for _ in chunk))), [*head, *chunk])
         count += max(tx._cur.rowcount, 0)
     return count

@@ -21,8 +21,8 @@ from typing import Any
 
 from gateway.audit.checkpoint import open_checkpoint
 from gateway.audit.merkle import consistency_proof, inclusion_proof, leaf_hash, verify_inclusion
-from gateway.audit.note import NoteVerifier
 from gateway.audit.store import Store
+from gateway.crypto import NoteVerifier
 from gateway.errors import AuditError, VerificationError
 
 

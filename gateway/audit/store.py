@@ -35,7 +35,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -44,8 +43,6 @@ from gateway.audit.entries import AdminAction, AdminEntry, AuditEntry, encode_en
 from gateway.audit.merkle import TILE_HEIGHT, CompactRange, node_hash
 from gateway.audit.walcheckpoint import WalCheckpointer
 from gateway.errors import AuditError, GatewayError, StoreError
-
-BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 
 # Each migration: (version, steps); a step is a statement (``{blob}`` is BLOB in SQLite,
 # BYTEA in PostgreSQL) or a function of (cursor, store) converting rows in Python.
@@ -269,6 +266,9 @@ _ENTRY_COLUMNS = "shard, seq, ts_ms, kind, subscriber, vehicle, decision, rules,
 _MAX_PARAMS = 999
 """Parameters per statement: SQLite's limit before 3.32 (PostgreSQL allows 65,535)."""
 
+IN_CHUNK = 400
+"""Values per ``in (...)`` list: the stores' lookups by key split longer lists into these."""
+
 
 def insert_rows(
     cur: _Cursor,
@@ -300,12 +300,6 @@ def insert_rows(
             [value for row in chunk for value in row],
         )
         i += n
-
-
-def beijing_year(ts: float) -> int:
-    """The calendar year in Beijing time (UTC+8) of Unix time ``ts``: the year cross-border
-    subject counts run over."""
-    return datetime.fromtimestamp(ts, BEIJING).year
 
 
 @dataclass(frozen=True, slots=True)

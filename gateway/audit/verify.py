@@ -31,8 +31,8 @@ from gateway.audit.canonical import parse_canonical
 from gateway.audit.checkpoint import Checkpoint, SignedCheckpoint, open_checkpoint
 from gateway.audit.entries import GENESIS_PREV, AdminAction, row_columns
 from gateway.audit.merkle import EMPTY_ROOT, HASH_SIZE, CompactRange, leaf_hash
-from gateway.audit.note import NoteVerifier
 from gateway.audit.store import ShardState, Store
+from gateway.crypto import NoteVerifier
 from gateway.errors import AuditError, VerificationError
 
 PRUNED_KEY = "pruned_leaf_hash"

@@ -38,8 +38,9 @@ class MqttPublisher:
         self.max_inflight = max_inflight
         self.limit = max_inflight
         self._client = new_client(spec, client_id, persistent=True)
-        # paho scans its whole in-flight table on every PUBACK when its own limit is set
-        # (measured: 11.5k msg/s at 100, 2.1k at 5,000); this class bounds in-flight itself.
+        # paho scans its whole in-flight table on every PUBACK when its own limit is set, so
+        # publishing slows as the limit grows (bench/RESULTS.md, End to end); this class
+        # bounds in-flight itself.
         self._client.max_inflight_messages_set(0)
         self._client.max_queued_messages_set(0)
         self._client.on_publish = self._on_publish

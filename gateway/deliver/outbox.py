@@ -97,10 +97,6 @@ class OutboxDrainer:
             self._queue.extend(rows)
             self._wake.set()
 
-    def wake(self) -> None:
-        """Look at the queue now rather than at the next poll."""
-        self._wake.set()
-
     def _done(self, row: OutboxRow, ok: bool) -> None:
         with self._lock:
             if ok:

@@ -35,7 +35,7 @@ Buffers
 Queries (all vectorised, no per-point Python)
     :meth:`ZoneSet.points_in_zones` tests positions against the buffered zones in lon/lat:
     one bounding-box ``STRtree.query`` on the points, then ``shapely.intersects_xy`` on the
-    candidate pairs against prepared zones (measured ~1.5x faster than
+    candidate pairs against prepared zones (measured faster than
     ``query(..., predicate="intersects")``, which prepares the points, not the zones).
     Closed sets: a point on an edge is inside.
 
@@ -52,17 +52,13 @@ Queries (all vectorised, no per-point Python)
     is under 1 cm.
 
     Chosen over WGS-84 cell polygons from the 4 corners (an inverse transform per corner,
-    edges only approximately the cell's, and ~3.5x dearer to build: 2.3 µs vs 0.65 µs per
-    cell) and over an exact Minkowski dilation of the zones by the cell square (cell
-    centres could then be tested as points, ~1.4x faster per query, but it took ~6 s to
-    build per band and cell size for 10,000 zones).
+    edges only approximately the cell's, and dearer to build) and over an exact Minkowski
+    dilation of the zones by the cell square (cell centres could then be tested as points,
+    faster per query, but seconds to build per band and cell size for 10,000 zones).
 
-    Measured on one core (2-core machine), 10,000 random 24-vertex zones around Shanghai
-    (radius 50–500 m, buffers 0–200 m), 100,000 random points, 50 m grid: snap 0.31 µs +
-    mask 1.45 µs + GCJ-02 0.19 µs per point, ~500,000 points/s, ~1,100x a per-point loop
-    of shapely ``Point`` tests (~440 points/s). The cost follows the number of
-    (cell, zone) bounding-box candidates: with larger zones covering 55% of the area it
-    is ~330,000 points/s, with zones overlapping everywhere (85%) ~150,000 points/s.
+    The cost follows the number of (cell, zone) bounding-box candidates, so zones covering
+    much of the area cost more. Throughput, and the alternatives' figures: ``bench/RESULTS.md``,
+    "Geo engine" (``python -m bench.bench_geo``).
 
 Bad rows
     Rows whose coordinates are missing, non-numeric, non-finite or out of range (see
@@ -277,7 +273,8 @@ class ZoneSet:
         return len(self.zones)
 
     def __reduce__(self) -> tuple[type[ZoneSet], tuple[tuple[Zone, ...]]]:
-        """Pickled as its zones; the indexes are rebuilt on arrival (20 ms for 10,000)."""
+        """Pickled as its zones; the indexes are rebuilt on arrival (cheap beside the zones'
+        buffering: ``bench/RESULTS.md``, policy reload)."""
         return type(self), (self.zones,)
 
     def __iter__(self) -> Iterator[Zone]:
@@ -580,8 +577,8 @@ def _ring(ring: Any, fail: _Fail, where: str) -> FloatArray:
 def _local_tm(lon_0: float) -> tuple[Transformer, Transformer]:
     """Transformers lon/lat (degrees) <-> a transverse Mercator (scale 1, metres) on
     ``lon_0``, made per call. Written as the PROJ pipeline that ``from_crs("EPSG:4326",
-    "+proj=tmerc …")`` resolves to (same results to the bit): building that took 11 ms a
-    transformer, 0.44 s of loading 10,000 zones over 54 meridians; the pipeline takes 0.1 ms.
+    "+proj=tmerc …")`` resolves to (same results to the bit), which builds about a hundred
+    times faster than ``from_crs`` (``bench/RESULTS.md``, bundle load).
     """
     tm = f"+proj=tmerc +lat_0=0 +lon_0={lon_0!r} +k=1 +x_0=0 +y_0=0 +ellps=WGS84"
     return (

@@ -40,12 +40,8 @@ import orjson
 from gateway.geo.coords import check_coordinates
 from gateway.model import Batch, Datum, Envelope, ErrorCode, RowStatus
 from gateway.policy.codes import vin_check_digit
+from gateway.vss import ALTITUDE, LATITUDE, LONGITUDE, TIMESTAMP, VIN
 
-VIN = "Vehicle.VehicleIdentification.VIN"
-LATITUDE = "Vehicle.CurrentLocation.Latitude"
-LONGITUDE = "Vehicle.CurrentLocation.Longitude"
-ALTITUDE = "Vehicle.CurrentLocation.Altitude"
-TIMESTAMP = "Vehicle.CurrentLocation.Timestamp"
 MSG_ID = "msg_id"
 _COLUMNS = frozenset({VIN, LATITUDE, LONGITUDE, ALTITUDE, TIMESTAMP, MSG_ID})
 

@@ -39,10 +39,10 @@ from gateway.pipeline.classify import Classified, classify
 from gateway.pipeline.decide import Applied, Decisions, Verdict, decide, plan
 from gateway.pipeline.geo import locate
 from gateway.policy.bundle import PolicyBundle
-from gateway.policy.checks import TIMESTAMP
 from gateway.policy.schema import AltitudeMode, DerivedMode, FieldCategory
 from gateway.policy.view_schema import VIEW_SCHEMA, coordinate_names
 from gateway.state.snapshot import HeldView, StateSnapshot
+from gateway.vss import TIMESTAMP
 
 __all__ = [
     "PseudonymKeys",

@@ -12,12 +12,10 @@ The names are imported on first use, so importing ``gateway.policy.cli`` (every 
 start) does not pay for pydantic models, shapely and pyproj.
 """
 
-from __future__ import annotations
+import importlib as _importlib
+import typing as _typing
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from gateway.policy.bundle import PolicyBundle
     from gateway.policy.holder import PolicyHolder
     from gateway.policy.loader import load_bundle
@@ -33,8 +31,12 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    return getattr(_importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

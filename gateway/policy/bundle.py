@@ -71,8 +71,8 @@ def canonical_chunks(
     zones_geojson: Any,
 ) -> Iterator[bytes]:
     """:func:`canonical_content` in pieces that join to the same bytes, so the version can
-    be hashed without holding the whole text: 12 MB of zones made a 40 MB peak as one
-    string plus its encoding."""
+    be hashed without holding the whole text (as one string plus its encoding, a large zone
+    file made a memory peak: ``bench/RESULTS.md``, peak RSS)."""
     content = {
         "schema": BUNDLE_SCHEMA,
         "fields": fields.model_dump(mode="json"),

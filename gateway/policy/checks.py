@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gateway.geo.datum import available_transforms
+from gateway.located_yaml import Loc
 from gateway.policy.rules import RuleId
 from gateway.policy.schema import (
     AltitudeMode,
@@ -36,19 +37,14 @@ from gateway.policy.schema import (
     OutputDatum,
     Subscriber,
 )
-from gateway.policy.source import Loc
+from gateway.vss import ALTITUDE, LATITUDE, LONGITUDE, TIMESTAMP, VIN
 
 __all__ = [
-    "ALTITUDE",
     "COLUMN_CATEGORIES",
     "CONSENTS",
     "FIELDS",
-    "LATITUDE",
-    "LONGITUDE",
     "RULES",
     "SUBSCRIBERS",
-    "TIMESTAMP",
-    "VIN",
     "Finding",
     "Parts",
     "check",
@@ -58,13 +54,6 @@ FIELDS = "fields.yaml"
 SUBSCRIBERS = "subscribers.yaml"
 CONSENTS = "consents.yaml"
 RULES = "rules.yaml"
-
-LATITUDE = "Vehicle.CurrentLocation.Latitude"
-LONGITUDE = "Vehicle.CurrentLocation.Longitude"
-TIMESTAMP = "Vehicle.CurrentLocation.Timestamp"
-VIN = "Vehicle.VehicleIdentification.VIN"
-
-ALTITUDE = "Vehicle.CurrentLocation.Altitude"
 
 COLUMN_CATEGORIES = {
     LATITUDE: FieldCategory.LOCATION,

@@ -1,10 +1,10 @@
 """Loading a policy bundle in a child process, beside a running pipeline.
 
-Loading a bundle is CPU-bound Python (YAML, validation, JSON, zone geometry, hashing): 1.4 s
-for 10,000 zones and consents alone, 3–4 s on a thread beside the pipeline, which then gets
-about half of the interpreter lock and falls behind (at 1,800 msg/s a reload cost p99 ≈ 1 s).
-In a child process the work runs on another core; the parent only unpickles the result
-(0.15 s) and rebuilds the zone index (20 ms).
+Loading a bundle is CPU-bound Python (YAML, validation, JSON, zone geometry, hashing): on a
+thread beside the pipeline it takes about half of the interpreter lock, and the pipeline
+falls behind. In a child process the work runs on another core; the parent only unpickles
+the result and rebuilds the zone index. Figures: ``bench/RESULTS.md``, the policy edit under
+load (End to end).
 
 The child is started with ``spawn`` (never ``fork``: the gateway runs threads) for each
 load and ends with it. If it cannot be started or dies, the bundle is loaded in this

@@ -8,10 +8,10 @@ error in :attr:`PolicyHolder.last_error` until a reload succeeds.
 Change detection is exact and cheap: :meth:`poll` compares the files' names, sizes,
 modification times and inodes, and hashes their bytes when those changed — and, since
 modification times can miss two edits within the file system's timestamp granularity, at
-least every :data:`HASH_EVERY` polls anyway (hashing a bundle with 10,000 zones takes
-20–50 ms, too much for every second of a busy gateway). A signal handler (SIGHUP) must not
-load a bundle itself: it calls :meth:`request_reload`, which only sets a flag, and the next
-:meth:`poll` reloads.
+least every :data:`HASH_EVERY` polls anyway (hashing a bundle with 10,000 zones every second
+held up a busy gateway's batches: ``bench/RESULTS.md``, End to end). A signal handler
+(SIGHUP) must not load a bundle itself: it calls :meth:`request_reload`, which only sets a
+flag, and the next :meth:`poll` reloads.
 """
 
 from __future__ import annotations
@@ -82,8 +82,9 @@ _CHUNK = 1 << 20
 
 
 def _hash_file(path: Path, digest: hashlib._Hash) -> int:
-    """Feed the file to ``digest`` a chunk at a time; its size in bytes. Reading a 12 MB
-    zone file whole (and copying it once more) made a 23 MiB peak every 30 seconds."""
+    """Feed the file to ``digest`` a chunk at a time; its size in bytes. Reading a large
+    zone file whole (and copying it once more) made a memory peak at every hash
+    (``bench/RESULTS.md``, peak RSS)."""
     size = 0
     buffer = bytearray(_CHUNK)
     view = memoryview(buffer)

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.errors import PolicyError, Problem, ZoneFileError
 from gateway.geo.zones import ZoneSet
+from gateway.located_yaml import Source, read_yaml, validation_problems
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.checks import CONSENTS, FIELDS, RULES, SUBSCRIBERS, Parts, check
 from gateway.policy.schema import (
@@ -41,7 +42,6 @@ from gateway.policy.schema import (
     Subscriber,
     SubscribersDoc,
 )
-from gateway.policy.source import Source, read_yaml, validation_problems
 from gateway.resources import default_policy_dir
 
 __all__ = ["BUNDLE_FILES", "ZONES", "load_bundle"]

@@ -31,7 +31,6 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.policy.bundle import PolicyBundle
-from gateway.policy.checks import TIMESTAMP
 from gateway.policy.schema import (
     AltitudeMode,
     DataType,
@@ -43,6 +42,7 @@ from gateway.policy.schema import (
     OutputDatum,
     Subscriber,
 )
+from gateway.vss import TIMESTAMP
 
 __all__ = ["VIEW_SCHEMA", "coordinate_names", "view_schema"]
 

@@ -35,7 +35,6 @@ id were fixed when it was decided), so releasing it only emits it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -227,11 +226,6 @@ class TripState(NamedTuple):
     last_lat: float
     last_lon: float
     ended: bool = False
-
-    @property
-    def has_start(self) -> bool:
-        """True once a position of this trip is known."""
-        return not math.isnan(self.start_lat)
 
 
 class TripTable(VehicleRows, Mapping[str, TripState]):

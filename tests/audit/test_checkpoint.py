@@ -8,7 +8,7 @@ import pytest
 
 from gateway.audit.checkpoint import Checkpoint, note_key_ids, open_checkpoint, sign_checkpoint
 from gateway.audit.merkle import EMPTY_ROOT
-from gateway.audit.note import NoteSigner
+from gateway.crypto import NoteSigner
 from gateway.errors import VerificationError
 
 ORIGIN = "icvgw.test/audit/w1"

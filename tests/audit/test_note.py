@@ -11,14 +11,8 @@ import hashlib
 
 import pytest
 
-from gateway.audit.note import (
-    NoteSigner,
-    NoteVerifier,
-    key_hash,
-    open_note,
-    read_verifier_keys,
-    sign_note,
-)
+from gateway.audit.note import open_note, read_verifier_keys, sign_note
+from gateway.crypto import NoteSigner, NoteVerifier, key_hash
 from gateway.errors import VerificationError
 
 PETER_VKEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -16,7 +15,6 @@ from gateway.audit.store import (
     AuditQuery,
     Consent,
     Store,
-    beijing_year,
     insert_rows,
     open_store,
 )
@@ -252,11 +250,6 @@ def test_a_schema_4_store_gets_counters_equal_to_its_subjects(
             assert tx.add_crossborder_subjects("overseas-x", 2025, ["s6", "s7"], at=T0) == 1
         with s.snapshot() as r:
             assert r.crossborder_count("overseas-x", 2025) == 8
-
-
-def test_beijing_year_turns_at_utc_1600_on_new_years_eve() -> None:
-    assert beijing_year(datetime(2024, 12, 31, 15, 59, 59, tzinfo=UTC).timestamp()) == 2024
-    assert beijing_year(datetime(2024, 12, 31, 16, 0, 0, tzinfo=UTC).timestamp()) == 2025
 
 
 def test_query_filters(store: Store, ring: KeyRing) -> None:

@@ -13,9 +13,9 @@ from gateway.audit.entries import encode_entry
 from gateway.audit.export import export_shard, export_store
 from gateway.audit.log import RETENTION_MINIMUM_DAYS
 from gateway.audit.merkle import CompactRange
-from gateway.audit.note import NoteSigner
 from gateway.audit.store import Store, open_store
 from gateway.audit.verify import verify_export, verify_store
+from gateway.crypto import NoteSigner
 from gateway.keys import KeyRing, init_keys
 from tests.audit.conftest import ORIGIN, decision, fill, make_log, tamper
 

@@ -44,6 +44,7 @@ from gateway.policy.codes import is_valid_vin
 from gateway.resources import default_policy_dir
 from gateway.service import origin_of
 from gateway.testing import MosquittoBroker
+from gateway.vss import LATITUDE, LONGITUDE, TIMESTAMP, VIN
 from simulators.fleet import Fleet, Kind, Message
 from simulators.publish import Publisher, PublishStats, publish_messages
 
@@ -57,10 +58,6 @@ QUEUE_BOUND = 200
 """The gateway's ingest queue and MQTT 5 Receive Maximum: at most this many input messages
 are unacknowledged at any moment, so at most these can be redelivered after a crash."""
 
-VIN = "Vehicle.VehicleIdentification.VIN"
-LATITUDE = "Vehicle.CurrentLocation.Latitude"
-LONGITUDE = "Vehicle.CurrentLocation.Longitude"
-TIMESTAMP = "Vehicle.CurrentLocation.Timestamp"
 _INGEST = yaml.safe_load((default_policy_dir() / "rules.yaml").read_text(encoding="utf-8"))[
     "ingest"
 ]

@@ -13,18 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.model import Datum, Envelope, ErrorCode, RowStatus
-from gateway.pipeline.decode import (
-    LATITUDE,
-    LONGITUDE,
-    MAX_FIELDS,
-    TIMESTAMP,
-    VIN,
-    decode,
-    decode_records,
-    topic_vehicle,
-)
+from gateway.pipeline.decode import MAX_FIELDS, decode, decode_records, topic_vehicle
 from gateway.policy.codes import is_valid_vin
 from gateway.testing import make_vin
+from gateway.vss import LATITUDE, LONGITUDE, TIMESTAMP, VIN
 
 V1 = make_vin(183294)
 V2 = make_vin(40212, "LFV2A21K6H3")

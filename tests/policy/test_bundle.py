@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from gateway.located_yaml import read_yaml
 from gateway.policy import RuleId, load_bundle
 from gateway.policy.bundle import BUNDLE_SCHEMA, _pieces
 from gateway.policy.schema import (
@@ -21,7 +22,6 @@ from gateway.policy.schema import (
     RulesDoc,
     SubscribersDoc,
 )
-from gateway.policy.source import read_yaml
 from gateway.resources import default_policy_dir
 from tests.policy.conftest import edit
 

@@ -47,7 +47,6 @@ from gateway.pipeline.shape import (
     trip_pseudonym,
 )
 from gateway.policy.bundle import PolicyBundle
-from gateway.policy.checks import ALTITUDE, LATITUDE, TIMESTAMP, VIN
 from gateway.policy.loader import load_bundle
 from gateway.policy.rules import RuleId
 from gateway.policy.schema import (
@@ -75,6 +74,7 @@ from gateway.state.snapshot import (
     StateSnapshot,
     TripState,
 )
+from gateway.vss import ALTITUDE, LATITUDE, TIMESTAMP, VIN
 
 KEY_PREFIX = b"property-test:"
 VINS = [

@@ -16,7 +16,6 @@ from gateway.pipeline.decide.inherit import inherited_zones
 from gateway.pipeline.decide.plan import ResolvedView
 from gateway.pipeline.decide.result import Applied, Verdict
 from gateway.pipeline.decide.rulebits import BIT, U64, bits_of, set_where
-from gateway.policy.checks import ALTITUDE, VIN
 from gateway.policy.rules import RuleId
 from gateway.policy.schema import (
     AltitudeMode,
@@ -26,6 +25,7 @@ from gateway.policy.schema import (
     NoConsentFallback,
     OutputDatum,
 )
+from gateway.vss import ALTITUDE, VIN
 
 __all__ = ["apply", "rows_with"]
 

@@ -13,7 +13,6 @@ from datetime import date
 from gateway.pipeline.decide.rulebits import BIT, bits_of
 from gateway.pipeline.geo import GridSpec
 from gateway.policy.bundle import PolicyBundle
-from gateway.policy.checks import ALTITUDE, LATITUDE
 from gateway.policy.rules import RuleId
 from gateway.policy.schema import (
     AltitudeMode,
@@ -25,6 +24,7 @@ from gateway.policy.schema import (
     beijing_date,
     counting_year,
 )
+from gateway.vss import ALTITUDE, LATITUDE
 
 __all__ = ["Plan", "ResolvedView", "plan"]
 

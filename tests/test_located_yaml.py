@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gateway.errors import Problem
-from gateway.policy.source import _Loader, format_path, read_yaml, validation_problems
+from gateway.located_yaml import _Loader, format_path, read_yaml, validation_problems
 
 
 class _Inner(BaseModel):
