@@ -33,6 +33,7 @@ from gateway.audit.outbox import (
     save_vehicle_state,
 )
 from gateway.audit.store import Transaction
+from gateway.model import DeadInput
 from gateway.pipeline.decide import Decisions, Verdict
 from gateway.pipeline.shape import Shaped, encode_view, message_ids
 from gateway.policy.bundle import PolicyBundle
@@ -44,18 +45,6 @@ _AUDIT_DECISION = {
     Verdict.BLOCK: Decision.BLOCKED,
 }
 _HELD_DECISION = {"share": Decision.SHARED, "redact": Decision.REDACTED}
-
-
-@dataclass(frozen=True, slots=True)
-class DeadInput:
-    """An input (payload or record) that cannot be used: audited once, kept, announced."""
-
-    time: float
-    reason: str
-    topic: str
-    payload: bytes
-    vehicle_ref: str | None
-    message_id: str
 
 
 @dataclass(slots=True)

@@ -33,7 +33,8 @@ from gateway.keys import KeyRing
 from gateway.model import Envelope
 from gateway.pipeline.decide import Verdict
 from gateway.pipeline.decode import DeadLetter, decode
-from gateway.pipeline.shape import PseudonymKeys, ephemeral_keys, evaluate
+from gateway.pipeline.run import evaluate
+from gateway.pipeline.shape import PseudonymKeys, ephemeral_keys
 from gateway.policy.bundle import PolicyBundle
 from gateway.state.snapshot import ConsentBook, StateSnapshot, TripState
 

@@ -1,6 +1,8 @@
 """Shapes the stages share.
 
 * :class:`Envelope` — one MQTT message as received; nothing after ``ingest/`` sees paho types.
+* :class:`DeadInput` — an input (payload or record) that cannot be used, as the batch stage
+  hands it to the commit.
 * :class:`Batch` — a micro-batch of decoded records as columns (numpy arrays), with a
   per-row status and error code. Stages filter by marking rows, never by raising.
 
@@ -83,6 +85,18 @@ class Envelope:
     received_at: float
     message_id: int = 0
     ack: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadInput:
+    """An input (payload or record) that cannot be used: audited once, kept, announced."""
+
+    time: float
+    reason: str
+    topic: str
+    payload: bytes
+    vehicle_ref: str | None
+    message_id: str
 
 
 @dataclass(slots=True)

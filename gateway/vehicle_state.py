@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from gateway.state.snapshot import HeldView, TripState
+from gateway.state.snapshot import HeldView, StateSnapshot, TripState
 
 _VERSION = 1
 
@@ -92,3 +92,17 @@ def decode(
         for h in doc.get("held", [])
     ]
     return trip, {k: t for k, t in sent.items() if t <= not_after}, held
+
+
+def documents(state: StateSnapshot, vehicles: Iterable[str]) -> dict[str, bytes]:
+    """The stored document of each of ``vehicles`` in ``state`` (see :func:`encode`)."""
+    vins = list(vehicles)
+    wanted = set(vins)
+    held: dict[str, list[HeldView]] = {}
+    for view in state.held:
+        if view.vehicle in wanted:
+            held.setdefault(view.vehicle, []).append(view)
+    return {
+        vin: encode(trip, sent, held.get(vin, ()))
+        for vin, (trip, sent) in zip(vins, state.vehicle_rows(vins), strict=True)
+    }

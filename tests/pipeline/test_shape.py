@@ -18,10 +18,10 @@ import orjson
 import pytest
 
 from gateway.pipeline.decode import decode_records
+from gateway.pipeline.run import evaluate
 from gateway.pipeline.shape import (
     encode_view,
     ephemeral_keys,
-    evaluate,
     iso_times,
     keyed_pseudonym,
     message_id,

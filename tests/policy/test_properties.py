@@ -40,9 +40,9 @@ from gateway.model import Batch
 from gateway.pipeline.classify import value_fits
 from gateway.pipeline.decide import Decisions, Verdict
 from gateway.pipeline.decode import decode_records
+from gateway.pipeline.run import evaluate
 from gateway.pipeline.shape import (
     Shaped,
-    evaluate,
     keyed_pseudonym,
     trip_pseudonym,
 )
