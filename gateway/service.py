@@ -3,9 +3,10 @@
 Threads, each with one job:
 
 * paho's network threads (ingest and publisher) only move messages in and out of queues;
-* the pipeline thread (:meth:`Gateway.run`) takes a micro-batch, decodes, de-duplicates,
-  decides and shapes it, commits it in one store transaction, and only then acknowledges
-  its input messages;
+* the pipeline thread (:meth:`Gateway.run`) takes a micro-batch, runs it through the
+  pipeline (:mod:`gateway.pipeline.run`: decode, batch, classify, geo, decide, shape),
+  commits it in one store transaction, only then acknowledges its input messages, and
+  hands the committed views to delivery;
 * the delivery thread (:class:`~gateway.deliver.outbox.OutboxDrainer`) publishes committed
   views and marks them delivered when the broker confirms them.
 
