@@ -43,7 +43,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
     from gateway.audit.verify import ShardReport
-    from gateway.service import Gateway
+    from gateway.service import Gateway, Totals
     from simulators.fleet import Fleet, Message
     from simulators.publish import Publisher
     from simulators.scenario import Scenario
@@ -326,13 +326,8 @@ class Summary:
     vehicles: int
     seconds: float
     published: int = 0
-    messages: int = 0
-    records: int = 0
-    duplicates: int = 0
-    entries: int = 0
-    admin_entries: int = 0
-    deadletters: int = 0
-    views: int = 0
+    totals: Totals = field(default_factory=lambda: _new_totals())
+    """The gateway's running totals when the run ended (a copy)."""
     first_seq: int = 0
     decisions: dict[str, dict[str, int]] = field(default_factory=dict)
     delivered: dict[str, int] = field(default_factory=dict)
@@ -368,13 +363,13 @@ class Summary:
             "vehicles": self.vehicles,
             "seconds": round(self.seconds, 3),
             "published": self.published,
-            "messages": self.messages,
-            "records": self.records,
-            "duplicates": self.duplicates,
-            "entries": self.entries,
-            "admin_entries": self.admin_entries,
-            "deadletters": self.deadletters,
-            "views": self.views,
+            "messages": self.totals.messages,
+            "records": self.totals.records,
+            "duplicates": self.totals.duplicates,
+            "entries": self.totals.entries,
+            "admin_entries": self.totals.admin,
+            "deadletters": self.totals.deadletters,
+            "views": self.totals.views,
             "decisions": self.decisions,
             "delivered": self.delivered,
             "verification": self.verification,
@@ -625,13 +620,7 @@ class _Demo:
 
     def _final_counts(self, gw: Gateway, summary: Summary) -> None:
         t = gw.totals
-        summary.messages = t.messages
-        summary.records = t.records
-        summary.duplicates = t.duplicates
-        summary.entries = t.entries
-        summary.admin_entries = t.admin
-        summary.deadletters = t.deadletters
-        summary.views = t.views
+        summary.totals = replace(t, decisions=Counter(t.decisions))
         subscribers = list(gw.holder.current.subscribers)
         decisions: dict[str, dict[str, int]] = {s: dict.fromkeys(DECISIONS, 0) for s in subscribers}
         for (sub, decision), n in dict(t.decisions).items():
@@ -715,13 +704,13 @@ def check_log(summary: Summary) -> None:
     counted: Counter[tuple[str, str]] = Counter(
         {(s, d): n for s, by in summary.decisions.items() for d, n in by.items() if n}
     )
-    if summary.deadletters:
-        counted[("", "dead-lettered")] = summary.deadletters
-    summary.log_matches = logged == counted and sum(logged.values()) == summary.entries
+    if summary.totals.deadletters:
+        counted[("", "dead-lettered")] = summary.totals.deadletters
+    summary.log_matches = logged == counted and sum(logged.values()) == summary.totals.entries
     if not summary.log_matches:
         summary.problems.append(
             f"the audit log holds {sum(logged.values())} decisions of this run, "
-            f"the summary counts {summary.entries}"
+            f"the summary counts {summary.totals.entries}"
         )
 
 
@@ -754,6 +743,13 @@ class _GatewayThread:
         self.gw.stop()
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+
+def _new_totals() -> Totals:
+    """Empty totals; imported on use, so mounting ``icvgw demo`` stays quick."""
+    from gateway.service import Totals
+
+    return Totals()
 
 
 def _failure(message: str) -> Exception:
@@ -807,11 +803,12 @@ def _print_summary(console: Console, s: Summary) -> None:
         console.print(line, highlight=False, soft_wrap=True)
 
     stopped = " (stopped by Ctrl-C)" if s.interrupted else ""
+    t = s.totals
     out(
         f"{s.seconds:,.1f} s{stopped}, {s.vehicles} vehicles (seed {s.seed}): "
-        f"{s.published:,} messages published, {s.messages:,} in ({s.records:,} records, "
-        f"{s.duplicates:,} duplicates), {s.entries:,} entries audited, "
-        f"{s.views:,} views, {s.deadletters:,} dead letters"
+        f"{s.published:,} messages published, {t.messages:,} in ({t.records:,} records, "
+        f"{t.duplicates:,} duplicates), {t.entries:,} entries audited, "
+        f"{t.views:,} views, {t.deadletters:,} dead letters"
     )
     for line in s.verification:
         out(f"audit verification: {line}")

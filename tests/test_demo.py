@@ -25,6 +25,7 @@ from gateway.cli import app
 from gateway.demo import Summary, check_log, write_demo_policy
 from gateway.policy.loader import BUNDLE_FILES, load_bundle
 from gateway.resources import default_policy_dir
+from gateway.service import Totals
 from gateway.testing import MosquittoBroker
 from simulators.vin import random_vins
 from tests.simulators.subscriber import Subscriber
@@ -141,8 +142,7 @@ def test_demo_summary_equals_the_audit_log(tmp_path: Path) -> None:
             seed=data["seed"],
             vehicles=data["vehicles"],
             seconds=data["seconds"],
-            entries=data["entries"],
-            deadletters=data["deadletters"],
+            totals=Totals(entries=data["entries"], deadletters=data["deadletters"]),
             first_seq=data["first_seq"],
             decisions=data["decisions"],
         )
