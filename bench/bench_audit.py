@@ -17,13 +17,13 @@ import time
 import uuid
 from pathlib import Path
 
-from gateway.audit.entries import Decision, DecisionEntry
 from gateway.audit.export import export_shard
 from gateway.audit.log import AuditLog, CheckpointPolicy
 from gateway.audit.proof import proof_document
-from gateway.audit.store import Store, open_store
 from gateway.audit.verify import verify_export, verify_store
 from gateway.keys import KeyRing, init_keys
+from gateway.store import Store, open_store
+from gateway.tlog.entries import Decision, DecisionEntry
 
 ORIGIN = "bench.icvgw.example/audit/w1"
 

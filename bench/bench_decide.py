@@ -44,6 +44,7 @@ from bench.common import machine, random_zones_geojson
 from gateway.geo.datum import transform
 from gateway.geo.grid import cell_corners, snap
 from gateway.geo.zones import ZoneLevel, ZoneSet
+from gateway.model import Consent
 from gateway.pipeline.classify import classify
 from gateway.pipeline.decide import Verdict, decide, plan
 from gateway.pipeline.decode import decode_records
@@ -53,7 +54,7 @@ from gateway.policy.bundle import PolicyBundle
 from gateway.policy.loader import load_bundle
 from gateway.policy.schema import OutputDatum
 from gateway.policy.view_schema import VIEW_SCHEMA
-from gateway.state.snapshot import ConsentBook, ConsentRecord, StateSnapshot, TripState
+from gateway.state.snapshot import ConsentBook, StateSnapshot, TripState
 
 BOX = (30.2, 32.2, 120.4, 122.4)  # lat_min, lat_max, lon_min, lon_max: around Shanghai
 START = 1768435200.0  # 2026-01-15T00:00:00Z
@@ -86,7 +87,7 @@ def make_fleet(bundle: PolicyBundle, vehicles: int, seconds: int, seed: int = 5)
     odometer = rng.uniform(1_000, 90_000, vehicles)
     vins = [f"LBENCH{i:011d}" for i in range(vehicles)]
     consents = [
-        ConsentRecord(f"c{i}-{p}", vin, p, START - 1e7, START + 1e7)
+        Consent(f"c{i}-{p}", vin, p, START - 1e7, START + 1e7)
         for i, vin in enumerate(vins)
         for p in PURPOSES
         if rng.random() < 0.5

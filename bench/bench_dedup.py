@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import machine
-from gateway.audit.outbox import add_seen, prune_seen
-from gateway.audit.store import Store, open_store
 from gateway.keys import init_keys
 from gateway.service import FORGET_MIN, FORGET_PER_RECORD, FORGET_PER_TICK
+from gateway.store import Store, open_store
+from gateway.store.dedup import add_seen, prune_seen
 
 SHARD = "bench"
 

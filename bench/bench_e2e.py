@@ -27,7 +27,8 @@ subscribers share the machine's cores: compare modes within one run.
 
 Latency is arrival minus send time (``time.monotonic``, one clock across processes). Raw and
 relayed copies carry the input's ``msg_id``; a gateway output's ``message_id`` is a keyed MAC
-of the input's ``msg_id`` the benchmark recomputes from the key directory it created. Views of
+of the input's ``msg_id`` and timestamp the benchmark recomputes from the key directory it
+created. Views of
 subscribers whose policy holds records back on purpose (trip trimming) are counted but left
 out of the percentiles. For the gateway the latency is also split at the store commit (the
 outbox row's creation time). Peak RSS is each process's VmHWM (``/proc/<pid>/status``); CPU
@@ -229,8 +230,9 @@ class Mode:
             keys.extend(k)
         return (np.concatenate(times) if times else np.empty(0)), keys
 
-    def trace(self, msg_ids: Sequence[str]) -> dict[str, str]:
-        """Output key -> input ``msg_id`` for the inputs ``msg_ids``."""
+    def trace(self, msg_ids: Sequence[str], times: Sequence[float]) -> dict[str, str]:
+        """Output key -> input ``msg_id`` for the inputs ``msg_ids`` (their records stamped
+        ``times``, Unix seconds)."""
         return {m: m for m in msg_ids}
 
     def commit_times(self) -> dict[str, float] | None:
@@ -405,9 +407,9 @@ class GatewayMode(Mode):
             )
             raise BenchError(f"gateway exited with status {self.proc.returncode}: {last}")
 
-    def trace(self, msg_ids: Sequence[str]) -> dict[str, str]:
+    def trace(self, msg_ids: Sequence[str], times: Sequence[float]) -> dict[str, str]:
         # Views held back (trip trimming) may come out in a later phase: index every input.
-        self._index.update(self.tracer.index(msg_ids))
+        self._index.update(self.tracer.index(zip(msg_ids, times, strict=True)))
         return self._index
 
     def counts_for_latency(self, key: str) -> bool:
@@ -592,7 +594,7 @@ class Bench:
         pid = mode.middle_pid()
         cpu_before = None if pid is None else cpu_seconds(pid)
         timeout = 60.0 + (count / rate if rate else count / 100.0)
-        _, send_times, msg_ids, _confirmed, publish_end = self.publisher.call(
+        _, send_times, msg_ids, stamps, _confirmed, publish_end = self.publisher.call(
             "run", first, count, rate, timeout=timeout
         )
         expected = None if mode.expected_per_input is None else count * mode.expected_per_input
@@ -600,7 +602,7 @@ class Bench:
         cpu_after = None if pid is None else cpu_seconds(pid)
         arrivals, keys = mode.collect()
         sent_at = dict(zip(msg_ids, send_times.tolist(), strict=True))
-        index = mode.trace(msg_ids)
+        index = mode.trace(msg_ids, stamps)
         latencies: list[float] = []
         committed = mode.commit_times()
         wall = time.time() - time.monotonic()  # both clocks are system-wide
@@ -731,7 +733,10 @@ def report(settings: Settings, results: Sequence[ModeResult], elapsed: float) ->
             )
         if r.saturation is not None and r.saturation.per_subscriber and r.mode == "gateway":
             parts = ", ".join(f"{k} {v:,}" for k, v in sorted(r.saturation.per_subscriber.items()))
-            lines.append(f"- gateway outputs by subscriber (saturation): {parts}")
+            lines.append(
+                f"- gateway outputs by subscriber (saturation): {parts}; "
+                f"{r.saturation.unmatched:,} unmatched"
+            )
         if r.rss_mb:
             main = {k: v for k, v in r.rss_mb.items() if k in ("broker", r.mode)}
             subs = [v for k, v in r.rss_mb.items() if k not in main]

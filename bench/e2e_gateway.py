@@ -166,8 +166,8 @@ class GatewayTrace:
     """Maps gateway output keys back to input ``msg_id``\\ s.
 
     The gateway's output ``message_id`` is a keyed MAC of (subscriber, VIN, the record's
-    ``msg_id``) under the subscriber's pseudonym key; the benchmark created the key directory,
-    so it computes the same ids from the inputs it published.
+    timestamp and ``msg_id``) under the subscriber's pseudonym key; the benchmark created the
+    key directory and knows what it published, so it computes the same ids from the inputs.
     """
 
     def __init__(self, keys_dir: Path, subscribers: Iterable[OutputSubscriber]) -> None:
@@ -176,15 +176,19 @@ class GatewayTrace:
         ring = KeyRing.load(keys_dir)
         self.keys = {s.id: ring.pseudonym_key(s.id) for s in subscribers}
 
-    def index(self, msg_ids: Iterable[str]) -> dict[str, str]:
-        """``subscriber/message_id`` -> input ``msg_id`` for every subscriber and input."""
-        from gateway.pipeline.shape import message_id
+    def index(self, records: Iterable[tuple[str, float]]) -> dict[str, str]:
+        """``subscriber/message_id`` -> input ``msg_id`` for every subscriber and input
+        ``(msg_id, record time in Unix seconds as the gateway reads it)``."""
+        from gateway.pipeline.shape import message_ids
 
+        pairs = list(records)
+        mids: list[str | None] = [mid for mid, _ in pairs]
+        vins: list[str | None] = [mid.rsplit("-", 1)[0] for mid, _ in pairs]
+        times = [t for _, t in pairs]
         out: dict[str, str] = {}
-        for mid in msg_ids:
-            vin = mid.rsplit("-", 1)[0]
-            for sub, key in self.keys.items():
-                out[f"{sub}/{message_id(key, sub, vin, mid, 0.0)}"] = mid
+        for sub, key in self.keys.items():
+            ids = message_ids(key, sub, vins, mids, times)
+            out.update((f"{sub}/{i}", mid) for i, (mid, _) in zip(ids, pairs, strict=True))
         return out
 
 

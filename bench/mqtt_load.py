@@ -35,6 +35,7 @@ from bench.e2e_gateway import output_key
 from gateway.deliver.mqtt import MqttPublisher
 from gateway.ingest.client import connect_async, new_client, parse_broker_url
 from gateway.ingest.source import MqttSource
+from gateway.pipeline.decode import decode_records
 from simulators.fleet import Fleet, FleetConfig, Message
 from simulators.publish import Publisher
 
@@ -89,18 +90,23 @@ def publisher_main(
     """Serve commands: ``("prepare", n)`` generates the first ``n`` messages;
     ``("connect", url)``; ``("run", first, count, rate)`` publishes messages
     ``[first, first+count)`` (``rate`` msgs/s, or None for as fast as confirmed) and answers
-    ``(send_times, msg_ids, confirmed, end_time)`` once every PUBACK arrived;
+    ``(send_times, msg_ids, record_times, confirmed, end_time)`` once every PUBACK arrived
+    (``record_times``: each record's timestamp as the gateway reads it, Unix seconds);
     ``("disconnect",)``; ``("stop",)``."""
     fleet = Fleet(FleetConfig(vehicles=vehicles, start=start), seed)
     stream = fleet.messages(duration=FLEET_SECONDS, rate=1.0)
     cache: list[Message] = []
     ids: list[str] = []
+    stamps: list[float] = []
 
     def ensure(n: int) -> None:
+        docs = []
         while len(cache) < n:
             msg = next(stream)
             cache.append(msg)
-            ids.append(orjson.loads(msg.payload)["msg_id"])
+            docs.append(orjson.loads(msg.payload))
+        ids.extend(doc["msg_id"] for doc in docs)
+        stamps.extend(decode_records(docs).time.tolist() if docs else [])
 
     publisher: Publisher | None = None
     while True:
@@ -129,6 +135,7 @@ def publisher_main(
                         "ok",
                         times,
                         ids[first : first + count],
+                        stamps[first : first + count],
                         publisher.stats.messages,
                         time.monotonic(),
                     )

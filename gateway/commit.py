@@ -8,7 +8,8 @@ returns may the input messages be acknowledged.
 
 The bytes of a view carry its audit sequence number, and its audit entry carries a keyed
 digest of those bytes; both are fixed inside the transaction, where the shard's head is
-locked.
+locked. The numbers are the audit table's (:class:`~gateway.store.audit.AuditBatch`): each
+entry gets its number when it is added, and the append refuses a batch numbered otherwise.
 """
 
 from __future__ import annotations
@@ -23,21 +24,18 @@ from typing import Any
 import numpy as np
 import orjson
 
-from gateway.audit.entries import Decision, DecisionEntry
-from gateway.audit.outbox import (
-    DeadLetterRow,
-    OutboxRow,
-    add_deadletters,
-    add_outbox,
-    add_seen,
-    save_vehicle_state,
-)
-from gateway.audit.store import Transaction
 from gateway.model import DeadInput
 from gateway.pipeline.decide import Decisions, Verdict
 from gateway.pipeline.shape import Shaped, encode_view, message_ids
 from gateway.policy.bundle import PolicyBundle
 from gateway.state.snapshot import HeldView
+from gateway.store import Transaction
+from gateway.store.audit import AuditBatch
+from gateway.store.deadletters import DeadLetterRow, add_deadletters
+from gateway.store.dedup import add_seen
+from gateway.store.outbox import OutboxRow, add_outbox
+from gateway.store.vehicle_states import save_vehicle_state
+from gateway.tlog.entries import Decision, DecisionEntry
 
 _AUDIT_DECISION = {
     Verdict.SHARE: Decision.SHARED,
@@ -138,8 +136,7 @@ def commit_batch(
 ) -> Written:
     """Write one batch in ``tx`` (see the module docstring); returns what was written."""
     out = Written()
-    seq = tx.audit_head(ctx.shard).size
-    entries: list[DecisionEntry] = []
+    entries = tx.audit_batch(ctx.shard)
     outbox: list[OutboxRow] = []
     letters: list[DeadLetterRow] = []
     now_ms = round(ctx.now * 1000)
@@ -147,15 +144,13 @@ def commit_batch(
     def share(
         sub: str, decision: Decision, msg: str, view: Mapping[str, Any], entry: dict[str, Any]
     ) -> None:
-        nonlocal seq
-        data = encode_view(view, audit_seq=seq, message_id=msg)
-        entries.append(DecisionEntry(digest=ctx.digest(data), **entry))
+        data = encode_view(view, audit_seq=entries.next_seq, message_id=msg)
+        seq = entries.add(DecisionEntry(digest=ctx.digest(data), **entry))
         topic = view_topic(ctx.bundle, sub, view, ctx.topic_prefix)
         outbox.append(OutboxRow(seq, sub, topic, msg, data, now_ms))
         out.decisions[(sub, decision.value)] += 1
-        seq += 1
 
-    seq = _dead_letters(ctx, dead, entries, outbox, letters, out, seq, now_ms)
+    _dead_letters(ctx, dead, entries, outbox, letters, out, now_ms)
     for h in released:
         sub = ctx.bundle.subscribers.get(h.subscriber)
         decision = _HELD_DECISION[h.decision]
@@ -168,16 +163,15 @@ def commit_batch(
         )
     for h in discarded:
         sub = ctx.bundle.subscribers.get(h.subscriber)
-        entries.append(
+        entries.add(
             DecisionEntry(**_held_entry(ctx, h, Decision.BLOCKED, sub.region if sub else None))
         )
         out.decisions[(h.subscriber, Decision.BLOCKED.value)] += 1
-        seq += 1
 
     if decisions is not None and shaped is not None:
-        seq = _decisions(ctx, decisions, shaped, entries, outbox, out, seq, now_ms)
+        _decisions(ctx, decisions, shaped, entries, outbox, out, now_ms)
 
-    tx.append_audit(entries, shard=ctx.shard)
+    tx.append_batch(entries)
     add_outbox(tx, ctx.shard, outbox)
     add_deadletters(tx, ctx.shard, letters)
     add_seen(tx, seen, now_ms)
@@ -187,7 +181,7 @@ def commit_batch(
         out.counted[(recipient, year, category)] = tx.add_crossborder_subjects(
             recipient, year, refs, category=category, at=ctx.now
         )
-    out.entries = len(entries)
+    out.entries = len(entries.entries)
     out.outbox = outbox
     out.views = sum(1 for r in outbox if r.subscriber)
     out.deadletters = len(letters)
@@ -197,15 +191,14 @@ def commit_batch(
 def _dead_letters(
     ctx: Context,
     dead: Sequence[DeadInput],
-    entries: list[DecisionEntry],
+    entries: AuditBatch,
     outbox: list[OutboxRow],
     letters: list[DeadLetterRow],
     out: Written,
-    seq: int,
     now_ms: int,
-) -> int:
+) -> None:
     """Audit, keep and announce each dead input; a payload is kept (and digested) once, with
-    the first of its dead records, however many there are. Returns the next seq."""
+    the first of its dead records, however many there are."""
     digests: dict[bytes, str] = {}  # one keyed digest per payload, however many bad records
     ingest = ctx.bundle.rules.ingest
     for d in dead:
@@ -213,7 +206,7 @@ def _dead_letters(
         if first:
             digests[d.payload] = ctx.digest(d.payload)
         digest = digests[d.payload]
-        entries.append(
+        seq = entries.add(
             DecisionEntry(
                 time=d.time,
                 instance=ctx.instance,
@@ -242,9 +235,6 @@ def _dead_letters(
             OutboxRow(seq, "", f"{ctx.deadletter_prefix}/{d.reason}", d.message_id, notice, now_ms)
         )
         out.decisions[("", Decision.DEAD_LETTERED.value)] += 1
-        seq += 1
-
-    return seq
 
 
 def _held_entry(
@@ -268,16 +258,34 @@ def _held_entry(
     }
 
 
+def _message_ids(
+    ctx: Context,
+    sub_id: str,
+    rows: list[int],
+    vehicles: list[Any],
+    record_ids: list[Any],
+    times: list[Any],
+) -> dict[int, str]:
+    """The message ids, by row, of decisions that have no shaped view (blocked ones)."""
+    ids = message_ids(
+        ctx.pseudonym_key(sub_id),
+        sub_id,
+        [vehicles[r] for r in rows],
+        [record_ids[r] for r in rows],
+        [times[r] for r in rows],
+    )
+    return dict(zip(rows, ids, strict=True))
+
+
 def _decisions(
     ctx: Context,
     decisions: Decisions,
     shaped: Shaped,
-    entries: list[DecisionEntry],
+    entries: AuditBatch,
     outbox: list[OutboxRow],
     out: Written,
-    seq: int,
     now_ms: int,
-) -> int:
+) -> None:
     batch = decisions.batch
     n = len(batch)
     views = decisions.plan.views
@@ -298,19 +306,7 @@ def _decisions(
         if rows.size == 0:
             continue
         unshaped = rows[view_of[rows] < 0].tolist()
-        ids = dict(
-            zip(
-                unshaped,
-                message_ids(
-                    ctx.pseudonym_key(sub_id),
-                    sub_id,
-                    [vehicles[r] for r in unshaped],
-                    [record_ids[r] for r in unshaped],
-                    [times[r] for r in unshaped],
-                ),
-                strict=True,
-            )
-        )
+        ids = _message_ids(ctx, sub_id, unshaped, vehicles, record_ids, times)
         precision = np.where(decisions.position[s, rows], view.grid_m, np.nan)
         columns = zip(
             rows.tolist(),
@@ -340,12 +336,11 @@ def _decisions(
             }
             counts[(sub_id, decision.value)] += 1
             if index < 0:
-                entries.append(DecisionEntry(message_id=ids[row], **common))
-                seq += 1
+                entries.add(DecisionEntry(message_id=ids[row], **common))
                 continue
             msg = shaped.message_ids[index]
-            data = encode_view(shaped.views[index], audit_seq=seq, message_id=msg)
-            entries.append(DecisionEntry(message_id=msg, digest=ctx.digest(data), **common))
+            data = encode_view(shaped.views[index], audit_seq=entries.next_seq, message_id=msg)
+            seq = entries.add(DecisionEntry(message_id=msg, digest=ctx.digest(data), **common))
             outbox.append(
                 OutboxRow(
                     seq,
@@ -356,5 +351,3 @@ def _decisions(
                     now_ms,
                 )
             )
-            seq += 1
-    return seq

@@ -3,7 +3,10 @@
 Every setting has a default except the broker's MQTT protocol version, which is stated, never
 guessed. Values come from, in increasing precedence: the defaults, the file, environment
 variables ``ICVGW_<NAME>`` (see :class:`EnvOverrides`), then command-line flags. Relative
-paths in the file are relative to the file. Secrets are not kept in the file: the broker
+paths in the file (``keys``, ``policies``, TLS files, a ``sqlite:///`` store) are relative to
+the directory of the file, not to the current directory, so a gateway started from anywhere
+(a service manager, a shell elsewhere) finds the same files; values from the environment and
+flags are relative to the current directory. Secrets are not kept in the file: the broker
 password is read from the environment variable the file names (``password_env``).
 """
 
@@ -16,6 +19,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -41,10 +45,21 @@ def _protocol(value: Any) -> Any:
     return "5" if value == 5 and not isinstance(value, bool) else value
 
 
+def _broker_url(value: str) -> str:
+    from gateway.errors import IngestError
+    from gateway.ingest.client import parse_broker_url
+
+    try:
+        parse_broker_url(value)
+    except IngestError as exc:  # scheme, host, port: said where the URL is given
+        raise ValueError(str(exc)) from None
+    return value
+
+
 class BrokerConfig(_Model):
     """The MQTT broker vehicles publish to and subscribers read from."""
 
-    url: str = "mqtt://127.0.0.1:1883"
+    url: Annotated[str, AfterValidator(_broker_url)] = "mqtt://127.0.0.1:1883"
     protocol: Annotated[Literal["5", "3.1.1"], BeforeValidator(_protocol)]
     username: str | None = None
     password_env: str | None = None
@@ -213,14 +228,14 @@ def load_config(
         for field_path in _PATH_FIELDS:
             value = _get(data, field_path)
             if isinstance(value, str) and value and not Path(value).is_absolute():
-                _set(data, field_path, str(base / value))
+                _set(data, field_path, os.path.normpath(base / value))
         store = data.get("store")
         if (
             isinstance(store, str)
             and store.startswith("sqlite:///")
             and not store.startswith("sqlite:////")
         ):
-            data["store"] = f"sqlite:///{base / store.removeprefix('sqlite:///')}"
+            data["store"] = f"sqlite:///{os.path.normpath(base / store.removeprefix('sqlite:///'))}"
     _merge(data, EnvOverrides.read(env))
     for field_path, value in (overrides or {}).items():
         if value is not None:

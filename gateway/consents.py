@@ -1,20 +1,28 @@
 """Consents at run time: the store is authoritative, the bundle's ``consents.yaml`` seeds it.
 
 The store keys consents by the keyed vehicle reference (never the VIN). For each batch the
-service loads the consents of the batch's vehicles and hands the decision engine a
-:class:`~gateway.state.snapshot.ConsentBook` keyed by VIN (it knows which VIN each reference
-in the batch stands for). A consent granted or withdrawn in the store — by ``icvgw consent``
+batch stage (:mod:`gateway.pipeline.batch`) loads the consents of the batch's vehicles and
+hands the decision engine a :class:`~gateway.state.snapshot.ConsentBook` keyed by VIN
+(:meth:`~gateway.state.snapshot.ConsentBook.by_vin`: it knows which VIN each reference in
+the batch stands for). A consent granted or withdrawn in the store — by ``icvgw consent``
 or, later, the API — therefore applies to the next batch; every change is an audited
 ``consent.changed`` entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import csv
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 
-from gateway.audit.store import IN_CHUNK, Consent, Reader, Store, _consent
+from gateway.errors import ConfigError, Problem
+from gateway.model import Consent
 from gateway.policy.bundle import PolicyBundle
-from gateway.state.snapshot import ConsentBook, ConsentRecord
+from gateway.store import Store
+from gateway.store.cursor import CHUNK
 
 
 def seed(
@@ -42,7 +50,7 @@ def seed(
     with store.transaction() as tx:
         changed = []
         for c in wanted:
-            current = tx.consent(c.consent_id)
+            current = tx.consent(c.id)
             if current is None or _differs(current, c):
                 changed.append(c)
         if changed:
@@ -51,38 +59,162 @@ def seed(
 
 
 def _differs(current: Consent, wanted: Consent) -> bool:
-    fixed = (current.vehicle, current.purpose, current.granted_at, current.expires_at)
-    if fixed != (wanted.vehicle, wanted.purpose, wanted.granted_at, wanted.expires_at):
+    fixed = (current.vehicle, current.purpose, current.granted, current.expires)
+    if fixed != (wanted.vehicle, wanted.purpose, wanted.granted, wanted.expires):
         return True
-    return wanted.withdrawn_at is not None and current.withdrawn_at != wanted.withdrawn_at
+    return wanted.revoked is not None and current.revoked != wanted.revoked
 
 
-def of_vehicles(reader: Reader, refs: Sequence[str]) -> list[Consent]:
-    """Every stored consent of these vehicle references."""
-    out: list[Consent] = []
-    for i in range(0, len(refs), IN_CHUNK):
-        chunk = list(refs[i : i + IN_CHUNK])
-        marks = ",".join("?" for _ in chunk)
-        rows = reader._all(
-            "select consent_id, vehicle, purpose, granted_ms, expires_ms, withdrawn_ms "
-            f"from consents where vehicle in ({marks})",
-            chunk,
+IMPORT_COLUMNS = ("vin", "purpose", "expires")
+"""The header of a consent import file; an ``id`` column may follow (default: an id derived
+from the vehicle reference, purpose and expiry, so importing a file again changes nothing)."""
+MAX_IMPORT_ROWS = 100_000
+_MAX_PROBLEMS = 20
+
+
+def check_consent(
+    bundle: PolicyBundle, vin: str, purpose: str, expires: str, *, now: float
+) -> float:
+    """The expiry (Unix seconds) of a consent to record for ``vin`` and ``purpose``, or a
+    ValueError saying which value is wrong: the VIN as the ingest checks it (ISO 3779, check
+    digit as the bundle's ``rules.ingest.verify_vin_check_digit`` says), a purpose of the
+    bundle's catalogue, an ISO 8601 expiry with a UTC offset, after ``now``."""
+    from gateway.pipeline.decode import is_vin
+
+    if not is_vin(vin, check_digit=bundle.rules.ingest.verify_vin_check_digit):
+        raise ValueError(
+            f"vin {vin!r}: not a VIN (17 characters of 0-9 and A-Z without I, O, Q"
+            + (", right check digit)" if bundle.rules.ingest.verify_vin_check_digit else ")")
         )
-        out.extend(_consent(r) for r in rows)
-    return out
-
-
-def book(consents: Iterable[Consent], vin_of: dict[str, str]) -> ConsentBook:
-    """The engine's VIN-keyed book of ``consents`` (references mapped by ``vin_of``)."""
-    return ConsentBook(
-        ConsentRecord(
-            id=c.consent_id,
-            vin=vin_of[c.vehicle],
-            purpose=c.purpose,
-            granted=c.granted_at,
-            expires=c.expires_at,
-            revoked=c.withdrawn_at,
+    if purpose not in bundle.purposes:
+        raise ValueError(
+            f"purpose {purpose!r}: not in the bundle's catalogue ({', '.join(bundle.purposes)})"
         )
-        for c in consents
-        if c.vehicle in vin_of
-    )
+    try:
+        end = datetime.fromisoformat(expires)
+    except ValueError:
+        raise ValueError(f"expires {expires!r}: not an ISO 8601 time") from None
+    if end.tzinfo is None:
+        raise ValueError(f"expires {expires!r}: give a UTC offset, e.g. 2030-01-01T00:00:00+08:00")
+    if not end.timestamp() > now:
+        raise ValueError(f"expires {expires!r}: already past")
+    return end.timestamp()
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    rows: int
+    written: int
+
+    @property
+    def unchanged(self) -> int:
+        return self.rows - self.written
+
+
+def import_csv(
+    store: Store,
+    bundle: PolicyBundle,
+    vehicle_ref: Callable[[str], str],
+    path: Path,
+    *,
+    now: float,
+    instance: str,
+) -> ImportResult:
+    """Record the consents of the CSV file ``path``, checked by :func:`check_import` (call
+    it first, before opening the store). One transaction writes the consents the store does
+    not hold yet (each audited as ``consent.changed``, as ``icvgw consent grant`` does); a
+    consent it holds with the same vehicle, purpose and expiry is left as it is (a withdrawn
+    one stays withdrawn). The file is read row by row, never whole."""
+    written = rows = 0
+    with store.transaction() as tx:
+        batch: list[Consent] = []
+        for _, row, _ in _rows(path):
+            rows += 1
+            ref = vehicle_ref(row["vin"])
+            end = datetime.fromisoformat(row["expires"]).timestamp()
+            cid = row.get("id") or _derived_id(ref, row["purpose"], end)
+            current = tx.consent(cid)
+            if current is not None and (current.vehicle, current.purpose, current.expires) == (
+                ref,
+                row["purpose"],
+                float(round(end * 1000)) / 1000,
+            ):
+                continue
+            batch.append(Consent(cid, ref, row["purpose"], now, end))
+            if len(batch) >= CHUNK:
+                written += tx.put_consents(batch, at=now, instance=instance)
+                batch = []
+        written += tx.put_consents(batch, at=now, instance=instance)
+    return ImportResult(rows, written)
+
+
+def _derived_id(ref: str, purpose: str, expires: float) -> str:
+    digest = hashlib.sha256(f"{ref}\n{purpose}\n{round(expires * 1000)}".encode()).hexdigest()
+    return f"c-{digest[:16]}"
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, str], bool]]:
+    """``(line, row, has extra columns)`` of the file; the header is checked (ConfigError
+    if wrong)."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        if list(header[:3]) != list(IMPORT_COLUMNS) or header[3:] not in ([], ["id"]):
+            raise ConfigError(
+                Problem(
+                    str(path),
+                    1,
+                    "",
+                    f"header must be {','.join(IMPORT_COLUMNS)}[,id], got {','.join(header)!r}",
+                )
+            )
+        for row in reader:
+            extra = row.pop(None, None)
+            yield reader.line_num, {k: (v or "").strip() for k, v in row.items()}, bool(extra)
+
+
+def check_import(path: Path, bundle: PolicyBundle, *, now: float) -> None:
+    """Check every row of the consent file ``path`` (header :data:`IMPORT_COLUMNS`, an
+    ``id`` column optional) as :func:`check_consent` does; raise
+    :class:`~gateway.errors.ConfigError` naming each bad ``file:line`` (the first 20)."""
+    problems: list[Problem] = []
+    ids: set[str] = set()
+    count = 0
+    try:
+        for line, row, extra in _rows(path):
+            count += 1
+            if count > MAX_IMPORT_ROWS:
+                raise ConfigError(
+                    Problem(
+                        str(path),
+                        line,
+                        "",
+                        f"more than {MAX_IMPORT_ROWS:,} consents; split the file",
+                    )
+                )
+            problem = "too many columns" if extra else _row_problem(bundle, row, ids, now)
+            if problem:
+                problems.append(Problem(str(path), line, "", problem))
+                if len(problems) >= _MAX_PROBLEMS:
+                    break
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(Problem(str(path), None, "", f"not a UTF-8 CSV file: {exc}")) from None
+    if problems:
+        raise ConfigError(problems)
+    if count == 0:
+        raise ConfigError(Problem(str(path), None, "", "no consent in the file"))
+
+
+def _row_problem(bundle: PolicyBundle, row: dict[str, str], ids: set[str], now: float) -> str:
+    if any(not row.get(c) for c in IMPORT_COLUMNS):
+        return f"each row needs {', '.join(IMPORT_COLUMNS)}"
+    try:
+        check_consent(bundle, row["vin"], row["purpose"], row["expires"], now=now)
+    except ValueError as exc:
+        return str(exc)
+    cid = row.get("id")
+    if cid:
+        if cid in ids:
+            return f"id {cid!r} appears twice in the file"
+        ids.add(cid)
+    return ""

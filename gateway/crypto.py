@@ -1,7 +1,7 @@
 """Ed25519 signer and verifier keys in the signed-note encoding (C2SP ``signed-note``).
 
 The key directory (:mod:`gateway.keys`) makes them from its seeds; the audit log signs and
-checks checkpoints with them (:mod:`gateway.audit.note`). The key hash is the first four bytes
+checks checkpoints with them (:mod:`gateway.tlog.note`). The key hash is the first four bytes
 of SHA-256(name || "\\n" || 0x01 || public key). A verifier key is written
 ``<name>+<hash hex>+<base64(0x01 || public key)>``; a signer key
 ``PRIVATE+KEY+<name>+<hash hex>+<base64(0x01 || seed)>``, as Go's

@@ -24,9 +24,14 @@ waits (bounded) until the gateway has processed every message the broker confirm
 outbox is empty, so the summary's counts are final. It stops the gateway (final signed
 checkpoint), verifies the audit log in-process with the key ring's public keys, checks that
 the log holds exactly the decisions the summary counts, and prints where the store is and
-how to verify and query it again. Exit status: 0 when all of that holds; 1 when
-verification fails, the counts are not final or disagree with the log, or a part fails;
-2 for invalid options.
+how to verify and query it again. Exit status: 0 when all of that holds and views were
+delivered (130 instead after Ctrl-C, the Unix convention); 1 when verification fails, the
+counts are not final or disagree with the log, no view was delivered, or a part fails (the
+working directory is then named); 2 for invalid options.
+
+The fleet starts :data:`_HISTORY_S` before the run, its messages of that minute published at
+once, so vehicles are mid-trip and past trip-start trimming; a run in a kept working
+directory continues the same fleet (same seed) from where the last one stopped.
 """
 
 from __future__ import annotations
@@ -71,6 +76,17 @@ _START_TIMEOUT_S = 15.0
 _DRAIN_TIMEOUT_S = 60.0
 _RATE_WINDOW_S = 2.0
 _NO_DURATION_S = 30 * 86400.0  # "until Ctrl-C": the longest run the simulator accepts
+_HISTORY_S = 60.0
+"""The fleet starts this long before the run and its messages of that minute are published
+at once: vehicles are already mid-trip, past the trip-start trimming of every subscriber
+(500 m at most in the default bundle), so each one receives views from the first seconds."""
+_FLEET_FILE = "fleet.json"
+"""In the working directory: when the last run's fleet stopped, so the next run continues
+in time (new timestamps and message ids, not duplicates of the last run)."""
+_HELD_WHY = (
+    "held: views waiting for trip trimming (released once the vehicle is the subscriber's "
+    "trip_trim_m from its trip's start or end, or discarded at the trip's end)"
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +143,8 @@ def demo(
 
     Ctrl-C (or --duration) ends the run: the summary's counts are final, the audit log is
     verified, and the commands to verify and query it again are printed. Exit 0 only if
-    verification passes and the log holds exactly the counted decisions.
+    views were delivered, verification passes and the log holds exactly the counted
+    entries; 130 after Ctrl-C.
     """
     if not 0 < rate <= 100:
         raise typer.BadParameter("must be in (0, 100] Hz", param_hint="--rate")
@@ -174,12 +191,10 @@ def demo(
             )
             summary = _Demo(options, console).run()
         except GatewayError as exc:
-            log.info("demo failed: %s", exc)
-            typer.echo(f"icvgw demo: {exc}", err=True)
+            _failed(exc, directory)
             raise typer.Exit(2 if _is_setup_error(exc) else 1) from exc
         except OSError as exc:
-            log.info("demo failed: %s", exc)
-            typer.echo(f"icvgw demo: {exc}", err=True)
+            _failed(exc, directory)
             raise typer.Exit(1) from exc
     if json_summary is not None:
         json_summary.write_text(json.dumps(summary.to_json(), indent=2) + "\n", encoding="utf-8")
@@ -188,6 +203,21 @@ def demo(
         for problem in summary.problems:
             typer.echo(f"icvgw demo: {problem}", err=True)
         raise typer.Exit(1)
+    raise typer.Exit(INTERRUPTED_EXIT if summary.interrupted else 0)
+
+
+INTERRUPTED_EXIT = 130
+"""Exit status after Ctrl-C (a run that was otherwise fine), as for ``icvgw run`` and
+``icvgw simulate``: 128 + SIGINT, the Unix convention."""
+
+
+def _failed(exc: Exception, directory: Path) -> None:
+    log.info("demo failed: %s", exc)
+    typer.echo(f"icvgw demo: {exc}", err=True)
+    typer.echo(
+        f"icvgw demo: working directory kept: {directory} (log: {directory / 'demo.log'})",
+        err=True,
+    )
 
 
 def _is_setup_error(exc: Exception) -> bool:
@@ -331,6 +361,9 @@ class Summary:
     first_seq: int = 0
     decisions: dict[str, dict[str, int]] = field(default_factory=dict)
     delivered: dict[str, int] = field(default_factory=dict)
+    held: dict[str, int] = field(default_factory=dict)
+    admin: dict[str, int] = field(default_factory=dict)
+    continued_from: str | None = None
     drained: bool = False
     interrupted: bool = False
     verification: list[str] = field(default_factory=list)
@@ -372,6 +405,9 @@ class Summary:
             "views": self.totals.views,
             "decisions": self.decisions,
             "delivered": self.delivered,
+            "held": self.held,
+            "admin": self.admin,
+            "continued_from": self.continued_from,
             "verification": self.verification,
         }
 
@@ -438,6 +474,7 @@ class _Demo:
         self.verifier = self.workdir / "verifier.pub"
         self._interrupted = threading.Event()
         self._rates: deque[tuple[float, int, dict[str, int]]] = deque()
+        self.preroll = 0.0
 
     # -- setup --------------------------------------------------------------------------
     def _fleet(self) -> Fleet:
@@ -445,13 +482,39 @@ class _Demo:
         from simulators.scenario import load_scenario
 
         scenario = load_scenario(self.o.scenario) if self.o.scenario else demo_scenario()
+        now = datetime.now(UTC)
+        start = (now - timedelta(seconds=_HISTORY_S)).replace(microsecond=0)
+        previous = self._previous_end()
+        if previous is not None and previous > start:
+            start = previous
+        self.preroll = max((now - start).total_seconds(), 0.0)
         config = FleetConfig(
             vehicles=self.o.vehicles,
             scenario=scenario,
-            start=datetime.now(UTC).replace(microsecond=0),
+            start=start,
             source=str(self.o.scenario) if self.o.scenario else "<demo scenario>",
+            # above every number an earlier run used: <= 100 samples per second since then
+            first_seq=round(start.timestamp() * 100),
         )
         return Fleet(config, self.o.seed)
+
+    def _previous_end(self) -> datetime | None:
+        """When the last run in this working directory stopped the same fleet (the same
+        seed: the same vehicles), if one did."""
+        path = self.workdir / _FLEET_FILE
+        if not path.is_file():
+            return None
+        try:
+            last = json.loads(path.read_text(encoding="utf-8"))
+            if last["seed"] != self.o.seed:
+                return None
+            return datetime.fromisoformat(last["until"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def _record_end(self) -> None:
+        last = {"seed": self.o.seed, "until": datetime.now(UTC).isoformat()}
+        (self.workdir / _FLEET_FILE).write_text(json.dumps(last) + "\n", encoding="utf-8")
 
     def _keyring_ready(self) -> None:
         from gateway.keys import KeyRing, init_keys
@@ -483,14 +546,12 @@ class _Demo:
         return Gateway(config, registry=CollectorRegistry())
 
     # -- running ------------------------------------------------------------------------
-    def run(self) -> Summary:
-        from gateway.broker import EmbeddedBroker
-        from gateway.errors import GatewayError
+    def _prepare(self, fleet: Fleet) -> Summary:
+        """Keys, policy and verifier keys in the working directory; the summary to fill."""
         from gateway.keys import KeyRing
         from gateway.service import origin_of
-        from simulators.publish import Publisher
 
-        fleet = self._fleet()
+        previous = self._previous_end()
         self._keyring_ready()
         write_demo_policy(self.policy, fleet.consenting_vins, datetime.now(UTC))
         origin = origin_of(WORKER)
@@ -498,8 +559,7 @@ class _Demo:
             "".join(k + "\n" for k in KeyRing.load(self.keys).verifier_keys(origin)),
             encoding="utf-8",
         )
-        embedded = EmbeddedBroker() if self.o.broker is None else None
-        summary = Summary(
+        return Summary(
             workdir=self.workdir,
             store=self.store,
             keys=self.keys,
@@ -509,7 +569,18 @@ class _Demo:
             seed=self.o.seed,
             vehicles=self.o.vehicles,
             seconds=0.0,
+            continued_from=None if previous is None else previous.isoformat(),
         )
+
+    def run(self) -> Summary:
+        from gateway.broker import EmbeddedBroker
+        from gateway.errors import GatewayError
+        from simulators.publish import Publisher
+
+        fleet = self._fleet()
+        summary = self._prepare(fleet)
+        origin = summary.shard
+        embedded = EmbeddedBroker() if self.o.broker is None else None
         with contextlib.ExitStack() as stack:
             if embedded is not None:
                 embedded.start()
@@ -522,7 +593,9 @@ class _Demo:
             gw = self._gateway(url)
             with gw.store.snapshot() as rd:
                 head = rd.shard_state(origin)
-            summary.first_seq = head.size if head is not None else 0
+            # The gateway has already audited its start (policy loaded, consents seeded):
+            # those entries belong to this run too.
+            summary.first_seq = (head.size if head is not None else 0) - gw.totals.admin
             runner = _GatewayThread(gw)
             try:
                 gw.start(timeout=_START_TIMEOUT_S)
@@ -537,7 +610,10 @@ class _Demo:
                 client_id=f"icvgw-demo-fleet-{secrets.token_hex(3)}",
                 timeout=30.0,
             )
-            messages = fleet.messages(self.o.duration or _NO_DURATION_S, self.o.rate)
+            messages = _live(
+                fleet.messages(self.preroll + (self.o.duration or _NO_DURATION_S), self.o.rate),
+                self.preroll,
+            )
             sim = _Simulation(messages, publisher)
             try:
                 sim.start()
@@ -556,6 +632,7 @@ class _Demo:
             if runner.error is not None:
                 summary.problems.append(f"the gateway failed: {runner.error}")
             self._final_counts(gw, summary)
+        self._record_end()
         summary.interrupted = self._interrupted.is_set()
         if not summary.drained:
             summary.problems.append(
@@ -629,6 +706,8 @@ class _Demo:
         summary.decisions = decisions
         delivered = dict(gw.drainer.delivered)
         summary.delivered = {s: delivered.get(s, 0) for s in decisions}
+        held = _held(gw)
+        summary.held = {s: held.get(s, 0) for s in decisions}
 
     # -- the live table -----------------------------------------------------------------
     def _table(
@@ -659,7 +738,7 @@ class _Demo:
             caption=(
                 f"published {sim.published:,} · messages in {messages:,} ({msg_rate:,.1f}/s) · "
                 f"entries audited {totals.entries:,} · dead letters {totals.deadletters:,} · "
-                f"duplicates {totals.duplicates:,} · outbox pending {pending}"
+                f"duplicates {totals.duplicates:,} · outbox pending {pending}\n{_HELD_WHY}"
             ),
             title_justify="left",
             caption_justify="left",
@@ -669,6 +748,8 @@ class _Demo:
         table.add_column("delivered", justify="right")
         for d in DECISIONS:
             table.add_column(d, justify="right")
+        table.add_column("held", justify="right")
+        held = _held(gw)
         for sub in gw.holder.current.subscribers:
             views_rate = (delivered.get(sub, 0) - d0.get(sub, 0)) / span if now > t0 else 0.0
             table.add_row(
@@ -676,6 +757,7 @@ class _Demo:
                 f"{views_rate:,.1f}",
                 f"{delivered.get(sub, 0):,}",
                 *(f"{decisions.get((sub, d), 0):,}" for d in DECISIONS),
+                f"{held.get(sub, 0):,}",
             )
         return table
 
@@ -685,18 +767,31 @@ def check_log(summary: Summary) -> None:
     decisions since ``summary.first_seq`` with the summary's counts. Sets ``verification``,
     ``verified`` and ``log_matches``; adds to ``problems`` what fails, so ``summary.ok`` is
     False unless both hold."""
-    from gateway.audit.store import AuditQuery, open_store
     from gateway.audit.verify import verify_store
     from gateway.keys import KeyRing
+    from gateway.store import open_store
+    from gateway.store.audit import AuditQuery
 
     verifiers = KeyRing.load(summary.keys).verifiers(summary.shard)
     with open_store(summary.store, migrate=False) as store:
         reports = verify_store(store, verifiers, shards=[summary.shard])
         logged: Counter[tuple[str, str]] = Counter()
+        admin: Counter[str] = Counter()
         with store.snapshot() as rd:
             for e in rd.query(AuditQuery(shard=summary.shard, kind="decision")):
                 if e.seq >= summary.first_seq and e.decision is not None:
                     logged[(e.subscriber or "", e.decision)] += 1
+            for e in rd.query(AuditQuery(shard=summary.shard, kind="admin")):
+                if e.seq >= summary.first_seq:
+                    admin[e.decision or "?"] += 1
+    summary.admin = dict(admin)
+    in_run = sum(logged.values()) + admin.total()
+    shard_size = reports[0].entries if len(reports) == 1 else None
+    if shard_size is not None and shard_size - summary.first_seq != in_run:
+        summary.problems.append(
+            f"the run's entries do not add up: the shard grew by "
+            f"{shard_size - summary.first_seq}, the run counts {in_run}"
+        )
     summary.verification = [_report_line(r) for r in reports]
     summary.verified = bool(reports) and all(r.error is None for r in reports)
     if not summary.verified:
@@ -712,6 +807,23 @@ def check_log(summary: Summary) -> None:
             f"the audit log holds {sum(logged.values())} decisions of this run, "
             f"the summary counts {summary.totals.entries}"
         )
+    _check_demonstrated(summary)
+
+
+def _check_demonstrated(summary: Summary) -> None:
+    """A run is OK only if it showed something: views delivered to subscribers."""
+    if sum(summary.delivered.values()) > 0:
+        return
+    why = ""
+    t = summary.totals
+    if t.duplicates and t.duplicates * 2 >= t.records + t.duplicates:
+        why = (
+            f": {t.duplicates:,} of {t.records + t.duplicates:,} records "
+            "were duplicates of records the store had already seen"
+        )
+    elif summary.held and sum(summary.held.values()):
+        why = f": {sum(summary.held.values()):,} views are still held for trip trimming"
+    summary.problems.append(f"no view was delivered to any subscriber{why}")
 
 
 class _GatewayThread:
@@ -752,6 +864,18 @@ def _new_totals() -> Totals:
     return Totals()
 
 
+def _live(messages: Iterator[Message], preroll: float) -> Iterator[Message]:
+    """The fleet's messages due ``preroll`` seconds before the run at once, the rest in
+    real time from the run's start."""
+    for msg in messages:
+        yield msg._replace(at=max(msg.at - preroll, 0.0))
+
+
+def _held(gw: Gateway) -> Counter[str]:
+    """Views held back for trip trimming now, per subscriber."""
+    return Counter(str(s) for s in gw.state.held.subscriber)
+
+
 def _failure(message: str) -> Exception:
     from gateway.errors import GatewayError
 
@@ -782,6 +906,20 @@ def _report_line(r: ShardReport) -> str:
     )
 
 
+def _entries_line(s: Summary) -> str:
+    """The run's audit entries as a sum: decisions + dead letters + administrative ones."""
+    dead = s.totals.deadletters
+    decisions = s.totals.entries - dead
+    names = {"policy.loaded": "policy loaded", "consent.changed": "consents seeded"}
+    admin = sum(s.admin.values())
+    parts = ", ".join(f"{n:,} {names.get(a, a)}" for a, n in sorted(s.admin.items()))
+    return (
+        f"entries audited in this run: {decisions + dead + admin:,} = "
+        f"{decisions:,} decisions + {dead:,} dead letters + {admin:,} admin entries"
+        + (f" ({parts})" if parts else "")
+    )
+
+
 def _print_summary(console: Console, s: Summary) -> None:
     """The summary (stdout): counts, verification, and how to look at the store again."""
     from rich.table import Table
@@ -793,9 +931,13 @@ def _print_summary(console: Console, s: Summary) -> None:
     table.add_column("delivered", justify="right")
     for d in DECISIONS:
         table.add_column(d, justify="right")
+    table.add_column("held", justify="right")
     for sub, by in s.decisions.items():
         table.add_row(
-            sub, f"{s.delivered.get(sub, 0):,}", *(f"{by.get(d, 0):,}" for d in DECISIONS)
+            sub,
+            f"{s.delivered.get(sub, 0):,}",
+            *(f"{by.get(d, 0):,}" for d in DECISIONS),
+            f"{s.held.get(sub, 0):,}",
         )
     console.print(table)
 
@@ -803,13 +945,16 @@ def _print_summary(console: Console, s: Summary) -> None:
         console.print(line, highlight=False, soft_wrap=True)
 
     stopped = " (stopped by Ctrl-C)" if s.interrupted else ""
+    out(_HELD_WHY)
+    if s.continued_from is not None:
+        out(f"fleet continued from the last run in this directory (stopped {s.continued_from})")
     t = s.totals
     out(
         f"{s.seconds:,.1f} s{stopped}, {s.vehicles} vehicles (seed {s.seed}): "
         f"{s.published:,} messages published, {t.messages:,} in ({t.records:,} records, "
-        f"{t.duplicates:,} duplicates), {t.entries:,} entries audited, "
-        f"{t.views:,} views, {t.deadletters:,} dead letters"
+        f"{t.duplicates:,} duplicates), {t.views:,} views, {t.deadletters:,} dead letters"
     )
+    out(_entries_line(s))
     for line in s.verification:
         out(f"audit verification: {line}")
     if s.log_matches:

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from gateway.policy.cli import _DIR_HELP, _load
+from gateway.policy.cli import _load, _Policies
 
 
 def explain(
@@ -24,9 +24,7 @@ def explain(
             show_default=False,
         ),
     ],
-    policies: Annotated[
-        Path | None, typer.Option("--policies", "-p", help=_DIR_HELP, show_default=False)
-    ] = None,
+    policies: _Policies = None,
     subscriber: Annotated[
         list[str] | None,
         typer.Option(

@@ -110,7 +110,10 @@ def init_keys(directory: str | Path) -> KeyRing:
     file with mode 0600. Refuses a directory that already holds keys.
     """
     path = Path(directory)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission
+        raise KeyStoreError(f"{path}: cannot create the key directory: {exc.strerror}") from None
     path.chmod(0o700)
     if any(_FILE_RE.match(p.name) for p in path.iterdir()):
         raise KeyStoreError(f"{path}: already holds keys; use 'icvgw keys rotate' instead")
@@ -291,7 +294,8 @@ class KeyRing:
         return f"k{gen}:{hmac.new(key, b'payload:' + data, hashlib.sha256).hexdigest()}"
 
     def record_key(self, record: str, *, generation: int | None = None) -> str:
-        """The de-duplication key of a record id (``m:<msg_id>``, ``t:<ms>``): ``r:`` and a
+        """The de-duplication key of a record id (``m:<ms>:<msg_id>``, ``t:<ms>``,
+        :func:`gateway.pipeline.shape.record_part`): ``r:`` and a
         keyed digest (HMAC-SHA256, 128 bits), so the store never holds the id itself (a
         message id often embeds the VIN)."""
         _, key = self._secret(KeyKind.HMAC, generation)

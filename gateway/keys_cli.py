@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from gateway.cli_params import out_file, out_file_or_dir
 from gateway.errors import GatewayError
 from gateway.keys import KeyKind, KeyRing, init_keys, rotate_keys
 
@@ -20,20 +21,19 @@ app = typer.Typer(
 _Dir = Annotated[Path, typer.Option("--dir", help="The key directory.")]
 
 
-def _fail(exc: GatewayError) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(2)
-
-
 @app.command("init")
 def init_command(
-    out: Annotated[Path, typer.Option("--out", help="Key directory to create (mode 0700).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            callback=out_file_or_dir,  # its parent must exist: a typo is not a new tree
+            help="Key directory to create (mode 0700), in an existing directory.",
+        ),
+    ],
 ) -> None:
     """Create a key directory with generation 1 of every key (files mode 0600)."""
-    try:
-        ring = init_keys(out)
-    except GatewayError as exc:
-        raise _fail(exc) from exc
+    ring = init_keys(out)
     typer.echo(f"created {ring.directory}: {', '.join(f'{k.value} 1' for k in KeyKind)}")
 
 
@@ -55,11 +55,8 @@ def rotate_command(
 ) -> None:
     """Add a new generation; old generations stay for verification (and, for the store
     key, for reading what is still sealed with them: --store re-seals it now)."""
-    try:
-        ring = rotate_keys(directory, only or tuple(KeyKind))
-        resealed, compacted = (None, None) if store is None else _reseal(store, ring)
-    except GatewayError as exc:
-        raise _fail(exc) from exc
+    ring = rotate_keys(directory, only or tuple(KeyKind))
+    resealed, compacted = (None, None) if store is None else _reseal(store, ring)
     kinds = only or list(KeyKind)
     typer.echo(
         f"rotated {ring.directory}: "
@@ -81,8 +78,8 @@ def rotate_command(
 def _reseal(url: str, ring: KeyRing) -> tuple[int, GatewayError | None]:
     """Re-seal ``url`` with the newest store key; the count, and why the file could not be
     compacted afterwards (the re-sealing is committed all the same), if it could not."""
-    from gateway.audit.outbox import reseal
-    from gateway.audit.store import open_store
+    from gateway.store import open_store
+    from gateway.store.rekey import reseal
 
     with open_store(url, keys=ring) as s:
         with s.transaction() as tx:
@@ -102,15 +99,13 @@ def public_command(
         typer.Option("--origin", help="Audit log origin (shard) the key signs for; repeatable."),
     ],
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write to this file instead of stdout.")
+        Path | None,
+        typer.Option("--out", callback=out_file, help="Write to this file instead of stdout."),
     ] = None,
 ) -> None:
     """Print the checkpoint verifier keys (note format, every generation) for auditors."""
-    try:
-        ring = KeyRing.load(directory)
-        lines = [vkey for o in origin for vkey in ring.verifier_keys(o)]
-    except GatewayError as exc:
-        raise _fail(exc) from exc
+    ring = KeyRing.load(directory)
+    lines = [vkey for o in origin for vkey in ring.verifier_keys(o)]
     text = "".join(line + "\n" for line in lines)
     if out is None:
         typer.echo(text, nl=False)
@@ -122,10 +117,7 @@ def public_command(
 @app.command("list")
 def list_command(directory: _Dir) -> None:
     """Show the generations present (no secrets)."""
-    try:
-        ring = KeyRing.load(directory)
-    except GatewayError as exc:
-        raise _fail(exc) from exc
+    ring = KeyRing.load(directory)
     for kind in KeyKind:
         gens = ring.generations(kind)
         if not gens:

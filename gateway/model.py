@@ -3,6 +3,8 @@
 * :class:`Envelope` — one MQTT message as received; nothing after ``ingest/`` sees paho types.
 * :class:`DeadInput` — an input (payload or record) that cannot be used, as the batch stage
   hands it to the commit.
+* :class:`Consent` — a vehicle's consent for one purpose, as the store keeps it and the
+  decision engine reads it.
 * :class:`Batch` — a micro-batch of decoded records as columns (numpy arrays), with a
   per-row status and error code. Stages filter by marking rows, never by raising.
 
@@ -14,13 +16,43 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+
+
+class Consent(NamedTuple):
+    """A vehicle's consent for one purpose, as Unix times: active from ``granted`` until
+    ``expires`` or ``revoked`` (a withdrawal, final), whichever comes first.
+
+    ``vehicle`` is the vehicle as the holder of the consent keys it: a keyed reference in
+    the store (never the VIN), the VIN in the decision engine's
+    :class:`~gateway.state.snapshot.ConsentBook`. The bundle's ``consents.yaml`` is read into
+    its own document model (:class:`gateway.policy.schema.Consent`, dates and a VIN) and
+    converted to this. (A book stores consents as plain tuples: the garbage collector stops
+    tracking those, but never a named tuple, which matters with a consent per vehicle and
+    purpose.)
+    """
+
+    id: str
+    vehicle: str
+    purpose: str
+    granted: float
+    expires: float
+    revoked: float | None = None
+
+    @property
+    def end(self) -> float:
+        """The first instant at which the consent no longer holds."""
+        return self.expires if self.revoked is None else min(self.expires, self.revoked)
+
+    def active_at(self, when: float) -> bool:
+        """True if granted, unexpired and not revoked at Unix time ``when``."""
+        return self.granted <= when < self.end
 
 
 class Datum(IntEnum):

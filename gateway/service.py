@@ -7,7 +7,7 @@ Threads, each with one job:
   pipeline (:mod:`gateway.pipeline.run`: decode, batch, classify, geo, decide, shape),
   commits it in one store transaction, only then acknowledges its input messages, and
   hands the committed views to delivery;
-* the delivery thread (:class:`~gateway.deliver.outbox.OutboxDrainer`) publishes committed
+* the delivery thread (:class:`~gateway.deliver.drainer.OutboxDrainer`) publishes committed
   views and marks them delivered when the broker confirms them.
 
 A crash at any point loses nothing: unacknowledged input is redelivered by the broker and
@@ -38,19 +38,11 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from gateway import consents
-from gateway.audit.entries import AdminAction, AdminEntry
 from gateway.audit.log import AuditLog, CheckpointPolicy
-from gateway.audit.outbox import (
-    all_vehicle_state,
-    count_pending,
-    prune_expired,
-    prune_seen,
-)
-from gateway.audit.store import Reader, Store, Transaction, open_store
 from gateway.commit import Context, Written, commit_batch
 from gateway.config import GatewayConfig
+from gateway.deliver.drainer import OutboxDrainer
 from gateway.deliver.mqtt import MqttPublisher
-from gateway.deliver.outbox import OutboxDrainer
 from gateway.errors import StaleDecisionError, StoreError
 from gateway.health import StoreHealth
 from gateway.ingest.client import BrokerSpec, parse_broker_url
@@ -74,6 +66,12 @@ from gateway.state.snapshot import (
     StateSnapshot,
     TripState,
 )
+from gateway.store import Reader, Store, Transaction, open_store
+from gateway.store.dedup import prune_seen
+from gateway.store.forget import prune_expired
+from gateway.store.outbox import count_pending
+from gateway.store.vehicle_states import all_vehicle_state
+from gateway.tlog.entries import AdminAction, AdminEntry
 from gateway.vehicle_state import decode as decode_state
 from gateway.vehicle_state import documents
 

@@ -1,6 +1,6 @@
 """``icvgw deadletter`` and ``icvgw vehicle``: the store's working data, for the operator.
 
-Dead letters are kept sealed (:mod:`gateway.audit.outbox`): ``list`` shows what can be
+Dead letters are kept sealed (:mod:`gateway.store.deadletters`): ``list`` shows what can be
 shown without the key directory (time, reason, keyed vehicle reference, size); ``show``
 opens one with it, and is audited (``deadletter.read``). ``vehicle erase`` deletes one
 vehicle's data from the store on request (PIPL art. 47), audited (``vehicle.erased``);
@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from gateway.cli_params import out_file
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
-    from gateway.audit.store import Store, Transaction
     from gateway.keys import KeyRing
+    from gateway.store import Store, Transaction
 
 deadletter_app = typer.Typer(
     name="deadletter",
@@ -42,18 +43,13 @@ _Worker = Annotated[
 ]
 
 
-def _fail(exc: GatewayError) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(2)
-
-
 def _time(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
 
 
 def _open(store: str, worker: str, keys: KeyRing | None) -> Store:
-    from gateway.audit.store import open_store
     from gateway.service import origin_of
+    from gateway.store import open_store
 
     return open_store(store, shard=origin_of(worker), keys=keys)
 
@@ -69,15 +65,12 @@ def list_command(
 ) -> None:
     """The newest dead letters: audit seq, time, reason, vehicle reference, size. Nothing
     of their content (no key directory needed)."""
-    from gateway.audit.outbox import deadletters
-    from gateway.audit.store import open_store
     from gateway.service import origin_of
+    from gateway.store import open_store
+    from gateway.store.deadletters import deadletters
 
-    try:
-        with open_store(store, migrate=False) as s, s.snapshot() as rd:
-            rows = deadletters(rd, origin_of(worker), limit, before_seq=before)
-    except GatewayError as exc:
-        raise _fail(exc) from exc
+    with open_store(store, migrate=False) as s, s.snapshot() as rd:
+        rows = deadletters(rd, origin_of(worker), limit, before_seq=before)
     for r in rows:
         typer.echo(f"{r.seq}  {_time(r.ts_ms)}  {r.reason}  {r.vehicle or '-'}  {r.size} B")
     if not rows:
@@ -91,32 +84,30 @@ def show_command(
     seq: Annotated[int, typer.Argument(help="The dead letter's audit seq (from list).")],
     worker: _Worker = "gw-1",
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write the payload's bytes to this file.")
+        Path | None,
+        typer.Option("--out", callback=out_file, help="Write the payload's bytes to this file."),
     ] = None,
 ) -> None:
     """Open one dead letter: its topic and payload as received (audited as read)."""
-    from gateway.audit.entries import AdminAction, AdminEntry
-    from gateway.audit.outbox import deadletter
     from gateway.keys import KeyRing
     from gateway.service import origin_of
+    from gateway.store.deadletters import deadletter
+    from gateway.tlog.entries import AdminAction, AdminEntry
 
     shard = origin_of(worker)
     now = datetime.now(UTC).timestamp()
-    try:
-        ring = KeyRing.load(keys)
-        with _open(store, worker, ring) as s, s.transaction() as tx:
-            row = deadletter(tx, shard, seq)
-            if row is not None:
-                entry = AdminEntry(
-                    time=now,
-                    instance=worker,
-                    action=AdminAction.DEADLETTER_READ,
-                    subject=f"{shard}#{seq}",
-                    details={"reason": row.reason},
-                )
-                tx.append_audit([entry], shard=shard)
-    except GatewayError as exc:
-        raise _fail(exc) from exc
+    ring = KeyRing.load(keys)
+    with _open(store, worker, ring) as s, s.transaction() as tx:
+        row = deadletter(tx, shard, seq)
+        if row is not None:
+            entry = AdminEntry(
+                time=now,
+                instance=worker,
+                action=AdminAction.DEADLETTER_READ,
+                subject=f"{shard}#{seq}",
+                details={"reason": row.reason},
+            )
+            tx.append_audit([entry], shard=shard)
     if row is None:
         typer.echo(f"error: no dead letter {seq} in {shard}", err=True)
         raise typer.Exit(1)
@@ -159,17 +150,14 @@ def erase_command(
         raise typer.Exit(2)
     now = datetime.now(UTC).timestamp()
     compacted: GatewayError | None = None
-    try:
-        ring = KeyRing.load(keys)
-        with _open(store, worker, ring) as s:
-            with s.transaction() as tx:
-                details = erase(tx, ring, vin, at=now, instance=worker)
-            try:
-                s.compact()
-            except GatewayError as exc:  # erased and committed all the same
-                compacted = exc
-    except GatewayError as exc:
-        raise _fail(exc) from exc
+    ring = KeyRing.load(keys)
+    with _open(store, worker, ring) as s:
+        with s.transaction() as tx:
+            details = erase(tx, ring, vin, at=now, instance=worker)
+        try:
+            s.compact()
+        except GatewayError as exc:  # erased and committed all the same
+            compacted = exc
     typer.echo(
         f"erased {ring.vehicle_ref(vin)}: "
         + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in details.items())
@@ -185,17 +173,17 @@ def erase_command(
 def erase(tx: Transaction, ring: KeyRing, vin: str, *, at: float, instance: str) -> dict[str, int]:
     """Erase ``vin``'s data in ``tx`` (see :func:`erase_command`) and audit it; returns
     what was erased per kind."""
-    from gateway.audit.entries import AdminAction, AdminEntry
-    from gateway.audit.outbox import erase_vehicle, vehicle_states_of
-    from gateway.consents import of_vehicles
+    from gateway.store.forget import erase_vehicle
+    from gateway.store.vehicle_states import vehicle_states_of
+    from gateway.tlog.entries import AdminAction, AdminEntry
     from gateway.vehicle_state import decode
 
     refs = ring.vehicle_refs(vin)
     held = sum(len(decode(v, doc)[2]) for v, doc in vehicle_states_of(tx, refs))
     details = {**erase_vehicle(tx, refs, vin=vin), "held_views": held}
     withdrawn = 0
-    for c in of_vehicles(tx, refs):
-        withdrawn += tx.withdraw_consent(c.consent_id, at=at, instance=instance)
+    for c in tx.consents_of(refs):
+        withdrawn += tx.withdraw_consent(c.id, at=at, instance=instance)
     details["consents_withdrawn"] = withdrawn
     entry = AdminEntry(
         time=at,

@@ -8,7 +8,7 @@ restarted worker continues exactly where its last commit left off.
 
 The document holds raw positions (trip start, held views) and is stored sealed, keyed by
 the vehicle's keyed reference with the VIN inside the sealed value
-(:func:`gateway.audit.outbox.save_vehicle_state`); it is never exported and never in the
+(:func:`gateway.store.vehicle_states.save_vehicle_state`); it is never exported and never in the
 audit log.
 """
 

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from gateway.cli_params import out_file
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -76,7 +78,10 @@ def simulate(
     ] = 30.0,
     vins_out: Annotated[
         Path | None,
-        typer.Option(help="Write the vehicles (VIN, consent, zone crossing) to this JSON file."),
+        typer.Option(
+            callback=out_file,
+            help="Write the vehicles (VIN, consent, zone crossing) to this JSON file.",
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Generate and count, publish nothing.")
@@ -92,6 +97,13 @@ def simulate(
         raise typer.BadParameter("must be 5 or 3.1.1", param_hint="--protocol")
     if speedup < 0:
         raise typer.BadParameter("must be >= 0", param_hint="--speedup")
+    if not dry_run:  # before generating anything (or writing --vins-out)
+        from gateway.ingest.client import parse_broker_url
+
+        try:
+            parse_broker_url(broker)
+        except GatewayError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--broker") from None
     try:
         if replay is not None:
             given = [

@@ -109,12 +109,15 @@ class Vehicle:
 @dataclass(frozen=True)
 class FleetConfig:
     """How many vehicles, in which scenario, from which start time (UTC). ``source``
-    names the scenario in error messages (its file name)."""
+    names the scenario in error messages (its file name). ``first_seq`` numbers each
+    vehicle's first sample (``msg_id`` ``<VIN>-<first_seq>``): a fleet continued in a later
+    run starts above the numbers it used, so its records are new, not duplicates."""
 
     vehicles: int = 10
     scenario: Scenario = field(default_factory=Scenario)
     start: datetime = DEFAULT_START
     source: str = "<scenario>"
+    first_seq: int = 0
 
 
 @dataclass
@@ -308,7 +311,7 @@ class _Run:
         # a crossing vehicle's first trip lasts until it has crossed
         self.trip_end[self.crosses] = np.maximum(self.trip_end[self.crosses], 180.0)
         self.resume = np.zeros(n)
-        self.seq = np.zeros(n, dtype=np.int64)
+        self.seq = np.full(n, fleet.config.first_seq, dtype=np.int64)
         stats.trips += n
         # traffic mix
         self.batch: list[list[dict[str, Any]]] = [[] for _ in range(n)]

@@ -20,19 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.audit.entries import parse_time
-from gateway.audit.outbox import (
-    DeadLetterRow,
-    OutboxRow,
-    deadletter,
-    deadletters,
-    outbox_rows,
-)
 from gateway.audit.verify import verify_store
 from gateway.config import GatewayConfig
 from gateway.model import Envelope
 from gateway.service import Gateway
+from gateway.store.deadletters import DeadLetterRow, deadletter, deadletters
+from gateway.store.outbox import OutboxRow, outbox_rows
 from gateway.testing import make_vin, offline_config
+from gateway.tlog.entries import parse_time
 from gateway.vss import LATITUDE, LONGITUDE, TIMESTAMP, VIN
 from simulators.fleet import Fleet, FleetConfig
 
@@ -249,3 +244,38 @@ def test_a_batch_of_many_dead_records_is_committed_in_linear_time(tmp_path: Path
         [(letters,)] = list(db(cfg).execute("select count(*) from deadletters"))
         assert letters == n * 1000
     assert elapsed[1] < 20 * elapsed[0], [f"{t:.2f} s" for t in elapsed]
+
+
+def test_every_view_and_notice_names_the_audit_entry_that_decided_it(
+    config: GatewayConfig,
+) -> None:
+    # One batch of shared views and a dead letter, after the policy's own entry: the seq of
+    # each outbox row, the audit_seq inside its bytes and the entry stored at that seq are
+    # one number, and that entry's digest is of those very bytes.
+    good = [record(make_vin(i), **{TIMESTAMP: 1795867200.0 + i}) for i in range(1, 6)]
+    bad = record(**{LATITUDE: "31.2"})
+    gw = Gateway(config, clock=lambda: NOW)
+    try:
+        gw.process(
+            [
+                Envelope(f"vehicles/{r[VIN]}/telemetry", orjson.dumps(r), 0.0, i)
+                for i, r in enumerate([*good, bad])
+            ]
+        )
+        with gw.store.snapshot() as rd:
+            rows = [row for row, _ in outbox_rows(rd, gw.origin)]
+            entries = {e.seq: e for e in rd.iter_entries(gw.origin)}
+    finally:
+        gw.store.close()
+    assert min(entries) == 0 and min(r.seq for r in rows) > 0  # numbered after the policy's
+    assert len([r for r in rows if r.subscriber]) >= 5
+    assert len([r for r in rows if not r.subscriber]) == 1
+    for row in rows:
+        body = orjson.loads(entries[row.seq].body or b"")
+        assert orjson.loads(row.payload)["audit_seq"] == row.seq
+        assert body["msg"] == row.message_id and body["seq"] == row.seq
+        if row.subscriber:
+            assert body["digest"] == gw.keys.payload_digest(row.payload)
+        else:
+            assert body["decision"] == "dead-lettered"
+            assert body["digest"] == orjson.loads(row.payload)["digest"]

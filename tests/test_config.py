@@ -74,6 +74,23 @@ def test_the_shipped_example_config_loads() -> None:
     assert cfg.worker == "gw-1"
     assert cfg.broker.protocol == "5"
     assert cfg.policies is None
+    # From a checkout: `icvgw keys init --out keys` at the root, then --config deploy/...
+    root = example.parent.parent
+    assert cfg.keys == str(root / "keys")
+    assert cfg.store == f"sqlite:///{root / 'icvgw.sqlite'}"
+
+
+def test_paths_in_the_file_are_relative_to_it_and_flags_to_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "etc").mkdir()
+    path = tmp_path / "etc" / "gw.yaml"
+    path.write_text("broker: {protocol: 5}\nkeys: ../k\nstore: sqlite:///s.db\n")
+    monkeypatch.chdir(tmp_path / "etc")  # not the file's directory's parent
+    cfg = load_config(path, environ={})
+    assert (cfg.keys, cfg.store) == (str(tmp_path / "k"), f"sqlite:///{tmp_path / 'etc/s.db'}")
+    cfg = load_config(path, environ={"ICVGW_KEYS": "k2"}, overrides={("store",): "sqlite:///x"})
+    assert (cfg.keys, cfg.store) == ("k2", "sqlite:///x")
 
 
 @pytest.mark.parametrize(
@@ -133,3 +150,13 @@ def test_empty_and_unknown_environment_variables_change_nothing(tmp_path: Path) 
         "ICVGW_TEST_POSTGRES_URL": "postgresql://elsewhere",
     }
     assert load_config(path, environ=env) == load_config(path, environ={})
+
+
+def test_a_bad_broker_url_is_refused_where_it_is_given(tmp_path: Path) -> None:
+    path = write(tmp_path, "broker:\n  protocol: 5\n  url: mqtt://127.0.0.1:99999\n")
+    with pytest.raises(ConfigError, match=r"gateway.yaml:3: broker.url: .*bad port '99999'"):
+        load_config(path, environ={})
+    with pytest.raises(ConfigError, match=r"broker.url: .*bad port 'abc'"):
+        load_config(
+            None, overrides={("broker", "protocol"): "5", ("broker", "url"): "mqtt://h:abc"}
+        )

@@ -7,6 +7,7 @@ counts the run's decisions and dead letters, and runs ``icvgw audit verify`` sep
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -19,13 +20,15 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from gateway.audit.outbox import count_pending, deadletters
-from gateway.audit.store import AuditQuery, open_store
 from gateway.cli import app
 from gateway.demo import Summary, check_log, write_demo_policy
 from gateway.policy.loader import BUNDLE_FILES, load_bundle
 from gateway.resources import default_policy_dir
 from gateway.service import Totals
+from gateway.store import open_store
+from gateway.store.audit import AuditQuery
+from gateway.store.deadletters import deadletters
+from gateway.store.outbox import count_pending
 from gateway.testing import MosquittoBroker
 from simulators.vin import random_vins
 from tests.simulators.subscriber import Subscriber
@@ -103,7 +106,19 @@ def test_demo_summary_equals_the_audit_log(tmp_path: Path) -> None:
     logged = check_against_store(summary)
     # Everything before the run's first decision is administrative: the policy version in
     # force and the consents it seeded.
-    assert summary["first_seq"] == summary["admin_entries"]
+    assert summary["first_seq"] == 0
+    assert summary["admin"] == {
+        "policy.loaded": 1,
+        "consent.changed": summary["admin_entries"] - 1,
+    }
+    # The summary states the run's entries as a sum that adds up.
+    total = summary["entries"] + summary["admin_entries"]
+    assert (
+        f"entries audited in this run: {total:,} = "
+        f"{summary['entries'] - summary['deadletters']:,} decisions + "
+        f"{summary['deadletters']:,} dead letters + {summary['admin_entries']:,} admin entries "
+        f"({summary['admin_entries'] - 1:,} consents seeded, 1 policy loaded)"
+    ) in proc.stdout.replace("\n", " ")
     assert summary["vehicles"] == 10 and summary["published"] >= 20
     assert sum(summary["delivered"].values()) > 0
     assert {sub for sub, _ in logged if sub} <= set(summary["decisions"])
@@ -124,7 +139,7 @@ def test_demo_summary_equals_the_audit_log(tmp_path: Path) -> None:
     # A second run in the kept directory reuses keys and store and appends to the log.
     _, again = run_demo(tmp_path, "--duration", "2", "--vehicles", "3", "--workdir", str(workdir))
     check_against_store(again)
-    assert again["first_seq"] == size + again["admin_entries"]
+    assert again["first_seq"] == size
     assert again["seed"] != summary["seed"]
     out = audit_verify(tmp_path, again)
     assert f"verified size {size + again['entries'] + again['admin_entries']}," in out
@@ -145,6 +160,7 @@ def test_demo_summary_equals_the_audit_log(tmp_path: Path) -> None:
             totals=Totals(entries=data["entries"], deadletters=data["deadletters"]),
             first_seq=data["first_seq"],
             decisions=data["decisions"],
+            delivered=data["delivered"],
         )
 
     recheck = as_summary(again)
@@ -233,3 +249,66 @@ def test_demo_refuses_bad_options_before_starting_anything(
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "w").exists()
+
+
+def test_default_demo_feeds_every_subscriber_in_20_s_and_continues_in_time(
+    tmp_path: Path,
+) -> None:
+    workdir = tmp_path / "w"
+    proc, first = run_demo(tmp_path, "--duration", "20", "--seed", "7", "--workdir", str(workdir))
+    check_against_store(first)
+    # Vehicles are mid-trip at start: trip-start trimming (500 m at most, not weakened) has
+    # released, so every subscriber receives views within the first 20 seconds.
+    assert all(n > 0 for n in first["delivered"].values()), first["delivered"]
+    assert set(first["held"]) == set(first["decisions"])
+    assert "held: views waiting for trip trimming" in proc.stdout
+    assert first["continued_from"] is None
+
+    # The same fleet again in the same directory continues in time: new records, delivered.
+    proc, again = run_demo(tmp_path, "--duration", "5", "--seed", "7", "--workdir", str(workdir))
+    check_against_store(again)
+    assert again["continued_from"] is not None
+    assert again["duplicates"] * 10 < again["records"], again  # only the scenario's faults
+    assert sum(again["delivered"].values()) > 0
+    assert "fleet continued from the last run in this directory" in proc.stdout
+
+
+def test_a_failing_demo_names_its_working_directory(tmp_path: Path) -> None:
+    from gateway.testing import free_port
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "demo", "--duration", "2",
+         "--broker", f"mqtt://127.0.0.1:{free_port()}", "--protocol", "5"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    kept = [line for line in proc.stderr.splitlines() if "working directory kept: " in line]
+    assert len(kept) == 1, proc.stderr
+    directory = Path(kept[0].split("working directory kept: ")[1].split(" (log: ")[0])
+    assert (directory / "demo.log").is_file()
+    assert "Traceback" not in proc.stderr and "demo OK" not in proc.stdout
+    shutil.rmtree(directory)
+
+
+def test_demo_ok_only_when_views_were_delivered(tmp_path: Path) -> None:
+    from gateway.demo import _check_demonstrated
+
+    def summary(delivered: int, duplicates: int = 0, records: int = 10) -> Summary:
+        return Summary(
+            workdir=tmp_path, store="", keys=tmp_path, verifier=tmp_path, shard="s",
+            broker="", seed=1, vehicles=1, seconds=1.0, records=records,
+            duplicates=duplicates, delivered={"a": delivered, "b": 0},
+        )  # fmt: skip
+
+    fine = summary(1)
+    _check_demonstrated(fine)
+    assert fine.ok
+    nothing = summary(0)
+    _check_demonstrated(nothing)
+    assert nothing.problems == ["no view was delivered to any subscriber"]
+    repeated = summary(0, duplicates=247, records=3)
+    _check_demonstrated(repeated)
+    assert repeated.problems == [
+        "no view was delivered to any subscriber: 247 of 250 records were duplicates of "
+        "records the store had already seen"
+    ]

@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from typer.testing import CliRunner
 
-from gateway.audit.note import open_note, sign_note
 from gateway.cli import app
 from gateway.crypto import NoteVerifier
 from gateway.errors import KeyStoreError
 from gateway.keys import KeyKind, KeyRing, ensure_store_key, init_keys, rotate_keys
+from gateway.tlog.note import open_note, sign_note
 
 
 def _mode(path: Path) -> int:
@@ -237,8 +237,8 @@ def test_record_keys_are_keyed_digests(tmp_path: Path) -> None:
 
 
 def test_cli_rotate_with_a_store_reseals_it(tmp_path: Path) -> None:
-    from gateway.audit.outbox import DeadLetterRow, add_deadletters, deadletter
-    from gateway.audit.store import open_store
+    from gateway.store import open_store
+    from gateway.store.deadletters import DeadLetterRow, add_deadletters, deadletter
 
     ring = init_keys(tmp_path / "k")
     url = f"sqlite:///{tmp_path / 's.db'}"
@@ -259,9 +259,9 @@ def test_cli_rotate_reports_a_reseal_it_could_not_compact(
 ) -> None:
     import sqlite3
 
-    from gateway.audit import store as store_module
-    from gateway.audit.outbox import DeadLetterRow, add_deadletters
-    from gateway.audit.store import open_store
+    from gateway.store import dialects as store_module
+    from gateway.store import open_store
+    from gateway.store.deadletters import DeadLetterRow, add_deadletters
 
     ring = init_keys(tmp_path / "k")
     url = f"sqlite:///{tmp_path / 's.db'}"
@@ -280,3 +280,16 @@ def test_cli_rotate_reports_a_reseal_it_could_not_compact(
     assert result.exit_code == 0, result.output
     assert "re-sealed 1 value(s)" in result.output
     assert "warning: the store was not compacted" in result.output
+
+
+def test_init_refuses_a_missing_or_non_directory_parent(tmp_path: Path) -> None:
+    """A mistyped path is one line of error, not a traceback nor a tree of new directories."""
+    result = CliRunner().invoke(app, ["keys", "init", "--out", str(tmp_path / "no" / "keys")])
+    assert result.exit_code == 2
+    assert f"{tmp_path / 'no' / 'keys'}: directory {tmp_path / 'no'} does not exist" in (
+        result.stderr
+    )
+    assert not (tmp_path / "no").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(KeyStoreError, match="file/keys: cannot create the key directory"):
+        init_keys(tmp_path / "file" / "keys")

@@ -20,15 +20,16 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.audit.outbox import row_aad
-from gateway.audit.store import Consent
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import IngestError
 from gateway.keys import KeyRing, init_keys, rotate_keys
-from gateway.model import Envelope
+from gateway.model import Consent, Envelope
+from gateway.pipeline.decode import decode_records
+from gateway.pipeline.shape import message_ids
 from gateway.policy.child import load_in_child
 from gateway.policy.schema import ExportDataClass, counting_year
 from gateway.service import Gateway, origin_of
+from gateway.store.sealing import row_aad
 from gateway.testing import offline_config
 from gateway.vss import TIMESTAMP as TIMESTAMP_PATH
 from gateway.vss import VIN as VIN_PATH
@@ -154,6 +155,102 @@ def test_redelivered_messages_are_not_decided_twice_even_after_a_restart(
         assert again.totals.entries == 0
     finally:
         again.store.close()
+
+
+def trip_envelopes(start: datetime, first: int) -> list[Envelope]:
+    """One vehicle's drive from ``start``: the same VIN and the same ``msg_id``\\ s
+    (``<VIN>-0``, ``<VIN>-1``, ...) whenever it is generated again, as from a TCU whose
+    counter restarts after a reboot; envelope ids from ``first``."""
+    msgs = Fleet(FleetConfig(vehicles=1, start=start), seed=5).messages(120, 1.0)
+    return [Envelope(m.topic, m.payload, 0.0, first + i) for i, m in enumerate(msgs)]
+
+
+def delivered(config: GatewayConfig) -> list[tuple[str, str, dict[str, Any]]]:
+    """(subscriber, message_id, view) of every view in the outbox, in commit order."""
+    ring = KeyRing.load(config.keys)
+    shard = origin_of(config.worker)
+    query = (
+        "select seq, subscriber, message_id, sealed from outbox where subscriber != '' order by seq"
+    )
+    out = []
+    for seq, sub, mid, sealed in db(config).execute(query):
+        payload = ring.unseal(sealed, row_aad("outbox", shard, seq)).partition(b"\0")[2]
+        out.append((sub, mid, orjson.loads(payload)))
+    return out
+
+
+def decided_per_subscriber(config: GatewayConfig) -> Counter[str]:
+    """Decision entries plus views still held, per subscriber: one per record decided."""
+    query = "select subscriber from audit_entries where kind='decision'"
+    return Counter(sub for (sub,) in db(config).execute(query)) + held_per_subscriber(config)
+
+
+def msg_ids_of(envelopes: list[Envelope]) -> list[str]:
+    return [orjson.loads(e.payload)["msg_id"] for e in envelopes]
+
+
+def test_a_vehicle_reusing_msg_ids_in_a_later_trip_loses_nothing_and_links_nothing(
+    config: GatewayConfig,
+) -> None:
+    # Two trips of a vehicle without consent, a dedup window and an hour apart; the second
+    # sends the first one's msg_ids again. Its records must all be decided, and its views
+    # carry ids that appear in no view of the first trip (mapco-nav's views are per-trip).
+    t = [0.0]
+    gw = Gateway(config, clock=lambda: t[0])
+    later = START
+    earlier = later - timedelta(seconds=gw.holder.current.rules.ingest.dedup_window_s + 3600)
+    first, second = trip_envelopes(earlier, 1), trip_envelopes(later, 10_000)
+    assert msg_ids_of(first) == msg_ids_of(second)
+    try:
+        t[0] = earlier.timestamp() + 600
+        gw.process(first)
+        views_first = delivered(config)
+        t[0] = later.timestamp() + 600
+        gw.forget_seen(t[0])  # what the service does as the window passes
+        gw.process(second)
+        assert gw.totals.duplicates == 0
+    finally:
+        gw.store.close()
+    views_second = delivered(config)[len(views_first) :]
+    nav = [view["vehicle"] for sub, _, view in views_second if sub == "mapco-nav"]
+    assert nav and all(p.startswith("pt-") for p in nav)  # the vehicle must stay unlinkable
+    ids_first = {mid for _, mid, _ in views_first}
+    assert ids_first and ids_first.isdisjoint(mid for _, mid, _ in views_second)
+    for sub, n in decided_per_subscriber(config).items():
+        assert n == len(first) + len(second), sub
+
+
+def test_a_reused_msg_id_is_a_new_record_and_a_redelivery_a_duplicate(
+    config: GatewayConfig,
+) -> None:
+    # Within the dedup window: the vehicle's counter restarted (same msg_ids, new times).
+    first, second = trip_envelopes(START - timedelta(minutes=40), 1), trip_envelopes(START, 500)
+    assert msg_ids_of(first) == msg_ids_of(second)
+    gw = Gateway(config)
+    try:
+        gw.process(first)
+        gw.process(second)
+        assert gw.totals.duplicates == 0
+        before = delivered(config)
+        gw.process(second[:10])  # a redelivery: the same bytes
+        assert gw.totals.duplicates == 10
+        assert delivered(config) == before
+    finally:
+        gw.store.close()
+    for sub, n in decided_per_subscriber(config).items():
+        assert n == len(first) + len(second), sub
+    # Every view went out under the id its record's bytes give (a redelivery's too), and
+    # the two drives' ids are disjoint although their msg_ids are the same.
+    ring = KeyRing.load(config.keys)
+    for sub in gw.holder.current.subscribers:
+        key = ring.pseudonym_key(sub)
+        first_ids, second_ids = (
+            set(message_ids(key, sub, b.vehicle.tolist(), b.msg_id.tolist(), b.time.tolist()))
+            for b in (decode_records([orjson.loads(e.payload) for e in d]) for d in (first, second))
+        )
+        sent = {mid for s, mid, _ in before if s == sub}
+        assert first_ids.isdisjoint(second_ids)
+        assert sent & second_ids and sent <= first_ids | second_ids, sub
 
 
 def test_keys_rotated_across_a_restart_neither_lose_state_nor_decide_twice(
@@ -816,12 +913,12 @@ def test_two_workers_cannot_cross_a_threshold_together(
         monkeypatch.setattr(b, "_crossborder", racing)
         b.process([record(second)])
         with b.store.snapshot() as rd:
-            rows = rd._all(
+            rows = rd.fetch_all(
                 "select shard, vehicle, decision, rules from audit_entries "
                 "where kind = 'decision' and subscriber = 'oem-hq-de'"
             )
             counted = rd.crossborder_count("oem-hq-de", year, pi)
-            subjects = rd._one(
+            subjects = rd.fetch_one(
                 "select count(*) from crossborder_subjects where recipient = 'oem-hq-de' "
                 "and year = ? and category = ?",
                 (year, pi),
@@ -871,3 +968,41 @@ def test_a_consent_recorded_before_an_hmac_rotation_still_counts(config: Gateway
     assert stable.startswith("k2:")
     assert ids["pk-"] > 0, ids  # the consenting vehicle's stable pseudonym
     assert ids["pt-"] > 0, ids  # the two others: per trip
+
+
+def test_numeric_msg_ids_of_one_millisecond_are_different_records(config: GatewayConfig) -> None:
+    # A TCU that writes its counter as a JSON float (2.0, as many encoders do) and sends two
+    # records stamped in the same millisecond: they are two records, not a redelivery, and
+    # both must be decided; 2.0 is the same msg_id as 2 (equal JSON numbers).
+    good = fleet_envelopes(1, 1)[0]
+    vin = orjson.loads(good.payload)[VIN_PATH]
+    stamp = START.isoformat()
+    recs = [{VIN_PATH: vin, TIMESTAMP_PATH: stamp, "msg_id": m} for m in (1.0, 2.0, 2)]
+    gw = Gateway(config)
+    try:
+        gw.process([Envelope(good.topic, orjson.dumps(recs[:2]), 0.0, 1)])
+        assert gw.totals.duplicates == 0
+        gw.process([Envelope(good.topic, orjson.dumps(recs[2:]), 0.0, 2)])
+        assert gw.totals.duplicates == 1
+    finally:
+        gw.store.close()
+
+
+def test_state_moved_to_a_rotated_key_keeps_its_age_for_retention(config: GatewayConfig) -> None:
+    # Restarting after ``icvgw keys rotate`` moves each vehicle's state to its new reference;
+    # the move is not an update of the vehicle: the row must keep its last-updated time, or
+    # the next retention sweep takes it for years old and deletes the state of a vehicle
+    # that is still driving (its trip, its held views).
+    gw = Gateway(config)
+    gw.process(fleet_envelopes(4, 60))
+    gw.store.close()
+    before = sorted(ms for (ms,) in db(config).execute("select updated_ms from vehicle_state"))
+    rotate_keys(config.keys)
+    again = Gateway(config)
+    try:
+        after = sorted(ms for (ms,) in db(config).execute("select updated_ms from vehicle_state"))
+        assert after == before
+        again.sweep(again.clock())
+    finally:
+        again.store.close()
+    assert len(list(db(config).execute("select vehicle from vehicle_state"))) == len(before)

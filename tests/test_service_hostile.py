@@ -18,11 +18,11 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.audit.outbox import save_vehicle_state
 from gateway.audit.verify import verify_store
 from gateway.model import Envelope
 from gateway.service import Gateway
 from gateway.state.snapshot import TripState
+from gateway.store.vehicle_states import save_vehicle_state
 from gateway.testing import make_vin
 from gateway.vehicle_state import encode as encode_state
 from gateway.vss import ALTITUDE, LATITUDE, LONGITUDE, TIMESTAMP, VIN

@@ -12,13 +12,14 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from gateway.audit.store import AuditQuery, Reader, open_store
 from gateway.audit.verify import verify_store
 from gateway.cli import app
 from gateway.config import GatewayConfig
 from gateway.keys import KeyRing, init_keys
 from gateway.model import Envelope
 from gateway.service import Gateway, origin_of
+from gateway.store import Reader, open_store
+from gateway.store.audit import AuditQuery
 from gateway.testing import offline_config
 from simulators.fleet import Fleet, FleetConfig
 
@@ -65,7 +66,7 @@ def rows_of(config: GatewayConfig, refs: list[str]) -> Counter[str]:
             ("outbox", via_audit),
             ("deadletters", via_audit),
         ):
-            out[table] = rd._one(f"select count(*) from {table} where {where}", refs)[0]
+            out[table] = rd.fetch_one(f"select count(*) from {table} where {where}", refs)[0]
     return out
 
 
@@ -119,7 +120,7 @@ def test_erasing_a_vehicle_removes_its_data_and_nothing_else(config: GatewayConf
         assert ring.vehicle_ref(gone).encode() in erased[0].body
         assert gone.encode() not in erased[0].body
         consent = rd.consent("c-gone")
-        assert consent is not None and consent.withdrawn_at is not None
+        assert consent is not None and consent.revoked is not None
         # The log keeps the vehicle's earlier entries, and still verifies.
         head = rd.shard_state(SHARD)
         assert head is not None and head.size > entries_before.size
@@ -156,18 +157,18 @@ def _needles(envelopes: list[Envelope], vins: list[str]) -> dict[bytes, str]:
 def _every_value(rd: Reader, kind: str) -> list[tuple[str, bytes]]:
     """(table, value as bytes) for every value of every table of the store."""
     if kind == "sqlite":
-        tables = [r[0] for r in rd._all("select name from sqlite_master where type = 'table'")]
+        tables = [r[0] for r in rd.fetch_all("select name from sqlite_master where type = 'table'")]
     else:
         tables = [
             r[0]
-            for r in rd._all(
+            for r in rd.fetch_all(
                 "select table_name from information_schema.tables "
                 "where table_schema = current_schema()"
             )
         ]
     out: list[tuple[str, bytes]] = []
     for table in tables:
-        for row in rd._all(f"select * from {table}"):
+        for row in rd.fetch_all(f"select * from {table}"):
             out += [(table, _as_bytes(v)) for v in row if v is not None]
     return out
 
@@ -206,7 +207,7 @@ def test_no_table_holds_a_vin_or_an_input_coordinate(
     needles = _needles(envelopes, vins)
     with open_store(config.store, migrate=False) as s, s.snapshot() as rd:
         values = _every_value(rd, backend)
-        assert rd._one("select count(*) from deadletters")[0] > 0
+        assert rd.fetch_one("select count(*) from deadletters")[0] > 0
     assert {t for t, _ in values} >= {"vehicle_state", "outbox", "dedup", "audit_entries"}
     found = {f"{t}: {what}" for t, data in values for n, what in needles.items() if n in data}
     assert found == set()
@@ -231,8 +232,8 @@ def test_a_dead_letter_written_out_is_readable_by_its_owner_only(
 def test_erase_counts_the_held_views_it_deletes(tmp_path: Path, rotated: bool) -> None:
     """Also when the VIN is typed in lower case, or the state is still stored under the
     reference of an older HMAC key (rotated while the worker was stopped)."""
-    from gateway.audit.outbox import save_vehicle_state
     from gateway.keys import KeyKind, rotate_keys
+    from gateway.store.vehicle_states import save_vehicle_state
     from gateway.store_cli import erase
 
     vin = "LSVAU2180N2183294"

@@ -7,6 +7,7 @@ URL, unknown shard).
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -15,17 +16,19 @@ import orjson
 import typer
 from rich.console import Console
 
-from gateway.audit.entries import parse_time
 from gateway.audit.export import export_store
 from gateway.audit.log import AuditLog, retention_days
-from gateway.audit.note import read_verifier_keys
 from gateway.audit.proof import check_proof_document, proof_document
 from gateway.audit.query import iter_json_lines, render_table, write_csv
-from gateway.audit.store import AuditQuery, open_store
 from gateway.audit.verify import ShardReport, verify_export, verify_store
+from gateway.cli_params import one_of, out_file, out_file_or_dir
 from gateway.crypto import NoteVerifier
 from gateway.errors import GatewayError, VerificationError
 from gateway.keys import KeyRing
+from gateway.store import open_store
+from gateway.store.audit import AuditQuery
+from gateway.tlog.entries import Decision, parse_time
+from gateway.tlog.note import read_verifier_keys
 
 app = typer.Typer(
     name="audit",
@@ -51,8 +54,8 @@ def _load_public_keys(paths: list[Path]) -> list[NoteVerifier]:
     for p in paths:
         try:
             keys.extend(read_verifier_keys(p.read_text()))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise _bad_input(f"{p}: {exc}") from exc
+        except UnicodeDecodeError as exc:  # an OSError is said by the root command
+            raise _bad_input(f"{p}: not a verifier key file ({exc.reason})") from exc
         except VerificationError as exc:
             raise _bad_input(f"{p}: {exc}") from exc
     if not keys:
@@ -91,7 +94,7 @@ def verify_command(
     ] = None,
     export: Annotated[
         list[Path] | None,
-        typer.Option("--export", help="An export FILE.jsonl (FILE.checkpoint beside it)."),
+        typer.Option("--export", help="An export FILE.jsonl (FILE.jsonl.checkpoint beside it)."),
     ] = None,
     trusted_checkpoint: Annotated[
         list[Path] | None,
@@ -104,17 +107,11 @@ def verify_command(
     verifiers = _load_public_keys(public_key)
     trusted = []
     for p in trusted_checkpoint or []:
-        try:
-            trusted.append(p.read_bytes())
-        except OSError as exc:
-            raise _bad_input(f"{p}: {exc}") from exc
+        trusted.append(p.read_bytes())
     reports: list[ShardReport] = []
     if store is not None:
-        try:
-            with open_store(store, migrate=False) as s:
-                reports = verify_store(s, verifiers, trusted)
-        except GatewayError as exc:
-            raise _bad_input(str(exc)) from exc
+        with open_store(store, migrate=False) as s:
+            reports = verify_store(s, verifiers, trusted)
         if not reports:
             raise _bad_input("the store holds no audit shard")
     else:
@@ -142,16 +139,18 @@ def verify_command(
 def export_command(
     store: StoreUrl,
     out: Annotated[
-        Path, typer.Option("--out", help="FILE.jsonl (or a directory, for several shards).")
+        Path,
+        typer.Option(
+            "--out",
+            callback=out_file_or_dir,
+            help="FILE.jsonl (or a directory, for several shards).",
+        ),
     ],
     shard: ShardOpt = None,
 ) -> None:
     """Write the entries exactly as hashed, one per line, and the newest checkpoint beside."""
-    try:
-        with open_store(store, migrate=False) as s:
-            results = export_store(s, out, shard=shard)
-    except GatewayError as exc:
-        raise _bad_input(str(exc)) from exc
+    with open_store(store, migrate=False) as s:
+        results = export_store(s, out, shard=shard)
     for r in results:
         cp = f", checkpoint (size {r.checkpoint_size}) in {r.checkpoint}" if r.checkpoint else ""
         typer.echo(f"{r.origin}: {r.entries} entries to {r.path}{cp}")
@@ -166,38 +165,58 @@ def _time_option(value: str | None, name: str) -> int | None:
         raise _bad_input(f"{name}: {exc}") from exc
 
 
+_DECISIONS = tuple(str(d) for d in Decision)
+DEFAULT_QUERY_LIMIT = 100
+
+
 @app.command("query")
 def query_command(
     store: StoreUrl,
-    subscriber: Annotated[str | None, typer.Option("--subscriber")] = None,
+    subscriber: Annotated[
+        str | None, typer.Option("--subscriber", help="A subscriber id of the bundle.")
+    ] = None,
     vin: Annotated[
         str | None, typer.Option("--vin", help="Needs --keys to compute the vehicle reference.")
     ] = None,
     keys: Annotated[Path | None, typer.Option("--keys", help="The key directory.")] = None,
     decision: Annotated[
-        str | None, typer.Option("--decision", help="shared, redacted, blocked, dead-lettered")
+        str | None,
+        typer.Option(
+            "--decision", callback=one_of(*_DECISIONS), help=f"One of {', '.join(_DECISIONS)}."
+        ),
     ] = None,
     rule: Annotated[str | None, typer.Option("--rule", help="A rule id that fired.")] = None,
     since: Annotated[
         str | None, typer.Option("--since", help="ISO 8601 time (UTC if no offset), inclusive.")
     ] = None,
     until: Annotated[str | None, typer.Option("--until", help="ISO 8601 time, exclusive.")] = None,
-    kind: Annotated[str | None, typer.Option("--kind", help="decision or admin")] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option("--kind", callback=one_of("decision", "admin"), help="decision or admin."),
+    ] = None,
     shard: ShardOpt = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1)] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit", min=0, help="At most this many entries, oldest first; 0 for all of them."
+        ),
+    ] = DEFAULT_QUERY_LIMIT,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", callback=one_of("table", "json", "csv"), help="table, json or csv."
+        ),
+    ] = "table",
 ) -> None:
-    """List entries by subscriber, vehicle, decision, rule and time."""
-    if fmt not in ("table", "json", "csv"):
-        raise _bad_input("--format must be table, json or csv")
+    """List entries by subscriber, vehicle, decision, rule and time (the first --limit;
+    says so when more match)."""
     vehicles = None
     if vin is not None:
         if keys is None:
-            raise _bad_input("--vin needs --keys DIR to compute the vehicle reference")
-        try:
-            vehicles = KeyRing.load(keys).vehicle_refs(vin)
-        except GatewayError as exc:
-            raise _bad_input(str(exc)) from exc
+            raise typer.BadParameter(
+                "needs --keys DIR to compute the vehicle reference", param_hint="--vin"
+            )
+        vehicles = KeyRing.load(keys).vehicle_refs(vin)
     q = AuditQuery(
         shard=shard,
         subscriber=subscriber,
@@ -207,21 +226,26 @@ def query_command(
         kind=kind,
         since_ms=_time_option(since, "--since"),
         until_ms=_time_option(until, "--until"),
-        limit=limit,
+        limit=limit + 1 if limit else None,  # one more: to say that more match
     )
-    try:
-        with open_store(store, migrate=False) as s, s.snapshot() as r:
-            entries = r.query(q)
-            if fmt == "table":
-                render_table(entries, Console(width=200))
-            elif fmt == "json":
-                for chunk in iter_json_lines(entries):
-                    sys.stdout.buffer.write(chunk)
-                sys.stdout.buffer.flush()
-            else:
-                write_csv(entries, sys.stdout)
-    except GatewayError as exc:
-        raise _bad_input(str(exc)) from exc
+    with open_store(store, migrate=False) as s, s.snapshot() as r:
+        found = iter(r.query(q))
+        entries = itertools.islice(found, limit) if limit else found
+        if fmt == "table":
+            render_table(entries, Console(width=200))
+        elif fmt == "json":
+            for chunk in iter_json_lines(entries):
+                sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+        else:
+            write_csv(entries, sys.stdout)
+        more = limit and next(found, None) is not None
+    if more:
+        typer.echo(
+            f"more entries match: these are the first {limit}; give --limit N for more, "
+            "--limit 0 for all",
+            err=fmt != "table",
+        )
 
 
 @app.command("proof")
@@ -229,14 +253,14 @@ def proof_command(
     store: StoreUrl,
     seq: Annotated[int, typer.Argument(help="Sequence number of the entry.")],
     shard: ShardOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Write JSON here.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", callback=out_file, help="Write JSON here (default: stdout)."),
+    ] = None,
 ) -> None:
     """The inclusion proof of one entry against the newest checkpoint, as JSON."""
-    try:
-        with open_store(store, migrate=False) as s:
-            doc = proof_document(s, seq, shard=shard)
-    except GatewayError as exc:
-        raise _bad_input(str(exc)) from exc
+    with open_store(store, migrate=False) as s:
+        doc = proof_document(s, seq, shard=shard)
     data = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
     if out is None:
         sys.stdout.buffer.write(data)
@@ -254,8 +278,8 @@ def check_proof_command(
     verifiers = _load_public_keys(public_key)
     try:
         doc = orjson.loads(proof.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise _bad_input(f"{proof}: {exc}") from exc
+    except orjson.JSONDecodeError as exc:
+        raise _bad_input(f"{proof}: not JSON: {exc}") from exc
     try:
         check_proof_document(doc, verifiers)
     except VerificationError as exc:
@@ -271,12 +295,9 @@ def checkpoint_command(
     shard: Annotated[str, typer.Option("--shard", help="The log shard (origin) to sign.")],
 ) -> None:
     """Sign a checkpoint of the shard's current head now."""
-    try:
-        ring = KeyRing.load(keys)
-        with open_store(store, shard=shard) as s:
-            note = AuditLog.from_keyring(s, ring).checkpoint()
-    except GatewayError as exc:
-        raise _bad_input(str(exc)) from exc
+    ring = KeyRing.load(keys)
+    with open_store(store, shard=shard) as s:
+        note = AuditLog.from_keyring(s, ring).checkpoint()
     if note is None:
         typer.echo("the newest checkpoint already covers the log")
     else:
@@ -296,7 +317,8 @@ def prune_command(
         ),
     ] = None,
     policies: Annotated[
-        Path | None, typer.Option("--policies", help="Policy bundle (default: the shipped one).")
+        Path | None,
+        typer.Option("--policies", "-p", help="Policy bundle (default: the shipped one)."),
     ] = None,
 ) -> None:
     """Drop entry bodies older than the retention period (hashes stay; still verifies).
@@ -306,22 +328,19 @@ def prune_command(
     network log), never under 3 years (RULES.md §5): a shorter one is refused."""
     from gateway.policy.loader import load_bundle
 
-    try:
-        kept = load_bundle(policies).rules.retention
-        floor = max(
-            retention_days(years=kept.audit_years), retention_days(months=kept.network_log_months)
+    kept = load_bundle(policies).rules.retention
+    floor = max(
+        retention_days(years=kept.audit_years), retention_days(months=kept.network_log_months)
+    )
+    if keep_days is None:
+        keep_days = float(floor)
+    if not keep_days >= floor:
+        raise _bad_input(
+            f"refused: --retention-days {keep_days:g} is below the {floor} days the rules "
+            f"keep the audit log (retention.audit_years {kept.audit_years}, "
+            f"network_log_months {kept.network_log_months}; RULES.md §5)"
         )
-        if keep_days is None:
-            keep_days = float(floor)
-        if not keep_days >= floor:
-            raise _bad_input(
-                f"refused: --retention-days {keep_days:g} is below the {floor} days the rules "
-                f"keep the audit log (retention.audit_years {kept.audit_years}, "
-                f"network_log_months {kept.network_log_months}; RULES.md §5)"
-            )
-        ring = KeyRing.load(keys)
-        with open_store(store, shard=shard) as s:
-            n = AuditLog.from_keyring(s, ring).prune(retention_days=keep_days)
-    except GatewayError as exc:
-        raise _bad_input(str(exc)) from exc
+    ring = KeyRing.load(keys)
+    with open_store(store, shard=shard) as s:
+        n = AuditLog.from_keyring(s, ring).prune(retention_days=keep_days)
     typer.echo(f"pruned {n} entr{'y' if n == 1 else 'ies'}")

@@ -1,9 +1,9 @@
-"""Exports an auditor can verify offline: ``FILE.jsonl`` and ``FILE.checkpoint``.
+"""Exports an auditor can verify offline: ``FILE.jsonl`` and ``FILE.jsonl.checkpoint``.
 
 Each line of the ``.jsonl`` is exactly the bytes that were hashed for that entry (RFC 8785
 canonical JSON), in sequence order, so ``SHA-256(0x00 || line)`` is the leaf hash. An entry
 whose body was pruned under the retention rule is a line ``{"pruned_leaf_hash":"<hex>"}``:
-it keeps the tree verifiable without the data. ``FILE.checkpoint`` holds the shard's newest
+it keeps the tree verifiable without the data. ``FILE.jsonl.checkpoint`` holds the shard's newest
 signed checkpoint, byte for byte as published. Entries appended after that checkpoint are
 exported too; verification reports them as not yet covered.
 """
@@ -16,10 +16,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.audit.canonical import canonical_json
-from gateway.audit.store import Store
 from gateway.audit.verify import PRUNED_KEY, checkpoint_path
 from gateway.errors import AuditError
+from gateway.store import Store
+from gateway.tlog.canonical import canonical_json
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,12 +27,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from gateway.audit.checkpoint import Checkpoint, note_key_ids, sign_checkpoint
-from gateway.audit.entries import AdminAction, AdminEntry, to_ms
-from gateway.audit.store import Store, StoredCheckpoint, Transaction
 from gateway.crypto import NoteSigner
 from gateway.errors import AuditError
 from gateway.keys import KeyKind, KeyRing
+from gateway.store import Store, Transaction
+from gateway.store.checkpoints import StoredCheckpoint
+from gateway.tlog.checkpoint import Checkpoint, note_key_ids, sign_checkpoint
+from gateway.tlog.entries import AdminAction, AdminEntry, to_ms
 
 log = logging.getLogger(__name__)
 

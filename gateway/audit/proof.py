@@ -19,11 +19,11 @@ import binascii
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.audit.checkpoint import open_checkpoint
-from gateway.audit.merkle import consistency_proof, inclusion_proof, leaf_hash, verify_inclusion
-from gateway.audit.store import Store
 from gateway.crypto import NoteVerifier
 from gateway.errors import AuditError, VerificationError
+from gateway.store import Store
+from gateway.tlog.checkpoint import open_checkpoint
+from gateway.tlog.merkle import consistency_proof, inclusion_proof, leaf_hash, verify_inclusion
 
 
 def _b64(b: bytes) -> str:

@@ -10,7 +10,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from gateway.audit.store import StoredEntry
+from gateway.store.audit import StoredEntry
 
 COLUMNS = (
     "shard",

@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.audit.canonical import parse_canonical
-from gateway.audit.checkpoint import Checkpoint, SignedCheckpoint, open_checkpoint
-from gateway.audit.entries import GENESIS_PREV, AdminAction, row_columns
-from gateway.audit.merkle import EMPTY_ROOT, HASH_SIZE, CompactRange, leaf_hash
-from gateway.audit.store import ShardState, Store
 from gateway.crypto import NoteVerifier
 from gateway.errors import AuditError, VerificationError
+from gateway.store import Store
+from gateway.store.audit import ShardState
+from gateway.tlog.canonical import parse_canonical
+from gateway.tlog.checkpoint import Checkpoint, SignedCheckpoint, open_checkpoint
+from gateway.tlog.entries import GENESIS_PREV, AdminAction, row_columns
+from gateway.tlog.merkle import EMPTY_ROOT, HASH_SIZE, CompactRange, leaf_hash
 
 PRUNED_KEY = "pruned_leaf_hash"
 _TRUSTED = "the trusted checkpoint"
@@ -377,10 +378,15 @@ def verify_store(
 
 
 def checkpoint_path(export: Path) -> Path:
-    """Where the checkpoint beside an export lives: ``FILE.jsonl`` -> ``FILE.checkpoint``."""
-    if export.suffix == ".jsonl":
-        return export.with_suffix(".checkpoint")
-    return export.with_name(export.name + ".checkpoint")
+    """Where the checkpoint beside an export lives: ``FILE.jsonl`` ->
+    ``FILE.jsonl.checkpoint`` (the export's whole name, so two exports in one directory
+    never share one). An export written before this naming, with ``FILE.checkpoint`` beside
+    it and no ``FILE.jsonl.checkpoint``, is still read from there."""
+    current = export.with_name(export.name + ".checkpoint")
+    legacy = export.with_suffix(".checkpoint")
+    if not current.exists() and export.suffix == ".jsonl" and legacy.exists():
+        return legacy
+    return current
 
 
 def _export_rows(path: Path) -> Iterator[Row]:
@@ -403,7 +409,7 @@ def _export_rows(path: Path) -> Iterator[Row]:
 def verify_export(
     path: Path, verifiers: Sequence[NoteVerifier], trusted_notes: Sequence[bytes] = ()
 ) -> ShardReport:
-    """Verify an export (``FILE.jsonl`` with ``FILE.checkpoint`` beside it) offline."""
+    """Verify an export (``FILE.jsonl`` with ``FILE.jsonl.checkpoint`` beside it) offline."""
     cp_path = checkpoint_path(path)
     try:
         note = cp_path.read_bytes()

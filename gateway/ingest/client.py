@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -63,19 +63,28 @@ class BrokerSpec:
 def parse_broker_url(url: str, *, protocol: Protocol = "5", **tls: str | None) -> BrokerSpec:
     """Parse ``mqtt://[user[:password]@]host[:port]`` or ``mqtts://…`` into a spec.
 
-    Raises :class:`~gateway.errors.IngestError` for another scheme or a missing host.
+    Raises :class:`~gateway.errors.IngestError` for another scheme, a missing host or a port
+    that is not 1-65535; its message shows the URL without its password.
     """
     parts = urlsplit(url)
+    shown = repr(_without_password(url))
     if parts.scheme not in ("mqtt", "mqtts"):
-        raise IngestError(f"broker URL must start with mqtt:// or mqtts://, got {url!r}")
+        raise IngestError(f"broker URL must start with mqtt:// or mqtts://, got {shown}")
     if not parts.hostname:
-        raise IngestError(f"broker URL has no host: {url!r}")
+        raise IngestError(f"broker URL has no host: {shown}")
+    try:
+        port = parts.port  # urlsplit checks the port only when asked for it
+    except ValueError:
+        port = 0
+    if port == 0:
+        bad = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+        raise IngestError(f"broker URL has a bad port {bad!r} (give 1-65535): {shown}")
     if protocol not in ("5", "3.1.1"):
         raise IngestError(f"MQTT protocol must be '5' or '3.1.1', got {protocol!r}")
     secure = parts.scheme == "mqtts"
     return BrokerSpec(
         host=parts.hostname,
-        port=parts.port or (8883 if secure else 1883),
+        port=port or (8883 if secure else 1883),
         protocol=protocol,
         tls=secure,
         username=unquote(parts.username) if parts.username else None,
@@ -84,6 +93,14 @@ def parse_broker_url(url: str, *, protocol: Protocol = "5", **tls: str | None) -
         cert_file=tls.get("cert_file"),
         key_file=tls.get("key_file"),
     )
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))
 
 
 def new_client(

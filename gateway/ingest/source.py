@@ -113,7 +113,10 @@ class MqttSource:
         with self._lock:
             self._generation += 1
         self._connected.clear()
-        log.warning("ingest disconnected from %s: %s", self.spec, reason)
+        # A disconnection we asked for (a normal stop) is not a warning; a lost one is.
+        failed = getattr(reason, "is_failure", True)
+        level = logging.WARNING if failed else logging.INFO
+        log.log(level, "ingest disconnected from %s: %s", self.spec, reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:

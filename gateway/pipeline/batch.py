@@ -23,8 +23,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from gateway import consents
-from gateway.audit.store import Reader
 from gateway.keys import KeyKind, KeyRing
 from gateway.model import Batch, DeadInput, Envelope, ErrorCode
 from gateway.pipeline.decode import Decoded, topic_vehicle
@@ -36,7 +34,8 @@ from gateway.pipeline.dedup import (
     seen_before,
 )
 from gateway.policy.bundle import PolicyBundle
-from gateway.state.snapshot import StateSnapshot
+from gateway.state.snapshot import ConsentBook, StateSnapshot
+from gateway.store import Reader
 
 __all__ = ["Keying", "Pending", "consent_refs", "dead_id", "dead_inputs", "prepare"]
 
@@ -101,7 +100,7 @@ def prepare(
         in_window=now - keying.started <= window,
     )
     consent_of = consent_refs(keying.ring, vin_of)
-    book = consents.book(consents.of_vehicles(rd, list(consent_of)), consent_of)
+    book = ConsentBook.by_vin(rd.consents_of(list(consent_of)), consent_of)
     # A redelivered unusable input is not dead-lettered (and audited) twice either.
     unseen = first_sight(dead_keys, seen)
     dead = [d for d, keep in zip(dead, unseen, strict=True) if keep]

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 
-from gateway.audit.store import Reader, Transaction
 from gateway.errors import StaleDecisionError
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.schema import ExportDataClass, counting_year
 from gateway.state.snapshot import CounterKey, CrossBorderCount, StateSnapshot
+from gateway.store import Reader, Transaction
 
 __all__ = ["check_counts", "crossborder_counts", "lock_crossborder"]
 

@@ -29,6 +29,7 @@ accepted time has a four-digit RFC 3339 form in the audit log.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -244,9 +245,7 @@ def _to_batch(
         a = rec.get(ALTITUDE)
         if isinstance(a, (int, float)) and not isinstance(a, bool):
             alt[i] = float(a)
-        mid = rec.get(MSG_ID)
-        if isinstance(mid, (str, int)) and not isinstance(mid, bool):
-            msg_id[i] = str(mid)
+        msg_id[i] = _msg_id(rec.get(MSG_ID))
         for key, value in rec.items():
             if key in _COLUMNS:
                 continue
@@ -284,6 +283,18 @@ def _to_batch(
         msg_id=msg_id,
         signals=signals,
     )
+
+
+def _msg_id(value: Any) -> str | None:
+    """A record's ``msg_id`` as text: a string as it is, a JSON number as its value (``2.0``
+    is ``2``, as the numbers are equal), anything else none. A float is kept, not dropped:
+    without it two records of one millisecond would be one record
+    (:func:`gateway.pipeline.shape.record_part`)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and math.isfinite(value):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value) if isinstance(value, (str, int)) else None
 
 
 def _cells(values: list[Any]) -> np.ndarray[Any, Any]:

@@ -1,7 +1,8 @@
 """De-duplication for the batch stage: the same record is decided once, whatever redelivers it.
 
-A record's key is its vehicle's keyed reference and a record part (its ``msg_id``, else its
-timestamp in milliseconds); an unusable input's key is its dead-letter id. The store keeps
+A record's key is its vehicle's keyed reference and its record part
+(:func:`~gateway.pipeline.shape.record_part`: its timestamp in milliseconds and its ``msg_id``);
+an unusable input's key is its dead-letter id. The store keeps
 the keys of the de-duplication window (``rules.ingest.dedup_window_s``); a batch looks its
 keys up there once (:func:`seen_before`) and keeps only the first of each key it has not
 seen (:func:`fresh_rows`, :func:`first_sight`).
@@ -12,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 
-from gateway.audit.outbox import seen_records, seen_under
-from gateway.audit.store import Reader
 from gateway.keys import KeyKind, KeyRing
 from gateway.model import Batch
+from gateway.pipeline.shape import record_part
+from gateway.store import Reader
+from gateway.store.dedup import seen_records, seen_under
 
 __all__ = [
     "RecordKey",
@@ -33,16 +35,12 @@ RecordKey = tuple[str, str]
 def record_keys(
     batch: Batch, rows: Sequence[int], vehicle_ref: Callable[[str], str]
 ) -> list[RecordKey]:
-    """The key of each of ``rows`` of ``batch``: (vehicle, msg_id or timestamp)."""
+    """The key of each of ``rows`` of ``batch``: (vehicle, timestamp and msg_id). A msg_id
+    reused with another timestamp (a counter restarted) is another record."""
     vehicles = batch.vehicle.tolist()
     msg_ids = batch.msg_id.tolist() if batch.msg_id is not None else [None] * len(batch)
     times = batch.time.tolist()
-    keys: list[RecordKey] = []
-    for row in rows:
-        mid = msg_ids[row]
-        record = f"m:{mid}" if mid is not None else f"t:{round(times[row] * 1000)}"
-        keys.append((vehicle_ref(vehicles[row]), record))
-    return keys
+    return [(vehicle_ref(vehicles[row]), record_part(msg_ids[row], times[row])) for row in rows]
 
 
 def seen_before(

@@ -12,9 +12,10 @@ BLAKE2b-128 MACs under the subscriber's own pseudonym key
 (:meth:`gateway.keys.KeyRing.pseudonym_key`), so two subscribers' pseudonyms cannot be joined
 and nobody without the key can test a guessed VIN against them. Keyed pseudonyms are stable
 for a key generation; per-trip pseudonyms change with every trip (derived from the trip's
-start time); message ids are stable for a redelivered record (derived from the vehicle, the
-record's ``msg_id`` or else its timestamp, and the subscriber). Pseudonyms are computed once
-per distinct vehicle (and trip) of a batch.
+start time); message ids are stable for a redelivered record and differ between records
+(derived from the vehicle, the record's timestamp and its ``msg_id`` if it has one, and the
+subscriber: a vehicle that reuses a ``msg_id`` in a later trip does not get the same id
+again). Pseudonyms are computed once per distinct vehicle (and trip) of a batch.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ __all__ = [
     "keyed_pseudonym",
     "message_id",
     "message_ids",
+    "record_part",
     "shape",
     "trip_pseudonym",
 ]
@@ -82,10 +84,14 @@ def trip_pseudonym(key: bytes, vehicle: str, trip_start: float) -> str:
     return "pt-" + _mac(key, "trip", vehicle, str(round(trip_start * 1000)))
 
 
-def _record_part(record_id: str | None, time: float) -> str:
-    if record_id is not None:
-        return f"m:{record_id}"
-    return f"t:{round(time * 1000)}" if math.isfinite(time) else "t:none"
+def record_part(record_id: str | None, time: float) -> str:
+    """What identifies one record of a vehicle: its timestamp in milliseconds and, if it has
+    one, its ``msg_id`` (``m:<ms>:<msg_id>``, else ``t:<ms>``; ``none`` for a time that is
+    not finite). A redelivery has the same; a vehicle reusing a ``msg_id`` (a counter that
+    restarts after a reboot) does not, unless it also repeats the millisecond. The output
+    message id and the de-duplication key are both derived from it."""
+    ms = str(round(time * 1000)) if math.isfinite(time) else "none"
+    return f"t:{ms}" if record_id is None else f"m:{ms}:{record_id}"
 
 
 def message_id(
@@ -93,13 +99,14 @@ def message_id(
 ) -> str:
     """The output message id of one record for one subscriber: 32 hex digits.
 
-    Deterministic: derived from the vehicle, the record's own ``msg_id`` (or, without one,
-    its timestamp in milliseconds) and the subscriber, so a redelivered input yields the same
-    id and the subscriber can de-duplicate on it. Keyed, so it reveals nothing about the VIN.
-    Total: a rejected record without a vehicle id or a time still gets one (for its audit
-    entry).
+    Deterministic: derived from the vehicle, the record's timestamp in milliseconds and its
+    own ``msg_id`` if it has one (:func:`record_part`), and the subscriber, so a redelivered
+    input yields the same id and the subscriber can de-duplicate on it, while two records
+    that differ in time never share one (a reused ``msg_id`` links nothing). Keyed, so it
+    reveals nothing about the VIN. Total: a rejected record without a vehicle id or a time
+    still gets one (for its audit entry).
     """
-    return _mac(key, "message", subscriber, vehicle or "", _record_part(record_id, time))
+    return _mac(key, "message", subscriber, vehicle or "", record_part(record_id, time))
 
 
 def message_ids(
@@ -113,7 +120,7 @@ def message_ids(
     base = hashlib.blake2b(key=key, digest_size=16)
     base.update(f"message\x1f{subscriber}\x1f".encode())
     parts = [
-        f"{vin or ''}\x1fm:{rid}" if rid is not None else f"{vin or ''}\x1f{_record_part(None, t)}"
+        f"{vin or ''}\x1f{record_part(rid, t)}"
         for vin, rid, t in zip(vehicles, record_ids, times, strict=True)
     ]
     copy = base.copy

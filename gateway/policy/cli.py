@@ -25,8 +25,21 @@ app = typer.Typer(
 )
 
 _DIR_HELP = "Policy bundle directory (default: the bundle shipped with the gateway)."
-_DirArgument = Annotated[Path | None, typer.Argument(help=_DIR_HELP, show_default=False)]
-_DirOption = Annotated[Path | None, typer.Option("--dir", "-d", help=_DIR_HELP, show_default=False)]
+_Policies = Annotated[
+    Path | None,
+    typer.Option("--policies", "-p", help=_DIR_HELP, show_default=False, metavar="DIR"),
+]
+# Older spellings, still accepted and hidden from help: a positional DIR (check, show) and
+# --dir/-d (schema). Every command now spells the bundle --policies/-p, as run, explain,
+# consent and audit prune do.
+_OldDirArgument = Annotated[Path | None, typer.Argument(hidden=True, show_default=False)]
+_OldDirOption = Annotated[Path | None, typer.Option("--dir", "-d", hidden=True)]
+
+
+def _directory(policies: Path | None, old: Path | None) -> Path | None:
+    if policies is not None and old is not None and policies != old:
+        raise typer.BadParameter(f"given twice, as {policies} and {old}", param_hint="--policies")
+    return policies if policies is not None else old
 
 
 def _load(directory: Path | None) -> PolicyBundle:
@@ -39,17 +52,15 @@ def _load(directory: Path | None) -> PolicyBundle:
     except PolicyError as exc:
         for problem in exc.problems:
             typer.echo(str(problem), err=True)
-        count = len(exc.problems)
-        typer.echo(
-            f"{count} problem{'s' if count != 1 else ''}: the bundle does not load", err=True
-        )
+        if len(exc.problems) > 1:  # one problem is one line, as every CLI error is
+            typer.echo(f"{len(exc.problems)} problems: the bundle does not load", err=True)
         raise typer.Exit(1) from None
 
 
 @app.command("check")
-def check(directory: _DirArgument = None) -> None:
+def check(policies: _Policies = None, directory: _OldDirArgument = None) -> None:
     """Validate a bundle: exit 0 if it loads, else list every problem and exit 1."""
-    bundle = _load(directory)
+    bundle = _load(_directory(policies, directory))
     typer.echo(f"ok: {bundle.directory}")
     typer.echo(f"version {bundle.version}")
     typer.echo(
@@ -60,11 +71,11 @@ def check(directory: _DirArgument = None) -> None:
 
 
 @app.command("show")
-def show(directory: _DirArgument = None) -> None:
+def show(policies: _Policies = None, directory: _OldDirArgument = None) -> None:
     """Summarise a bundle: subscribers, their views, legal bases and zones."""
     from rich.console import Console
 
-    bundle = _load(directory)
+    bundle = _load(_directory(policies, directory))
     console = Console()
     console.print(f"bundle  [bold]{bundle.directory}[/bold]")
     console.print(f"version {bundle.version}")
@@ -92,15 +103,16 @@ def show(directory: _DirArgument = None) -> None:
 @app.command("schema")
 def schema(
     subscriber: Annotated[str, typer.Argument(help="Subscriber id.")],
-    directory: _DirOption = None,
+    policies: _Policies = None,
+    directory: _OldDirOption = None,
 ) -> None:
     """Print the JSON Schema of the records SUBSCRIBER receives."""
     from gateway.policy.view_schema import view_schema
 
-    bundle = _load(directory)
+    bundle = _load(_directory(policies, directory))
     if subscriber not in bundle.subscribers:
         known = ", ".join(bundle.subscribers)
-        typer.echo(f"unknown subscriber {subscriber!r}; the bundle has: {known}", err=True)
+        typer.echo(f"error: unknown subscriber {subscriber!r}; the bundle has: {known}", err=True)
         raise typer.Exit(1)
     typer.echo(json.dumps(view_schema(bundle, subscriber), indent=2, ensure_ascii=False))
 

@@ -5,7 +5,7 @@ Every record a subscriber receives is one JSON object of this shape (``icvgw.vie
     {
       "schema": "icvgw.view/1",
       "subscriber": "sh-traffic",
-      "message_id": "...",            stable across redeliveries: de-duplicate on it
+      "message_id": "...",            stable across redeliveries of a record: de-duplicate on it
       "audit_seq": 1234,              the audit entry that records this decision
       "policy_version": "<64 hex>",   the bundle version that decided it
       "vehicle": "...",               keyed pseudonym, per-trip pseudonym or VIN (per view)
@@ -78,7 +78,10 @@ def view_schema(bundle: PolicyBundle, subscriber_id: str) -> dict[str, Any]:
         "message_id": {
             "type": "string",
             "minLength": 1,
-            "description": "Stable across redeliveries; de-duplicate on it.",
+            "description": (
+                "Stable across redeliveries of the same record (vehicle, timestamp and "
+                "msg_id); different for every other record. De-duplicate on it."
+            ),
         },
         "audit_seq": {
             "type": "integer",

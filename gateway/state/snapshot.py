@@ -43,7 +43,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from gateway.policy.schema import Consent, ExportDataClass
+from gateway.model import Consent
+from gateway.policy import schema
+from gateway.policy.schema import ExportDataClass
 from gateway.state.vehicles import VehicleIndex, VehicleRows
 
 __all__ = [
@@ -51,7 +53,6 @@ __all__ = [
     "KEY_OFF_VALUES",
     "ConsentBook",
     "ConsentColumns",
-    "ConsentRecord",
     "CounterKey",
     "CrossBorderCount",
     "HeldSet",
@@ -70,43 +71,6 @@ KEY_OFF_VALUES = frozenset({"OFF", "LOCK"})
 
 CounterKey = tuple[str, int, ExportDataClass]
 """``(subscriber id, calendar year in Beijing time, data class)`` of a cross-border count."""
-
-
-class ConsentRecord(NamedTuple):
-    """One consent as Unix times: active from ``granted`` until ``expires`` or ``revoked``.
-
-    (A :class:`ConsentBook` stores its records as plain tuples: the garbage collector stops
-    tracking those, but never a named tuple, which matters with a consent per vehicle and
-    purpose.)
-    """
-
-    id: str
-    vin: str
-    purpose: str
-    granted: float
-    expires: float
-    revoked: float | None = None
-
-    @property
-    def end(self) -> float:
-        """The first instant at which the consent no longer holds."""
-        return self.expires if self.revoked is None else min(self.expires, self.revoked)
-
-    def active_at(self, when: float) -> bool:
-        """True if granted, unexpired and not revoked at Unix time ``when``."""
-        return self.granted <= when < self.end
-
-    @classmethod
-    def from_policy(cls, consent: Consent) -> ConsentRecord:
-        """The record of a bundle consent (``consents.yaml``)."""
-        return cls(
-            id=consent.id,
-            vin=consent.vin,
-            purpose=consent.purpose,
-            granted=consent.granted.timestamp(),
-            expires=consent.expires.timestamp(),
-            revoked=None if consent.revoked is None else consent.revoked.timestamp(),
-        )
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -144,33 +108,49 @@ class ConsentBook:
 
     __slots__ = ("_by_vin", "_columns")
 
-    def __init__(self, records: Iterable[ConsentRecord] = ()) -> None:
+    def __init__(self, records: Iterable[Consent] = ()) -> None:
         by_id = {r.id: r for r in records}
         by_vin: dict[str, list[tuple[Any, ...]]] = {}
         for record in sorted(by_id.values(), key=lambda r: r.id):
-            by_vin.setdefault(record.vin, []).append(tuple(record))
+            by_vin.setdefault(record.vehicle, []).append(tuple(record))
         self._by_vin: Mapping[str, tuple[tuple[Any, ...], ...]] = MappingProxyType(
             {vin: tuple(recs) for vin, recs in by_vin.items()}
         )
         self._columns: ConsentColumns | None = None
 
     @classmethod
-    def from_policy(cls, consents: Iterable[Consent]) -> ConsentBook:
-        """The book seeded from a bundle's consents."""
-        return cls(ConsentRecord.from_policy(c) for c in consents)
+    def from_policy(cls, consents: Iterable[schema.Consent]) -> ConsentBook:
+        """The book seeded from a bundle's consents (``consents.yaml``)."""
+        return cls(
+            Consent(
+                c.id,
+                c.vin,
+                c.purpose,
+                c.granted.timestamp(),
+                c.expires.timestamp(),
+                None if c.revoked is None else c.revoked.timestamp(),
+            )
+            for c in consents
+        )
+
+    @classmethod
+    def by_vin(cls, consents: Iterable[Consent], vin_of: Mapping[str, str]) -> ConsentBook:
+        """The book of ``consents`` as the store keeps them (under vehicle references),
+        keyed by VIN instead (references mapped by ``vin_of``; others left out)."""
+        return cls(c._replace(vehicle=vin_of[c.vehicle]) for c in consents if c.vehicle in vin_of)
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._by_vin.values())
 
-    def records(self) -> tuple[ConsentRecord, ...]:
+    def records(self) -> tuple[Consent, ...]:
         """Every record, by vehicle then id."""
-        return tuple(map(ConsentRecord._make, (r for recs in self._by_vin.values() for r in recs)))
+        return tuple(map(Consent._make, (r for recs in self._by_vin.values() for r in recs)))
 
-    def for_vehicle(self, vin: str) -> tuple[ConsentRecord, ...]:
+    def for_vehicle(self, vin: str) -> tuple[Consent, ...]:
         """The consents of one vehicle, sorted by id (empty if it has none)."""
-        return tuple(map(ConsentRecord._make, self._by_vin.get(vin, ())))
+        return tuple(map(Consent._make, self._by_vin.get(vin, ())))
 
-    def active(self, vin: str, purposes: Iterable[str], when: float) -> ConsentRecord | None:
+    def active(self, vin: str, purposes: Iterable[str], when: float) -> Consent | None:
         """The consent (smallest id) of ``vin`` for one of ``purposes`` active at ``when``."""
         wanted = set(purposes)
         for record in self.for_vehicle(vin):
@@ -178,7 +158,7 @@ class ConsentBook:
                 return record
         return None
 
-    def with_records(self, records: Iterable[ConsentRecord]) -> ConsentBook:
+    def with_records(self, records: Iterable[Consent]) -> ConsentBook:
         """A copy where ``records`` are added, replacing records with the same id."""
         merged = {r.id: r for r in self.records()}
         merged.update((r.id, r) for r in records)
@@ -188,7 +168,7 @@ class ConsentBook:
         """The book as sorted columns (built once, then cached)."""
         if self._columns is None:
             vins = sorted(self._by_vin)
-            recs = [ConsentRecord._make(r) for vin in vins for r in self._by_vin[vin]]
+            recs = [Consent._make(r) for vin in vins for r in self._by_vin[vin]]
             count = np.array([len(self._by_vin[v]) for v in vins], dtype=np.intp)
             names = tuple(sorted({r.purpose for r in recs}))
             number = {name: i for i, name in enumerate(names)}

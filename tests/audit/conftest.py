@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from gateway.audit.entries import AdminAction, AdminEntry, Decision, DecisionEntry
 from gateway.audit.log import AuditLog, CheckpointPolicy
-from gateway.audit.store import Store, open_store
 from gateway.keys import KeyRing, init_keys
+from gateway.store import Store, open_store
+from gateway.tlog.entries import AdminAction, AdminEntry, Decision, DecisionEntry
 
 ORIGIN = "icvgw.test/audit/w1"
 T0 = 1_740_000_000.0
@@ -97,4 +97,4 @@ def make_log(store: Store, ring: KeyRing, clock: Clock | None = None, **kw: Any)
 def tamper(store: Store, sql: str, params: tuple[Any, ...] = ()) -> None:
     """Change the database behind the store's back, as an attacker with SQL access would."""
     with store.transaction() as tx:
-        tx._cur.execute(store.sql(sql), params)
+        tx.execute(sql, params)

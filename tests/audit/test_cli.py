@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gateway.audit.store import open_store
 from gateway.cli import app
 from gateway.keys import KeyRing
+from gateway.store import open_store
 from tests.audit.conftest import ORIGIN, decision, fill, make_log, tamper
 
 runner = CliRunner()
@@ -84,7 +84,7 @@ def test_trusted_checkpoint_and_export_round_trip(setup: tuple[str, Path], tmp_p
     assert result.exit_code == 0, result.output
     assert "40 entries" in result.output
     kept = tmp_path / "kept.checkpoint"
-    kept.write_bytes(out.with_suffix(".checkpoint").read_bytes())
+    kept.write_bytes((tmp_path / "audit.jsonl.checkpoint").read_bytes())
     result = runner.invoke(
         app,
         [
@@ -178,6 +178,45 @@ def test_query_formats_and_vin_lookup(setup: tuple[str, Path], ring: KeyRing) ->
     assert "2 entries" in result.output and "rule-1" in result.output
     result = runner.invoke(app, ["audit", "query", "--store", url, "--since", "yesterday"])
     assert result.exit_code == 2
+
+
+def test_query_stops_at_the_limit_and_says_more_match(
+    store_url: str, ring: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_store(store_url, shard=ORIGIN) as s:
+        log = make_log(s, ring)
+        fill(log, ring, 105)
+        log.close()
+    result = runner.invoke(app, ["audit", "query", "--store", store_url])
+    assert result.exit_code == 0, result.output
+    assert "100 entries" in result.stdout  # the default limit
+    assert "more entries match: these are the first 100; give --limit N for more" in (result.stdout)
+    result = runner.invoke(app, ["audit", "query", "--store", store_url, "--limit", "0"])
+    assert "105 entries" in result.stdout and "more entries" not in result.output
+    result = runner.invoke(app, ["audit", "query", "--store", store_url, "--limit", "105"])
+    assert "105 entries" in result.stdout and "more entries" not in result.output
+    result = runner.invoke(
+        app, ["audit", "query", "--store", store_url, "--limit", "3", "--format", "json"]
+    )
+    assert len(json.loads(result.stdout)) == 3  # the notice goes to stderr, not in the JSON
+    assert "these are the first 3" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "valid"),
+    [
+        ("--decision", "shared, redacted, blocked, dead-lettered"),
+        ("--kind", "decision, admin"),
+        ("--format", "table, json, csv"),
+    ],
+)
+def test_query_refuses_an_unknown_value_listing_the_valid_ones(
+    setup: tuple[str, Path], option: str, valid: str
+) -> None:
+    url, _ = setup
+    result = runner.invoke(app, ["audit", "query", "--store", url, option, "typo"])
+    assert result.exit_code == 2
+    assert f"'typo' is not one of {valid}" in result.stderr
 
 
 def test_proof_and_check_proof(setup: tuple[str, Path], tmp_path: Path) -> None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.audit.checkpoint import Checkpoint, open_checkpoint
 from gateway.audit.log import RETENTION_MINIMUM_DAYS, AuditLog, CheckpointPolicy
-from gateway.audit.merkle import CompactRange, leaf_hash
-from gateway.audit.store import Store
 from gateway.audit.verify import verify_store
 from gateway.crypto import NoteSigner
 from gateway.errors import AuditError
 from gateway.keys import KeyKind, KeyRing, rotate_keys
+from gateway.store import Store
+from gateway.tlog.checkpoint import Checkpoint, open_checkpoint
+from gateway.tlog.merkle import CompactRange, leaf_hash
 from tests.audit.conftest import ORIGIN, Clock, decision, fill, make_log
 
 

@@ -7,13 +7,13 @@ import copy
 
 import pytest
 
-from gateway.audit.merkle import leaf_hash, verify_consistency
 from gateway.audit.proof import check_proof_document, consistency_document, proof_document
-from gateway.audit.store import Store
 from gateway.errors import AuditError, VerificationError
 from gateway.keys import KeyRing, init_keys
+from gateway.store import Store
+from gateway.tlog.merkle import leaf_hash, verify_consistency
 from tests.audit.conftest import ORIGIN, fill, make_log
-from tests.audit.test_merkle import ref_mth, ref_path, ref_proof
+from tests.tlog.test_merkle import ref_mth, ref_path, ref_proof
 
 
 @pytest.fixture

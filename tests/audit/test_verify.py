@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit.checkpoint import Checkpoint, sign_checkpoint
-from gateway.audit.entries import encode_entry
 from gateway.audit.export import export_shard, export_store
 from gateway.audit.log import RETENTION_MINIMUM_DAYS
-from gateway.audit.merkle import CompactRange
-from gateway.audit.store import Store, open_store
 from gateway.audit.verify import verify_export, verify_store
 from gateway.crypto import NoteSigner
 from gateway.keys import KeyRing, init_keys
+from gateway.store import Store, open_store
+from gateway.tlog.checkpoint import Checkpoint, sign_checkpoint
+from gateway.tlog.entries import encode_entry
+from gateway.tlog.merkle import CompactRange
 from tests.audit.conftest import ORIGIN, decision, fill, make_log, tamper
 
 N = 60
@@ -247,7 +247,9 @@ def test_export_lines_are_the_hashed_bytes(logged: Store, exported: Path, ring: 
     lines = _lines(exported)
     assert lines == [b for b, _ in stored]
     assert [_leaf(line) for line in lines] == [h for _, h in stored]
-    assert exported.with_suffix(".checkpoint").read_bytes().startswith(f"{ORIGIN}\n60\n".encode())
+    cp = exported.with_name("audit.jsonl.checkpoint")  # the name README.md documents
+    assert cp.read_bytes().startswith(f"{ORIGIN}\n60\n".encode())
+    assert not exported.with_suffix(".checkpoint").exists()
     report = verify_export(exported, ring.verifiers(ORIGIN))
     assert report.error is None and report.verified_size == 60
 
@@ -305,7 +307,7 @@ def test_export_fully_rewritten_history_fails_at_the_checkpoint(
 
 
 def test_export_forged_checkpoint(exported: Path, ring: KeyRing, tmp_path: Path) -> None:
-    cp = exported.with_suffix(".checkpoint")
+    cp = exported.with_name("audit.jsonl.checkpoint")
     cp.write_bytes(cp.read_bytes().replace(b"\n60\n", b"\n59\n"))
     _export_fails(exported, ring, 0, "forged")
     other = init_keys(tmp_path / "other")
@@ -352,3 +354,13 @@ def test_several_shards_export_to_a_directory(
     for r in results:
         report = verify_export(r.path, verifiers)
         assert report.error is None and report.origin == r.origin and report.entries == 12
+
+
+def test_export_with_the_former_checkpoint_name_still_verifies(
+    exported: Path, ring: KeyRing
+) -> None:
+    # Exports written before FILE.jsonl.checkpoint had FILE.checkpoint beside them.
+    exported.with_name("audit.jsonl.checkpoint").rename(exported.with_suffix(".checkpoint"))
+    report = verify_export(exported, ring.verifiers(ORIGIN))
+    assert report.error is None, report.error
+    assert report.checkpoints == 1

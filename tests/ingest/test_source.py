@@ -168,3 +168,26 @@ def test_bad_broker_urls() -> None:
     spec = parse_broker_url("mqtts://u:s3cret@h")
     assert (spec.port, spec.tls, spec.username, spec.password) == (8883, True, "u", "s3cret")
     assert "s3cret" not in repr(spec)
+
+
+@pytest.mark.parametrize(
+    ("url", "port"),
+    [
+        ("mqtt://127.0.0.1:99999", "'99999'"),
+        ("mqtt://127.0.0.1:abc", "'abc'"),
+        ("mqtt://h:0", "'0'"),
+        ("mqtts://u:s3cret@h:-1", "'-1'"),
+        ("mqtt://[::1]:70000", "'70000'"),
+    ],
+)
+def test_a_bad_port_is_an_ingest_error_naming_it(url: str, port: str) -> None:
+    """urlsplit raises ValueError only when the port is read: that was a traceback."""
+    with pytest.raises(IngestError, match=f"bad port {port}") as err:
+        parse_broker_url(url)
+    assert "s3cret" not in str(err.value)
+
+
+def test_a_url_error_never_shows_the_password() -> None:
+    with pytest.raises(IngestError) as err:
+        parse_broker_url("http://u:s3cret@h")
+    assert "s3cret" not in str(err.value) and "u:***@h" in str(err.value)

@@ -37,12 +37,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.audit.outbox import row_aad
 from gateway.keys import KeyRing, init_keys
-from gateway.pipeline.shape import message_ids
+from gateway.pipeline.shape import message_ids, record_part
 from gateway.policy.codes import is_valid_vin
 from gateway.resources import default_policy_dir
 from gateway.service import origin_of
+from gateway.store.sealing import row_aad
 from gateway.testing import MosquittoBroker
 from gateway.vss import LATITUDE, LONGITUDE, TIMESTAMP, VIN
 from simulators.fleet import Fleet, Kind, Message
@@ -384,11 +384,9 @@ class Record:
 
     @property
     def key(self) -> tuple[str, str]:
-        """The de-duplication key: vehicle and ``msg_id`` (or, without one, the time)."""
-        rid = (
-            f"m:{self.record_id}" if self.record_id is not None else f"t:{round(self.time * 1000)}"
-        )
-        return (self.vin, rid)
+        """The de-duplication key: vehicle, time and ``msg_id`` (a reused ``msg_id`` with
+        another time is another record)."""
+        return (self.vin, record_part(self.record_id, self.time))
 
 
 def _timestamp(value: Any) -> float | None:

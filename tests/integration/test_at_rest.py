@@ -3,7 +3,7 @@ none of the run's VINs and no coordinate of its input.
 
 The database file and its write-ahead log are searched byte for byte, while the gateway
 still runs (the log then holds the newest pages) and again after it stopped. What the
-pipeline keeps raw between batches is sealed (:mod:`gateway.audit.outbox`), so only the
+pipeline keeps raw between batches is sealed (:mod:`gateway.store.sealing`), so only the
 key directory can open it.
 """
 

@@ -34,6 +34,7 @@ import pytest
 
 from gateway.config import load_config
 from gateway.keys import init_keys
+from gateway.pipeline.shape import record_part
 from gateway.service import Gateway
 from gateway.testing import MosquittoBroker, free_port
 from simulators.fleet import Fleet, Kind, Message
@@ -61,6 +62,7 @@ from tests.integration.harness import (
     publish,
     read_store,
     settled,
+    usable,
     verify_audit,
     wait_for,
 )
@@ -223,6 +225,9 @@ def test_broker_killed_loses_only_what_it_had_not_saved(
     template = orjson.loads(second[0].payload)
     template = template[0] if isinstance(template, list) else template
     vin = str(template[VIN])
+    accepted = usable(template, vin)
+    assert accepted is not None
+    stamp = accepted.time  # every probe is a copy of the template under another msg_id
     probes: list[Message] = []
 
     def probe() -> bool | None:
@@ -238,7 +243,7 @@ def test_broker_killed_loses_only_what_it_had_not_saved(
         return (
             True
             if any(
-                (ring.vehicle_ref(vin), ring.record_key(f"m:probe-{i}")) in seen
+                (ring.vehicle_ref(vin), ring.record_key(record_part(f"probe-{i}", stamp))) in seen
                 for i in range(n + 1)
             )
             else None

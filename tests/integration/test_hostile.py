@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.audit.outbox import row_aad
+from gateway.store.sealing import row_aad
 from gateway.testing import MosquittoBroker
 from simulators.fleet import Fleet, Kind
 from tests.integration.harness import (

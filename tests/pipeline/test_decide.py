@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyproj import Geod
 
+from gateway.model import Consent
 from gateway.pipeline.classify import classify
 from gateway.pipeline.decide import (
     Applied,
@@ -52,7 +53,6 @@ from gateway.policy.schema import (
 )
 from gateway.state.snapshot import (
     ConsentBook,
-    ConsentRecord,
     CrossBorderCount,
     StateSnapshot,
     TripState,
@@ -350,7 +350,7 @@ CASES = [
         state=lambda b, r, now: dataclasses.replace(
             mid_trip(b, r, now),
             consents=ConsentBook(
-                [ConsentRecord("c-pq", VIN, "product-quality", NOW - 86400, NOW + 86400)]
+                [Consent("c-pq", VIN, "product-quality", NOW - 86400, NOW + 86400)]
             ),
         ),
         cites=(RuleId.XBORDER_TIER_CONTRACT, RuleId.XBORDER_EXEMPT),
@@ -1303,7 +1303,7 @@ def test_a_consent_granted_mid_trip_does_not_name_the_trip_it_began_in(
     cell for cell and name the part of the trip driven before the consent (RULES.md §3)."""
     records = [record(VIN_NONE, t=NOW - 600 + 30 * i, where=north(250.0 * i)) for i in range(12)]
     granted = NOW - 600 + 30 * 6 - 1
-    consent = ConsentRecord("c-mid", VIN_NONE, "navigation-map", granted, NOW + 86400)
+    consent = Consent("c-mid", VIN_NONE, "navigation-map", granted, NOW + 86400)
     state = dataclasses.replace(fresh(bundle, records, NOW), consents=ConsentBook([consent]))
     d, sh = run(bundle, records, state=state)
     vehicles = {vehicle for vehicle, _ in _per_trip_views(sh, d, "mapco-nav")}
@@ -1330,7 +1330,7 @@ def test_a_consent_withdrawn_mid_trip_leaves_no_located_view_of_the_rest_of_it(
     t0 = NOW - 3600
     records = [record(t=t0 + 30 * i, where=north(250.0 * i)) for i in range(12)]
     revoked = t0 + 30 * 6 - 1
-    consent = ConsentRecord("c-nav", VIN, "navigation-map", t0 - 86400, NOW + 86400, revoked)
+    consent = Consent("c-nav", VIN, "navigation-map", t0 - 86400, NOW + 86400, revoked)
     state = dataclasses.replace(
         fresh(bundle, records, revoked - 1), consents=ConsentBook([consent])
     )
@@ -1355,7 +1355,7 @@ def test_a_held_view_is_not_released_after_its_consent_was_withdrawn(
     t0 = NOW - 3600
     records = [record(t=t0 + 60 * i, where=north(150.0 * i)) for i in range(16)]
     revoked = t0 + 60 * 8 - 1
-    consent = ConsentRecord("c-ubi", VIN, "usage-based-insurance", t0 - 86400, NOW, revoked)
+    consent = Consent("c-ubi", VIN, "usage-based-insurance", t0 - 86400, NOW, revoked)
     state = dataclasses.replace(
         mid_trip(bundle, records, revoked - 1), consents=ConsentBook([consent])
     )

@@ -26,6 +26,7 @@ from gateway.pipeline.shape import (
     keyed_pseudonym,
     message_id,
     message_ids,
+    record_part,
     trip_pseudonym,
 )
 from gateway.policy.bundle import PolicyBundle
@@ -262,6 +263,28 @@ def test_message_ids_are_stable_for_a_redelivered_record(bundle: PolicyBundle) -
     assert message_ids(key, "mapco-nav", [VIN, VIN], ["m-42", None], [0.0, 1.0]) == [
         message_id(key, "mapco-nav", VIN, "m-42", 0.0),
         message_id(key, "mapco-nav", VIN, None, 1.0),
+    ]
+
+
+def test_a_reused_msg_id_gets_a_new_message_id_with_its_new_time() -> None:
+    # A TCU whose counter restarts after a reboot sends "7" again, hours later: the two
+    # records must not share an output id (it would link the trips under per-trip pseudonyms).
+    key = keys("mapco-nav")
+    earlier = message_id(key, "mapco-nav", VIN, "7", NOW - 7200)
+    later = message_id(key, "mapco-nav", VIN, "7", NOW - 60)
+    assert earlier != later
+    assert later == message_id(key, "mapco-nav", VIN, "7", NOW - 60)  # a redelivery
+    assert later != message_id(key, "mapco-nav", VIN, "7", NOW - 60.002)
+    assert later != message_id(key, "mapco-nav", VIN, None, NOW - 60)
+    assert later != message_id(key, "mapco-nav", VIN_NONE, "7", NOW - 60)
+    # Distinct records, distinct parts: msg_ids that look like times or separators.
+    tricky = [("1:2", 3.0), ("2", 1.003), ("3000:1", 2.0), (None, 3.0), ("t:3000", 3.0)]
+    assert len({record_part(r, t) for r, t in tricky}) == len(tricky)
+    vins: list[str | None] = [VIN, VIN, VIN, None, VIN_NONE]
+    rids = ["7", "7", None, "7", "x:1"]
+    times = [NOW - 7200, NOW - 60, NOW - 60, math.nan, math.inf]
+    assert message_ids(key, "mapco-nav", vins, rids, times) == [
+        message_id(key, "mapco-nav", v, r, t) for v, r, t in zip(vins, rids, times, strict=True)
     ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from gateway.cli import app
@@ -93,6 +94,38 @@ def test_schema_unknown_subscriber() -> None:
     result = runner.invoke(app, ["policy", "schema", "nobody"])
     assert result.exit_code == 1
     assert result.stderr == (
-        "unknown subscriber 'nobody'; the bundle has: mapco-nav, insureco-ubi, sh-traffic, "
+        "error: unknown subscriber 'nobody'; the bundle has: mapco-nav, insureco-ubi, sh-traffic, "
         "oem-hq-de\n"
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["policy", "check", "--policies", "{d}"],
+        ["policy", "check", "-p", "{d}"],
+        ["policy", "check", "{d}"],  # the old positional spelling, hidden
+        ["policy", "show", "-p", "{d}"],
+        ["policy", "show", "{d}"],
+        ["policy", "schema", "sh-traffic", "--policies", "{d}"],
+        ["policy", "schema", "sh-traffic", "-d", "{d}"],  # the old --dir/-d, hidden
+        ["policy", "schema", "sh-traffic", "--dir", "{d}"],
+    ],
+)
+def test_the_bundle_is_policies_everywhere_and_old_spellings_still_work(
+    argv: list[str], tmp_path: Path
+) -> None:
+    """Pointed at a directory that is no bundle, every spelling reports that directory."""
+    missing = tmp_path / "nobundle"
+    result = runner.invoke(app, [a.replace("{d}", str(missing)) for a in argv])
+    assert result.exit_code == 1
+    assert result.stderr == f"{missing}: not a directory\n"
+
+
+def test_help_names_only_policies_for_the_bundle() -> None:
+    for command in (["check"], ["show"], ["schema"], ["explain"]):
+        text = runner.invoke(app, ["policy", *command, "--help"], env={"COLUMNS": "200"}).output
+        assert "--policies" in text and " -p " in text, text
+        assert "--dir" not in text and " -d " not in text, text
+    result = runner.invoke(app, ["policy", "check", "-p", "a", "b"])
+    assert result.exit_code == 2 and "given twice" in result.stderr

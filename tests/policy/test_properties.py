@@ -36,7 +36,7 @@ from gateway.geo.altitude import coarsen_altitude
 from gateway.geo.datum import transform
 from gateway.geo.grid import cell_centres, format_cell_id, parse_cell_id, snap, split_cell_id
 from gateway.geo.zones import ZoneLevel
-from gateway.model import Batch
+from gateway.model import Batch, Consent
 from gateway.pipeline.classify import value_fits
 from gateway.pipeline.decide import Decisions, Verdict
 from gateway.pipeline.decode import decode_records
@@ -67,7 +67,6 @@ from gateway.state.snapshot import (
     KEY_OFF_SIGNAL,
     KEY_OFF_VALUES,
     ConsentBook,
-    ConsentRecord,
     CrossBorderCount,
     HeldSet,
     HeldView,
@@ -189,7 +188,7 @@ def streams(draw: Any) -> dict[str, Any]:
         records.append(rec)
     now = max(r.get(TIMESTAMP, t) for r in records) + draw(st.sampled_from([1.0, 3600.0]))
     consents = [
-        ConsentRecord(
+        Consent(
             f"x{i}",
             draw(st.sampled_from(VINS)),
             draw(st.sampled_from(PURPOSES)),
@@ -369,7 +368,7 @@ class Reference:
 
     def consent(
         self, vin: str, purposes: Iterable[str], t: float, start: float = math.inf
-    ) -> ConsentRecord | None:
+    ) -> Consent | None:
         """The consent (smallest id) active at the record's time and at the decision time,
         granted before the record's trip began (``start``)."""
         for record in self.state.consents.for_vehicle(vin):
@@ -1165,21 +1164,30 @@ def test_sensitive_and_important_fields_go_only_where_a_basis_or_purpose_covers_
 def fleets(draw: Any) -> dict[str, Any]:
     """A few vehicles driving several trips each (split by key-off or a long gap), with
     continuous odometers, trips that start where the last one ended, records without a
-    position, random consents, random views and random batch cuts."""
+    position, ``msg_id`` counters that run on, restart every trip (a TCU rebooted: the same
+    ids again), wrap around after a few ids or are absent, random consents, random views and
+    random batch cuts."""
     records: list[dict[str, Any]] = []
     for vin in draw(st.sets(st.sampled_from(VINS), min_size=1, max_size=3)):
         t = T0 + draw(st.floats(min_value=0, max_value=3600))
         here = draw(st.sampled_from(PLACES))
         odometer = draw(st.floats(min_value=1000, max_value=90000))
         soc = 80.0
+        ids = draw(st.sampled_from(["restarting", "wrapping", "running", "none"]))
+        wrap = draw(st.integers(1, 3)) if ids == "wrapping" else 1 << 32
+        counter = 0
         for _ in range(draw(st.integers(2, 4))):
             n = draw(st.integers(1, 6))
+            counter = 0 if ids == "restarting" else counter
             for k in range(n):
                 t += draw(st.sampled_from([1.0, 7.0, 31.0, 90.0]))
                 step = draw(st.sampled_from([0.0, 0.0005, 0.003]))
                 here = (here[0] + step, here[1] + draw(st.sampled_from([0.0, step])))
                 odometer += step * 111.0
                 rec: dict[str, Any] = {VIN: vin, TIMESTAMP: t, "Vehicle.TraveledDistance": odometer}
+                if ids != "none":
+                    rec["msg_id"] = f"{vin}-{counter % wrap}"
+                    counter += 1
                 if draw(st.integers(0, 4)) > 0:
                     rec[LATITUDE] = here[0]
                     rec["Vehicle.CurrentLocation.Longitude"] = here[1]
@@ -1204,7 +1212,7 @@ def fleets(draw: Any) -> dict[str, Any]:
         for sub in ("mapco-nav", "insureco-ubi", "sh-traffic", "oem-hq-de")
     }
     consents = [
-        ConsentRecord(
+        Consent(
             f"y{i}",
             draw(st.sampled_from(VINS)),
             draw(st.sampled_from(PURPOSES)),
@@ -1333,8 +1341,12 @@ def test_no_identifier_links_two_trips_of_an_unlinkable_vehicle(
     seen: dict[tuple[str, str, str], set[float]] = {}
     carried: dict[tuple[str, str, str, Any], set[float]] = {}
     trips: dict[tuple[str, float], list[tuple[float, float]]] = {}
+    ids: dict[tuple[str, str], set[tuple[str, float]]] = {}
     trim = bundle.rules.trips.pseudonym_trim_m
     for item in deliveries(bundle, records, state, case["cuts"], trips):
+        # A message id names one record, in every view: a msg_id the vehicle reuses in a
+        # later trip (its counter restarted) must not bring the same id back.
+        ids.setdefault((item.subscriber, item.message_id), set()).add((item.vehicle, item.trip))
         if not must_be_unlinkable(bundle, book, item.subscriber, item.vehicle):
             continue
         if item.view.get("location") is not None:
@@ -1353,6 +1365,8 @@ def test_no_identifier_links_two_trips_of_an_unlinkable_vehicle(
                 carried.setdefault(key, set()).add(item.trip)
     linked = {key: trips for key, trips in seen.items() if len(trips) > 1}
     assert not linked, linked
+    reused = {key: where for key, where in ids.items() if len(where) > 1}
+    assert not reused, reused
     assert_per_trip_views_stand_alone(bundle, deliveries(bundle, records, state, case["cuts"]))
     linked_by_value = {key: trips for key, trips in carried.items() if len(trips) > 1}
     assert not linked_by_value, linked_by_value

@@ -142,3 +142,28 @@ def test_unreachable_broker_exits_1() -> None:
     )
     assert result.exit_code == 1
     assert "cannot connect" in result.stderr
+
+
+@pytest.mark.integration
+def test_ctrl_c_exits_130_like_run_and_demo(tmp_path: Path, mosquitto: MosquittoBroker) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "simulate", "--broker", mosquitto.url,
+         "--vehicles", "5", "--duration", "600"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(4)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err

@@ -7,6 +7,7 @@ initial bearing) written here, not with the simulator's own geometry.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 from collections import Counter, defaultdict
@@ -397,3 +398,11 @@ def test_default_bundle_zones_are_crossed_and_avoided() -> None:
         lat = [s["Vehicle.CurrentLocation.Latitude"] for s in track]
         lon = [s["Vehicle.CurrentLocation.Longitude"] for s in track]
         assert zones.points_in_zones(lat, lon).masked.any() == (vin in crossers), vin
+
+
+def test_first_seq_numbers_the_first_message_of_each_vehicle() -> None:
+    from simulators.fleet import Fleet, FleetConfig
+
+    fleet = Fleet(FleetConfig(vehicles=3, first_seq=1000), seed=1)
+    ids = [json.loads(m.payload)["msg_id"] for m in fleet.messages(2.0, 1.0)]
+    assert sorted(ids) == sorted(f"{v}-{n}" for v in fleet.vins for n in (1000, 1001))

@@ -6,10 +6,10 @@ import base64
 
 import pytest
 
-from gateway.audit.checkpoint import Checkpoint, note_key_ids, open_checkpoint, sign_checkpoint
-from gateway.audit.merkle import EMPTY_ROOT
 from gateway.crypto import NoteSigner
 from gateway.errors import VerificationError
+from gateway.tlog.checkpoint import Checkpoint, note_key_ids, open_checkpoint, sign_checkpoint
+from gateway.tlog.merkle import EMPTY_ROOT
 
 ORIGIN = "icvgw.test/audit/w1"
 SIGNER = NoteSigner.from_seed(ORIGIN, bytes(range(32)))

@@ -16,11 +16,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from gateway.audit.outbox import OutboxRow, count_pending, mark_delivered, pending_outbox
-from gateway.audit.store import Store
 from gateway.deliver.mqtt import MqttPublisher
 from gateway.errors import DeliveryError, StoreError
 from gateway.metrics import Metrics
+from gateway.store import Store
+from gateway.store.outbox import OutboxRow, count_pending, mark_delivered, pending_outbox
 
 log = logging.getLogger(__name__)
 

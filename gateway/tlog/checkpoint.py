@@ -19,10 +19,10 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway.audit.merkle import HASH_SIZE
-from gateway.audit.note import Note, open_note, sign_note
 from gateway.crypto import NoteSigner, NoteVerifier, is_valid_name
 from gateway.errors import VerificationError
+from gateway.tlog.merkle import HASH_SIZE
+from gateway.tlog.note import Note, open_note, sign_note
 
 _SIZE_RE = re.compile(r"^(0|[1-9][0-9]{0,19})$")
 

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.audit.outbox import OutboxRow, add_outbox, count_pending
-from gateway.audit.store import open_store
+from gateway.deliver.drainer import OutboxDrainer
 from gateway.deliver.mqtt import Done, MqttPublisher
-from gateway.deliver.outbox import OutboxDrainer
 from gateway.errors import DeliveryError
 from gateway.ingest import parse_broker_url
 from gateway.keys import init_keys
 from gateway.metrics import Metrics
+from gateway.store import open_store
+from gateway.store.outbox import OutboxRow, add_outbox, count_pending
 from gateway.testing import MosquittoBroker
 from tests.deliver.test_mqtt import persistent_subscriber
 

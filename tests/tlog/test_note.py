@@ -11,9 +11,9 @@ import hashlib
 
 import pytest
 
-from gateway.audit.note import open_note, read_verifier_keys, sign_note
 from gateway.crypto import NoteSigner, NoteVerifier, key_hash
 from gateway.errors import VerificationError
+from gateway.tlog.note import open_note, read_verifier_keys, sign_note
 
 PETER_VKEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
 PETER_SKEY = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.audit.merkle import (
+from gateway.errors import VerificationError
+from gateway.tlog.merkle import (
     EMPTY_ROOT,
     TILE_HEIGHT,
     CompactRange,
@@ -27,7 +28,6 @@ from gateway.audit.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from gateway.errors import VerificationError
 
 
 def dh(h: str) -> bytes:

@@ -7,9 +7,10 @@ import threading
 import time
 from pathlib import Path
 
-from gateway.audit.store import SqliteStore, open_store
-from gateway.audit.walcheckpoint import WalCheckpointer
 from gateway.keys import KeyRing
+from gateway.store import open_store
+from gateway.store.dialects import SqliteStore
+from gateway.store.walcheckpoint import WalCheckpointer
 from tests.audit.conftest import ORIGIN, decision
 
 

@@ -10,8 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.audit.canonical import canonical_json
-from gateway.audit.entries import (
+from gateway.errors import AuditError
+from gateway.keys import KeyRing
+from gateway.tlog.canonical import canonical_json
+from gateway.tlog.entries import (
     GENESIS_PREV,
     AdminAction,
     AdminEntry,
@@ -22,8 +24,6 @@ from gateway.audit.entries import (
     parse_time,
     row_columns,
 )
-from gateway.errors import AuditError
-from gateway.keys import KeyRing
 from tests.audit.conftest import T0, decision
 from tests.test_jsonbytes import retained
 

@@ -10,25 +10,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.audit import store as store_module
-from gateway.audit.outbox import (
-    DeadLetterRow,
-    OutboxRow,
-    add_deadletters,
-    add_outbox,
-    add_seen,
-    all_vehicle_state,
-    deadletter,
-    erase_vehicle,
-    mark_delivered,
-    pending_outbox,
-    reseal,
-    save_vehicle_state,
-    seen_records,
-)
-from gateway.audit.store import open_store
 from gateway.errors import KeyStoreError, StoreError
 from gateway.keys import KeyKind, KeyRing, rotate_keys
+from gateway.store import dialects, open_store
+from gateway.store import schema as store_module
+from gateway.store.deadletters import DeadLetterRow, add_deadletters, deadletter
+from gateway.store.dedup import add_seen, seen_records
+from gateway.store.forget import erase_vehicle
+from gateway.store.outbox import OutboxRow, add_outbox, mark_delivered, pending_outbox
+from gateway.store.rekey import reseal
+from gateway.store.vehicle_states import all_vehicle_state, save_vehicle_state
 from tests.audit.conftest import decision
 
 SHARD = "icvgw.test/audit/w1"
@@ -45,26 +36,26 @@ def _v3_store(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
         m.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:3])
         m.setattr(store_module, "SCHEMA_VERSION", 3)
         with open_store(url, shard=SHARD) as s, s.transaction() as tx:
-            q = tx._q
-            tx._cur.execute(
+            q = tx.sql
+            tx.execute(
                 q("insert into vehicle_state (vehicle, state, updated_ms) values (?, ?, 5)"),
                 (VIN, DOC),
             )
-            tx._cur.execute(
+            tx.execute(
                 q(
                     "insert into outbox (shard, seq, subscriber, topic, message_id, payload, "
                     "created_ms) values (?, 1, 'mapco', ?, 'm1', ?, 5)"
                 ),
                 (SHARD, f"share/mapco/{VIN}/telemetry", PAYLOAD),
             )
-            tx._cur.execute(
+            tx.execute(
                 q(
                     "insert into deadletters (shard, seq, ts_ms, reason, topic, payload) "
                     "values (?, 0, 5, 'bad-value', ?, ?)"
                 ),
                 (SHARD, TOPIC, PAYLOAD),
             )
-            tx._cur.execute(
+            tx.execute(
                 q("insert into dedup (vehicle, record, seen_ms) values (?, ?, 5)"),
                 ("k1:" + "0" * 32, f"m:{VIN}-17"),
             )
@@ -72,7 +63,7 @@ def _v3_store(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _schema(url: str) -> int:
     with open_store(url, migrate=False) as s, s.snapshot() as rd:
-        row = rd._one("select value from icvgw_meta where key = 'schema_version'")
+        row = rd.fetch_one("select value from icvgw_meta where key = 'schema_version'")
     return int(row[0])
 
 
@@ -95,7 +86,7 @@ def test_a_schema_3_store_is_sealed_by_the_migration(
             assert deadletter(rd, SHARD, 0) == DeadLetterRow(0, 5, "bad-value", TOPIC, PAYLOAD)
             key = ("k1:" + "0" * 32, f"m:{VIN}-17")
             assert seen_records(rd, [key]) == {key}  # redelivery is still recognised
-            refs = [r[0] for r in rd._all("select vehicle from vehicle_state")]
+            refs = [r[0] for r in rd.fetch_all("select vehicle from vehicle_state")]
             assert refs == [ring.vehicle_ref(VIN)]
     assert _schema(store_url) == store_module.SCHEMA_VERSION
     if store_url.startswith("sqlite:///"):
@@ -111,10 +102,10 @@ def test_rows_are_bound_to_their_keys(store_url: str, ring: KeyRing) -> None:
         with s.transaction() as tx:
             save_vehicle_state(tx, {VIN: DOC, "LSVAU2180N2183295": b"{}"}, 5)
         with s.transaction() as tx:  # swap the two sealed states
-            rows = tx._all("select vehicle, state from vehicle_state order by vehicle")
+            rows = tx.fetch_all("select vehicle, state from vehicle_state order by vehicle")
             for (ref, _), (_, state) in zip(rows, rows[::-1], strict=True):
-                tx._cur.execute(
-                    tx._q("update vehicle_state set state = ? where vehicle = ?"), (state, ref)
+                tx.execute(
+                    tx.sql("update vehicle_state set state = ? where vehicle = ?"), (state, ref)
                 )
         with pytest.raises(KeyStoreError, match="does not authenticate"), s.transaction() as tx:
             all_vehicle_state(tx)
@@ -133,9 +124,9 @@ def test_rotation_then_reseal_leaves_nothing_under_the_old_key(
             assert reseal(tx, 2) == 3
             assert reseal(tx, 2) == 0
         with s.snapshot() as rd:
-            blobs = [r[0] for r in rd._all("select state from vehicle_state")]
-            blobs += [r[0] for r in rd._all("select sealed from outbox")]
-            blobs += [r[0] for r in rd._all("select sealed from deadletters")]
+            blobs = [r[0] for r in rd.fetch_all("select state from vehicle_state")]
+            blobs += [r[0] for r in rd.fetch_all("select sealed from outbox")]
+            blobs += [r[0] for r in rd.fetch_all("select sealed from deadletters")]
             assert {KeyRing.sealed_generation(bytes(b)) for b in blobs} == {2}
             assert deadletter(rd, SHARD, 2) == DeadLetterRow(2, 5, "bad-value", TOPIC, PAYLOAD)
     with (
@@ -206,8 +197,8 @@ def test_erase_finds_dead_letters_the_audit_column_does_not_name(
             erased = erase_vehicle(tx, ring.vehicle_refs(VIN), vin=VIN.lower())
         assert erased["deadletters"] == 3 and erased["outbox"] == 3
         with s.snapshot() as rd:
-            assert [r[0] for r in rd._all("select seq from deadletters")] == [seqs[3]]
-            assert [r[0] for r in rd._all("select seq from outbox")] == [seqs[3]]
+            assert [r[0] for r in rd.fetch_all("select seq from deadletters")] == [seqs[3]]
+            assert [r[0] for r in rd.fetch_all("select seq from outbox")] == [seqs[3]]
 
 
 def test_compaction_says_so_when_a_reader_keeps_the_old_pages(
@@ -221,7 +212,7 @@ def test_compaction_says_so_when_a_reader_keeps_the_old_pages(
             save_vehicle_state(tx, {VIN: DOC}, 5)
         s.compact()
         with s.snapshot() as rd:
-            (sealed,) = rd._one("select state from vehicle_state")
+            (sealed,) = rd.fetch_one("select state from vehicle_state")
         assert bytes(sealed) in db.read_bytes()
         reader = sqlite3.connect(db)
         try:
@@ -241,7 +232,7 @@ def test_compaction_says_so_when_a_reader_keeps_the_old_pages(
 def test_an_interrupted_migration_leaves_schema_3_whole_and_runs_again(
     store_url: str, ring: KeyRing, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gateway.audit import outbox as outbox_module
+    from gateway.store import schema_v4 as outbox_module
 
     _v3_store(store_url, monkeypatch)
 
@@ -254,8 +245,8 @@ def test_an_interrupted_migration_leaves_schema_3_whole_and_runs_again(
             open_store(store_url, shard=SHARD, keys=ring)
     assert _schema(store_url) == 3
     with open_store(store_url, migrate=False) as s, s.snapshot() as rd:
-        assert rd._one("select count(*) from vehicle_state")[0] == 1
-        assert rd._one("select count(*) from dedup where record like ?", ("m:%",))[0] == 1
+        assert rd.fetch_one("select count(*) from vehicle_state")[0] == 1
+        assert rd.fetch_one("select count(*) from dedup where record like ?", ("m:%",))[0] == 1
     with open_store(store_url, shard=SHARD, keys=ring) as s:
         assert s.converted == 4
         with s.transaction() as tx:
@@ -277,11 +268,11 @@ def test_pruning_entry_bodies_forgets_their_delivered_views_and_dead_letters(
         with s.transaction() as tx:
             assert tx.prune_bodies(SHARD, seqs[5]) == 5
         with s.snapshot() as rd:
-            assert [r[0] for r in rd._all("select seq from outbox order by seq")] == [
+            assert [r[0] for r in rd.fetch_all("select seq from outbox order by seq")] == [
                 seqs[1],
                 seqs[3],
             ]
-            assert [r[0] for r in rd._all("select seq from deadletters")] == [seqs[5]]
+            assert [r[0] for r in rd.fetch_all("select seq from deadletters")] == [seqs[5]]
 
 
 def test_a_conversion_not_yet_compacted_is_compacted_at_the_next_open(
@@ -292,7 +283,7 @@ def test_a_conversion_not_yet_compacted_is_compacted_at_the_next_open(
     db = tmp_path / "s.db"
     url = f"sqlite:///{db}"
     _v3_store(url, monkeypatch)
-    monkeypatch.setattr(store_module.SqliteStore, "_timeout", 0.2)
+    monkeypatch.setattr(dialects.SqliteStore, "_timeout", 0.2)
     reader = sqlite3.connect(db)
     try:
         reader.execute("begin")

@@ -8,28 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit.outbox import (
-    DeadLetterRow,
-    OutboxRow,
-    add_deadletters,
-    add_outbox,
-    add_seen,
-    all_vehicle_state,
-    count_pending,
-    deadletter,
-    deadletters,
-    load_vehicle_state,
-    mark_delivered,
-    pending_outbox,
-    prune_seen,
-    save_vehicle_state,
-    seen_query,
-    seen_records,
-    seen_under,
-)
-from gateway.audit.store import Store, open_store
 from gateway.errors import StoreError
 from gateway.keys import KeyRing
+from gateway.store import Store, open_store
+from gateway.store.deadletters import DeadLetterRow, add_deadletters, deadletter, deadletters
+from gateway.store.dedup import add_seen, prune_seen, seen_query, seen_records, seen_under
+from gateway.store.outbox import (
+    OutboxRow,
+    add_outbox,
+    count_pending,
+    mark_delivered,
+    pending_outbox,
+)
+from gateway.store.vehicle_states import all_vehicle_state, load_vehicle_state, save_vehicle_state
 
 SHARD = "test/shard"
 

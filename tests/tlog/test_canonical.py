@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.audit.canonical import canonical_json, parse_canonical
 from gateway.errors import AuditError
+from gateway.tlog.canonical import canonical_json, parse_canonical
 
 # --- reference: RFC 8785 §3.2.2 / ECMAScript JSON.stringify, written out per character ---
 

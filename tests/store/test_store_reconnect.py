@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.audit.entries import AdminAction, AdminEntry
-from gateway.audit.store import open_store
 from gateway.errors import StoreError
+from gateway.store import open_store
+from gateway.tlog.entries import AdminAction, AdminEntry
 
 SHARD = "icv-gateway/reconnect-test"
 
@@ -31,7 +31,7 @@ def test_a_lost_postgresql_connection_is_made_again(postgres_url: str) -> None:
         with store.transaction() as tx:
             tx.append_audit([entry(0)], shard=SHARD)
         with store.snapshot() as rd:
-            (pid,) = rd._one("select pg_backend_pid()")
+            (pid,) = rd.fetch_one("select pg_backend_pid()")
         with psycopg.connect(postgres_url, autocommit=True) as admin:
             admin.execute("select pg_terminate_backend(%s)", (pid,))
         with pytest.raises(StoreError), store.transaction() as tx:

@@ -31,8 +31,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from gateway.audit.canonical import MAX_SAFE_INTEGER, Json, check_json, dumps_checked
 from gateway.errors import AuditError
+from gateway.tlog.canonical import MAX_SAFE_INTEGER, Json, check_json, dumps_checked
 
 GENESIS_PREV = "0" * 64
 VEHICLE_REF_RE = re.compile(r"^k[0-9]+:[0-9a-f]{32}$")

@@ -8,21 +8,18 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.audit.entries import GENESIS_PREV, AdminAction, Decision, DecisionEntry
-from gateway.audit.merkle import perfect_from_leaves
-from gateway.audit.store import (
-    SCHEMA_VERSION,
-    AuditQuery,
-    Consent,
-    Store,
-    insert_rows,
-    open_store,
-)
 from gateway.audit.verify import verify_store
 from gateway.errors import AuditError, StoreError
 from gateway.keys import KeyRing
+from gateway.model import Consent
+from gateway.store import Store, open_store
+from gateway.store.audit import AuditQuery
+from gateway.store.cursor import insert_rows
+from gateway.store.schema import SCHEMA_VERSION
+from gateway.tlog.entries import GENESIS_PREV, AdminAction, Decision, DecisionEntry
+from gateway.tlog.merkle import perfect_from_leaves
 from tests.audit.conftest import ORIGIN, T0, admin, decision, tamper
-from tests.audit.test_merkle import ref_mth
+from tests.tlog.test_merkle import ref_mth
 
 
 def _bodies(store: Store) -> list[bytes]:
@@ -50,6 +47,38 @@ def test_append_assigns_seq_and_prev_and_hashes_the_stored_bytes(
     assert entries[2].decision == AdminAction.POLICY_LOADED
     assert state is not None and state.size == 3
     assert state.root() == ref_mth([e.body for e in entries if e.body])
+
+
+def test_a_batch_numbers_its_entries_as_the_shard_then_stores_them(
+    store: Store, ring: KeyRing
+) -> None:
+    with store.transaction() as tx:
+        tx.append_audit([admin(0)])
+    with store.transaction() as tx:
+        batch = tx.audit_batch()
+        assert [batch.add(decision(ring, i)) for i in range(1, 4)] == [1, 2, 3]
+        assert batch.next_seq == 4
+        result = tx.append_batch(batch)
+    assert result.seqs == range(1, 4)
+    with store.snapshot() as r:
+        assert [orjson.loads(e.body or b"")["seq"] for e in r.iter_entries(ORIGIN)] == [0, 1, 2, 3]
+
+
+def test_a_batch_numbered_before_another_append_is_refused(store: Store, ring: KeyRing) -> None:
+    # The numbers a batch handed out (and a caller wrote into view bytes) must be the ones
+    # the entries get: an append in between would shift them, so nothing is appended.
+    def interleaved() -> None:
+        with store.transaction() as tx:
+            batch = tx.audit_batch()
+            batch.add(decision(ring, 0))
+            tx.append_audit([admin(1)])
+            tx.append_batch(batch)
+
+    with pytest.raises(AuditError, match="numbered from 0, but the next is 1"):
+        interleaved()
+    with store.snapshot() as r:
+        state = r.shard_state(ORIGIN)
+    assert state is None or state.size == 0  # rolled back: not even the admin entry
 
 
 def test_many_transactions_extend_one_tree_and_store_tiles(store: Store, ring: KeyRing) -> None:
@@ -170,7 +199,7 @@ def test_consents_expire_and_withdrawal_is_final_and_audited(store: Store) -> No
     with store.snapshot() as r:
         assert r.active_consent(vehicle, "navigation", T0 - 1) is None
         active = r.active_consent(vehicle, "navigation", T0 + 10)
-        assert active is not None and active.consent_id == "c-1" and active.active(T0 + 10)
+        assert active is not None and active.id == "c-1" and active.active_at(T0 + 10)
         assert r.active_consent(vehicle, "navigation", T0 + 100) is None
         assert r.active_consent(vehicle, "insurance", T0 + 60) is None
         assert r.active_consent("k1:" + "2" * 32, "navigation", T0 + 10) is None
@@ -182,7 +211,7 @@ def test_consents_expire_and_withdrawal_is_final_and_audited(store: Store) -> No
         assert r.active_consent(vehicle, "navigation", T0 + 19.999) is not None
         assert r.active_consent(vehicle, "navigation", T0 + 20) is None
         c = r.consent("c-1")
-        assert c is not None and c.withdrawn_at == T0 + 20 and not c.active(T0 + 21)
+        assert c is not None and c.revoked == T0 + 20 and not c.active_at(T0 + 21)
     entries = [orjson.loads(b) for b in _bodies(store)]
     assert [(e["action"], e["subject"]) for e in entries] == [
         ("consent.changed", "c-1"),
@@ -219,7 +248,7 @@ def test_a_schema_4_store_gets_counters_equal_to_its_subjects(
 ) -> None:
     """Migration 5 backfills one counter row per (recipient, year, category) from the
     subjects already counted; counting goes on from there."""
-    import gateway.audit.store as store_module
+    import gateway.store.schema as store_module
 
     subjects = [("overseas-x", 2025, "pi", f"s{i}") for i in range(7)]
     subjects += [("overseas-x", 2025, "spi", "s1"), ("overseas-x", 2026, "pi", "s1")]
@@ -234,11 +263,11 @@ def test_a_schema_4_store_gets_counters_equal_to_its_subjects(
             )
     with open_store(store_url, shard=ORIGIN, keys=ring) as s:
         with s.snapshot() as r:
-            counted = r._all(
+            counted = r.fetch_all(
                 "select recipient, year, category, count(*) from crossborder_subjects "
                 "group by recipient, year, category order by 1, 2, 3"
             )
-            counters = r._all(
+            counters = r.fetch_all(
                 "select recipient, year, category, subjects from crossborder_counts "
                 "order by 1, 2, 3"
             )
@@ -336,4 +365,8 @@ def test_many_rows_in_one_transaction_all_arrive(store: Store) -> None:
     with store.transaction() as tx:
         tx.insert_rows("insert into dedup (vehicle, record, seen_ms)", [(*k, 7) for k in keys])
     with store.snapshot() as rd:
-        assert rd._one("select count(*), min(seen_ms), max(seen_ms) from dedup") == (2500, 7, 7)
+        assert rd.fetch_one("select count(*), min(seen_ms), max(seen_ms) from dedup") == (
+            2500,
+            7,
+            7,
+        )
