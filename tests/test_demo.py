@@ -296,8 +296,9 @@ def test_demo_ok_only_when_views_were_delivered(tmp_path: Path) -> None:
     def summary(delivered: int, duplicates: int = 0, records: int = 10) -> Summary:
         return Summary(
             workdir=tmp_path, store="", keys=tmp_path, verifier=tmp_path, shard="s",
-            broker="", seed=1, vehicles=1, seconds=1.0, records=records,
-            duplicates=duplicates, delivered={"a": delivered, "b": 0},
+            broker="", seed=1, vehicles=1, seconds=1.0,
+            totals=Totals(records=records, duplicates=duplicates),
+            delivered={"a": delivered, "b": 0},
         )  # fmt: skip
 
     fine = summary(1)
