@@ -51,7 +51,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import typer
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
     from simulators.publish import Publisher
     from simulators.scenario import Scenario
 
-__all__ = ["Summary", "check_log", "demo", "demo_scenario", "write_demo_policy"]
+__all__ = ["Summary", "check_log", "demo_scenario", "run_demo", "write_demo_policy"]
 
 WORKER = "demo"
 """The demo gateway's worker identity: its client ids are ``icvgw-demo-in``/``-out``."""
@@ -75,7 +75,8 @@ _REFRESH_S = 0.5
 _START_TIMEOUT_S = 15.0
 _DRAIN_TIMEOUT_S = 60.0
 _RATE_WINDOW_S = 2.0
-_NO_DURATION_S = 30 * 86400.0  # "until Ctrl-C": the longest run the simulator accepts
+MAX_DURATION_S = 30 * 86400.0
+"""The longest ``--duration``, and the run "until Ctrl-C": the longest the simulator accepts."""
 _HISTORY_S = 60.0
 """The fleet starts this long before the run and its messages of that minute are published
 at once: vehicles are already mid-trip, past the trip-start trimming of every subscriber
@@ -91,92 +92,33 @@ _HELD_WHY = (
 log = logging.getLogger(__name__)
 
 
-def demo(
-    vehicles: Annotated[int, typer.Option(help="Vehicles in the simulated fleet.", min=1)] = 50,
-    rate: Annotated[
-        float, typer.Option(help="Samples per second per vehicle, Hz (at most 100).")
-    ] = 1.0,
-    duration: Annotated[
-        float | None,
-        typer.Option(help="Simulate this many seconds, then summarise (default: until Ctrl-C)."),
-    ] = None,
-    scenario: Annotated[
-        Path | None,
-        typer.Option(
-            help="Scenario YAML for the fleet (default: a mild mix with faults and zone "
-            "crossings).",
-            dir_okay=False,
-        ),
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Fleet random seed (default: a new one each run).")
-    ] = None,
-    broker: Annotated[
-        str | None,
-        typer.Option(
-            help="Use this broker (mqtt[s]://[user[:password]@]host[:port]) instead of the "
-            "embedded one; needs --protocol."
-        ),
-    ] = None,
-    protocol: Annotated[
-        str | None,
-        typer.Option(
-            help="MQTT protocol of --broker: 5 or 3.1.1 (the embedded broker: 3.1.1 only).",
-            metavar="5|3.1.1",
-        ),
-    ] = None,
-    workdir: Annotated[
-        Path | None,
-        typer.Option(
-            help="Keep keys, policy and store in this directory (reused when it exists).",
-            file_okay=False,
-        ),
-    ] = None,
-    json_summary: Annotated[
-        Path | None,
-        typer.Option(
-            "--json-summary", help="Also write the summary as JSON to this file.", dir_okay=False
-        ),
-    ] = None,
-) -> None:
-    """Run broker, gateway and a simulated fleet together and watch the decisions live.
+def run_demo(
+    *,
+    vehicles: int,
+    rate: float,
+    duration: float | None,
+    scenario: Path | None,
+    seed: int | None,
+    broker: str | None,
+    protocol: str | None,
+    workdir: Path | None,
+    json_summary: Path | None,
+) -> int:
+    """Run the demo with options :mod:`gateway.cli.demo` has checked; its exit status.
 
-    Ctrl-C (or --duration) ends the run: the summary's counts are final, the audit log is
-    verified, and the commands to verify and query it again are printed. Exit 0 only if
-    views were delivered, verification passes and the log holds exactly the counted
-    entries; 130 after Ctrl-C.
+    ``seed`` None draws a new one; ``protocol`` None is the embedded broker's 3.1.1;
+    ``workdir`` None is a new temporary directory.
     """
-    if not 0 < rate <= 100:
-        raise typer.BadParameter("must be in (0, 100] Hz", param_hint="--rate")
-    if duration is not None and not 0 < duration <= _NO_DURATION_S:
-        raise typer.BadParameter("must be in (0, 30 days] seconds", param_hint="--duration")
-    if protocol is not None and protocol not in ("5", "3.1.1"):
-        raise typer.BadParameter("must be 5 or 3.1.1", param_hint="--protocol")
-    if broker is None and protocol == "5":
-        raise typer.BadParameter(
-            "the embedded broker speaks MQTT 3.1.1 only; give --broker to use MQTT 5",
-            param_hint="--protocol",
-        )
-    if broker is not None and protocol is None:
-        raise typer.BadParameter(
-            "state the MQTT protocol of --broker (5 or 3.1.1)", param_hint="--protocol"
-        )
     from rich.console import Console
 
     from gateway.errors import GatewayError
-    from gateway.ingest.client import parse_broker_url
 
-    if broker is not None:
-        try:
-            parse_broker_url(broker, protocol="5" if protocol == "5" else "3.1.1")
-        except GatewayError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--broker") from exc
     console = Console()
     try:
         directory = _workdir(workdir)
     except OSError as exc:
         typer.echo(f"icvgw demo: cannot use the working directory: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        return 2
     with _demo_logging(directory / "demo.log"):
         try:
             options = _Options(
@@ -192,18 +134,18 @@ def demo(
             summary = _Demo(options, console).run()
         except GatewayError as exc:
             _failed(exc, directory)
-            raise typer.Exit(2 if _is_setup_error(exc) else 1) from exc
+            return 2 if _is_setup_error(exc) else 1
         except OSError as exc:
             _failed(exc, directory)
-            raise typer.Exit(1) from exc
+            return 1
     if json_summary is not None:
         json_summary.write_text(json.dumps(summary.to_json(), indent=2) + "\n", encoding="utf-8")
     _print_summary(console, summary)
     if not summary.ok:
         for problem in summary.problems:
             typer.echo(f"icvgw demo: {problem}", err=True)
-        raise typer.Exit(1)
-    raise typer.Exit(INTERRUPTED_EXIT if summary.interrupted else 0)
+        return 1
+    return INTERRUPTED_EXIT if summary.interrupted else 0
 
 
 INTERRUPTED_EXIT = 130
@@ -611,7 +553,7 @@ class _Demo:
                 timeout=30.0,
             )
             messages = _live(
-                fleet.messages(self.preroll + (self.o.duration or _NO_DURATION_S), self.o.rate),
+                fleet.messages(self.preroll + (self.o.duration or MAX_DURATION_S), self.o.rate),
                 self.preroll,
             )
             sim = _Simulation(messages, publisher)

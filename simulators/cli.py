@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from gateway.cli_params import out_file
+from gateway.cli.params import out_file
 
 if TYPE_CHECKING:
     from rich.console import Console

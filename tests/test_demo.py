@@ -20,7 +20,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from gateway.cli.main import app
 from gateway.demo import Summary, check_log, write_demo_policy
 from gateway.policy.loader import BUNDLE_FILES, load_bundle
 from gateway.resources import default_policy_dir

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from gateway.cli.main import app
 from gateway.explain import explain, parse_time
 from gateway.keys import init_keys
 from gateway.pipeline.shape import keyed_pseudonym

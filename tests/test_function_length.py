@@ -16,7 +16,6 @@ GATEWAY = Path(__file__).resolve().parent.parent / "gateway"
 MAX_LINES = 80
 
 TOO_LONG: dict[str, int] = {
-    "gateway/demo.py::demo": 113,
     "gateway/pipeline/shape.py::_objects": 85,
 }
 """Today's offenders (``file::qualified name``: lines), to be split, not to be added to."""

@@ -143,3 +143,10 @@ def test_every_known_edge_still_exists() -> None:
     edges = import_graph()
     gone = [edge for edge in KNOWN_EDGES if edge not in edges]
     assert gone == [], f"remove {gone} from KNOWN_EDGES: the import is gone"
+
+
+def test_only_the_entry_point_imports_the_cli() -> None:
+    """The CLI (gateway/cli/) drives the gateway and may import any of it; nothing in the
+    gateway depends on its commands, so only ``python -m gateway`` imports it."""
+    importers = sorted(a for a, b in import_graph() if b == "cli")
+    assert importers == ["__main__"]

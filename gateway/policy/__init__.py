@@ -8,7 +8,7 @@
 * :func:`gateway.policy.view_schema.view_schema` is the JSON Schema of a subscriber's
   output records.
 
-The names are imported on first use, so importing ``gateway.policy.cli`` (every ``icvgw``
+The names are imported on first use, so importing ``gateway.cli.policy`` (every ``icvgw``
 start) does not pay for pydantic models, shapely and pyproj.
 """
 

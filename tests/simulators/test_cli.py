@@ -10,7 +10,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from gateway.cli.main import app
 from gateway.testing import MosquittoBroker
 from simulators.vin import is_valid_vin
 from tests.simulators.subscriber import Subscriber

@@ -21,7 +21,7 @@ from gateway.audit.log import AuditLog, retention_days
 from gateway.audit.proof import check_proof_document, proof_document
 from gateway.audit.query import iter_json_lines, render_table, write_csv
 from gateway.audit.verify import ShardReport, verify_export, verify_store
-from gateway.cli_params import one_of, out_file, out_file_or_dir
+from gateway.cli.params import one_of, out_file, out_file_or_dir
 from gateway.crypto import NoteVerifier
 from gateway.errors import GatewayError, VerificationError
 from gateway.keys import KeyRing

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from gateway.cli_params import out_file, out_file_or_dir
+from gateway.cli.params import out_file, out_file_or_dir
 from gateway.errors import GatewayError
 from gateway.keys import KeyKind, KeyRing, init_keys, rotate_keys
 

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.audit.verify import verify_store
-from gateway.cli import app
+from gateway.cli.main import app
 from gateway.config import GatewayConfig
 from gateway.keys import KeyRing, init_keys
 from gateway.model import Envelope
@@ -232,9 +232,9 @@ def test_a_dead_letter_written_out_is_readable_by_its_owner_only(
 def test_erase_counts_the_held_views_it_deletes(tmp_path: Path, rotated: bool) -> None:
     """Also when the VIN is typed in lower case, or the state is still stored under the
     reference of an older HMAC key (rotated while the worker was stopped)."""
+    from gateway.cli.store import erase
     from gateway.keys import KeyKind, rotate_keys
     from gateway.store.vehicle_states import save_vehicle_state
-    from gateway.store_cli import erase
 
     vin = "LSVAU2180N2183294"
     held = ["s", 0.0, 1.0, 31.2304412, 121.4737021, "m1", "share", [], {}, None, None, {}]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from gateway.cli.main import app
 from gateway.policy import load_bundle
 from gateway.resources import default_policy_dir
 from tests.policy.conftest import edit, line_of

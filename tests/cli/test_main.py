@@ -13,7 +13,7 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from gateway.cli.main import app
 from gateway.keys import init_keys
 from gateway.store import open_store
 from gateway.testing import make_vin

@@ -7,7 +7,9 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,17 +33,40 @@ def start(tmp_path: Path, broker: MosquittoBroker, *flags: str) -> subprocess.Po
     )  # fmt: skip
 
 
-def stop(proc: subprocess.Popen[str], sig: signal.Signals, after: float) -> str:
+def stop(
+    proc: subprocess.Popen[str], sig: signal.Signals, until: Callable[[list[str]], bool]
+) -> str:
+    """Send ``sig`` once the lines written so far satisfy ``until`` (not after a fixed sleep:
+    a loaded machine starts the gateway slowly); its whole stderr."""
+    lines: list[str] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr or ()), daemon=True)
+    reader.start()
     try:
-        time.sleep(after)
-        assert proc.poll() is None, proc.communicate()
+        deadline = time.monotonic() + 120
+        while not until(list(lines)) and time.monotonic() < deadline:
+            assert proc.poll() is None, "".join(lines)
+            time.sleep(0.1)
+        assert until(list(lines)), "".join(lines)
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
-    return err
+            proc.wait()
+        reader.join(timeout=10)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    return "".join(lines)
+
+
+def _statuses(lines: list[str]) -> int:
+    return sum('"message": "status: ' in line or '"message":"status: ' in line for line in lines)
+
+
+def _running(lines: list[str]) -> bool:
+    return any(" running; store " in line for line in lines)
 
 
 @pytest.mark.integration
@@ -49,7 +74,7 @@ def test_sigint_exits_130_after_status_lines_in_json(
     tmp_path: Path, mosquitto: MosquittoBroker
 ) -> None:
     proc = start(tmp_path, mosquitto, "--log-format", "json", "--status-every", "0.5")
-    err = stop(proc, signal.SIGINT, after=6)
+    err = stop(proc, signal.SIGINT, until=lambda lines: _statuses(lines) >= 2)
     assert proc.returncode == 130, err
     docs = [json.loads(line) for line in err.splitlines()]  # every line one JSON object
     messages = [d["message"] for d in docs]
@@ -65,7 +90,7 @@ def test_sigterm_exits_0_and_quiet_prints_no_status(
     tmp_path: Path, mosquitto: MosquittoBroker
 ) -> None:
     proc = start(tmp_path, mosquitto, "--quiet", "--status-every", "0.5")
-    err = stop(proc, signal.SIGTERM, after=5)
+    err = stop(proc, signal.SIGTERM, until=lambda lines: _running(lines) and len(lines) > 0)
     assert proc.returncode == 0, err
     assert "status: " not in err
     assert " WARNING " not in err and "Traceback" not in err

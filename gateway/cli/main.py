@@ -1,7 +1,7 @@
 """The ``icvgw`` command line: one program, one sub-command per job.
 
-Each command group lives beside the code it drives (``gateway/<area>/cli.py``) and is
-mounted here, so this file reads as the table of contents of the CLI.
+Each command group is a module of :mod:`gateway.cli` and is mounted here, so this file
+reads as the table of contents of the CLI.
 """
 
 from __future__ import annotations
@@ -121,39 +121,34 @@ def _root(
 
 def _mount() -> None:
     """Mount each command group. Imports are local so ``icvgw --help`` stays quick."""
-    from gateway.audit.cli import app as audit_app
-    from gateway.keys_cli import app as keys_app
+    from gateway.cli.audit import app as audit_app
+    from gateway.cli.keys import app as keys_app
 
     app.add_typer(audit_app, name="audit")
     app.add_typer(keys_app, name="keys")
 
-    from gateway.policy.cli import app as policy_app
+    from gateway.cli.policy import app as policy_app
 
     app.add_typer(policy_app, name="policy")
-
-    from gateway.explain_cli import explain
-
-    # explain runs the pipeline, which reads the policy package: it lives outside it.
-    policy_app.command("explain")(explain)
 
     from simulators.cli import simulate
 
     app.command("simulate")(simulate)
 
-    from gateway.consent_cli import app as consent_app
+    from gateway.cli.consent import app as consent_app
 
     app.add_typer(consent_app, name="consent")
 
-    from gateway.store_cli import deadletter_app, vehicle_app
+    from gateway.cli.store import deadletter_app, vehicle_app
 
     app.add_typer(deadletter_app, name="deadletter")
     app.add_typer(vehicle_app, name="vehicle")
 
-    from gateway.run_cli import run
+    from gateway.cli.run import run
 
     app.command("run")(run)
 
-    from gateway.demo import demo
+    from gateway.cli.demo import demo
 
     app.command("demo")(demo)
 

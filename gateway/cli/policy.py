@@ -1,4 +1,5 @@
-"""``icvgw policy``: check a bundle, show what it shares with whom, print a view's schema.
+"""``icvgw policy``: check a bundle, show what it shares with whom, print a view's schema,
+explain what a record would become (:mod:`gateway.explain`, which runs the pipeline).
 
 The policy modules (pydantic, shapely, pyproj) are imported by the commands, not here, so
 mounting this group keeps ``icvgw --help`` quick.
@@ -115,6 +116,65 @@ def schema(
         typer.echo(f"error: unknown subscriber {subscriber!r}; the bundle has: {known}", err=True)
         raise typer.Exit(1)
     typer.echo(json.dumps(view_schema(bundle, subscriber), indent=2, ensure_ascii=False))
+
+
+@app.command("explain")
+def explain(
+    record: Annotated[
+        Path,
+        typer.Argument(
+            help="A record as a vehicle publishes it: a JSON object, or an array read as a "
+            "trace ('-' reads stdin).",
+            show_default=False,
+        ),
+    ],
+    policies: _Policies = None,
+    subscriber: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--subscriber", "-s", help="Only this subscriber (repeatable).", show_default=False
+        ),
+    ] = None,
+    keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--keys",
+            help="Key directory for the real pseudonyms (default: an ephemeral key).",
+            show_default=False,
+        ),
+    ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            help="Decision time for expiry checks: ISO 8601 with offset or Unix seconds "
+            "(default: the latest record time).",
+            show_default=False,
+        ),
+    ] = None,
+    output_format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    trip_start: Annotated[
+        bool,
+        typer.Option(
+            "--trip-start",
+            help="Treat each vehicle's first record as the start of a trip (default: mid-trip).",
+        ),
+    ] = False,
+) -> None:
+    """Show what each subscriber would receive for RECORD, and which rules decided it."""
+    from gateway.explain import run_explain
+
+    bundle = _load(policies)
+    status = run_explain(
+        bundle,
+        record,
+        subscribers=subscriber,
+        keys=keys,
+        at=at,
+        output_format=output_format,
+        trip_start=trip_start,
+    )
+    raise typer.Exit(status)
 
 
 def _overview_table(bundle: PolicyBundle) -> Table:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from gateway.cli.main import app
 from gateway.keys import KeyRing
 from gateway.store import open_store
 from tests.audit.conftest import ORIGIN, decision, fill, make_log, tamper

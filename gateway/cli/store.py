@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gateway.cli_params import out_file
+from gateway.cli.params import out_file
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
