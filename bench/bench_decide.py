@@ -53,8 +53,8 @@ from gateway.pipeline.shape import keyed_pseudonym, message_id, shape
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.loader import load_bundle
 from gateway.policy.schema import OutputDatum
-from gateway.policy.state import ConsentBook, StateSnapshot, TripState
 from gateway.policy.view_schema import VIEW_SCHEMA
+from gateway.state.snapshot import ConsentBook, StateSnapshot, TripState
 
 BOX = (30.2, 32.2, 120.4, 122.4)  # lat_min, lat_max, lon_min, lon_max: around Shanghai
 START = 1768435200.0  # 2026-01-15T00:00:00Z

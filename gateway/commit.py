@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import orjson
 
+from gateway.model import DeadInput
 from gateway.pipeline.decide import Decisions, Verdict
 from gateway.pipeline.shape import Shaped, encode_view, message_ids
 from gateway.policy.bundle import PolicyBundle
-from gateway.policy.state import HeldView
+from gateway.state.snapshot import HeldView
 from gateway.store import Transaction
 from gateway.store.audit import AuditBatch
 from gateway.store.deadletters import DeadLetterRow, add_deadletters
@@ -42,18 +43,6 @@ _AUDIT_DECISION = {
     Verdict.BLOCK: Decision.BLOCKED,
 }
 _HELD_DECISION = {"share": Decision.SHARED, "redact": Decision.REDACTED}
-
-
-@dataclass(frozen=True, slots=True)
-class DeadInput:
-    """An input (payload or record) that cannot be used: audited once, kept, announced."""
-
-    time: float
-    reason: str
-    topic: str
-    payload: bytes
-    vehicle_ref: str | None
-    message_id: str
 
 
 @dataclass(slots=True)

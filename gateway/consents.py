@@ -1,9 +1,10 @@
 """Consents at run time: the store is authoritative, the bundle's ``consents.yaml`` seeds it.
 
 The store keys consents by the keyed vehicle reference (never the VIN). For each batch the
-service loads the consents of the batch's vehicles and hands the decision engine a
-:class:`~gateway.policy.state.ConsentBook` keyed by VIN (it knows which VIN each reference
-in the batch stands for). A consent granted or withdrawn in the store — by ``icvgw consent``
+batch stage (:mod:`gateway.pipeline.batch`) loads the consents of the batch's vehicles and
+hands the decision engine a :class:`~gateway.state.snapshot.ConsentBook` keyed by VIN
+(:meth:`~gateway.state.snapshot.ConsentBook.by_vin`: it knows which VIN each reference in
+the batch stands for). A consent granted or withdrawn in the store — by ``icvgw consent``
 or, later, the API — therefore applies to the next batch; every change is an audited
 ``consent.changed`` entry.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,6 @@ from pathlib import Path
 from gateway.errors import ConfigError, Problem
 from gateway.model import Consent
 from gateway.policy.bundle import PolicyBundle
-from gateway.policy.state import ConsentBook
 from gateway.store import Store
 from gateway.store.cursor import CHUNK
 
@@ -63,13 +63,6 @@ def _differs(current: Consent, wanted: Consent) -> bool:
     if fixed != (wanted.vehicle, wanted.purpose, wanted.granted, wanted.expires):
         return True
     return wanted.revoked is not None and current.revoked != wanted.revoked
-
-
-def book(consents: Iterable[Consent], vin_of: dict[str, str]) -> ConsentBook:
-    """The engine's VIN-keyed book of ``consents`` (references mapped by ``vin_of``)."""
-    return ConsentBook(
-        c._replace(vehicle=vin_of[c.vehicle]) for c in consents if c.vehicle in vin_of
-    )
 
 
 IMPORT_COLUMNS = ("vin", "purpose", "expires")

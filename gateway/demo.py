@@ -48,7 +48,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
     from gateway.audit.verify import ShardReport
-    from gateway.service import Gateway
+    from gateway.service import Gateway, Totals
     from simulators.fleet import Fleet, Message
     from simulators.publish import Publisher
     from simulators.scenario import Scenario
@@ -298,13 +298,8 @@ class Summary:
     vehicles: int
     seconds: float
     published: int = 0
-    messages: int = 0
-    records: int = 0
-    duplicates: int = 0
-    entries: int = 0
-    admin_entries: int = 0
-    deadletters: int = 0
-    views: int = 0
+    totals: Totals = field(default_factory=lambda: _new_totals())
+    """The gateway's running totals when the run ended (a copy)."""
     first_seq: int = 0
     decisions: dict[str, dict[str, int]] = field(default_factory=dict)
     delivered: dict[str, int] = field(default_factory=dict)
@@ -343,13 +338,13 @@ class Summary:
             "vehicles": self.vehicles,
             "seconds": round(self.seconds, 3),
             "published": self.published,
-            "messages": self.messages,
-            "records": self.records,
-            "duplicates": self.duplicates,
-            "entries": self.entries,
-            "admin_entries": self.admin_entries,
-            "deadletters": self.deadletters,
-            "views": self.views,
+            "messages": self.totals.messages,
+            "records": self.totals.records,
+            "duplicates": self.totals.duplicates,
+            "entries": self.totals.entries,
+            "admin_entries": self.totals.admin,
+            "deadletters": self.totals.deadletters,
+            "views": self.totals.views,
             "decisions": self.decisions,
             "delivered": self.delivered,
             "held": self.held,
@@ -644,13 +639,7 @@ class _Demo:
 
     def _final_counts(self, gw: Gateway, summary: Summary) -> None:
         t = gw.totals
-        summary.messages = t.messages
-        summary.records = t.records
-        summary.duplicates = t.duplicates
-        summary.entries = t.entries
-        summary.admin_entries = t.admin
-        summary.deadletters = t.deadletters
-        summary.views = t.views
+        summary.totals = replace(t, decisions=Counter(t.decisions))
         subscribers = list(gw.holder.current.subscribers)
         decisions: dict[str, dict[str, int]] = {s: dict.fromkeys(DECISIONS, 0) for s in subscribers}
         for (sub, decision), n in dict(t.decisions).items():
@@ -752,13 +741,13 @@ def check_log(summary: Summary) -> None:
     counted: Counter[tuple[str, str]] = Counter(
         {(s, d): n for s, by in summary.decisions.items() for d, n in by.items() if n}
     )
-    if summary.deadletters:
-        counted[("", "dead-lettered")] = summary.deadletters
-    summary.log_matches = logged == counted and sum(logged.values()) == summary.entries
+    if summary.totals.deadletters:
+        counted[("", "dead-lettered")] = summary.totals.deadletters
+    summary.log_matches = logged == counted and sum(logged.values()) == summary.totals.entries
     if not summary.log_matches:
         summary.problems.append(
             f"the audit log holds {sum(logged.values())} decisions of this run, "
-            f"the summary counts {summary.entries}"
+            f"the summary counts {summary.totals.entries}"
         )
     _check_demonstrated(summary)
 
@@ -768,9 +757,10 @@ def _check_demonstrated(summary: Summary) -> None:
     if sum(summary.delivered.values()) > 0:
         return
     why = ""
-    if summary.duplicates and summary.duplicates * 2 >= summary.records + summary.duplicates:
+    t = summary.totals
+    if t.duplicates and t.duplicates * 2 >= t.records + t.duplicates:
         why = (
-            f": {summary.duplicates:,} of {summary.records + summary.duplicates:,} records "
+            f": {t.duplicates:,} of {t.records + t.duplicates:,} records "
             "were duplicates of records the store had already seen"
         )
     elif summary.held and sum(summary.held.values()):
@@ -807,6 +797,13 @@ class _GatewayThread:
         self.gw.stop()
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+
+def _new_totals() -> Totals:
+    """Empty totals; imported on use, so mounting ``icvgw demo`` stays quick."""
+    from gateway.service import Totals
+
+    return Totals()
 
 
 def _live(messages: Iterator[Message], preroll: float) -> Iterator[Message]:
@@ -853,13 +850,14 @@ def _report_line(r: ShardReport) -> str:
 
 def _entries_line(s: Summary) -> str:
     """The run's audit entries as a sum: decisions + dead letters + administrative ones."""
-    decisions = s.entries - s.deadletters
+    dead = s.totals.deadletters
+    decisions = s.totals.entries - dead
     names = {"policy.loaded": "policy loaded", "consent.changed": "consents seeded"}
     admin = sum(s.admin.values())
     parts = ", ".join(f"{n:,} {names.get(a, a)}" for a, n in sorted(s.admin.items()))
     return (
-        f"entries audited in this run: {decisions + s.deadletters + admin:,} = "
-        f"{decisions:,} decisions + {s.deadletters:,} dead letters + {admin:,} admin entries"
+        f"entries audited in this run: {decisions + dead + admin:,} = "
+        f"{decisions:,} decisions + {dead:,} dead letters + {admin:,} admin entries"
         + (f" ({parts})" if parts else "")
     )
 
@@ -892,10 +890,11 @@ def _print_summary(console: Console, s: Summary) -> None:
     out(_HELD_WHY)
     if s.continued_from is not None:
         out(f"fleet continued from the last run in this directory (stopped {s.continued_from})")
+    t = s.totals
     out(
         f"{s.seconds:,.1f} s{stopped}, {s.vehicles} vehicles (seed {s.seed}): "
-        f"{s.published:,} messages published, {s.messages:,} in ({s.records:,} records, "
-        f"{s.duplicates:,} duplicates), {s.views:,} views, {s.deadletters:,} dead letters"
+        f"{s.published:,} messages published, {t.messages:,} in ({t.records:,} records, "
+        f"{t.duplicates:,} duplicates), {t.views:,} views, {t.deadletters:,} dead letters"
     )
     out(_entries_line(s))
     for line in s.verification:

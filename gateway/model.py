@@ -1,6 +1,8 @@
 """Shapes the stages share.
 
 * :class:`Envelope` — one MQTT message as received; nothing after ``ingest/`` sees paho types.
+* :class:`DeadInput` — an input (payload or record) that cannot be used, as the batch stage
+  hands it to the commit.
 * :class:`Consent` — a vehicle's consent for one purpose, as the store keeps it and the
   decision engine reads it.
 * :class:`Batch` — a micro-batch of decoded records as columns (numpy arrays), with a
@@ -29,7 +31,7 @@ class Consent(NamedTuple):
 
     ``vehicle`` is the vehicle as the holder of the consent keys it: a keyed reference in
     the store (never the VIN), the VIN in the decision engine's
-    :class:`~gateway.policy.state.ConsentBook`. The bundle's ``consents.yaml`` is read into
+    :class:`~gateway.state.snapshot.ConsentBook`. The bundle's ``consents.yaml`` is read into
     its own document model (:class:`gateway.policy.schema.Consent`, dates and a VIN) and
     converted to this. (A book stores consents as plain tuples: the garbage collector stops
     tracking those, but never a named tuple, which matters with a consent per vehicle and
@@ -115,6 +117,18 @@ class Envelope:
     received_at: float
     message_id: int = 0
     ack: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadInput:
+    """An input (payload or record) that cannot be used: audited once, kept, announced."""
+
+    time: float
+    reason: str
+    topic: str
+    payload: bytes
+    vehicle_ref: str | None
+    message_id: str
 
 
 @dataclass(slots=True)

@@ -3,9 +3,10 @@
 Threads, each with one job:
 
 * paho's network threads (ingest and publisher) only move messages in and out of queues;
-* the pipeline thread (:meth:`Gateway.run`) takes a micro-batch, decodes, de-duplicates,
-  decides and shapes it, commits it in one store transaction, and only then acknowledges
-  its input messages;
+* the pipeline thread (:meth:`Gateway.run`) takes a micro-batch, runs it through the
+  pipeline (:mod:`gateway.pipeline.run`: decode, batch, classify, geo, decide, shape),
+  commits it in one store transaction, only then acknowledges its input messages, and
+  hands the committed views to delivery;
 * the delivery thread (:class:`~gateway.deliver.drainer.OutboxDrainer`) publishes committed
   views and marks them delivered when the broker confirms them.
 
@@ -30,15 +31,15 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 from prometheus_client import CollectorRegistry
 
 from gateway import consents
 from gateway.audit.log import AuditLog, CheckpointPolicy
-from gateway.commit import Context, DeadInput, Written, commit_batch
+from gateway.commit import Context, Written, commit_batch
 from gateway.config import GatewayConfig
 from gateway.deliver.drainer import OutboxDrainer
 from gateway.deliver.mqtt import MqttPublisher
@@ -46,33 +47,33 @@ from gateway.errors import StaleDecisionError, StoreError
 from gateway.health import StoreHealth
 from gateway.ingest.client import BrokerSpec, parse_broker_url
 from gateway.ingest.source import MqttSource
-from gateway.keys import KeyKind, ensure_store_key
+from gateway.keys import ensure_store_key
 from gateway.metrics import Metrics
-from gateway.model import Batch, Envelope, ErrorCode
-from gateway.pipeline.decide import Decisions, sweep
-from gateway.pipeline.decode import MAX_CELLS, decode, topic_vehicle
-from gateway.pipeline.shape import Shaped, evaluate, record_part
+from gateway.model import Envelope
+from gateway.pipeline.batch import Keying, Pending, prepare
+from gateway.pipeline.counts import check_counts, crossborder_counts, lock_crossborder
+from gateway.pipeline.decide import sweep
+from gateway.pipeline.dedup import previous_generation_in_window
+from gateway.pipeline.run import Decided, decide_pending, decode_envelopes
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.child import load_in_child
 from gateway.policy.holder import PolicyHolder
-from gateway.policy.schema import ExportDataClass, counting_year
-from gateway.policy.state import (
+from gateway.state.snapshot import (
     CounterKey,
     CrossBorderCount,
     HeldSet,
     HeldView,
-    StateDelta,
     StateSnapshot,
     TripState,
 )
 from gateway.store import Reader, Store, Transaction, open_store
-from gateway.store.dedup import prune_seen, seen_records, seen_under
+from gateway.store.dedup import prune_seen
 from gateway.store.forget import prune_expired
 from gateway.store.outbox import count_pending
 from gateway.store.vehicle_states import all_vehicle_state
 from gateway.tlog.entries import AdminAction, AdminEntry
 from gateway.vehicle_state import decode as decode_state
-from gateway.vehicle_state import encode as encode_state
+from gateway.vehicle_state import documents
 
 log = logging.getLogger(__name__)
 
@@ -113,35 +114,6 @@ commit's transaction (checked in it), the last under the cross-border locks."""
 
 DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 """Mosquitto's count of messages it dropped (offline queue or in-flight limits)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """A batch ready to decide: its fresh records (``work``), the state before it (``base``,
-    without cross-border counts), its dead inputs, the record keys it marks seen, and its
-    number of rows."""
-
-    bundle: PolicyBundle
-    work: Batch
-    base: StateSnapshot
-    dead: list[DeadInput]
-    seen: list[tuple[str, str]]
-    rows: int
-
-
-@dataclass(frozen=True, slots=True)
-class Decided:
-    """One decision of a batch: the ``state`` it was decided on (with the cross-border
-    counts read), the engine's output, the state after it, the vehicle documents to store
-    and the subjects it counts per (recipient, year, category)."""
-
-    state: StateSnapshot
-    decisions: Decisions | None
-    shaped: Shaped | None
-    delta: StateDelta
-    new_state: StateSnapshot
-    vehicle_docs: dict[str, bytes]
-    crossborder: dict[tuple[str, int, str], list[str]]
 
 
 def origin_of(worker: str) -> str:
@@ -206,8 +178,10 @@ class Gateway:
             self.store, self.origin, self.publisher, self.metrics, clock=clock
         )
         self.totals = Totals()
-        self._started = clock()
-        self._previous_hmac = self._previous_hmac_in_window()
+        started = clock()
+        previous_hmac = previous_generation_in_window(self.store.snapshot, self.keys)
+        self.keying = Keying(self.keys, self.vehicle_ref, previous_hmac, started)
+        """How the batch stage keys vehicles and inputs."""
         self.health = StoreHealth(self.metrics)
         self.clean_shutdown = True
         """False when the last shutdown could not write its final checkpoint."""
@@ -313,12 +287,6 @@ class Gateway:
         except ValueError:
             log.warning("unreadable broker drop counter: %r", payload[:40])
 
-    def _dead_id(self, env: Envelope) -> str:
-        """A stable id for an unusable input: a keyed digest of its topic and bytes, so a
-        redelivery gets the same id (and is recognised) and the id reveals nothing."""
-        digest = self.keys.payload_digest(env.topic.encode() + b"\0" + env.payload)
-        return "dl:" + digest.rsplit(":", 1)[-1][:32]
-
     def vehicle_ref(self, vin: str) -> str:
         """The keyed reference of a VIN (cached: the same VINs recur every second)."""
         ref = self._refs.get(vin)
@@ -331,59 +299,14 @@ class Gateway:
     def _crossborder(
         self, bundle: PolicyBundle, vehicles: Sequence[str], now: float, rd: Reader | None = None
     ) -> dict[CounterKey, CrossBorderCount]:
-        """Counts for every cross-border subscriber of ``bundle`` (the batch's) this year,
-        with the batch's vehicles that are already counted (what the engine needs; the
-        store holds keyed refs), read from the store (in ``rd``, else a snapshot): the one
-        source of truth, which every worker's commits keep."""
-        year = counting_year(bundle.rules.crossborder.year_utc_offset_hours, now)
-        subs = sorted(s.id for s in bundle.subscribers.values() if s.cross_border)
-        if not subs or not vehicles:
-            return {}
+        """The cross-border counts ``bundle``'s batch of ``vehicles`` is decided on, read in
+        ``rd``, else in a snapshot (:func:`~gateway.pipeline.counts.crossborder_counts`)."""
         if rd is None:
-            with self.store.snapshot() as snap:
-                return self._counts_in(snap, subs, year, vehicles)
-        return self._counts_in(rd, subs, year, vehicles)
-
-    def _counts_in(
-        self, rd: Reader, subs: list[str], year: int, vehicles: Sequence[str]
-    ) -> dict[CounterKey, CrossBorderCount]:
-        out: dict[CounterKey, CrossBorderCount] = {}
-        unique = list(dict.fromkeys(vehicles))
-        refs = [self.vehicle_ref(v) for v in unique]
-        for sub in subs:
-            for data_class in ExportDataClass:
-                count = rd.crossborder_count(sub, year, data_class.value)
-                if count == 0:
-                    continue
-                new = set(rd.crossborder_new(sub, year, refs, data_class.value))
-                known = frozenset(v for v, r in zip(unique, refs, strict=True) if r not in new)
-                out[(sub, year, data_class)] = CrossBorderCount(count, known)
-        return out
-
-    def _lock_crossborder(self, tx: Transaction, bundle: PolicyBundle, now: float) -> None:
-        """Take the counters' locks of every cross-border subscriber of ``bundle`` this year
-        (in one order, as every commit takes them)."""
-        year = counting_year(bundle.rules.crossborder.year_utc_offset_hours, now)
-        for sub_id in sorted(s.id for s in bundle.subscribers.values() if s.cross_border):
-            tx.lock_crossborder(sub_id, year)
-
-    @staticmethod
-    def _check_counts(tx: Transaction, decided: Decided) -> None:
-        """Under the counters' locks, the counts of every (recipient, year) the batch adds
-        subjects to must be those it was decided on; else raise :class:`StaleDecisionError`.
-        Every class is compared, not only those added to: a tier may depend on any."""
-        pairs = sorted({(recipient, year) for recipient, year, _ in decided.crossborder})
-        for recipient, year in pairs:
-            tx.lock_crossborder(recipient, year)
-        stale = [
-            (recipient, year, c.value)
-            for recipient, year in pairs
-            for c in ExportDataClass
-            if tx.crossborder_count(recipient, year, c.value)
-            != decided.state.count((recipient, year, c)).count
-        ]
-        if stale:
-            raise StaleDecisionError(stale)
+            return crossborder_counts(self.store.snapshot, bundle, vehicles, now, self.vehicle_ref)
+        given: Reader = rd
+        return crossborder_counts(
+            lambda: nullcontext(given), bundle, vehicles, now, self.vehicle_ref
+        )
 
     # -- the pipeline --------------------------------------------------------------------
     def process(self, envelopes: Sequence[Envelope]) -> Written:
@@ -395,130 +318,26 @@ class Gateway:
             self._policy_loaded()
         bundle = self.holder.current
         now = self.clock()
-        decoded = decode(
-            envelopes,
-            aliases=bundle.aliases,
-            max_payload=bundle.rules.ingest.max_payload_bytes,
-            max_records=bundle.rules.ingest.max_records_per_payload,
-            check_digit=bundle.rules.ingest.verify_vin_check_digit,
-            window=(now - bundle.rules.ingest.max_age_s, now + bundle.rules.ingest.max_future_s),
-            max_cells=MAX_CELLS,
-        )
+        decoded = decode_envelopes(envelopes, bundle, now)
         if decoded.too_wide:  # too many field names for one batch's columns: in two parts
             half = len(envelopes) // 2
             return self.process(envelopes[:half]).merged(self.process(envelopes[half:]))
-        batch = decoded.batch
-        dead: list[DeadInput] = []
-        for d in decoded.dead:
-            env = envelopes[d.source]
-            vin = topic_vehicle(env.topic)
-            dead.append(
-                DeadInput(
-                    now,
-                    d.reason,
-                    env.topic,
-                    env.payload,
-                    self.vehicle_ref(vin) if vin else None,
-                    self._dead_id(env),
-                )
-            )
-        ok = batch.ok
-        # A record's place in its own payload (rows of one payload are contiguous).
-        first_row = np.searchsorted(batch.source, batch.source, side="left")
-        dead_ids: dict[int, str] = {}  # one digest per payload, not one per bad record
-        for row in np.flatnonzero(~ok).tolist():
-            env = envelopes[int(batch.source[row])]
-            index = row - int(first_row[row])
-            vin = topic_vehicle(env.topic)
-            if int(batch.source[row]) not in dead_ids:
-                dead_ids[int(batch.source[row])] = self._dead_id(env)
-            dead.append(
-                DeadInput(
-                    now,
-                    ErrorCode(int(batch.error[row])).reason,
-                    env.topic,
-                    env.payload,
-                    self.vehicle_ref(vin) if vin else None,
-                    f"{dead_ids[int(batch.source[row])]}:{index}",
-                )
-            )
-        # De-duplication: the same record (vehicle, timestamp and msg_id) is decided once; a
-        # msg_id reused with another timestamp (a counter restarted) is another record.
-        rows = np.flatnonzero(ok)
-        vehicles = batch.vehicle.tolist()
-        msg_ids = batch.msg_id.tolist() if batch.msg_id is not None else [None] * len(batch)
-        times = batch.time.tolist()
-        keys = [
-            (self.vehicle_ref(vehicles[row]), record_part(msg_ids[row], times[row]))
-            for row in rows.tolist()
-        ]
-        batch_vins = {vehicles[row] for row in rows.tolist()}
-        vin_of = {self.vehicle_ref(v): v for v in batch_vins}
-        dead_keys = [(d.vehicle_ref or "-", d.message_id) for d in dead]
         with self.store.snapshot() as rd:
-            seen = self._seen(rd, keys + dead_keys, vin_of, now)
-            consent_of = self._consent_refs(vin_of)
-            book = consents.book(rd.consents_of(list(consent_of)), consent_of)
-        # A redelivered unusable input is not dead-lettered (and audited) twice either.
-        first = {k: i for i, k in reversed(list(enumerate(dead_keys)))}  # linear, not i²
-        unseen = [k not in seen and first[k] == i for i, k in enumerate(dead_keys)]
-        dead_dups = unseen.count(False)
-        dead = [d for d, keep in zip(dead, unseen, strict=True) if keep]
-        dead_keys = [k for k, keep in zip(dead_keys, unseen, strict=True) if keep]
-        fresh: list[int] = []
-        fresh_keys: list[tuple[str, str]] = []
-        taken: set[tuple[str, str]] = set()
-        for row, key in zip(rows.tolist(), keys, strict=True):
-            if key in seen or key in taken:
-                continue
-            taken.add(key)
-            fresh.append(row)
-            fresh_keys.append(key)
-        duplicates = len(rows) - len(fresh)
-        work = batch.take(np.asarray(fresh, dtype=np.intp))
-        base = replace(self.state, now=now, consents=book)
-        pending = Pending(bundle, work, base, dead, fresh_keys + dead_keys, len(batch))
+            pending = prepare(
+                envelopes, decoded, rd, bundle=bundle, state=self.state, now=now, keying=self.keying
+            )
         written, decided = self._decide_and_commit(pending)
-        if decided.decisions is not None:
-            for sub_id, n in decided.decisions.crossborder_blocked().items():
-                self.metrics.crossborder_blocked.labels(sub_id).inc(n)
         self.state = decided.new_state
         for env in envelopes:
             if env.ack is not None:
                 env.ack()
         self.drainer.submit(written.outbox)
-        self._count(
-            envelopes,
-            len(batch),
-            duplicates,
-            dead_dups,
-            len(batch) - len(rows),
-            written,
-            [d.reason for d in dead],
-            time.perf_counter() - t0,
-        )
+        self._count(envelopes, pending, decided, written, time.perf_counter() - t0)
         return written
 
     def _decide(self, p: Pending, counts: dict[CounterKey, CrossBorderCount]) -> Decided:
         """Decide ``p``'s records on the cross-border ``counts`` given (nothing written)."""
-        now = p.base.now
-        state = replace(p.base, crossborder=counts)
-        decisions = shaped = None
-        if len(p.work):
-            decisions, shaped = evaluate(p.work, p.bundle, state, self.keys.pseudonym_key)
-            delta = decisions.delta
-            new_state = state.apply(delta, shaped.held, now=now)
-        else:
-            delta = StateDelta()
-            new_state = replace(state, now=now)
-        touched = set(p.work.vehicle.tolist())
-        touched.update(h.vehicle for h in delta.released)
-        touched.update(h.vehicle for h in delta.discarded)
-        crossborder: dict[tuple[str, int, str], list[str]] = {}
-        for sub, year, data_class, vin in delta.counted:
-            crossborder.setdefault((sub, year, data_class.value), []).append(self.vehicle_ref(vin))
-        docs = self._vehicle_docs(new_state, touched)
-        return Decided(state, decisions, shaped, delta, new_state, docs, crossborder)
+        return decide_pending(p, counts, keys=self.keys.pseudonym_key, vehicle_ref=self.vehicle_ref)
 
     def _decide_and_commit(self, p: Pending) -> tuple[Written, Decided]:
         """Decide and commit ``p``. The decision reads the cross-border counts outside the
@@ -535,15 +354,16 @@ class Gateway:
 
     def _commit(self, p: Pending, decided: Decided | None) -> tuple[Written, Decided]:
         """One transaction: the decision (``None``: made in it, under the counters' locks)
-        with its cross-border counts checked (:meth:`_check_counts`), the batch written,
-        some expired records forgotten."""
+        with its cross-border counts checked
+        (:func:`~gateway.pipeline.counts.check_counts`), the batch written, some expired
+        records forgotten."""
         t_commit = time.perf_counter()
         with self.store.transaction() as tx:
             if decided is None:
-                self._lock_crossborder(tx, p.bundle, p.base.now)
+                lock_crossborder(tx, p.bundle, p.base.now)
                 counts = self._crossborder(p.bundle, p.work.vehicle.tolist(), p.base.now, tx)
                 decided = self._decide(p, counts)
-            self._check_counts(tx, decided)
+            check_counts(tx, decided.state, decided.crossborder)
             written = commit_batch(
                 tx,
                 self._context(p.bundle, p.base.now),
@@ -564,92 +384,41 @@ class Gateway:
         self.metrics.batch_commit_seconds.observe(time.perf_counter() - t_commit)
         return written, decided
 
-    def _seen(
-        self, rd: Reader, keys: list[tuple[str, str]], vin_of: dict[str, str], now: float
-    ) -> set[tuple[str, str]]:
-        """Which of ``keys`` were decided before. While records of an older HMAC key
-        generation can still be in the window (the key was rotated before this start),
-        their keys under that generation are looked up too."""
-        seen = seen_records(rd, keys)
-        old = self._previous_hmac
-        window = self.holder.current.rules.ingest.dedup_window_s
-        if old is None or now - self._started > window:
-            return seen
-        earlier = {
-            (self.keys.vehicle_ref(vin_of[ref], generation=old), record): (ref, record)
-            for ref, record in keys
-            if ref in vin_of and not record.startswith("dl:")
-        }
-        found = seen_records(rd, list(earlier), generation=old)
-        return seen | {earlier[k] for k in found}
-
-    def _consent_refs(self, vin_of: dict[str, str]) -> dict[str, str]:
-        """``vin_of`` (current references to VINs) with the references of every older HMAC
-        key generation added: a consent keeps the reference it was recorded under, so one
-        granted before ``icvgw keys rotate`` is found under the older one."""
-        older = self.keys.generations(KeyKind.HMAC)[:-1]
-        if not older:
-            return vin_of
-        out = dict(vin_of)
-        for vin in vin_of.values():
-            for gen in older:
-                out[self.keys.vehicle_ref(vin, generation=gen)] = vin
-        return out
-
-    def _previous_hmac_in_window(self) -> int | None:
-        """The previous HMAC key generation, if the de-duplication window holds records
-        keyed with it (the key was rotated while the worker was stopped)."""
-        gens = self.keys.generations(KeyKind.HMAC)
-        if len(gens) < 2:
-            return None
-        with self.store.snapshot() as rd:
-            return gens[-2] if seen_under(rd, f"k{gens[-2]}:") else None
-
-    def _vehicle_docs(self, state: StateSnapshot, vehicles: set[str]) -> dict[str, bytes]:
-        held: dict[str, list[HeldView]] = {}
-        for view in state.held:
-            if view.vehicle in vehicles:
-                held.setdefault(view.vehicle, []).append(view)
-        vins = list(vehicles)
-        return {
-            vin: encode_state(trip, sent, held.get(vin, ()))
-            for vin, (trip, sent) in zip(vins, state.vehicle_rows(vins), strict=True)
-        }
-
     def _count(
         self,
         envelopes: Sequence[Envelope],
-        rows: int,
-        duplicates: int,
-        dead_duplicates: int,
-        rejected: int,
+        p: Pending,
+        decided: Decided,
         written: Written,
-        dead_reasons: list[str],
         seconds: float,
     ) -> None:
+        """Count one batch, in the metrics and the totals: the one place that does."""
         m = self.metrics
+        if decided.decisions is not None:
+            for sub_id, n in decided.decisions.crossborder_blocked().items():
+                m.crossborder_blocked.labels(sub_id).inc(n)
         m.messages.inc(len(envelopes))
-        m.duplicates.inc(duplicates + dead_duplicates)
+        m.duplicates.inc(p.duplicates + p.dead_duplicates)
         m.audit_entries.inc(written.entries)
         for (sub, decision), n in written.decisions.items():
             if sub:
                 m.decisions.labels(sub, decision).inc(n)
-        for reason in dead_reasons:
-            m.deadletters.labels(reason).inc()
+        for d in p.dead:
+            m.deadletters.labels(d.reason).inc()
         # Rows only: a payload that yielded no row is counted by ``deadletters`` alone.
         m.observe_stage(
             "pipeline",
-            received=rows,
-            sent=rows - duplicates - rejected,
-            discarded=duplicates,
-            failed=rejected,
+            received=p.rows,
+            sent=p.rows - p.duplicates - p.rejected,
+            discarded=p.duplicates,
+            failed=p.rejected,
             seconds=seconds,
         )
         m.stale_acks.set(self.source.stale_acks)
         t = self.totals
         t.messages += len(envelopes)
-        t.records += rows
-        t.duplicates += duplicates + dead_duplicates
+        t.records += p.rows
+        t.duplicates += p.duplicates + p.dead_duplicates
         t.add(written)
 
     # -- running -------------------------------------------------------------------------
@@ -759,7 +528,7 @@ class Gateway:
                 released=(),
                 discarded=delta.discarded,
                 seen=(),
-                vehicle_states=self._vehicle_docs(new_state, touched),
+                vehicle_states=documents(new_state, touched),
                 crossborder={},
             )
             self._prune_expired(tx, bundle, now)

@@ -1,6 +1,6 @@
 """Per-vehicle decision state as stored documents.
 
-The decision engine reads one :class:`~gateway.policy.state.StateSnapshot`; the service keeps
+The decision engine reads one :class:`~gateway.state.snapshot.StateSnapshot`; the service keeps
 it in memory (one worker owns its vehicles) and writes, in each batch's transaction, the
 state of every vehicle the batch touched: its trip, its down-sampling times per subscriber
 and its held views. On start-up the snapshot is rebuilt from these documents, so a
@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from gateway.policy.state import HeldView, TripState
+from gateway.state.snapshot import HeldView, StateSnapshot, TripState
 
 _VERSION = 1
 
@@ -92,3 +92,17 @@ def decode(
         for h in doc.get("held", [])
     ]
     return trip, {k: t for k, t in sent.items() if t <= not_after}, held
+
+
+def documents(state: StateSnapshot, vehicles: Iterable[str]) -> dict[str, bytes]:
+    """The stored document of each of ``vehicles`` in ``state`` (see :func:`encode`)."""
+    vins = list(vehicles)
+    wanted = set(vins)
+    held: dict[str, list[HeldView]] = {}
+    for view in state.held:
+        if view.vehicle in wanted:
+            held.setdefault(view.vehicle, []).append(view)
+    return {
+        vin: encode(trip, sent, held.get(vin, ()))
+        for vin, (trip, sent) in zip(vins, state.vehicle_rows(vins), strict=True)
+    }

@@ -24,6 +24,7 @@ from gateway.cli.main import app
 from gateway.demo import Summary, check_log, write_demo_policy
 from gateway.policy.loader import BUNDLE_FILES, load_bundle
 from gateway.resources import default_policy_dir
+from gateway.service import Totals
 from gateway.store import open_store
 from gateway.store.audit import AuditQuery
 from gateway.store.deadletters import deadletters
@@ -156,8 +157,7 @@ def test_demo_summary_equals_the_audit_log(tmp_path: Path) -> None:
             seed=data["seed"],
             vehicles=data["vehicles"],
             seconds=data["seconds"],
-            entries=data["entries"],
-            deadletters=data["deadletters"],
+            totals=Totals(entries=data["entries"], deadletters=data["deadletters"]),
             first_seq=data["first_seq"],
             decisions=data["decisions"],
             delivered=data["delivered"],
@@ -296,8 +296,9 @@ def test_demo_ok_only_when_views_were_delivered(tmp_path: Path) -> None:
     def summary(delivered: int, duplicates: int = 0, records: int = 10) -> Summary:
         return Summary(
             workdir=tmp_path, store="", keys=tmp_path, verifier=tmp_path, shard="s",
-            broker="", seed=1, vehicles=1, seconds=1.0, records=records,
-            duplicates=duplicates, delivered={"a": delivered, "b": 0},
+            broker="", seed=1, vehicles=1, seconds=1.0,
+            totals=Totals(records=records, duplicates=duplicates),
+            delivered={"a": delivered, "b": 0},
         )  # fmt: skip
 
     fine = summary(1)

@@ -17,8 +17,6 @@ MAX_LINES = 80
 
 TOO_LONG: dict[str, int] = {
     "gateway/pipeline/shape.py::_objects": 85,
-    "gateway/policy/explain.py::explain": 99,
-    "gateway/service.py::Gateway.process": 112,
 }
 """Today's offenders (``file::qualified name``: lines), to be split, not to be added to."""
 

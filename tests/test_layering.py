@@ -16,13 +16,7 @@ GATEWAY = Path(__file__).resolve().parent.parent / "gateway"
 
 Edge = tuple[str, str]
 
-KNOWN_EDGES: dict[Edge, str] = {
-    # `policy explain` runs the pipeline (policy/explain.py imports gateway.pipeline), and the
-    # pipeline reads the policy: a cycle until explain, and the runtime state in
-    # policy/state.py and policy/vehicles.py, leave the policy package (issue 12, item 2).
-    # Whoever removes the edge removes this entry: the test fails while it is listed and gone.
-    ("policy", "pipeline"): "policy explain runs the pipeline",
-}
+KNOWN_EDGES: dict[Edge, str] = {}
 """Edges left out of the cycle check, each of which must still exist."""
 
 

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from gateway.audit.verify import verify_store
 from gateway.model import Envelope
-from gateway.policy.state import TripState
 from gateway.service import Gateway
+from gateway.state.snapshot import TripState
 from gateway.store.vehicle_states import save_vehicle_state
 from gateway.testing import make_vin
 from gateway.vehicle_state import encode as encode_state

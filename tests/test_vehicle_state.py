@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from gateway.policy.state import HeldView, TripState
+from gateway.state.snapshot import HeldView, TripState
 from gateway.vehicle_state import decode, encode
 
 

@@ -1,4 +1,5 @@
-"""``icvgw policy``: check a bundle, show what it shares with whom, print a view's schema.
+"""``icvgw policy``: check a bundle, show what it shares with whom, print a view's schema,
+explain what a record would become (:mod:`gateway.explain`, which runs the pipeline).
 
 The policy modules (pydantic, shapely, pyproj) are imported by the commands, not here, so
 mounting this group keeps ``icvgw --help`` quick.
@@ -161,7 +162,7 @@ def explain(
     ] = False,
 ) -> None:
     """Show what each subscriber would receive for RECORD, and which rules decided it."""
-    from gateway.policy.explain import run_explain
+    from gateway.explain import run_explain
 
     bundle = _load(policies)
     status = run_explain(

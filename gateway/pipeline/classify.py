@@ -29,7 +29,7 @@ import numpy.typing as npt
 from gateway.model import Batch, BoolArray, FloatArray
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.schema import Coarsen, DataType, FieldCategory, FieldSpec
-from gateway.policy.state import KEY_OFF_SIGNAL, KEY_OFF_VALUES
+from gateway.state.snapshot import KEY_OFF_SIGNAL, KEY_OFF_VALUES
 
 __all__ = ["Classified", "classify", "coarsen_values", "value_fits"]
 

@@ -24,7 +24,7 @@ import functools
 import hashlib
 import math
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -35,14 +35,12 @@ import orjson
 
 from gateway.geo.altitude import coarsen_altitude
 from gateway.jsonbytes import tight
-from gateway.model import Batch, FloatArray
-from gateway.pipeline.classify import Classified, classify
-from gateway.pipeline.decide import Applied, Decisions, Verdict, decide, plan
-from gateway.pipeline.geo import locate
-from gateway.policy.bundle import PolicyBundle
+from gateway.model import FloatArray
+from gateway.pipeline.classify import Classified
+from gateway.pipeline.decide import Applied, Decisions, Verdict
 from gateway.policy.schema import AltitudeMode, DerivedMode, FieldCategory
-from gateway.policy.state import HeldView, StateSnapshot
 from gateway.policy.view_schema import VIEW_SCHEMA, coordinate_names
+from gateway.state.snapshot import HeldView
 from gateway.vss import TIMESTAMP
 
 __all__ = [
@@ -50,7 +48,6 @@ __all__ = [
     "Shaped",
     "encode_view",
     "ephemeral_keys",
-    "evaluate",
     "iso_times",
     "keyed_pseudonym",
     "message_id",
@@ -569,22 +566,3 @@ def _time_column(values: list[Any], present: npt.NDArray[np.bool_], step: float)
         else:
             out.append(None)
     return out
-
-
-def evaluate(
-    batch: Batch,
-    bundle: PolicyBundle,
-    state: StateSnapshot,
-    keys: PseudonymKeys,
-    subscribers: Iterable[str] | None = None,
-) -> tuple[Decisions, Shaped]:
-    """Run classify, geo, decide and shape on ``batch`` for decision time ``state.now``.
-
-    The whole policy path of the pipeline in one call (the service, ``policy explain`` and
-    the benchmark use it); ``subscribers`` limits it to some subscribers.
-    """
-    the_plan = plan(bundle, state.now, subscribers)
-    classified = classify(batch, bundle)
-    located = locate(batch, bundle.zones, the_plan.grids)
-    decisions = decide(batch, classified, located, the_plan, state)
-    return decisions, shape(decisions, keys)

@@ -36,7 +36,8 @@ from gateway.pipeline.decide import (
 )
 from gateway.pipeline.decode import decode_records
 from gateway.pipeline.geo import locate
-from gateway.pipeline.shape import Shaped, evaluate
+from gateway.pipeline.run import evaluate
+from gateway.pipeline.shape import Shaped
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.loader import load_bundle
 from gateway.policy.rules import RuleId
@@ -50,7 +51,7 @@ from gateway.policy.schema import (
     Qualification,
     QualificationKind,
 )
-from gateway.policy.state import (
+from gateway.state.snapshot import (
     ConsentBook,
     CrossBorderCount,
     StateSnapshot,

@@ -7,8 +7,8 @@ import math
 import numpy as np
 
 from gateway.pipeline.decide.trips import TripColumns
-from gateway.policy.state import TripState, TripTable
-from gateway.policy.vehicles import VehicleIndex
+from gateway.state.snapshot import TripState, TripTable
+from gateway.state.vehicles import VehicleIndex
 
 
 def test_read_names_each_stored_field_and_an_unknown_vehicle_reads_as_ended() -> None:

@@ -18,10 +18,10 @@ import orjson
 import pytest
 
 from gateway.pipeline.decode import decode_records
+from gateway.pipeline.run import evaluate
 from gateway.pipeline.shape import (
     encode_view,
     ephemeral_keys,
-    evaluate,
     iso_times,
     keyed_pseudonym,
     message_id,
@@ -31,8 +31,8 @@ from gateway.pipeline.shape import (
 )
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.loader import load_bundle
-from gateway.policy.state import ConsentBook, StateSnapshot, TripState
 from gateway.policy.view_schema import view_schema
+from gateway.state.snapshot import ConsentBook, StateSnapshot, TripState
 from tests.pipeline.test_decide import (
     ABROAD,
     CITY,

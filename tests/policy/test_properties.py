@@ -40,9 +40,9 @@ from gateway.model import Batch, Consent
 from gateway.pipeline.classify import value_fits
 from gateway.pipeline.decide import Decisions, Verdict
 from gateway.pipeline.decode import decode_records
+from gateway.pipeline.run import evaluate
 from gateway.pipeline.shape import (
     Shaped,
-    evaluate,
     keyed_pseudonym,
     trip_pseudonym,
 )
@@ -62,7 +62,8 @@ from gateway.policy.schema import (
     OutputDatum,
     beijing_date,
 )
-from gateway.policy.state import (
+from gateway.policy.view_schema import VIEW_SCHEMA, coordinate_names
+from gateway.state.snapshot import (
     KEY_OFF_SIGNAL,
     KEY_OFF_VALUES,
     ConsentBook,
@@ -72,7 +73,6 @@ from gateway.policy.state import (
     StateSnapshot,
     TripState,
 )
-from gateway.policy.view_schema import VIEW_SCHEMA, coordinate_names
 from gateway.vss import ALTITUDE, LATITUDE, TIMESTAMP, VIN
 
 KEY_PREFIX = b"property-test:"

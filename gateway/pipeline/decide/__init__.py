@@ -2,12 +2,12 @@
 
 Pure functions over a batch, its classification (:mod:`gateway.pipeline.classify`), its
 located positions (:mod:`gateway.pipeline.geo`), the bundle resolved for the decision time
-(:func:`plan`) and a :class:`~gateway.policy.state.StateSnapshot`. No I/O. The result,
+(:func:`plan`) and a :class:`~gateway.state.snapshot.StateSnapshot`. No I/O. The result,
 :class:`Decisions`, is a record × subscriber structure (arrays of shape ``(subscribers,
 rows)``): a :class:`Verdict`, the rule ids cited (a bit set over
 :class:`~gateway.policy.rules.RuleId`), the transformations applied (:class:`Applied`), the
 output precision and datum, the consent and legal basis used, and the zone ids hit. It also
-carries the :class:`~gateway.policy.state.StateDelta` for the store.
+carries the :class:`~gateway.state.snapshot.StateDelta` for the store.
 
 Each arrow of RULES.md, per (record, subscriber), in this order:
 
@@ -66,7 +66,7 @@ Each arrow of RULES.md, per (record, subscriber), in this order:
     ``trip_trim_m`` from it; it is dropped (``pi.trip-trim``) if the trip ends first (a gap of
     ``trips.split_gap_s`` or a key-off record). Rows still undecided at the end of a batch are
     :attr:`Verdict.HELD`: the latency this costs is the time the vehicle takes to move that
-    far. Held views are state (see :mod:`gateway.policy.state`).
+    far. Held views are state (see :mod:`gateway.state.snapshot`).
 
 A record's verdict is ``block`` if nothing goes, ``redact`` if something the view would
 normally receive was removed or degraded by a rule that this record triggered (zone, consent,

@@ -14,7 +14,7 @@ import numpy.typing as npt
 from gateway.model import Batch, BoolArray
 from gateway.pipeline.decide.rulebits import IntpArray
 from gateway.pipeline.decide.trips import Trips
-from gateway.policy.state import StateSnapshot
+from gateway.state.snapshot import StateSnapshot
 
 __all__ = ["ConsentIndex"]
 

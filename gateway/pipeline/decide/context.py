@@ -22,7 +22,7 @@ from gateway.pipeline.decide.rulebits import IntpArray
 from gateway.pipeline.decide.trips import Trips, trips_of
 from gateway.pipeline.geo import Located
 from gateway.policy.schema import ExportDataClass
-from gateway.policy.state import SentTimes, StateDelta, StateSnapshot
+from gateway.state.snapshot import SentTimes, StateDelta, StateSnapshot
 
 __all__ = ["BatchContext", "Changes", "ViewPairs"]
 

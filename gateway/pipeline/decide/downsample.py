@@ -1,7 +1,7 @@
 """Down-sampling (``view.downsample``): at most one record per vehicle per ``min_interval_s``.
 
 Greedy per vehicle in time order, seeded by when the subscriber was last sent a record of
-it (state carried between batches as :class:`~gateway.policy.state.SentTimes`).
+it (state carried between batches as :class:`~gateway.state.snapshot.SentTimes`).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 
 from gateway.model import BoolArray, FloatArray
 from gateway.pipeline.decide.trips import Trips
-from gateway.policy.state import SentTimes, StateSnapshot
-from gateway.policy.vehicles import VehicleIndex
+from gateway.state.snapshot import SentTimes, StateSnapshot
+from gateway.state.vehicles import VehicleIndex
 
 __all__ = ["downsample", "last_sent_seeds", "record_last_sent"]
 

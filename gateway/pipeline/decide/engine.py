@@ -17,7 +17,7 @@ from gateway.pipeline.decide.context import BatchContext, Changes, ViewPairs
 from gateway.pipeline.decide.plan import Plan, ResolvedView
 from gateway.pipeline.decide.result import Decisions
 from gateway.pipeline.geo import Located
-from gateway.policy.state import StateSnapshot
+from gateway.state.snapshot import StateSnapshot
 
 __all__ = ["decide"]
 

@@ -21,7 +21,7 @@ from gateway.policy.schema import (
     Subscriber,
     Tier,
 )
-from gateway.policy.state import CounterKey, CrossBorderCount
+from gateway.state.snapshot import CounterKey, CrossBorderCount
 
 __all__ = ["TIER_RULES", "GateResult", "crossborder_gate"]
 

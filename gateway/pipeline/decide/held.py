@@ -15,7 +15,7 @@ from gateway.pipeline.decide.rulebits import IntpArray
 from gateway.pipeline.decide.trips import Trips, distance_m
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.rules import RuleId
-from gateway.policy.state import HeldView, StateDelta, StateSnapshot
+from gateway.state.snapshot import HeldView, StateDelta, StateSnapshot
 
 __all__ = ["held_vehicles", "released", "settle_held", "sweep"]
 

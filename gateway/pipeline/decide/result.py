@@ -16,7 +16,7 @@ from gateway.pipeline.decide.plan import Plan, ResolvedView
 from gateway.pipeline.decide.rulebits import IntpArray, bits_of, rule_ids
 from gateway.pipeline.geo import GeoLayer, Located
 from gateway.policy.rules import RuleId
-from gateway.policy.state import StateDelta
+from gateway.state.snapshot import StateDelta
 
 __all__ = ["Applied", "Decisions", "Verdict"]
 

@@ -4,7 +4,7 @@ A trip ends at a key-off record or a gap of ``trips.split_gap_s``; it continues 
 state holds for its vehicle otherwise. Trip start and end trimming measure geodesic distance
 from the trip's first position and from each record (:func:`distance_m`); down-sampling
 picks at most one record per vehicle per interval. The state carried between batches is a
-:class:`~gateway.policy.state.TripTable`, read and written here as named columns
+:class:`~gateway.state.snapshot.TripTable`, read and written here as named columns
 (:class:`TripColumns`).
 """
 
@@ -22,8 +22,8 @@ from gateway.pipeline.classify import Classified
 from gateway.pipeline.decide.result import Applied
 from gateway.pipeline.decide.rulebits import IntpArray
 from gateway.pipeline.geo import Located
-from gateway.policy.state import StateSnapshot, TripState, TripTable
-from gateway.policy.vehicles import VehicleIndex
+from gateway.state.snapshot import StateSnapshot, TripState, TripTable
+from gateway.state.vehicles import VehicleIndex
 
 __all__ = ["TripColumns", "Trips", "distance_m", "trips_of"]
 

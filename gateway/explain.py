@@ -22,7 +22,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,12 +30,13 @@ from typing import Any, TextIO
 
 from gateway.errors import KeyStoreError
 from gateway.keys import KeyRing
-from gateway.model import Envelope
-from gateway.pipeline.decide import Verdict
+from gateway.model import Batch, Envelope
+from gateway.pipeline.decide import Decisions, Verdict
 from gateway.pipeline.decode import DeadLetter, decode
-from gateway.pipeline.shape import PseudonymKeys, ephemeral_keys, evaluate
+from gateway.pipeline.run import evaluate
+from gateway.pipeline.shape import PseudonymKeys, Shaped, ephemeral_keys
 from gateway.policy.bundle import PolicyBundle
-from gateway.policy.state import ConsentBook, StateSnapshot, TripState
+from gateway.state.snapshot import ConsentBook, StateSnapshot, TripState
 
 __all__ = ["Explained", "Explanation", "explain", "parse_time", "run_explain"]
 
@@ -111,13 +112,7 @@ def explain(
         check_digit=bundle.rules.ingest.verify_vin_check_digit,
     )
     ephemeral = keys is None
-    key_fn: PseudonymKeys
-    if keys is None:
-        key_fn = ephemeral_keys()
-    elif isinstance(keys, KeyRing):
-        key_fn = keys.pseudonym_key
-    else:
-        key_fn = keys
+    key_fn = _key_function(keys)
     batch = decoded.batch
     times = batch.time[batch.ok]
     if at is None:
@@ -127,22 +122,47 @@ def explain(
         bundle.subscribers[sub_id]  # KeyError for an unknown id
     if decoded.dead:
         return Explained((), 0, at, ephemeral, decoded.dead[0])
-    trips: dict[str, TripState] = {}
-    if not trip_start:
-        for vin in {v for v, ok in zip(batch.vehicle, batch.ok, strict=True) if ok}:
-            first = float(batch.time[(batch.vehicle == vin) & batch.ok].min())
-            trips[vin] = TripState(
-                start_time=first - 1.0,
-                start_lat=math.nan,
-                start_lon=math.nan,
-                max_disp_m=math.inf,
-                last_time=first - 1.0,
-                last_lat=math.nan,
-                last_lon=math.nan,
-                ended=False,
-            )
+    trips = {} if trip_start else _mid_trip(batch)
     state = StateSnapshot(now=at, consents=ConsentBook.from_policy(bundle.consents), trips=trips)
     decisions, shaped = evaluate(batch, bundle, state, key_fn, wanted)
+    return Explained(
+        tuple(_explanations(len(batch), decisions, _outputs(shaped))),
+        len(batch),
+        at,
+        ephemeral,
+        None,
+        {v.id: v.subscriber.view.trip_trim_m for v in decisions.plan.views},
+    )
+
+
+def _key_function(keys: KeyRing | PseudonymKeys | None) -> PseudonymKeys:
+    if keys is None:
+        return ephemeral_keys()
+    if isinstance(keys, KeyRing):
+        return keys.pseudonym_key
+    return keys
+
+
+def _mid_trip(batch: Batch) -> dict[str, TripState]:
+    """Each vehicle's trip, started long before its first record and far from it."""
+    trips: dict[str, TripState] = {}
+    for vin in {v for v, ok in zip(batch.vehicle, batch.ok, strict=True) if ok}:
+        first = float(batch.time[(batch.vehicle == vin) & batch.ok].min())
+        trips[vin] = TripState(
+            start_time=first - 1.0,
+            start_lat=math.nan,
+            start_lon=math.nan,
+            max_disp_m=math.inf,
+            last_time=first - 1.0,
+            last_lat=math.nan,
+            last_lon=math.nan,
+            ended=False,
+        )
+    return trips
+
+
+def _outputs(shaped: Shaped) -> dict[tuple[int, int], dict[str, Any]]:
+    """The object each (subscriber, row) receives, sent now or held, with its message id."""
     outputs: dict[tuple[int, int], dict[str, Any]] = {}
     for s, row, obj, mid in zip(
         shaped.subscriber.tolist(),
@@ -156,8 +176,14 @@ def explain(
         shaped.held, shaped.held_subscriber.tolist(), shaped.held_row.tolist(), strict=True
     ):
         outputs[(s, row)] = {**pending.view, "message_id": pending.message_id}
-    items: list[Explanation] = []
-    for row in range(len(batch)):
+    return outputs
+
+
+def _explanations(
+    rows: int, decisions: Decisions, outputs: dict[tuple[int, int], dict[str, Any]]
+) -> Iterator[Explanation]:
+    """One explanation per record and subscriber; a held record with its later decision."""
+    for row in range(rows):
         for view in decisions.plan.views:
             s = view.index
             verdict = Verdict(int(decisions.verdict[s, row]))
@@ -165,28 +191,18 @@ def explain(
             if held:
                 verdict = Verdict.REDACT if decisions.redacted[s, row] else Verdict.SHARE
             datum = decisions.datum(s, row)
-            items.append(
-                Explanation(
-                    record=row,
-                    subscriber=view.id,
-                    decision=verdict.label,
-                    held=held,
-                    rules=decisions.rule_ids(s, row),
-                    precision_m=decisions.precision_m(s, row),
-                    datum=datum.label if decisions.position[s, row] else None,
-                    reason=decisions.reason(row),
-                    transforms=decisions.transforms(s, row),
-                    output=outputs.get((s, row)),
-                )
+            yield Explanation(
+                record=row,
+                subscriber=view.id,
+                decision=verdict.label,
+                held=held,
+                rules=decisions.rule_ids(s, row),
+                precision_m=decisions.precision_m(s, row),
+                datum=datum.label if decisions.position[s, row] else None,
+                reason=decisions.reason(row),
+                transforms=decisions.transforms(s, row),
+                output=outputs.get((s, row)),
             )
-    return Explained(
-        tuple(items),
-        len(batch),
-        at,
-        ephemeral,
-        None,
-        {v.id: v.subscriber.view.trip_trim_m for v in decisions.plan.views},
-    )
 
 
 def _wall_clock() -> float:

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from gateway.policy.state import SentTimes, StateDelta, StateSnapshot, TripState, TripTable
-from gateway.policy.vehicles import VehicleIndex, VehicleRows
+from gateway.state.snapshot import SentTimes, StateDelta, StateSnapshot, TripState, TripTable
+from gateway.state.vehicles import VehicleIndex, VehicleRows
 
 
 def test_index_numbers_vehicles_in_order_of_first_sight_and_keeps_them() -> None:

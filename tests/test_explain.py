@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli.main import app
+from gateway.explain import explain, parse_time
 from gateway.keys import init_keys
 from gateway.pipeline.shape import keyed_pseudonym
-from gateway.policy.explain import explain, parse_time
 from gateway.policy.loader import load_bundle
 
 runner = CliRunner()

@@ -46,7 +46,7 @@ import numpy.typing as npt
 from gateway.model import Consent
 from gateway.policy import schema
 from gateway.policy.schema import ExportDataClass
-from gateway.policy.vehicles import VehicleIndex, VehicleRows
+from gateway.state.vehicles import VehicleIndex, VehicleRows
 
 __all__ = [
     "KEY_OFF_SIGNAL",
@@ -132,6 +132,12 @@ class ConsentBook:
             )
             for c in consents
         )
+
+    @classmethod
+    def by_vin(cls, consents: Iterable[Consent], vin_of: Mapping[str, str]) -> ConsentBook:
+        """The book of ``consents`` as the store keeps them (under vehicle references),
+        keyed by VIN instead (references mapped by ``vin_of``; others left out)."""
+        return cls(c._replace(vehicle=vin_of[c.vehicle]) for c in consents if c.vehicle in vin_of)
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._by_vin.values())
