@@ -15,9 +15,7 @@ GATEWAY = Path(__file__).resolve().parent.parent / "gateway"
 
 MAX_LINES = 80
 
-TOO_LONG: dict[str, int] = {
-    "gateway/pipeline/shape.py::_objects": 85,
-}
+TOO_LONG: dict[str, int] = {}
 """Today's offenders (``file::qualified name``: lines), to be split, not to be added to."""
 
 

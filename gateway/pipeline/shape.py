@@ -350,6 +350,54 @@ def _identifiers(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Location:
+    """The location part of a subscriber's objects: its columns and names, the fixed head
+    (datum, precision), the altitude column and which rows show a position and an altitude."""
+
+    columns: list[npt.NDArray[Any]]
+    names: tuple[str, ...]
+    head: tuple[tuple[str, Any], ...]
+    alt: FloatArray
+    alt_extra: tuple[tuple[str, Any], ...]
+    shown: npt.NDArray[np.bool_]
+    alt_shown: npt.NDArray[np.bool_]
+
+
+def _location(
+    decisions: Decisions, s: int, rows: IntpArray, applied: npt.NDArray[np.uint32]
+) -> _Location:
+    """The location part of ``rows`` for subscriber ``s`` (a view that allows a location)."""
+    view = decisions.plan.views[s]
+    pos = decisions.position[s, rows]
+    layer = decisions.layer(s)
+    if view.transform is not None:
+        out = layer.outputs[view.transform]
+        lat, lon = out.lat[rows], out.lon[rows]
+    else:
+        lat, lon = layer.lat[rows], layer.lon[rows]
+    names: tuple[str, ...] = coordinate_names(view.datum)
+    columns: list[npt.NDArray[Any]] = [lat, lon]
+    if view.grid_m > 0 and pos.any():
+        cells = np.full(len(rows), None, dtype=object)
+        at = np.flatnonzero(pos)
+        cells[at] = layer.cell_ids(rows[at])
+        columns.append(cells)
+        names += ("cell",)
+    head = (("datum", view.datum.value), ("precision_m", _number(view.grid_m)))
+    alt = decisions.batch.alt[rows]
+    alt_out = pos & np.isfinite(alt) & view.allows_altitude
+    alt_out &= (applied & np.uint32(Applied.ALTITUDE_REMOVED)) == 0
+    alt_extra: tuple[tuple[str, Any], ...] = ()
+    if view.altitude is AltitudeMode.COARSEN and view.altitude_step_m is not None:
+        alt = coarsen_altitude(alt, view.altitude_step_m)
+        alt_out &= np.isfinite(alt)
+        alt_extra = (("alt_step_m", _number(view.altitude_step_m)),)
+    elif view.altitude is not AltitudeMode.KEEP:
+        alt_out[:] = False
+    return _Location(columns, names, head, alt, alt_extra, pos, alt_out)
+
+
 def _objects(
     decisions: Decisions,
     cls: Classified,
@@ -369,38 +417,14 @@ def _objects(
     n = len(rows)
     full_names, full_columns, partial = _signal_columns(decisions, cls, s, rows, applied)
     optional: list[npt.NDArray[np.bool_]] = [where for _, _, where in partial]
-    loc_columns: list[npt.NDArray[Any]] = []
-    loc_names: tuple[str, ...] = ()
-    loc_head: tuple[tuple[str, Any], ...] = ()
-    alt_extra: tuple[tuple[str, Any], ...] = ()
-    alt: FloatArray = np.empty(0)
-    if view.allows_location:
-        pos = decisions.position[s, rows]
-        layer = decisions.layer(s)
-        if view.transform is not None:
-            out = layer.outputs[view.transform]
-            lat, lon = out.lat[rows], out.lon[rows]
-        else:
-            lat, lon = layer.lat[rows], layer.lon[rows]
-        loc_names = coordinate_names(view.datum)
-        loc_columns = [lat, lon]
-        if view.grid_m > 0 and pos.any():
-            cells = np.full(n, None, dtype=object)
-            at = np.flatnonzero(pos)
-            cells[at] = layer.cell_ids(rows[at])
-            loc_columns.append(cells)
-            loc_names += ("cell",)
-        loc_head = (("datum", view.datum.value), ("precision_m", _number(view.grid_m)))
-        alt = decisions.batch.alt[rows]
-        alt_out = pos & np.isfinite(alt) & view.allows_altitude
-        alt_out &= (applied & np.uint32(Applied.ALTITUDE_REMOVED)) == 0
-        if view.altitude is AltitudeMode.COARSEN and view.altitude_step_m is not None:
-            alt = coarsen_altitude(alt, view.altitude_step_m)
-            alt_out &= np.isfinite(alt)
-            alt_extra = (("alt_step_m", _number(view.altitude_step_m)),)
-        elif view.altitude is not AltitudeMode.KEEP:
-            alt_out[:] = False
-        optional += [pos, alt_out]
+    loc = _location(decisions, s, rows, applied) if view.allows_location else None
+    if loc is not None:
+        optional += [loc.shown, loc.alt_shown]
+    loc_columns = loc.columns if loc is not None else []
+    loc_names = loc.names if loc is not None else ()
+    loc_head = loc.head if loc is not None else ()
+    alt_extra = loc.alt_extra if loc is not None else ()
+    alt: FloatArray = loc.alt if loc is not None else np.empty(0)
     head = (
         ("schema", VIEW_SCHEMA),
         ("subscriber", view.id),
