@@ -277,6 +277,34 @@ def test_keys_rotated_across_a_restart_neither_lose_state_nor_decide_twice(
     assert refs and all(r.startswith("k2:") for r in refs)
 
 
+def test_dead_input_redelivered_after_a_key_rotation_is_not_dead_lettered_twice(
+    config: GatewayConfig,
+) -> None:
+    """A dead input's key is a keyed digest, which ``icvgw keys rotate`` changes: redelivered
+    within the window after a rotation, it is still recognised (not audited again)."""
+    good = fleet_envelopes(1, 1)[0]
+    record = orjson.loads(good.payload)
+    two = orjson.dumps({"records": [record, {**record, "ts": "not a time"}]})
+    dead = [
+        Envelope(good.topic, b'{"secret": 31.2', 0.0, 1),  # not JSON: the whole payload
+        Envelope(good.topic, two, 0.0, 2),  # one good record, one bad: ``id:1``
+    ]
+    gw = Gateway(config)
+    gw.process(dead)
+    letters = gw.totals.deadletters
+    assert letters == 2
+    gw.store.close()
+    rotate_keys(config.keys)
+    again = Gateway(config)
+    try:
+        again.process(dead)
+        assert again.totals.deadletters == 0
+        assert again.totals.entries == 0
+    finally:
+        again.store.close()
+    assert len(opened(config, "deadletters")) == letters
+
+
 def test_input_is_acknowledged_only_after_its_entries_are_committed(
     config: GatewayConfig,
 ) -> None:

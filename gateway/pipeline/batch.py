@@ -91,13 +91,15 @@ def prepare(
     vin_of = {ref(v): v for v in {vehicles[row] for row in rows}}
     dead_keys = [(d.vehicle_ref or "-", d.message_id) for d in dead]
     window = bundle.rules.ingest.dedup_window_s
+    previous = keying.previous_hmac
     seen = seen_before(
         rd,
         keys + dead_keys,
         vin_of,
         ring=keying.ring,
-        previous=keying.previous_hmac,
+        previous=previous,
         in_window=now - keying.started <= window,
+        dead_earlier=None if previous is None else earlier_dead_keys(keying.ring, dead, previous),
     )
     consent_of = consent_refs(keying.ring, vin_of)
     book = ConsentBook.by_vin(rd.consents_of(list(consent_of)), consent_of)
@@ -119,11 +121,27 @@ def prepare(
     )
 
 
-def dead_id(ring: KeyRing, env: Envelope) -> str:
+def dead_id(ring: KeyRing, env: Envelope, *, generation: int | None = None) -> str:
     """A stable id for an unusable input: a keyed digest of its topic and bytes, so a
-    redelivery gets the same id (and is recognised) and the id reveals nothing."""
-    digest = ring.payload_digest(env.topic.encode() + b"\0" + env.payload)
+    redelivery gets the same id (and is recognised) and the id reveals nothing. Under the
+    HMAC key ``generation`` (default: the current one)."""
+    digest = ring.payload_digest(env.topic.encode() + b"\0" + env.payload, generation=generation)
     return "dl:" + digest.rsplit(":", 1)[-1][:32]
+
+
+def earlier_dead_keys(
+    ring: KeyRing, dead: Sequence[DeadInput], generation: int
+) -> dict[RecordKey, RecordKey]:
+    """The de-duplication key each of ``dead`` had under the HMAC key ``generation``, to its
+    key now: a dead input redelivered after ``icvgw keys rotate`` is recognised too."""
+    out: dict[RecordKey, RecordKey] = {}
+    for d in dead:
+        vin = topic_vehicle(d.topic)
+        ref = ring.vehicle_ref(vin, generation=generation) if vin else "-"
+        old = dead_id(ring, Envelope(d.topic, d.payload, 0.0, 0), generation=generation)
+        index = d.message_id[len(old) :]  # "" for a whole payload, ":<i>" for one record
+        out[(ref, old + index)] = (d.vehicle_ref or "-", d.message_id)
+    return out
 
 
 def dead_inputs(

@@ -51,10 +51,12 @@ def seen_before(
     ring: KeyRing,
     previous: int | None,
     in_window: bool,
+    dead_earlier: dict[RecordKey, RecordKey] | None = None,
 ) -> set[RecordKey]:
     """Which of ``keys`` were decided before. While records of an older HMAC key generation
     (``previous``) can still be in the window (``in_window``: the key was rotated before
-    this start), their keys under that generation are looked up too."""
+    this start), their keys under that generation are looked up too: a record's from
+    ``vin_of``, a dead input's from ``dead_earlier`` (its key then, to its key now)."""
     seen = seen_records(rd, keys)
     if previous is None or not in_window:
         return seen
@@ -63,6 +65,7 @@ def seen_before(
         for ref, record in keys
         if ref in vin_of and not record.startswith("dl:")
     }
+    earlier.update(dead_earlier or {})
     found = seen_records(rd, list(earlier), generation=previous)
     return seen | {earlier[k] for k in found}
 
