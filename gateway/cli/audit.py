@@ -27,6 +27,7 @@ from gateway.errors import GatewayError, VerificationError
 from gateway.keys import KeyRing
 from gateway.store import open_store
 from gateway.store.audit import AuditQuery
+from gateway.tlog.checkpoint import checkpoint_of
 from gateway.tlog.entries import Decision, parse_time
 from gateway.tlog.note import read_verifier_keys
 
@@ -115,9 +116,13 @@ def verify_command(
     if (store is None) == (not export):
         raise _bad_input("give either --store or --export")
     verifiers = _load_public_keys(public_key)
-    trusted = []
+    trusted: list[bytes] = []
     for p in trusted_checkpoint or []:
         trusted.append(p.read_bytes())
+        try:
+            checkpoint_of(trusted[-1])
+        except VerificationError as exc:
+            raise _bad_input(f"--trusted-checkpoint {p}: not a checkpoint ({exc})") from None
     reports: list[ShardReport] = []
     if store is not None:
         with open_store(store, migrate=False) as s:
@@ -128,7 +133,7 @@ def verify_command(
         reports = [verify_export(p, verifiers, trusted) for p in export or []]
         origins = {r.origin for r in reports}
         for note in trusted:
-            origin = note.decode("utf-8", errors="replace").split("\n", 1)[0]
+            origin = checkpoint_of(note).origin
             if origin not in origins:
                 reports.append(
                     ShardReport(

@@ -105,6 +105,12 @@ def open_checkpoint(
     return SignedCheckpoint(cp, note, tuple(s.key_id for s in opened.sigs))
 
 
+def checkpoint_of(note: bytes) -> Checkpoint:
+    """The checkpoint a signed note carries, its signatures not checked (see
+    :func:`open_checkpoint`); raises :class:`VerificationError` if it is not one."""
+    return Checkpoint.parse(_note_text(note))
+
+
 def _note_text(note: bytes) -> str:
     try:
         msg = note.decode("utf-8")

@@ -125,6 +125,27 @@ def test_trusted_checkpoint_and_export_round_trip(setup: tuple[str, Path], tmp_p
     assert "at seq 30" in result.output
 
 
+def test_a_trusted_checkpoint_that_is_no_checkpoint_is_a_usage_error(
+    setup: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Any text given as --trusted-checkpoint was read as a checkpoint of a shard named by its
+    first line, and reported as that shard 'deleted' (a verification FAIL, exit 1)."""
+    url, pub = setup
+    out = tmp_path / "audit.jsonl"
+    assert runner.invoke(app, ["audit", "export", "--store", url, "--out", str(out)]).exit_code == 0
+    readme = tmp_path / "README.md"
+    readme.write_text("# icv-gateway\n\nA data-sharing gateway.\n")
+    for where in (["--store", url], ["--export", str(out)]):
+        result = runner.invoke(
+            app,
+            ["audit", "verify", *where, "--public-key", str(pub),
+             "--trusted-checkpoint", str(readme)],
+        )  # fmt: skip
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{readme}: not a checkpoint" in lines[0], result.stderr
+
+
 def test_query_formats_and_vin_lookup(setup: tuple[str, Path], ring: KeyRing) -> None:
     url, _ = setup
     vin = "LSVTEST0000000003"
