@@ -7,7 +7,10 @@ prints what the broker confirmed.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -303,21 +306,48 @@ def _publish(
                     inflight=publisher.inflight,
                 )
 
+        stopped: str | None = None
         try:
-            stats = publish_messages(job.messages, publisher, speedup=speedup, progress=advance)
+            with _sigterm_stops():
+                stats = publish_messages(job.messages, publisher, speedup=speedup, progress=advance)
         except KeyboardInterrupt:
-            stats = publisher.stats
-            interrupted = True
+            stats, stopped = publisher.stats, "Ctrl-C"
+        except _Terminated:
+            stats, stopped = publisher.stats, "SIGTERM"
         else:
-            interrupted = False
             progress.update(task, completed=job.total, sent=sent, inflight=publisher.inflight)
     _summary(job, stats, time.monotonic() - started, verb="confirmed")
-    if interrupted:
-        typer.echo("interrupted: the summary counts what the broker confirmed so far", err=True)
-        raise typer.Exit(130)
+    if stopped is not None:
+        typer.echo(
+            f"interrupted ({stopped}): the summary counts what the broker confirmed so far",
+            err=True,
+        )
+        raise typer.Exit(130 if stopped == "Ctrl-C" else 0)
     if stats.refused:
         typer.echo(f"error: the broker refused {stats.refused} messages", err=True)
         raise typer.Exit(1)
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived while publishing."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """SIGTERM stops publishing as Ctrl-C does (a summary, then exit 0, as ``icvgw run``
+    after a service manager's stop), instead of killing the process without one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(_sig: int, _frame: Any) -> None:
+        raise _Terminated
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _summary(job: _Job, stats: PublishStats, elapsed: float, verb: str) -> None:

@@ -167,3 +167,32 @@ def test_ctrl_c_exits_130_like_run_and_demo(tmp_path: Path, mosquitto: Mosquitto
             proc.communicate()
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
+
+
+@pytest.mark.integration
+def test_sigterm_stops_with_a_summary_and_exits_0_like_run(
+    tmp_path: Path, mosquitto: MosquittoBroker
+) -> None:
+    """SIGTERM used to kill simulate (status -15) without its summary."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "simulate", "--broker", mosquitto.url,
+         "--vehicles", "5", "--duration", "600"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(4)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "interrupted (SIGTERM)" in err and "Traceback" not in err
+    assert "confirmed" in out, out
