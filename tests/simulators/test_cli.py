@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -144,29 +148,32 @@ def test_unreachable_broker_exits_1() -> None:
     assert "cannot connect" in result.stderr
 
 
-@pytest.mark.integration
-def test_ctrl_c_exits_130_like_run_and_demo(tmp_path: Path, mosquitto: MosquittoBroker) -> None:
-    import signal
-    import subprocess
-    import sys
-    import time
-
+def _stopped_by(
+    sig: signal.Signals, tmp_path: Path, broker: MosquittoBroker
+) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of simulate sent ``sig`` while it publishes."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "simulate", "--broker", mosquitto.url,
+        [sys.executable, "-m", "gateway", "simulate", "--broker", broker.url,
          "--vehicles", "5", "--duration", "600"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         time.sleep(4)
         assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    return proc.returncode, out, err
+
+
+@pytest.mark.integration
+def test_ctrl_c_exits_130_like_run_and_demo(tmp_path: Path, mosquitto: MosquittoBroker) -> None:
+    code, _, err = _stopped_by(signal.SIGINT, tmp_path, mosquitto)
+    assert code == 130, err
+    assert "interrupted (Ctrl-C)" in err and "Traceback" not in err
 
 
 @pytest.mark.integration
@@ -174,25 +181,7 @@ def test_sigterm_stops_with_a_summary_and_exits_0_like_run(
     tmp_path: Path, mosquitto: MosquittoBroker
 ) -> None:
     """SIGTERM used to kill simulate (status -15) without its summary."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "simulate", "--broker", mosquitto.url,
-         "--vehicles", "5", "--duration", "600"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        time.sleep(4)
-        assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
+    code, out, err = _stopped_by(signal.SIGTERM, tmp_path, mosquitto)
+    assert code == 0, err
     assert "interrupted (SIGTERM)" in err and "Traceback" not in err
     assert "confirmed" in out, out
