@@ -121,6 +121,12 @@ def view_topic(
     return f"{base}/{vehicle}/telemetry"
 
 
+def channel_of(bundle: PolicyBundle, subscriber: str) -> str:
+    """The delivery channel of ``subscriber``'s views (``mqtt``, ``http_stream``,
+    ``webhook``): which sink takes its outbox rows."""
+    return bundle.subscribers[subscriber].view.delivery.channel.value
+
+
 def commit_batch(
     tx: Transaction,
     ctx: Context,
@@ -147,7 +153,7 @@ def commit_batch(
         data = encode_view(view, audit_seq=entries.next_seq, message_id=msg)
         seq = entries.add(DecisionEntry(digest=ctx.digest(data), **entry))
         topic = view_topic(ctx.bundle, sub, view, ctx.topic_prefix)
-        outbox.append(OutboxRow(seq, sub, topic, msg, data, now_ms))
+        outbox.append(OutboxRow(seq, sub, topic, msg, data, now_ms, channel_of(ctx.bundle, sub)))
         out.decisions[(sub, decision.value)] += 1
 
     _dead_letters(ctx, dead, entries, outbox, letters, out, now_ms)
@@ -349,5 +355,6 @@ def _decisions(
                     msg,
                     data,
                     now_ms,
+                    channel_of(ctx.bundle, sub_id),
                 )
             )

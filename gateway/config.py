@@ -112,6 +112,38 @@ class CheckpointConfig(_Model):
     every_seconds: float = Field(default=10.0, gt=0)
 
 
+class MetricsConfig(_Model):
+    """The pipeline process's own Prometheus endpoint (loopback by default); the API's
+    ``/metrics`` includes what it serves."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+class ApiConfig(_Model):
+    """The HTTP API (``icvgw api``): its own process beside the pipeline, on the same store."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    """With it, every client must present a certificate it signed (mutual TLS)."""
+    rate_per_s: float = Field(default=50.0, gt=0, le=100_000)
+    """Requests per second per API key (a token bucket of ``rate_burst``)."""
+    rate_burst: int = Field(default=100, ge=1, le=1_000_000)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> ApiConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        return self
+
+
 class GatewayConfig(_Model):
     """The whole gateway configuration."""
 
@@ -120,6 +152,8 @@ class GatewayConfig(_Model):
     input: InputConfig = InputConfig()
     output: OutputConfig = OutputConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    api: ApiConfig = ApiConfig()
     policies: str | None = None
     store: str = "sqlite:///icvgw.sqlite"
     keys: str = "keys"
@@ -197,6 +231,9 @@ _PATH_FIELDS: tuple[tuple[str, ...], ...] = (
     ("broker", "ca_file"),
     ("broker", "cert_file"),
     ("broker", "key_file"),
+    ("api", "tls_cert"),
+    ("api", "tls_key"),
+    ("api", "tls_client_ca"),
 )
 
 

@@ -163,8 +163,87 @@ PROBES: dict[Path_, tuple[Any, Probe, dict[Path_, Any]]] = {
 """``None`` as the value: the probe's test builds one; ``tls/`` is in the test's directory."""
 
 
+def _api_options(cfg: GatewayConfig) -> dict[str, Any]:
+    from gateway.cli.api import uvicorn_options
+
+    return uvicorn_options(cfg)
+
+
+def _limiter(cfg: GatewayConfig) -> tuple[float, int]:
+    from gateway.api import create_app
+    from gateway.api.context import open_context
+
+    ctx = open_context(cfg)
+    try:
+        limiter = create_app(ctx, sinks=False).state.limiter
+        return limiter.rate, limiter.burst
+    finally:
+        ctx.close()
+
+
+def _body_status(cfg: GatewayConfig) -> int:
+    from fastapi.testclient import TestClient
+
+    from gateway.api import create_app
+    from gateway.api.context import open_context
+
+    ctx = open_context(cfg)
+    try:
+        with TestClient(create_app(ctx, sinks=False)) as client:
+            return client.post("/healthz", content=b"x" * 5000).status_code
+    finally:
+        ctx.close()
+
+
+def _pipeline_url(cfg: GatewayConfig) -> str:
+    from gateway.api.context import open_context
+    from gateway.api.health import pipeline_samples
+
+    ctx = open_context(cfg)
+    try:
+        reason = pipeline_samples(ctx)
+        assert isinstance(reason, str)  # nothing listens there
+        return reason.split(":", 1)[0] + reason.rsplit(" at ", 1)[-1].split("/metrics")[0]
+    finally:
+        ctx.close()
+
+
+ApiProbe = Callable[[GatewayConfig], Any]
+_TLS: dict[Path_, Any] = {
+    ("api", "tls_cert"): "tls/server.pem",
+    ("api", "tls_key"): "tls/server.key",
+}
+
+API_PROBES: dict[Path_, tuple[Any, ApiProbe, dict[Path_, Any]]] = {
+    # The API process's settings, observed on what `icvgw api` builds from the config.
+    ("api", "host"): ("0.0.0.0", lambda c: _api_options(c)["host"], {}),
+    ("api", "port"): (8443, lambda c: _api_options(c)["port"], {}),
+    ("api", "tls_cert"): ("tls/client.pem", lambda c: _api_options(c).get("ssl_certfile"), _TLS),
+    ("api", "tls_key"): ("tls/client.key", lambda c: _api_options(c).get("ssl_keyfile"), _TLS),
+    ("api", "tls_client_ca"): (
+        "tls/ca.pem",
+        lambda c: (_api_options(c).get("ssl_ca_certs"), _api_options(c).get("ssl_cert_reqs")),
+        _TLS,
+    ),
+    ("api", "rate_per_s"): (3.0, _limiter, {}),
+    ("api", "rate_burst"): (4, _limiter, {}),
+    ("api", "max_body_bytes"): (4096, _body_status, {}),
+    ("metrics", "enabled"): (False, _pipeline_url, {}),
+    ("metrics", "host"): ("127.0.0.2", _pipeline_url, {}),
+    ("metrics", "port"): (10, _pipeline_url, {}),
+}
+
+
 def test_every_field_has_a_probe() -> None:
-    assert sorted(leaf_fields(GatewayConfig)) == sorted(PROBES)
+    assert sorted(leaf_fields(GatewayConfig)) == sorted([*PROBES, *API_PROBES])
+
+
+@pytest.mark.parametrize("path", sorted(API_PROBES), ids=".".join)
+def test_each_api_field_changes_what_the_api_does(env: Env, path: Path_) -> None:
+    value, probe, needs = API_PROBES[path]
+    default = probe(env.config(needs))
+    changed = probe(env.config({**needs, path: value}))
+    assert changed != default, f"{'.'.join(path)} = {value!r} changed nothing"
 
 
 def observe(env: Env, overrides: dict[Path_, Any], probe: Probe) -> Any:

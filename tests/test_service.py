@@ -62,7 +62,7 @@ def opened(config: GatewayConfig, table: str) -> list[tuple[str, bytes]]:
     ring = KeyRing.load(config.keys)
     shard = origin_of(config.worker)
     out = []
-    for seq, sealed in db(config).execute(f"select seq, sealed from {table}"):
+    for seq, sealed in db(config).execute(f"select seq, sealed from {table} order by seq"):
         topic, _, payload = ring.unseal(sealed, row_aad(table, shard, seq)).partition(b"\0")
         out.append((topic.decode(), payload))
     return out
@@ -123,7 +123,7 @@ def test_no_view_for_a_non_qualified_subscriber_holds_wgs84_or_a_vin(
         gw.process(envelopes)
     finally:
         gw.store.close()
-    subs = [sub for (sub,) in db(config).execute("select subscriber from outbox")]
+    subs = [sub for (sub,) in db(config).execute("select subscriber from outbox order by seq")]
     seen: Counter[str] = Counter()
     for sub, (_, payload) in zip(subs, opened(config, "outbox"), strict=True):
         if not sub:

@@ -148,6 +148,11 @@ def _mount() -> None:
 
     app.command("run")(run)
 
+    from gateway.cli.api import api, apikey_app
+
+    app.command("api")(api)
+    app.add_typer(apikey_app, name="apikey")
+
     from gateway.cli.demo import demo
 
     app.command("demo")(demo)

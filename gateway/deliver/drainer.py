@@ -1,4 +1,8 @@
-"""The outbox drainer: committed views go to their sink; confirmed ones are marked delivered.
+"""The outbox drainer: committed MQTT views are published; confirmed ones are marked delivered.
+
+Only rows of the ``mqtt`` channel: views for ``http_stream`` subscribers are read through the
+HTTP API's feed and pull routes, those for ``webhook`` subscribers POSTed by the API
+process's webhook sink (:mod:`gateway.api`), so neither costs the pipeline anything.
 
 After each commit the service hands the drainer the rows it just wrote (no re-read from the
 store on the hot path); at start-up the drainer loads every row still pending, so a view
@@ -78,7 +82,7 @@ class OutboxDrainer:
         wake-up and, with the pipeline thread busy on the next batch, a wait for the
         interpreter lock before every publish. The rest goes to the background thread.
         """
-        rows = list(rows)
+        rows = [r for r in rows if r.channel == "mqtt"]  # the API's sinks take the rest
         if rows and self._send_lock.acquire(blocking=False):
             sent = 0
             try:

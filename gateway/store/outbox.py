@@ -28,6 +28,9 @@ class OutboxRow:
     message_id: str
     payload: bytes
     created_ms: int
+    channel: str = "mqtt"
+    """``mqtt`` (the drainer publishes it), ``http_stream`` (read through the API's feed and
+    pull routes) or ``webhook`` (POSTed by the webhook sink)."""
 
 
 def add_outbox(tx: WriteSession, shard: str, rows: Iterable[OutboxRow]) -> int:
@@ -42,23 +45,27 @@ def add_outbox(tx: WriteSession, shard: str, rows: Iterable[OutboxRow]) -> int:
             r.message_id,
             seal(join_topic(r.topic, r.payload), row_aad("outbox", shard, r.seq)),
             r.created_ms,
+            r.channel,
         )
         for r in rows
     ]
     tx.insert_rows(
-        "insert into outbox (shard, seq, subscriber, message_id, sealed, created_ms)", values
+        "insert into outbox (shard, seq, subscriber, message_id, sealed, created_ms, channel)",
+        values,
     )
     return len(values)
 
 
 def pending_outbox(
-    reader: Session, shard: str, *, after_seq: int = -1, limit: int = 1000
+    reader: Session, shard: str, *, after_seq: int = -1, limit: int = 1000, channel: str = "mqtt"
 ) -> list[OutboxRow]:
-    """Undelivered views of ``shard`` with ``seq > after_seq``, in audit order (opened)."""
+    """Undelivered views of ``shard`` for ``channel`` with ``seq > after_seq``, in audit
+    order (opened)."""
     rows = reader.fetch_all(
-        "select seq, subscriber, message_id, sealed, created_ms from outbox "
-        "where shard = ? and delivered_ms is null and seq > ? order by seq limit ?",
-        (shard, after_seq, limit),
+        "select seq, subscriber, message_id, sealed, created_ms, channel from outbox "
+        "where shard = ? and delivered_ms is null and channel = ? and seq > ? "
+        "order by seq limit ?",
+        (shard, channel, after_seq, limit),
     )
     return [_outbox_row(reader.at_rest(), shard, r) for r in rows]
 
@@ -66,23 +73,24 @@ def pending_outbox(
 def outbox_rows(reader: Session, shard: str) -> list[tuple[OutboxRow, bool]]:
     """Every view of ``shard`` (opened) with whether it was delivered, in audit order."""
     rows = reader.fetch_all(
-        "select seq, subscriber, message_id, sealed, created_ms, delivered_ms from outbox "
-        "where shard = ? order by seq",
+        "select seq, subscriber, message_id, sealed, created_ms, channel, delivered_ms "
+        "from outbox where shard = ? order by seq",
         (shard,),
     )
     keys = reader.at_rest()
-    return [(_outbox_row(keys, shard, r), r[5] is not None) for r in rows]
+    return [(_outbox_row(keys, shard, r), r[6] is not None) for r in rows]
 
 
 def _outbox_row(keys: AtRestKeys, shard: str, r: Any) -> OutboxRow:
     topic, payload = split_topic(keys.unseal(bytes(r[3]), row_aad("outbox", shard, r[0])))
-    return OutboxRow(int(r[0]), r[1], topic, r[2], payload, int(r[4]))
+    return OutboxRow(int(r[0]), r[1], topic, r[2], payload, int(r[4]), r[5])
 
 
-def count_pending(reader: Session, shard: str) -> int:
-    """How many views of ``shard`` are committed and not yet confirmed."""
+def count_pending(reader: Session, shard: str, channel: str = "mqtt") -> int:
+    """How many views of ``shard`` for ``channel`` are committed and not yet confirmed."""
     row = reader.fetch_one(
-        "select count(*) from outbox where shard = ? and delivered_ms is null", (shard,)
+        "select count(*) from outbox where shard = ? and channel = ? and delivered_ms is null",
+        (shard, channel),
     )
     return int(row[0])
 

@@ -200,6 +200,37 @@ MIGRATIONS: tuple[tuple[int, tuple[str | Callable[[WriteSession], None], ...]], 
                 group by recipient, year, category""",
         ),
     ),
+    (
+        6,
+        (
+            # The HTTP API (gateway/api/). API keys: only a salted hash of the secret.
+            """create table api_keys (
+                key_id text primary key,
+                role text not null,
+                subscriber text,
+                label text not null,
+                salt {blob} not null,
+                digest {blob} not null,
+                created_ms bigint not null,
+                revoked_ms bigint
+            )""",
+            # Each view's channel: the MQTT drainer sends only ``mqtt`` rows; ``http_stream``
+            # rows are read by the feed and pull routes, ``webhook`` rows POSTed by the
+            # webhook sink, which counts its attempts here and gives up (``failed_ms``).
+            "alter table outbox add column channel text not null default 'mqtt'",
+            "alter table outbox add column attempts integer not null default 0",
+            "alter table outbox add column next_attempt_ms bigint not null default 0",
+            "alter table outbox add column failed_ms bigint",
+            "create index outbox_subscriber on outbox (subscriber, shard, seq)",
+            # Where each HTTP subscriber last read its feed (lag and last delivery).
+            """create table subscriber_reads (
+                subscriber text primary key,
+                cursor text not null,
+                read_ms bigint not null,
+                views bigint not null default 0
+            )""",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -28,6 +28,19 @@ HUGE = str(2**64)  # beyond any integer a store column holds
 # ``bad.csv`` (a consent file with a bad row); ``missing/`` does not exist. Each invocation
 # comes with the text its one line of error must contain (the value it names).
 CASES: dict[str, list[tuple[list[str], str]]] = {
+    "api": [
+        (["--port", "99999"], "less than or equal to 65535"),
+        (["--config", "{t}/missing/gateway.yaml"], "{t}/missing/gateway.yaml"),
+        (["--store", "sqlite:///{t}/missing/s.db", "--keys", "{t}/keys"], "{t}/missing/s.db"),
+    ],
+    "apikey create": [
+        (["--store", "{s}", "--role", "root"], "'root' is not one of subscriber"),
+        (["--store", "{s}", "--role", "subscriber"], "--subscriber"),
+        (["--store", "{s}", "--role", "admin", "--subscriber", "sh-traffic"], "--subscriber"),
+        (["--store", "{s}", "--role", "subscriber", "--subscriber", "nobody"], "'nobody'"),
+    ],
+    "apikey list": [(["--store", "sqlite:///{t}/missing/s.db"], "{t}/missing/s.db")],
+    "apikey revoke": [(["--store", "{s}", "feedfeedfeed"], "feedfeedfeed")],
     "simulate": [
         (["--broker", "mqtt://127.0.0.1:99999"], "'99999'"),
         (["--broker", "mqtt://127.0.0.1:abc"], "'abc'"),
