@@ -57,8 +57,11 @@ def api(
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="Logging level.")] = "INFO",
 ) -> None:
-    """Serve the HTTP API (feeds, webhooks, audit, operations, metrics) until SIGTERM."""
+    """Serve the HTTP API (feeds, webhooks, audit, operations, metrics) until SIGTERM.
+
+    Exit status: 0 after SIGTERM, 130 after Ctrl-C."""
     import logging
+    import signal
 
     import uvicorn
 
@@ -78,10 +81,15 @@ def api(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     ctx = open_context(cfg)
+    stopped_by: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn raises them again once stopped
+        signal.signal(sig, lambda s, _f: stopped_by.append(s))
     try:
-        uvicorn.run(create_app(ctx), **uvicorn_options(cfg))
+        uvicorn.Server(uvicorn.Config(create_app(ctx), **uvicorn_options(cfg))).run()
     finally:
         ctx.close()
+    # As icvgw run: 0 after SIGTERM (a service manager's stop), 130 after Ctrl-C.
+    raise typer.Exit(130 if stopped_by[:1] == [signal.SIGINT] else 0)
 
 
 def uvicorn_options(cfg: GatewayConfig) -> dict[str, Any]:
