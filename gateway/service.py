@@ -35,6 +35,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 from prometheus_client import CollectorRegistry
 
 from gateway import consents
@@ -48,16 +49,19 @@ from gateway.health import StoreHealth
 from gateway.ingest.client import BrokerSpec, parse_broker_url
 from gateway.ingest.source import MqttSource
 from gateway.keys import ensure_store_key
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, MetricsServer, serve
 from gateway.model import Envelope
 from gateway.pipeline.batch import Keying, Pending, prepare
 from gateway.pipeline.counts import check_counts, crossborder_counts, lock_crossborder
 from gateway.pipeline.decide import sweep
+from gateway.pipeline.decide.result import Decisions, Verdict
+from gateway.pipeline.decide.rulebits import rule_ids
 from gateway.pipeline.dedup import previous_generation_in_window
 from gateway.pipeline.run import Decided, decide_pending, decode_envelopes
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.child import load_in_child
 from gateway.policy.holder import PolicyHolder
+from gateway.policy.rules import RuleId
 from gateway.state.snapshot import (
     CounterKey,
     CrossBorderCount,
@@ -114,6 +118,35 @@ commit's transaction (checked in it), the last under the cross-border locks."""
 
 DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 """Mosquitto's count of messages it dropped (offline queue or in-flight limits)."""
+
+
+_VERDICT_DECISION = {Verdict.SHARE: "shared", Verdict.REDACT: "redacted", Verdict.BLOCK: "blocked"}
+_HELD_DECISION = {"share": "shared", "redact": "redacted"}
+
+
+def cited_rules(
+    decisions: Decisions | None, released: Sequence[HeldView], discarded: Sequence[HeldView]
+) -> Counter[tuple[str, str, str]]:
+    """How many decisions cite each rule, by (subscriber, decision, rule), as
+    :func:`~gateway.commit.commit_batch` audits them: every pair not held, then held views
+    released (their own decision) or discarded (blocked, citing ``pi.trip-trim`` too). One
+    ``numpy.unique`` per subscriber and verdict: the rule sets of a batch are few."""
+    out: Counter[tuple[str, str, str]] = Counter()
+    if decisions is not None:
+        for s, view in enumerate(decisions.plan.views):
+            verdicts, rules = decisions.verdict[s], decisions.rules[s]
+            for verdict, decision in _VERDICT_DECISION.items():
+                bits, n = np.unique(rules[verdicts == verdict], return_counts=True)
+                for b, k in zip(bits.tolist(), n.tolist(), strict=True):
+                    for rule in rule_ids(b):
+                        out[(view.id, decision, rule)] += k
+    for h in released:
+        for rule in dict.fromkeys(h.rules):
+            out[(h.subscriber, _HELD_DECISION[h.decision], rule)] += 1
+    for h in discarded:
+        for rule in dict.fromkeys((*h.rules, RuleId.PI_TRIP_TRIM.value)):
+            out[(h.subscriber, "blocked", rule)] += 1
+    return out
 
 
 def origin_of(worker: str) -> str:
@@ -177,6 +210,12 @@ class Gateway:
         self.drainer = OutboxDrainer(
             self.store, self.origin, self.publisher, self.metrics, clock=clock
         )
+        self.metrics.watch(
+            connected=lambda: bool(self.source.status.up and self.publisher.status.up),
+            queue_depth=lambda: self.source.pending(),
+            queue_bytes=lambda: self.source.pending_bytes(),
+        )
+        self._metrics_server: MetricsServer | None = None
         self.totals = Totals()
         started = clock()
         previous_hmac = previous_generation_in_window(self.store.snapshot, self.keys)
@@ -262,6 +301,7 @@ class Gateway:
         """Audit the bundle version now in force; seed the store with its consents."""
         bundle = self.holder.current
         log.info("policy version %s in force", bundle.short_version)
+        self.metrics.policy_in_force(bundle.version)
         now = self.clock()
         self.totals.admin += consents.seed(
             self.store, bundle, self.vehicle_ref, at=now, instance=self.config.worker
@@ -327,12 +367,13 @@ class Gateway:
                 envelopes, decoded, rd, bundle=bundle, state=self.state, now=now, keying=self.keying
             )
         written, decided = self._decide_and_commit(pending)
+        committed = time.time()
         self.state = decided.new_state
         for env in envelopes:
             if env.ack is not None:
                 env.ack()
         self.drainer.submit(written.outbox)
-        self._count(envelopes, pending, decided, written, time.perf_counter() - t0)
+        self._count(envelopes, pending, decided, written, time.perf_counter() - t0, committed)
         return written
 
     def _decide(self, p: Pending, counts: dict[CounterKey, CrossBorderCount]) -> Decided:
@@ -391,18 +432,24 @@ class Gateway:
         decided: Decided,
         written: Written,
         seconds: float,
+        committed: float,
     ) -> None:
-        """Count one batch, in the metrics and the totals: the one place that does."""
+        """Count one batch, in the metrics and the totals: the one place that does.
+        ``committed``: the wall-clock time of its commit (messages' receipt times are)."""
         m = self.metrics
+        received = np.fromiter((e.received_at for e in envelopes), np.float64, len(envelopes))
+        m.end_to_end.observe(np.where(received > 0, committed - received, np.nan))
         if decided.decisions is not None:
             for sub_id, n in decided.decisions.crossborder_blocked().items():
                 m.crossborder_blocked.labels(sub_id).inc(n)
         m.messages.inc(len(envelopes))
+        m.records.inc(p.rows)
         m.duplicates.inc(p.duplicates + p.dead_duplicates)
         m.audit_entries.inc(written.entries)
         for (sub, decision), n in written.decisions.items():
             if sub:
                 m.decisions.labels(sub, decision).inc(n)
+        m.cite(cited_rules(decided.decisions, decided.delta.released, decided.delta.discarded))
         for d in p.dead:
             m.deadletters.labels(d.reason).inc()
         # Rows only: a payload that yielded no row is counted by ``deadletters`` alone.
@@ -428,11 +475,24 @@ class Gateway:
         self.metrics.checkpoint_size.set(int(note.split(b"\n")[1]))
 
     def start(self, timeout: float = 30.0) -> None:
-        """Connect the publisher and the input, start delivering the outbox. Raises
-        :class:`~gateway.errors.IngestError` with the reason as soon as retrying cannot help
-        (refused credentials, a certificate that does not verify), after ``timeout`` seconds
-        with the latest reason otherwise, and :class:`~gateway.errors.ConnectInterrupted` as
-        soon as :meth:`stop` is called."""
+        """Serve the metrics endpoint (``metrics.*``), connect the publisher and the input,
+        start delivering the outbox. Raises :class:`~gateway.errors.IngestError` with the
+        reason as soon as retrying cannot help (refused credentials, a certificate that does
+        not verify), after ``timeout`` seconds with the latest reason otherwise,
+        :class:`~gateway.errors.ConnectInterrupted` as soon as :meth:`stop` is called, and
+        :class:`~gateway.errors.ConfigError` if the metrics address cannot be listened on.
+        The endpoint is served while connecting (the API's readiness then names the broker),
+        and stopped again if the start fails."""
+        m = self.config.metrics
+        if m.enabled and self._metrics_server is None:
+            self._metrics_server = serve(self.metrics.registry, m.host, m.port)
+        try:
+            self._connect(timeout)
+        except BaseException:
+            self._stop_serving_metrics()
+            raise
+
+    def _connect(self, timeout: float) -> None:
         self.publisher.start()
         self.publisher.status.wait(self.publisher.wait_connected, timeout, self._stop)
         self.drainer.start()
@@ -538,6 +598,7 @@ class Gateway:
         self.metrics.audit_entries.inc(written.entries)
         for (sub, decision), n in written.decisions.items():
             self.metrics.decisions.labels(sub, decision).inc(n)
+        self.metrics.cite(cited_rules(None, (), delta.discarded))
         return written
 
     def _prune_expired(self, tx: Transaction, bundle: PolicyBundle, now: float) -> None:
@@ -575,6 +636,7 @@ class Gateway:
         ``drain_timeout`` passes (the next start writes it otherwise), and
         :attr:`clean_shutdown` says whether it was written."""
         deadline = time.monotonic() + drain_timeout
+        self._stop_serving_metrics()  # a stopping pipeline is not ready
         leftover = self._stop_reading()
         if leftover:
             # Received but not processed: not acknowledged, the broker keeps them.
@@ -589,6 +651,11 @@ class Gateway:
         self.publisher.flush(max(0.0, deadline - time.monotonic()))
         self.publisher.stop()
         self.store.close()
+
+    def _stop_serving_metrics(self) -> None:
+        server, self._metrics_server = self._metrics_server, None
+        if server is not None:
+            server.stop()
 
     def _stop_reading(self) -> int:
         """Disconnect the input; returns how many received messages were left unprocessed.

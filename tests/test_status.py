@@ -19,7 +19,7 @@ def test_status_line_gives_rates_since_the_last_line_and_the_state_now() -> None
     m.messages.inc(40)
     m.decisions.labels("a", "shared").inc(100)
     m.decisions.labels("b", "blocked").inc(60)
-    m.delivered.labels("a").inc(80)
+    m.delivered.labels("mqtt", "a").inc(80)
     m.deadletters.labels("malformed").inc(2)
     m.outbox_pending.set(7)
     m.store_ok.set(1)

@@ -52,6 +52,7 @@ class OutboxDrainer:
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._confirmed: list[int] = []
+        self._waited: list[float] = []  # seconds from decision to PUBACK, observed in batches
         self._refused: list[OutboxRow] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -105,16 +106,21 @@ class OutboxDrainer:
         with self._lock:
             if ok:
                 self._confirmed.append(row.seq)
+                self._waited.append(self.clock() - row.created_ms / 1000)
                 self.delivered[row.subscriber] = self.delivered.get(row.subscriber, 0) + 1
             else:
                 self._refused.append(row)
-        if ok and row.subscriber:
-            self.metrics.delivered.labels(row.subscriber).inc()
+        if row.subscriber:
+            counter = self.metrics.delivered if ok else self.metrics.delivery_failures
+            counter.labels(row.channel, row.subscriber).inc()
 
     def _flush_confirmed(self) -> None:
         with self._lock:
             confirmed, self._confirmed = self._confirmed, []
             refused, self._refused = self._refused, []
+            waited, self._waited = self._waited, []
+        if waited:
+            self.metrics.delivery_seconds.observe(waited, "mqtt")
         if refused:
             log.warning("%d publishes refused by the broker; retrying", len(refused))
             self._queue.extendleft(reversed(refused))

@@ -134,7 +134,9 @@ def test_each_subscriber_gets_exactly_its_views(
 
     # The service's own counters agree with what the subscribers saw.
     for sub in SUBSCRIBERS:
-        delivered = registry.get_sample_value("icvgw_views_delivered_total", {"subscriber": sub})
+        delivered = registry.get_sample_value(
+            "icvgw_views_delivered_total", {"channel": "mqtt", "subscriber": sub}
+        )
         assert (delivered or 0) == fig.views[sub], sub
     dead_metric = sum(
         s.value
