@@ -5,24 +5,31 @@ and its store takes writes; the policy is loaded; the store takes a write from t
 process too; the worker's signing key is in the key directory. A failing part is named in
 the body (``{"ready": false, "failing": {"broker": "…"}}``, status 503); nothing else
 about the gateway is told to an unauthenticated caller.
+
+The answer is computed at most once every :data:`READY_TTL_S` (callers meanwhile share it):
+the probe is public, and each computation costs the pipeline a scrape and the store a write.
 """
 
 from __future__ import annotations
 
-import urllib.request
+import threading
+import time
+from collections.abc import Callable
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.api.auth import context, public_router
 from gateway.api.context import ApiContext
+from gateway.api.metrics import read_pipeline
 from gateway.errors import GatewayError
 
-__all__ = ["pipeline_samples", "readiness", "router"]
+__all__ = ["READY_TTL_S", "pipeline_samples", "readiness", "router"]
 
 router = public_router()
-_PIPELINE_TIMEOUT_S = 1.0
+
+READY_TTL_S = 1.0
+"""Seconds a readiness answer is reused."""
 
 
 @router.get("/healthz", summary="The API process is up")
@@ -36,31 +43,39 @@ def healthz() -> dict[str, str]:
     summary="The gateway can do its job",
     responses={503: {"description": "Not ready: the failing parts, named"}},
 )
-def readyz(ctx: ApiContext = Depends(context)) -> JSONResponse:  # noqa: B008
+def readyz(request: Request, ctx: ApiContext = Depends(context)) -> JSONResponse:  # noqa: B008
     """200 if every part is ready; 503 naming each part that is not."""
-    failing = readiness(ctx)
+    cache: _Cached | None = getattr(request.app.state, "readiness", None)
+    if cache is None:
+        cache = request.app.state.readiness = _Cached()
+    failing = cache.get(lambda: readiness(ctx))
     body = {"ready": not failing, "failing": failing}
     return JSONResponse(body, status_code=503 if failing else 200)
 
 
+class _Cached:
+    """The latest readiness answer, recomputed when older than :data:`READY_TTL_S`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._at = -READY_TTL_S
+        self._failing: dict[str, str] = {}
+
+    def get(self, compute: Callable[[], dict[str, str]]) -> dict[str, str]:
+        with self._lock:  # concurrent callers wait for one computation and share it
+            if time.monotonic() - self._at >= READY_TTL_S:
+                self._failing = compute()
+                self._at = time.monotonic()
+            return dict(self._failing)
+
+
 def pipeline_samples(ctx: ApiContext) -> dict[str, float] | str:
-    """The pipeline's unlabelled gauges by name, from its metrics endpoint; a reason if it
+    """The pipeline's unlabelled samples by name, from its metrics endpoint; a reason if it
     cannot be read."""
-    m = ctx.config.metrics
-    if not m.enabled:
-        return "the pipeline serves no metrics (metrics.enabled is false)"
-    url = f"http://{m.host}:{m.port}/metrics"
-    try:
-        with urllib.request.urlopen(url, timeout=_PIPELINE_TIMEOUT_S) as r:
-            text = r.read().decode("utf-8")
-    except OSError as exc:
-        return f"the pipeline does not answer at {url}: {exc}"
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if not s.labels:
-                out[s.name] = s.value
-    return out
+    families = read_pipeline(ctx.config.metrics)
+    if isinstance(families, str):
+        return families
+    return {s.name: s.value for f in families for s in f.samples if not s.labels}
 
 
 def readiness(ctx: ApiContext) -> dict[str, str]:
