@@ -124,3 +124,41 @@ def test_a_publish_error_in_the_committing_thread_leaves_the_rows_to_the_drainer
     assert list(drainer._queue) == batch[1:]
     assert "drainer retries them" in caplog.text
     store.close()
+
+
+def test_deliveries_and_refusals_are_counted_by_channel(
+    tmp_path: Path,
+) -> None:
+    """A topic the broker's ACL denies gets a PUBACK with a failure reason (MQTT 5): each
+    refusal is counted (and retried); a confirmed view is counted with its decision-to-PUBACK
+    time."""
+    (tmp_path / "acl").write_text("topic write share/s1/#\n")
+    broker = MosquittoBroker(workdir=tmp_path / "broker", extra_config=f"acl_file {tmp_path}/acl")
+    broker.start()
+    store = open_store(
+        f"sqlite:///{tmp_path / 'gw.db'}", shard=SHARD, keys=init_keys(tmp_path / "keys")
+    )
+    registry = CollectorRegistry()
+    pub = MqttPublisher(parse_broker_url(broker.url), "gw-drain", max_inflight=5)
+    drainer = OutboxDrainer(store, SHARD, pub, Metrics(registry), clock=lambda: 3.5)
+    allowed = OutboxRow(1, "s1", "share/s1/v/telemetry", "m1", b"1", 1000)
+    denied = OutboxRow(2, "s2", "share/s2/v/telemetry", "m2", b"2", 1000)
+    value = registry.get_sample_value
+    try:
+        with store.transaction() as tx:
+            add_outbox(tx, SHARD, [allowed, denied])
+        pub.start()
+        assert pub.wait_connected(10)
+        drainer.start()  # loads both from the store
+        labels = {"channel": "mqtt", "subscriber": "s2"}
+        assert wait_for(lambda: (value("icvgw_delivery_failures_total", labels) or 0) >= 2)
+    finally:
+        drainer.stop()
+        pub.stop()
+        store.close()
+        broker.close()
+    assert value("icvgw_views_delivered_total", {"channel": "mqtt", "subscriber": "s1"}) == 1
+    assert value("icvgw_views_delivered_total", {"channel": "mqtt", "subscriber": "s2"}) is None
+    assert value("icvgw_delivery_failures_total", {"channel": "mqtt", "subscriber": "s1"}) is None
+    assert value("icvgw_delivery_seconds_count", {"channel": "mqtt"}) == 1
+    assert value("icvgw_delivery_seconds_sum", {"channel": "mqtt"}) == 2.5  # 3.5 s - 1000 ms
