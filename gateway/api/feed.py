@@ -43,6 +43,7 @@ from gateway.apikeys import ApiKey, Role
 from gateway.errors import StoreError
 from gateway.policy.view_schema import view_schema
 from gateway.store import Store
+from gateway.store.apikeys import get_api_key
 from gateway.store.outbox import OutboxRow, subscriber_views
 from gateway.store.subscriber_reads import record_read
 
@@ -217,6 +218,22 @@ _CURSOR_DOC = (
     "A cursor from this API (an event id of /v1/feed or a cursor of /v1/records): "
     "base64url of the JSON map audit shard -> last seq read."
 )
+_EVENT_SCHEMA = {
+    "type": "object",
+    "description": "One view (the first block of a stream is its starting id alone)",
+    "properties": {
+        "id": {"type": "string", "description": "The cursor just after this view"},
+        "event": {"type": "string", "enum": ["view"]},
+        "data": {
+            "type": "string",
+            "description": "The view's JSON, as delivered (see /v1/schema)",
+            "contentMediaType": "application/json",
+            "contentSchema": {"type": "object"},
+        },
+    },
+}
+"""Each event, as OpenAPI 3.2 describes event streams (``itemSchema``; ``schema`` is then
+the whole stream, read as an array of events)."""
 _BAD_CURSOR: dict[int | str, dict[str, Any]] = {
     400: problem_response("The cursor is not one this API made")
 }
@@ -253,17 +270,33 @@ def _event(row: OutboxRow, cursor: str) -> bytes:
     return b"id: " + cursor.encode() + b"\nevent: view\n" + data + b"\n"
 
 
+def _admitted(ctx: ApiContext, key: ApiKey) -> bool:
+    """Whether ``key`` would still be admitted: not revoked, its subscriber in the policy."""
+    with ctx.store.snapshot() as rd:
+        stored = get_api_key(rd, key.key_id)
+    return (
+        stored is not None
+        and stored.revoked_ms is None
+        and key.subscriber in ctx.bundle().subscribers
+    )
+
+
 async def _stream(
-    ctx: ApiContext, reads: ReadTracker, subscriber: str, at: dict[str, int], seconds: float
+    ctx: ApiContext, reads: ReadTracker, key: ApiKey, at: dict[str, int], seconds: float
 ) -> AsyncIterator[bytes]:
     """The feed's bytes: the starting cursor as an id (an event with no data, which sets a
     client's Last-Event-ID without dispatching anything), then views as they are committed,
-    until ``seconds`` have passed or the client goes."""
+    until ``seconds`` have passed, the client goes, or its key would no longer be admitted
+    (revoked, or its subscriber gone from the policy)."""
+    assert key.subscriber is not None  # a subscriber key always names one
+    subscriber = key.subscriber
     deadline = time.monotonic() + seconds
     quiet_since = time.monotonic()
     yield f"id: {encode_cursor(at)}\n\n".encode()
 
-    def poll(at: dict[str, int]) -> Page:
+    def poll(at: dict[str, int]) -> Page | None:
+        if not _admitted(ctx, key):
+            return None
         page = read_page(ctx.store, subscriber, at, BATCH)
         if page.rows:
             cursor = encode_cursor(page.positions)
@@ -274,6 +307,8 @@ async def _stream(
     try:
         while True:
             page = await anyio.to_thread.run_sync(poll, at)
+            if page is None:
+                return
             at = page.positions
             now = time.monotonic()
             if page.rows:
@@ -298,14 +333,19 @@ async def _stream(
     responses={
         200: {
             "description": "An endless event stream (bounded by max_seconds)",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {
+                "text/event-stream": {
+                    "schema": {"type": "array", "items": _EVENT_SCHEMA},  # the whole stream
+                    "itemSchema": _EVENT_SCHEMA,
+                }
+            },
         },
         **_BAD_CURSOR,
     },
 )
 def feed(
     request: Request,
-    after: str | None = Query(None, description=_CURSOR_DOC, max_length=MAX_CURSOR_CHARS),
+    after: str | None = Query(None, description=_CURSOR_DOC),
     start: Literal["start"] | None = Query(
         None, alias="from", description="`start`: from the oldest view the outbox keeps"
     ),
@@ -317,12 +357,13 @@ def feed(
     key: ApiKey = Depends(caller),  # noqa: B008
 ) -> Response:
     """Each view as an event ``id: <cursor>``, ``event: view``, ``data: <the view's JSON,
-    byte for byte as delivered>``, in audit order within each shard; a ``: keepalive``
-    comment every 15 s when idle. The stream first sends ``id: <cursor>`` alone (its
-    starting position, no event). It starts after the ``Last-Event-ID`` header's cursor
-    (what an EventSource sends when it reconnects), else after ``?after=``, else at the
-    oldest view kept with ``?from=start``, else at the live end (only views committed from
-    now on). It never ends by itself: ``?max_seconds=`` bounds it (tests, schemathesis)."""
+        byte for byte as delivered>``, in audit order within each shard; a ``: keepalive``
+        comment every 15 s when idle. The stream first sends ``id: <cursor>`` alone (its
+        starting position, no event). It starts after the ``Last-Event-ID`` header's cursor
+        (what an EventSource sends when it reconnects), else after ``?after=``, else at the
+        oldest view kept with ``?from=start``, else at the live end (only views committed from
+        now on). It ends when its key is revoked or its subscriber leaves the policy, and
+    otherwise never by itself: ``?max_seconds=`` bounds it (tests, schemathesis)."""
     assert key.subscriber is not None  # a subscriber key always names one
     cursor = last_event_id if last_event_id else after  # an empty id is no id (SSE)
     if cursor is None:
@@ -332,7 +373,7 @@ def feed(
     if isinstance(at, Response):
         return at
     seconds = float("inf") if max_seconds is None else max_seconds
-    body = _stream(ctx, _tracker(request), key.subscriber, at, seconds)
+    body = _stream(ctx, _tracker(request), key, at, seconds)
     return EventStream(body, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
@@ -360,7 +401,7 @@ class RecordsPage(BaseModel):
 )
 def records(
     request: Request,
-    after: str | None = Query(None, description=_CURSOR_DOC, max_length=MAX_CURSOR_CHARS),
+    after: str | None = Query(None, description=_CURSOR_DOC),
     limit: int = Query(100, ge=1, le=1000, description="Views per page"),
     ctx: ApiContext = Depends(context),  # noqa: B008
     key: ApiKey = Depends(caller),  # noqa: B008

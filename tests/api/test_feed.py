@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,9 +26,10 @@ from fastapi.testclient import TestClient
 from gateway.api import create_app, feed
 from gateway.api.context import open_context
 from gateway.api.feed import ReadTracker, decode_cursor, encode_cursor
-from gateway.apikeys import Role
+from gateway.apikeys import Role, revoke
 from gateway.config import GatewayConfig
 from gateway.model import Envelope
+from gateway.resources import default_policy_dir
 from gateway.service import Gateway, origin_of
 from gateway.store import Store
 from gateway.store.outbox import OutboxRow, outbox_rows
@@ -87,7 +89,9 @@ class Live:
         return self.api.headers(self.api.key(Role.SUBSCRIBER, subscriber))
 
 
-def live_api(tmp_path: Path, config: GatewayConfig) -> Iterator[Live]:
+@contextmanager
+def live_api(config: GatewayConfig) -> Iterator[Live]:
+    """The API (a TestClient) on ``config``'s store, and the gateways made on it."""
     ctx = open_context(config)
     with TestClient(create_app(ctx, sinks=False)) as client:
         live = Live(Api(ctx, client), config)
@@ -99,7 +103,8 @@ def live_api(tmp_path: Path, config: GatewayConfig) -> Iterator[Live]:
 
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[Live]:
-    yield from live_api(tmp_path, api_config(tmp_path))
+    with live_api(api_config(tmp_path)) as live:
+        yield live
 
 
 def views_of(store: Store, subscriber: str) -> dict[str, list[OutboxRow]]:
@@ -297,6 +302,44 @@ def test_a_stopping_server_ends_open_feeds(live: Live) -> None:
         wait_for(lambda: not server.server_state.tasks, "the feed's task to end")
 
 
+def _ends_by_itself(live: Live, headers: dict[str, str], act: Callable[[], object]) -> float:
+    """Seconds an open feed took to end after ``act`` (a real server)."""
+    with (
+        serving(live) as (url, _),
+        httpx2.Client(timeout=10) as client,
+        client.stream("GET", f"{url}/v1/feed", headers=headers) as r,
+    ):
+        events = sse(r.iter_lines())
+        next(events)
+        act()
+        t0 = time.monotonic()
+        for _ in events:  # to its end, without an error
+            pass
+        return time.monotonic() - t0
+
+
+def test_revoking_a_key_ends_its_open_feed(live: Live) -> None:
+    token = live.api.key(Role.SUBSCRIBER, SUB)
+    key_id = token.split("_")[1]
+    shard, worker = live.api.ctx.shard, live.api.ctx.worker
+    took = _ends_by_itself(
+        live,
+        live.api.headers(token),
+        lambda: revoke(live.store, key_id, shard=shard, instance=worker),
+    )
+    assert took < 2 * feed.POLL_S + 1
+
+
+def test_a_subscriber_leaving_the_policy_ends_its_open_feed(tmp_path: Path) -> None:
+    policy = tmp_path / "policy"
+    shutil.copytree(default_policy_dir(), policy)
+    subs = policy / "subscribers.yaml"
+    renamed = subs.read_text().replace("  - id: sh-traffic", "  - id: city-traffic")
+    with live_api(api_config(tmp_path, policies=str(policy))) as live:
+        took = _ends_by_itself(live, live.headers(OTHER), lambda: subs.write_text(renamed))
+    assert took < 5  # the policy files are looked at every 2 s
+
+
 # --- the rest through the TestClient ------------------------------------------------------
 
 
@@ -433,10 +476,9 @@ def test_a_malformed_cursor_is_a_400_problem(live: Live, cursor: str) -> None:
             live.api.client.get("/v1/feed", headers={**headers, "Last-Event-ID": cursor})
         )
     for r in responses:
-        assert r.status_code in (400, 422), (cursor, r.status_code, r.text)
-        if r.status_code == 400:
-            assert r.headers["content-type"] == "application/problem+json"
-            assert r.json()["status"] == 400
+        assert r.status_code == 400, (cursor, r.status_code, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["status"] == 400
 
 
 def test_a_cursor_of_an_unknown_shard_reads_every_known_shard_from_its_start(live: Live) -> None:

@@ -41,7 +41,8 @@ def ops(tmp_path: Path) -> Iterator[Live]:
         assert old in text
         text = text.replace(old, delivery)
     subs.write_text(text)
-    yield from live_api(tmp_path, api_config(tmp_path, policies=str(policy)))
+    with live_api(api_config(tmp_path, policies=str(policy))) as live:
+        yield live
 
 
 def _status(ops: Live, admin: dict[str, str]) -> dict[str, dict[str, Any]]:
