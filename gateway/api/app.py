@@ -8,13 +8,20 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gateway import __version__
-from gateway.api import admin, audit, feed, health, limits, metrics, webhooks
+from gateway.api import admin, audit, feed, health, limits, metrics, status, webhooks
 from gateway.api.auth import RateLimiter
 from gateway.api.context import ApiContext
 
 __all__ = ["ROUTERS", "create_app"]
 
-ROUTERS = (health.router, feed.router, audit.router, admin.router, metrics.router)
+ROUTERS = (
+    health.router,
+    feed.router,
+    audit.router,
+    admin.router,
+    status.router,
+    metrics.router,
+)
 """Every router of the app (each declares its roles; no prefixes: a route's path is its
 whole template)."""
 

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import AuditError, ConfigError, GatewayError, StoreError
 
-__all__ = ["BodyLimit", "install"]
+__all__ = ["BodyLimit", "install", "problem", "problem_response"]
 
 access_log = logging.getLogger("gateway.api.access")
 
@@ -69,6 +69,25 @@ def _problem(status: int, detail: str) -> JSONResponse:
         status_code=status,
         media_type="application/problem+json",
     )
+
+
+def problem(status: int, detail: str) -> JSONResponse:
+    """An ``application/problem+json`` response (RFC 9457) for a route to return."""
+    return _problem(status, detail)
+
+
+def problem_response(description: str) -> dict[str, Any]:
+    """The OpenAPI ``responses`` entry of a route's problem response."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+        },
+        "required": ["title", "status", "detail"],
+    }
+    return {"description": description, "content": {"application/problem+json": {"schema": schema}}}
 
 
 def _template(request: Request) -> str:

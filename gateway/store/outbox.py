@@ -95,6 +95,75 @@ def count_pending(reader: Session, shard: str, channel: str = "mqtt") -> int:
     return int(row[0])
 
 
+def subscriber_views(
+    reader: Session, subscriber: str, shard: str, *, after_seq: int = -1, limit: int = 1000
+) -> list[OutboxRow]:
+    """``subscriber``'s views of ``shard`` with ``seq > after_seq``, whatever their channel
+    and whether delivered or not, at most ``limit``, in audit order (opened): what its feed
+    and pull routes replay while the outbox keeps them."""
+    rows = reader.fetch_all(
+        "select seq, subscriber, message_id, sealed, created_ms, channel from outbox "
+        "where subscriber = ? and shard = ? and seq > ? order by seq limit ?",
+        (subscriber, shard, after_seq, limit),
+    )
+    keys = reader.at_rest()
+    return [_outbox_row(keys, shard, r) for r in rows]
+
+
+def count_views_after(reader: Session, subscriber: str, shard: str, after_seq: int) -> int:
+    """How many of ``subscriber``'s views of ``shard`` come after ``after_seq`` (a reader's
+    lag), counted on the index alone."""
+    row = reader.fetch_one(
+        "select count(*) from outbox where subscriber = ? and shard = ? and seq > ?",
+        (subscriber, shard, after_seq),
+    )
+    return int(row[0])
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    """One subscriber's views in the outbox, over every shard."""
+
+    views: int
+    """Views in the store (until retention deletes them)."""
+    pending: int
+    """Views a sink (MQTT drainer, webhook sink) has neither confirmed nor given up on;
+    ``http_stream`` views are read, not confirmed, and never count."""
+    failed: int
+    """Views the webhook sink gave up on (``failed_ms`` set)."""
+    oldest_pending_ms: int | None
+    """When the oldest pending view was committed (Unix ms)."""
+    last_delivered_ms: int | None
+    """The latest confirmation of any of its views (Unix ms)."""
+
+
+_PENDING = "delivered_ms is null and failed_ms is null and channel <> 'http_stream'"
+
+
+def outbox_stats(reader: Session, subscriber: str | None = None) -> dict[str, OutboxStats]:
+    """:class:`OutboxStats` per subscriber with views in the store (only ``subscriber``'s
+    if given; dead-letter notices, which have none, never count)."""
+    where, params = ("subscriber = ?", (subscriber,)) if subscriber else ("subscriber <> ''", ())
+    rows = reader.fetch_all(
+        "select subscriber, count(*), "
+        f"sum(case when {_PENDING} then 1 else 0 end), "
+        "sum(case when failed_ms is not null then 1 else 0 end), "
+        f"min(case when {_PENDING} then created_ms end), max(delivered_ms) "
+        f"from outbox where {where} group by subscriber",
+        params,
+    )
+    return {
+        r[0]: OutboxStats(
+            int(r[1]),
+            int(r[2]),
+            int(r[3]),
+            None if r[4] is None else int(r[4]),
+            None if r[5] is None else int(r[5]),
+        )
+        for r in rows
+    }
+
+
 def mark_delivered(tx: WriteSession, shard: str, seqs: Iterable[int], at_ms: int) -> None:
     """Record the sink's confirmation of these views.
 
