@@ -74,6 +74,7 @@ def fed_api(
     config = api_config(tmp_path, **overrides)
     envelopes = fleet_envelopes(vehicles, seconds)
     gw = Gateway(config)
+    gw.audit.publisher = None  # no broker: checkpoints are kept, not published
     try:
         ctx = open_context(config)
         try:
