@@ -309,3 +309,24 @@ def test_a_store_without_checkpoints_has_none_to_show(api: Api) -> None:
     assert api.client.get("/v1/audit/proof/0", headers=headers).status_code == 404
     body = api.client.get("/v1/audit/verify", headers=headers).json()
     assert body["ok"] and body["shards"][0]["verified_size"] == 0
+
+
+def test_on_postgresql_too(tmp_path: Path, postgres_url: str) -> None:
+    """The same pages, proofs, verification and dead-letter counts on PostgreSQL."""
+    with fed_api(tmp_path, vehicles=8, seconds=20, store=postgres_url) as pg:
+        assert type(pg.api.ctx.store).__name__ == "PostgresStore"
+        stored = _all(pg)
+        pages = _pages(pg, pg.auditor, limit=100)
+        assert [(e["shard"], e["seq"]) for p in pages for e in p] == [
+            (e.shard, e.seq) for e in stored
+        ]
+        check_proof_document(_get(pg, "/v1/audit/proof/7", pg.auditor), _verifiers(pg))
+        clock = _install(pg, budget=100)
+        for _ in range(30):
+            body = _get(pg, "/v1/audit/verify", pg.auditor)
+            clock.now += 5.0
+            if body["complete"]:
+                break
+        assert body["ok"] and body["complete"] and body["shards"][0]["verified_size"] > 0
+        reasons = _get(pg, "/v1/deadletters/reasons", pg.admin)
+        assert reasons["total"] == sum(1 for e in stored if e.decision == "dead-lettered") > 0
