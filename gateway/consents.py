@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 from gateway.errors import ConfigError, Problem
 from gateway.model import Consent
@@ -58,6 +61,11 @@ def seed(
     return len(changed)
 
 
+def new_consent_id() -> str:
+    """An id for a consent granted without one."""
+    return f"c-{uuid.uuid4().hex[:12]}"
+
+
 def _differs(current: Consent, wanted: Consent) -> bool:
     fixed = (current.vehicle, current.purpose, current.granted, current.expires)
     if fixed != (wanted.vehicle, wanted.purpose, wanted.granted, wanted.expires):
@@ -72,36 +80,50 @@ MAX_IMPORT_ROWS = 100_000
 _MAX_PROBLEMS = 20
 
 
+class ConsentValueError(ValueError):
+    """A value of a consent to record is wrong: ``field value: reason`` (``field`` and
+    ``reason`` also apart, to say it without the value: a VIN stays out of an API's
+    answer)."""
+
+    def __init__(self, field: str, value: str, reason: str) -> None:
+        self.field, self.reason = field, reason
+        super().__init__(f"{field} {value!r}: {reason}")
+
+
 def check_consent(
     bundle: PolicyBundle, vin: str, purpose: str, expires: str, *, now: float
 ) -> float:
     """The expiry (Unix seconds) of a consent to record for ``vin`` and ``purpose``, or a
-    ValueError saying which value is wrong: the VIN as the ingest checks it (ISO 3779, check
-    digit as the bundle's ``rules.ingest.verify_vin_check_digit`` says), a purpose of the
-    bundle's catalogue, an ISO 8601 expiry with a UTC offset, after ``now``."""
+    :class:`ConsentValueError` saying which value is wrong: the VIN as the ingest checks it
+    (ISO 3779, check digit as the bundle's ``rules.ingest.verify_vin_check_digit`` says), a
+    purpose of the bundle's catalogue, an ISO 8601 expiry with a UTC offset, after ``now``."""
     from gateway.pipeline.decode import is_vin
 
     if not is_vin(vin, check_digit=bundle.rules.ingest.verify_vin_check_digit):
-        raise ValueError(
-            f"vin {vin!r}: not a VIN (17 characters of 0-9 and A-Z without I, O, Q"
-            + (", right check digit)" if bundle.rules.ingest.verify_vin_check_digit else ")")
+        raise ConsentValueError(
+            "vin",
+            vin,
+            "not a VIN (17 characters of 0-9 and A-Z without I, O, Q"
+            + (", right check digit)" if bundle.rules.ingest.verify_vin_check_digit else ")"),
         )
     if purpose not in bundle.purposes:
-        raise ValueError(
-            f"purpose {purpose!r}: not in the bundle's catalogue ({', '.join(bundle.purposes)})"
+        raise ConsentValueError(
+            "purpose", purpose, f"not in the bundle's catalogue ({', '.join(bundle.purposes)})"
         )
     try:
         end = datetime.fromisoformat(expires)
     except ValueError:
-        raise ValueError(f"expires {expires!r}: not an ISO 8601 time") from None
+        raise ConsentValueError("expires", expires, "not an ISO 8601 time") from None
     if end.tzinfo is None:
-        raise ValueError(f"expires {expires!r}: give a UTC offset, e.g. 2030-01-01T00:00:00+08:00")
+        raise ConsentValueError(
+            "expires", expires, "give a UTC offset, e.g. 2030-01-01T00:00:00+08:00"
+        )
     try:
         end.astimezone(UTC)  # what the store keeps, and `consent list` shows, is UTC
     except OverflowError:
-        raise ValueError(f"expires {expires!r}: after 9999-12-31 UTC") from None
+        raise ConsentValueError("expires", expires, "after 9999-12-31 UTC") from None
     if not end.timestamp() > now:
-        raise ValueError(f"expires {expires!r}: already past")
+        raise ConsentValueError("expires", expires, "already past")
     return end.timestamp()
 
 
@@ -115,20 +137,34 @@ class ImportResult:
         return self.rows - self.written
 
 
+@dataclass(frozen=True)
+class CsvBytes:
+    """A consent file held in memory (an API request's body), called ``name`` in problems."""
+
+    name: str
+    data: bytes
+
+
+ConsentFile = Path | CsvBytes
+"""A consent import file: on disk, or in memory."""
+
+
 def import_csv(
     store: Store,
     bundle: PolicyBundle,
     vehicle_ref: Callable[[str], str],
-    path: Path,
+    path: ConsentFile,
     *,
     now: float,
     instance: str,
+    shard: str | None = None,
 ) -> ImportResult:
     """Record the consents of the CSV file ``path``, checked by :func:`check_import` (call
     it first, before opening the store). One transaction writes the consents the store does
-    not hold yet (each audited as ``consent.changed``, as ``icvgw consent grant`` does); a
-    consent it holds with the same vehicle, purpose and expiry is left as it is (a withdrawn
-    one stays withdrawn). The file is read row by row, never whole."""
+    not hold yet (each audited as ``consent.changed`` in ``shard``, default the store's, as
+    ``icvgw consent grant`` does); a consent it holds with the same vehicle, purpose and
+    expiry is left as it is (a withdrawn one stays withdrawn). The file is read row by row,
+    never whole."""
     written = rows = 0
     seen: set[str] = set()  # a row repeated in the file is the same consent, written once
     with store.transaction() as tx:
@@ -150,9 +186,9 @@ def import_csv(
                 continue
             batch.append(Consent(cid, ref, row["purpose"], now, end))
             if len(batch) >= CHUNK:
-                written += tx.put_consents(batch, at=now, instance=instance)
+                written += tx.put_consents(batch, at=now, instance=instance, shard=shard)
                 batch = []
-        written += tx.put_consents(batch, at=now, instance=instance)
+        written += tx.put_consents(batch, at=now, instance=instance, shard=shard)
     return ImportResult(rows, written)
 
 
@@ -161,65 +197,74 @@ def _derived_id(ref: str, purpose: str, expires: float) -> str:
     return f"c-{digest[:16]}"
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, str], bool]]:
+def _open(path: ConsentFile) -> TextIO:
+    if isinstance(path, CsvBytes):
+        return io.TextIOWrapper(io.BytesIO(path.data), encoding="utf-8-sig", newline="")
+    return path.open(newline="", encoding="utf-8-sig")
+
+
+def _name(path: ConsentFile) -> str:
+    return path.name if isinstance(path, CsvBytes) else str(path)
+
+
+def _rows(path: ConsentFile, *, quote: bool = True) -> Iterator[tuple[int, dict[str, str], bool]]:
     """``(line, row, has extra columns)`` of the file; the header is checked (ConfigError
-    if wrong)."""
-    with path.open(newline="", encoding="utf-8-sig") as f:
+    if wrong, quoting what it is only if ``quote``)."""
+    with _open(path) as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         if list(header[:3]) != list(IMPORT_COLUMNS) or header[3:] not in ([], ["id"]):
+            got = f", got {','.join(header)!r}" if quote else ""
             raise ConfigError(
-                Problem(
-                    str(path),
-                    1,
-                    "",
-                    f"header must be {','.join(IMPORT_COLUMNS)}[,id], got {','.join(header)!r}",
-                )
+                Problem(_name(path), 1, "", f"header must be {','.join(IMPORT_COLUMNS)}[,id]{got}")
             )
         for row in reader:
             extra = row.pop(None, None)
             yield reader.line_num, {k: (v or "").strip() for k, v in row.items()}, bool(extra)
 
 
-def check_import(path: Path, bundle: PolicyBundle, *, now: float) -> None:
+def check_import(
+    path: ConsentFile, bundle: PolicyBundle, *, now: float, quote: bool = True
+) -> None:
     """Check every row of the consent file ``path`` (header :data:`IMPORT_COLUMNS`, an
     ``id`` column optional) as :func:`check_consent` does; raise
-    :class:`~gateway.errors.ConfigError` naming each bad ``file:line`` (the first 20)."""
+    :class:`~gateway.errors.ConfigError` naming each bad ``file:line`` (the first 20) and
+    why, quoting the bad value only if ``quote``."""
     problems: list[Problem] = []
     ids: set[str] = set()
     count = 0
+    name = _name(path)
     try:
-        for line, row, extra in _rows(path):
+        for line, row, extra in _rows(path, quote=quote):
             count += 1
             if count > MAX_IMPORT_ROWS:
                 raise ConfigError(
                     Problem(
-                        str(path),
-                        line,
-                        "",
-                        f"more than {MAX_IMPORT_ROWS:,} consents; split the file",
+                        name, line, "", f"more than {MAX_IMPORT_ROWS:,} consents; split the file"
                     )
                 )
-            problem = "too many columns" if extra else _row_problem(bundle, row, ids, now)
+            problem = "too many columns" if extra else _row_problem(bundle, row, ids, now, quote)
             if problem:
-                problems.append(Problem(str(path), line, "", problem))
+                problems.append(Problem(name, line, "", problem))
                 if len(problems) >= _MAX_PROBLEMS:
                     break
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise ConfigError(Problem(str(path), None, "", f"not a UTF-8 CSV file: {exc}")) from None
+        raise ConfigError(Problem(name, None, "", f"not a UTF-8 CSV file: {exc}")) from None
     if problems:
         raise ConfigError(problems)
     if count == 0:
-        raise ConfigError(Problem(str(path), None, "", "no consent in the file"))
+        raise ConfigError(Problem(name, None, "", "no consent in the file"))
 
 
-def _row_problem(bundle: PolicyBundle, row: dict[str, str], ids: set[str], now: float) -> str:
+def _row_problem(
+    bundle: PolicyBundle, row: dict[str, str], ids: set[str], now: float, quote: bool
+) -> str:
     if any(not row.get(c) for c in IMPORT_COLUMNS):
         return f"each row needs {', '.join(IMPORT_COLUMNS)}"
     try:
         check_consent(bundle, row["vin"], row["purpose"], row["expires"], now=now)
-    except ValueError as exc:
-        return str(exc)
+    except ConsentValueError as exc:
+        return str(exc) if quote else f"{exc.field}: {exc.reason}"
     cid = row.get("id")
     if cid:
         if cid in ids:

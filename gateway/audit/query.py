@@ -68,18 +68,23 @@ def render_table(entries: Iterable[StoredEntry], console: Console) -> int:
     return len(records)
 
 
+def entry_item(e: StoredEntry) -> dict[str, Any]:
+    """One entry as the log holds it: ``{"shard", "seq", "entry", "pruned"}`` (``entry``
+    is None once pruned to its hash)."""
+    return {
+        "shard": e.shard,
+        "seq": e.seq,
+        "entry": orjson.loads(e.body) if e.body is not None else None,
+        "pruned": e.body is None,
+    }
+
+
 def iter_json_lines(entries: Iterable[StoredEntry]) -> Iterator[bytes]:
-    """A JSON array, streamed: one entry object (shard, seq, entry) per element."""
+    """A JSON array, streamed: one :func:`entry_item` per element."""
     yield b"["
     first = True
     for e in entries:
-        item = {
-            "shard": e.shard,
-            "seq": e.seq,
-            "entry": orjson.loads(e.body) if e.body is not None else None,
-            "pruned": e.body is None,
-        }
-        yield (b"" if first else b",") + b"\n" + orjson.dumps(item)
+        yield (b"" if first else b",") + b"\n" + orjson.dumps(entry_item(e))
         first = False
     yield b"\n]\n"
 

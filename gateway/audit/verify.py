@@ -22,6 +22,7 @@ many entries no checkpoint covers yet, and how many are pruned to hashes.
 from __future__ import annotations
 
 import base64
+import bisect
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any
 from gateway.crypto import NoteVerifier
 from gateway.errors import AuditError, VerificationError
 from gateway.store import Store
-from gateway.store.audit import ShardState
+from gateway.store.audit import ShardState, StoredEntry
 from gateway.tlog.canonical import parse_canonical
 from gateway.tlog.checkpoint import Checkpoint, SignedCheckpoint, open_checkpoint
 from gateway.tlog.entries import GENESIS_PREV, AdminAction, row_columns
@@ -72,15 +73,21 @@ class ShardReport:
         return base64.b64encode(self.root).decode()
 
 
-def _open_checkpoints(
+def open_checkpoints(
     origin: str,
     notes: Sequence[bytes],
     verifiers: Sequence[NoteVerifier],
     report: ShardReport,
+    *,
+    prev: SignedCheckpoint | None = None,
+    first: int = 1,
 ) -> list[SignedCheckpoint]:
+    """Open a shard's checkpoints in order (``first`` is the number of the first, ``prev``
+    the one opened before it): each signed by a trusted key, sizes never going back, each
+    sharing a key with the one before. Raises :class:`VerificationError` at the first that
+    fails; adds what it opened to ``report``."""
     opened: list[SignedCheckpoint] = []
-    prev: SignedCheckpoint | None = None
-    for i, note in enumerate(notes, start=1):
+    for i, note in enumerate(notes, start=first):
         first_unvouched = prev.checkpoint.size if prev else 0
         try:
             cp = open_checkpoint(note, verifiers, origin=origin)
@@ -109,16 +116,21 @@ def _open_checkpoints(
         report.newest_checkpoint_size = max(report.newest_checkpoint_size, cp.checkpoint.size)
         opened.append(cp)
         prev = cp
-    report.checkpoints = len(opened)
+    report.checkpoints += len(opened)
     return opened
 
 
-class _ShardCheck:
+class ShardCheck:
+    """One pass over a shard's entries in order: fed whole (:meth:`run`), or a chunk at a
+    time (:meth:`feed`, then :meth:`finish` whenever the pass has reached the shard's end),
+    with checkpoints added as they appear (:meth:`add_checkpoints`). Each failure raises
+    :class:`VerificationError` naming the first bad sequence number."""
+
     def __init__(
         self,
         origin: str,
-        checkpoints: list[SignedCheckpoint],
-        trusted: list[SignedCheckpoint],
+        checkpoints: Sequence[SignedCheckpoint],
+        trusted: Sequence[SignedCheckpoint],
         tiles: dict[tuple[int, int], bytes] | None,
         report: ShardReport,
     ) -> None:
@@ -126,26 +138,47 @@ class _ShardCheck:
         self.report = report
         self.tiles = tiles
         self.targets: dict[int, list[tuple[str, bytes]]] = {}
-        for i, cp in enumerate(checkpoints, start=1):
-            self.targets.setdefault(cp.checkpoint.size, []).append(
-                (f"checkpoint #{i}", cp.checkpoint.root)
-            )
+        self.checkpoint_sizes: set[int] = set()
+        self.numbered = 0
+        for cp in checkpoints:
+            self._target(cp)
         for cp in trusted:
             self.targets.setdefault(cp.checkpoint.size, []).append((_TRUSTED, cp.checkpoint.root))
-        self.checkpoint_sizes = {cp.checkpoint.size for cp in checkpoints}
         self.trusted_sizes = {cp.checkpoint.size for cp in trusted}
         self.cr = CompactRange()
         self.prev: bytes | None = None
+        self.expected = 0
+        self.started = False
         self.last_matched = 0
         self.last_trusted = 0
         self.pruned_seqs: list[int] = []
         self.prune_bound = 0
 
+    def _target(self, cp: SignedCheckpoint) -> None:
+        self.numbered += 1
+        size = cp.checkpoint.size
+        self.targets.setdefault(size, []).append(
+            (f"checkpoint #{self.numbered}", cp.checkpoint.root)
+        )
+        self.checkpoint_sizes.add(size)
+
+    def add_checkpoints(self, checkpoints: Sequence[SignedCheckpoint]) -> bool:
+        """Add checkpoints opened after the pass began (in order, after those it has). False,
+        and nothing added, if one is below the entries already fed: its root can no longer be
+        recomputed by this pass."""
+        if any(cp.checkpoint.size < self.expected for cp in checkpoints):
+            return False
+        for cp in checkpoints:
+            self._target(cp)
+        if self.started:
+            self._reach(self.expected)
+        return True
+
     def fail(self, message: str, seq: int | None) -> VerificationError:
         return VerificationError(message, shard=self.origin, seq=seq)
 
     def _reach(self, size: int) -> None:
-        wanted = self.targets.get(size)
+        wanted = self.targets.pop(size, None)
         if not wanted:
             return
         root = self.cr.root() if size else EMPTY_ROOT
@@ -174,10 +207,18 @@ class _ShardCheck:
             self.report.root = root
 
     def run(self, rows: Iterable[Row]) -> None:
-        self._reach(0)
-        expected = 0
+        """Check every entry of the shard, from the first."""
+        self.feed(rows)
+        self.finish()
+
+    def feed(self, rows: Iterable[Row]) -> None:
+        """Check the next entries in order (the first call starts at entry 0)."""
+        if not self.started:
+            self.started = True
+            self._reach(0)
         produced: list[tuple[int, int, bytes]] | None = [] if self.tiles is not None else None
         for seq, body, stored_leaf, columns in rows:
+            expected = self.expected
             self.report.entries = max(self.report.entries, expected)
             if seq != expected:
                 raise self.fail(f"entry {expected} is missing (next stored is {seq})", expected)
@@ -193,9 +234,16 @@ class _ShardCheck:
                 self._check_tiles(produced)
                 produced.clear()
             self.prev = h
-            expected += 1
-            if expected in self.targets:
-                self._reach(expected)
+            self.expected = expected + 1
+            if self.expected in self.targets:
+                self._reach(self.expected)
+
+    def finish(self) -> None:
+        """The checks that need the shard's end: no checkpoint covers more entries than were
+        fed, and every entry pruned to its hash lies below a ``retention.pruned`` record."""
+        if not self.started:
+            self.feed(())
+        expected = self.expected
         self.report.entries = expected
         self.report.pruned = len(self.pruned_seqs)
         beyond = sorted(s for s in self.targets if s > expected)
@@ -206,11 +254,11 @@ class _ShardCheck:
                 f"from {expected} on were deleted (the log was truncated)",
                 expected,
             )
-        unauthorised = [s for s in self.pruned_seqs if s >= self.prune_bound]
-        if unauthorised:
+        first = bisect.bisect_left(self.pruned_seqs, self.prune_bound)  # in order: sorted
+        if first < len(self.pruned_seqs):
             raise self.fail(
                 "entry bytes are missing and no retention.pruned record covers them",
-                unauthorised[0],
+                self.pruned_seqs[first],
             )
 
     def _check_body(
@@ -296,7 +344,7 @@ def verify_shard_rows(
             continue
         report.newest_checkpoint_size = max(report.newest_checkpoint_size, size)
     try:
-        cps = _open_checkpoints(origin, checkpoint_notes, verifiers, report)
+        cps = open_checkpoints(origin, checkpoint_notes, verifiers, report)
         trusted = []
         for note in trusted_notes:
             try:
@@ -305,7 +353,7 @@ def verify_shard_rows(
                 raise VerificationError(
                     f"trusted checkpoint does not verify: {exc}", shard=origin
                 ) from exc
-        check = _ShardCheck(origin, cps, trusted, tiles, report)
+        check = ShardCheck(origin, cps, trusted, tiles, report)
         check.run(rows)
         if state is not None:
             check.check_head(state)
@@ -318,6 +366,12 @@ def trusted_origin(note: bytes) -> str:
     """The origin named by a checkpoint note (not yet verified)."""
     text = note.decode("utf-8", errors="replace")
     return text.split("\n", 1)[0]
+
+
+def stored_row(e: StoredEntry) -> Row:
+    """A stored entry as the verifier reads it: bytes, stored leaf hash, query columns."""
+    columns = (e.ts_ms, e.kind, e.subscriber, e.vehicle, e.decision, e.rules)
+    return e.seq, e.body, e.leaf_hash, columns if e.body is not None else None
 
 
 def verify_store(
@@ -338,17 +392,7 @@ def verify_store(
     with store.snapshot() as r:
         states = [s for s in r.shards() if shards is None or s.shard in shards]
         for st in states:
-            rows = (
-                (
-                    e.seq,
-                    e.body,
-                    e.leaf_hash,
-                    (e.ts_ms, e.kind, e.subscriber, e.vehicle, e.decision, e.rules)
-                    if e.body is not None
-                    else None,
-                )
-                for e in r.iter_entries(st.shard)
-            )
+            rows = (stored_row(e) for e in r.iter_entries(st.shard))
             reports.append(
                 verify_shard_rows(
                     st.shard,

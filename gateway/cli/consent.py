@@ -9,7 +9,6 @@ directory is needed to name a vehicle by VIN.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -71,7 +70,7 @@ def grant(
     policies: _Policies = None,
 ) -> None:
     """Record a consent, from now until --expires (never open-ended)."""
-    from gateway.consents import check_consent
+    from gateway.consents import check_consent, new_consent_id
     from gateway.keys import KeyRing
     from gateway.model import Consent
 
@@ -81,7 +80,7 @@ def grant(
     except ValueError as exc:
         name, _, reason = str(exc).partition(" ")
         raise typer.BadParameter(reason, param_hint=f"--{name}") from None
-    cid = consent_id or f"c-{uuid.uuid4().hex[:12]}"
+    cid = consent_id or new_consent_id()
     ring = KeyRing.load(keys)
     with _open(store, worker) as s, s.transaction() as tx:
         tx.put_consents(

@@ -96,23 +96,13 @@ def show_command(
     """Open one dead letter: its topic and payload as received (audited as read)."""
     from gateway.keys import KeyRing
     from gateway.service import origin_of
-    from gateway.store.deadletters import deadletter
-    from gateway.tlog.entries import AdminAction, AdminEntry
+    from gateway.store.deadletters import read_deadletter
 
     shard = origin_of(worker)
     now = datetime.now(UTC).timestamp()
     ring = KeyRing.load(keys)
     with _open(store, worker, ring) as s, s.transaction() as tx:
-        row = deadletter(tx, shard, seq)
-        if row is not None:
-            entry = AdminEntry(
-                time=now,
-                instance=worker,
-                action=AdminAction.DEADLETTER_READ,
-                subject=f"{shard}#{seq}",
-                details={"reason": row.reason},
-            )
-            tx.append_audit([entry], shard=shard)
+        row = read_deadletter(tx, shard, seq, at=now, instance=worker)
     if row is None:
         typer.echo(f"error: no dead letter {seq} in {shard}", err=True)
         raise typer.Exit(1)

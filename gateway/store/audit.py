@@ -109,6 +109,8 @@ class AuditQuery:
     since_ms: int | None = None
     until_ms: int | None = None
     limit: int | None = None
+    after: tuple[str, int] | None = None
+    """Only entries after this ``(shard, seq)`` in the query's order (a page's cursor)."""
 
 
 def _state(row: Any) -> ShardState:
@@ -179,6 +181,24 @@ class AuditReads(Session):
         rows = self.fetch_all("select level, idx, hash from audit_tiles where shard = ?", (shard,))
         return {(r[0], r[1]): bytes(r[2]) for r in rows}
 
+    def tiles_completed(self, shard: str, start: int, stop: int) -> dict[tuple[int, int], bytes]:
+        """The stored tile nodes of ``shard`` that the leaves ``start <= seq < stop``
+        complete, by (level, index): what appending those leaves produces."""
+        out: dict[tuple[int, int], bytes] = {}
+        level = TILE_HEIGHT
+        while stop >> level:
+            # Node (level, i) is completed by leaf (i + 1) * 2**level - 1.
+            lo, hi = (start >> level), (stop >> level) - 1
+            if lo <= hi:
+                rows = self.fetch_all(
+                    "select idx, hash from audit_tiles where shard = ? and level = ? "
+                    "and idx >= ? and idx <= ?",
+                    (shard, level, lo, hi),
+                )
+                out.update(((level, r[0]), bytes(r[1])) for r in rows)
+            level += TILE_HEIGHT
+        return out
+
     def perfect_hash(self, shard: str, level: int, index: int) -> bytes:
         """Hash of the perfect subtree at (level, index), from stored leaf hashes and tiles:
         at most 2**(TILE_HEIGHT-1) stored hashes are combined."""
@@ -232,6 +252,9 @@ class AuditReads(Session):
         if q.until_ms is not None:
             where.append("ts_ms < ?")
             params.append(q.until_ms)
+        if q.after is not None:
+            where.append("(shard > ? or (shard = ? and seq > ?))")
+            params.extend((q.after[0], q.after[0], q.after[1]))
         sql = f"select {ENTRY_COLUMNS} from audit_entries"
         if where:
             sql += " where " + " and ".join(where)

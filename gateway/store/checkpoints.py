@@ -45,6 +45,25 @@ class CheckpointReads(Session):
         )
         return _checkpoint(row) if row else None
 
+    def checkpoints_after(self, shard: str, ordinal: int, limit: int) -> list[StoredCheckpoint]:
+        """At most ``limit`` checkpoints of ``shard`` stored after the one numbered
+        ``ordinal`` (0: from the first), oldest first."""
+        rows = self.fetch_all(
+            f"select {_COLUMNS} from audit_checkpoints where shard = ? and ordinal > ? "
+            "order by ordinal limit ?",
+            (shard, ordinal, limit),
+        )
+        return [_checkpoint(r) for r in rows]
+
+    def checkpoint_of_size(self, shard: str, size: int) -> StoredCheckpoint | None:
+        """The newest checkpoint of ``shard`` whose tree has ``size`` entries, or None."""
+        row = self.fetch_one(
+            f"select {_COLUMNS} from audit_checkpoints where shard = ? and size = ? "
+            "order by ordinal desc limit 1",
+            (shard, size),
+        )
+        return _checkpoint(row) if row else None
+
 
 class CheckpointWrites(CheckpointReads, WriteSession):
     """Storing checkpoints."""

@@ -72,9 +72,11 @@ class ConsentReads(Session):
 class ConsentWrites(ConsentReads, AuditWrites):
     """Granting and withdrawing consents, audited."""
 
-    def put_consents(self, consents: Iterable[Consent], *, at: float, instance: str) -> int:
+    def put_consents(
+        self, consents: Iterable[Consent], *, at: float, instance: str, shard: str | None = None
+    ) -> int:
         """Insert or replace consents, each audited as a ``consent.changed`` entry in this
-        same transaction. Returns how many were written."""
+        same transaction (in ``shard``, default the store's). Returns how many were written."""
         written = []
         for c in consents:
             if not c.expires > c.granted:
@@ -95,16 +97,19 @@ class ConsentWrites(ConsentReads, AuditWrites):
                 ),
             )
             written.append(c)
-        self.append_audit(_consent_entry(c, at, instance) for c in written)
+        self.append_audit((_consent_entry(c, at, instance) for c in written), shard=shard)
         return len(written)
 
-    def withdraw_consent(self, consent_id: str, *, at: float, instance: str) -> bool:
-        """Withdraw a consent from ``at`` on (audited). False if unknown or already withdrawn."""
+    def withdraw_consent(
+        self, consent_id: str, *, at: float, instance: str, shard: str | None = None
+    ) -> bool:
+        """Withdraw a consent from ``at`` on (audited in ``shard``, default the store's).
+        False if unknown or already withdrawn."""
         current = self.consent(consent_id)
         if current is None or current.revoked is not None:
             return False
         self.execute(
             "update consents set withdrawn_ms = ? where consent_id = ?", (to_ms(at), consent_id)
         )
-        self.append_audit([_consent_entry(current._replace(revoked=at), at, instance)])
+        self.append_audit([_consent_entry(current._replace(revoked=at), at, instance)], shard=shard)
         return True

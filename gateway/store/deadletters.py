@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.store.cursor import Session, WriteSession
 from gateway.store.sealing import join_topic, row_aad, split_topic
+from gateway.tlog.entries import AdminAction, AdminEntry
+
+if TYPE_CHECKING:
+    from gateway.store.audit import AuditWrites
 
 SEALED = ("deadletters", ("shard", "seq"), "sealed")
 """The sealed column: (table, key columns, column)."""
@@ -84,6 +89,34 @@ def deadletter(reader: Session, shard: str, seq: int) -> DeadLetterRow | None:
     keys = reader.at_rest()
     topic, payload = split_topic(keys.unseal(bytes(row[3]), row_aad("deadletters", shard, seq)))
     return DeadLetterRow(int(row[0]), int(row[1]), row[2], topic, payload)
+
+
+def read_deadletter(
+    tx: AuditWrites, shard: str, seq: int, *, at: float, instance: str
+) -> DeadLetterRow | None:
+    """Open one dead letter and record, in the same transaction, that it was read (a
+    ``deadletter.read`` entry in ``shard``: raw input holds VINs and positions); None,
+    and nothing recorded, if there is no such letter."""
+    row = deadletter(tx, shard, seq)
+    if row is not None:
+        entry = AdminEntry(
+            time=at,
+            instance=instance,
+            action=AdminAction.DEADLETTER_READ,
+            subject=f"{shard}#{seq}",
+            details={"reason": row.reason},
+        )
+        tx.append_audit([entry], shard=shard)
+    return row
+
+
+def deadletter_reasons(reader: Session, shard: str) -> dict[str, int]:
+    """How many dead letters ``shard`` keeps, by reason (no keys needed)."""
+    rows = reader.fetch_all(
+        "select reason, count(*) from deadletters where shard = ? group by reason order by reason",
+        (shard,),
+    )
+    return {r[0]: int(r[1]) for r in rows}
 
 
 def letters_holding(reader: Session, vin: str) -> dict[str, list[int]]:
