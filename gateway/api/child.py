@@ -103,8 +103,11 @@ class ApiChild:
         restart: bool = True,
         stop_timeout: float = STOP_TIMEOUT_S,
         backoff: tuple[float, float] = _BACKOFF_S,
+        stderr: Path | None = None,
     ) -> None:
         self.command = command
+        self.stderr = stderr
+        """Where the process writes its log (appended); None: this process's stderr."""
         self.restart = restart
         self.stop_timeout = stop_timeout
         self.backoff = backoff
@@ -180,13 +183,16 @@ class ApiChild:
         with self._lock:
             if self._stopping.is_set():
                 return None
-            self._proc = subprocess.Popen(
-                self.command.argv,
-                env=dict(self.command.env),
-                stdin=subprocess.PIPE,  # the lifeline: closed when this process ends
-                stdout=subprocess.PIPE,  # the URL, once listening
-                start_new_session=True,  # a terminal's Ctrl-C reaches the parent only
-            )
+            with contextlib.ExitStack() as stack:
+                err = None if self.stderr is None else stack.enter_context(self.stderr.open("ab"))
+                self._proc = subprocess.Popen(
+                    self.command.argv,
+                    env=dict(self.command.env),
+                    stdin=subprocess.PIPE,  # the lifeline: closed when this process ends
+                    stdout=subprocess.PIPE,  # the URL, once listening
+                    stderr=err,
+                    start_new_session=True,  # a terminal's Ctrl-C reaches the parent only
+                )
             return self._proc
 
     def _watch(self, proc: subprocess.Popen[bytes] | None) -> None:
