@@ -112,6 +112,28 @@ class CheckpointConfig(_Model):
     every_seconds: float = Field(default=10.0, gt=0)
 
 
+class WebhookConfig(_Model):
+    """The webhook sink (in the API process): how often and how long it tries each view.
+
+    After a failed attempt ``n`` the next waits a random time up to
+    ``min(backoff_max_s, backoff_initial_s * 2**(n-1))`` (full jitter); after ``attempts``
+    attempts the view is given up (audited as ``webhook.failed``)."""
+
+    attempts: int = Field(default=8, ge=1, le=100)
+    backoff_initial_s: float = Field(default=1.0, gt=0, le=3600)
+    backoff_max_s: float = Field(default=300.0, gt=0, le=86_400)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """For one POST: connecting, the TLS handshake, sending and the answer, each."""
+    ca_file: str | None = None
+    """The CA bundle receivers' certificates are checked against (default: the system's)."""
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> WebhookConfig:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must not be less than backoff_initial_s")
+        return self
+
+
 class MetricsConfig(_Model):
     """The pipeline process's own Prometheus endpoint (loopback by default); the API's
     ``/metrics`` includes what it serves."""
@@ -136,6 +158,7 @@ class ApiConfig(_Model):
     """Requests per second per API key (a token bucket of ``rate_burst``)."""
     rate_burst: int = Field(default=100, ge=1, le=1_000_000)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    webhook: WebhookConfig = WebhookConfig()
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> ApiConfig:
@@ -236,6 +259,7 @@ _PATH_FIELDS: tuple[tuple[str, ...], ...] = (
     ("api", "tls_cert"),
     ("api", "tls_key"),
     ("api", "tls_client_ca"),
+    ("api", "webhook", "ca_file"),
 )
 
 

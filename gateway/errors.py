@@ -20,6 +20,7 @@ failures of a whole operation: a file that does not load, a store that does not 
     ├── IngestError            MQTT input failed, or a broker connection did not come up
     │   └── ConnectInterrupted a stop (SIGTERM, Ctrl-C) was asked for while connecting
     ├── DeliveryError          a sink failed
+    │   └── SignatureError     a webhook's signature or timestamp does not verify (receiver)
     ├── PublishError           the simulator's messages were not all confirmed by the broker
     └── BrokerError            the embedded demo broker did not start or stop cleanly
 """
@@ -138,6 +139,11 @@ class DeliveryError(GatewayError):
     def __init__(self, message: str, *, subscriber: str | None = None) -> None:
         self.subscriber = subscriber
         super().__init__(f"{subscriber}: {message}" if subscriber else message)
+
+
+class SignatureError(DeliveryError):
+    """A webhook request does not verify: a header missing or malformed, no signature made
+    with the receiver's secret over these bytes, or a timestamp outside the tolerance."""
 
 
 class PublishError(GatewayError):

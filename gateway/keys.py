@@ -8,6 +8,8 @@ Layout (directory mode 0700, every file 0600)::
                              subscriber, so two subscribers' pseudonyms cannot be joined
     store.0001.key           AES-256-GCM key sealing the raw data the store must keep between
                              batches (trip starts, held and pending views, dead letters)
+    webhook.0001.key         master secret of the webhook signatures; HMAC-SHA256(master,
+                             "webhook:" + subscriber) is one subscriber's signing secret
 
 Each file holds one line: the 32 secret bytes in base64. The number is the key's
 *generation*: ``rotate`` adds generation N+1 beside the old ones, which stay readable so old
@@ -18,7 +20,9 @@ access (:class:`gateway.errors.KeyStoreError`). Secrets never appear in reprs or
 Values the log stores name their generation: a vehicle reference is ``k<gen>:<32 hex>``,
 a payload digest ``k<gen>:<64 hex>``; a sealed value starts with its store-key generation.
 A key directory made before the store key existed gets generation 1 of it from
-:func:`ensure_store_key` (the gateway calls it at start).
+:func:`ensure_store_key` (the gateway calls it at start); one made before webhooks, its
+webhook key from :func:`ensure_webhook_key` (the webhook sink and ``icvgw webhook secret``
+call it).
 """
 
 from __future__ import annotations
@@ -48,23 +52,32 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from gateway.crypto import NoteSigner, NoteVerifier
 from gateway.errors import KeyStoreError
 
-__all__ = ["KeyKind", "KeyRing", "ensure_store_key", "init_keys", "rotate_keys"]
+__all__ = [
+    "KeyKind",
+    "KeyRing",
+    "ensure_store_key",
+    "ensure_webhook_key",
+    "init_keys",
+    "rotate_keys",
+]
 
 KEY_BYTES = 32
-_FILE_RE = re.compile(r"^(audit-signing|audit-hmac|pseudonym|store)\.(\d{4,})\.key$")
+_FILE_RE = re.compile(r"^(audit-signing|audit-hmac|pseudonym|store|webhook)\.(\d{4,})\.key$")
 
 
 class KeyKind(StrEnum):
-    """The three kinds of key material; the value is the file name prefix."""
+    """The kinds of key material; the value is the file name prefix."""
 
     SIGNING = "audit-signing"
     HMAC = "audit-hmac"
     PSEUDONYM = "pseudonym"
     STORE = "store"
+    WEBHOOK = "webhook"
 
 
-_OPTIONAL = frozenset({KeyKind.STORE})
-"""Kinds a key directory made by an older gateway may lack (see :func:`ensure_store_key`)."""
+_OPTIONAL = frozenset({KeyKind.STORE, KeyKind.WEBHOOK})
+"""Kinds a key directory made by an older gateway may lack (see :func:`ensure_store_key`,
+:func:`ensure_webhook_key`)."""
 
 
 def _check_private(path: Path, st: os.stat_result, what: str) -> None:
@@ -137,16 +150,26 @@ def rotate_keys(directory: str | Path, kinds: Iterable[KeyKind] = tuple(KeyKind)
     return KeyRing.load(path)
 
 
+def _ensure(directory: str | Path, kind: KeyKind) -> KeyRing:
+    ring = KeyRing.load(directory)
+    if ring.generations(kind):
+        return ring
+    try:
+        return rotate_keys(ring.directory, [kind])
+    except KeyStoreError:  # another process added it at the same moment
+        return KeyRing.load(directory)
+
+
 def ensure_store_key(directory: str | Path) -> KeyRing:
     """The ring of ``directory``, with generation 1 of the store key added if it has none
     (a key directory made before the store sealed its raw data)."""
-    ring = KeyRing.load(directory)
-    if ring.generations(KeyKind.STORE):
-        return ring
-    try:
-        return rotate_keys(ring.directory, [KeyKind.STORE])
-    except KeyStoreError:  # another process added it at the same moment
-        return KeyRing.load(directory)
+    return _ensure(directory, KeyKind.STORE)
+
+
+def ensure_webhook_key(directory: str | Path) -> KeyRing:
+    """The ring of ``directory``, with generation 1 of the webhook key added if it has none
+    (a key directory made before webhooks were signed)."""
+    return _ensure(directory, KeyKind.WEBHOOK)
 
 
 class _Nonces:
@@ -271,6 +294,15 @@ class KeyRing:
             info=b"pseudonym:" + subscriber_id.encode(),
         )
         return hkdf.derive(master)
+
+    # webhook signatures ---------------------------------------------------------------------
+
+    def webhook_secret(self, subscriber_id: str, *, generation: int | None = None) -> bytes:
+        """The 32-byte secret that signs ``subscriber_id``'s webhooks: HMAC-SHA256(webhook
+        key, "webhook:" + id). Each subscriber has its own, so one platform's secret forges
+        nothing for another; a new webhook key generation gives every subscriber a new one."""
+        _, master = self._secret(KeyKind.WEBHOOK, generation)
+        return hmac.new(master, b"webhook:" + subscriber_id.encode(), hashlib.sha256).digest()
 
     # audit references -----------------------------------------------------------------------
 

@@ -216,6 +216,33 @@ def _pipeline_url(cfg: GatewayConfig) -> str:
         ctx.close()
 
 
+def _webhook(cfg: GatewayConfig, observe: Callable[[Any], Any]) -> Any:
+    """``observe`` of the webhook sink the API builds from ``cfg`` (not started), on a
+    fixed clock and jitter."""
+    from gateway.api.context import open_context
+    from gateway.api.webhooks import WebhookSink
+
+    ctx = open_context(cfg)
+    ctx.clock = lambda: 1_000.0
+    sink = WebhookSink.from_context(ctx, rand=lambda: 0.5)
+    try:
+        return observe(sink)
+    finally:
+        sink.stop()
+        ctx.close()
+
+
+def _webhook_attempt(cfg: GatewayConfig, attempts: int) -> Any:
+    """What the sink makes of one more failed POST (nothing listens at the url) of a view
+    that failed ``attempts`` times already: retried when, or given up."""
+    from gateway.store.outbox import OutboxRow, WebhookRow
+    from gateway.testing import free_port
+
+    view = OutboxRow(1, "s", "share/s", "m-1", b"{}", 0, "webhook")
+    url = f"https://127.0.0.1:{free_port()}/"
+    return _webhook(cfg, lambda sink: sink.attempt(url, WebhookRow(view, attempts, 0)))
+
+
 ApiProbe = Callable[[GatewayConfig], Any]
 _TLS: dict[Path_, Any] = {
     ("api", "tls_cert"): "tls/server.pem",
@@ -237,6 +264,19 @@ API_PROBES: dict[Path_, tuple[Any, ApiProbe, dict[Path_, Any]]] = {
     ("api", "rate_per_s"): (3.0, _limiter, {}),
     ("api", "rate_burst"): (4, _limiter, {}),
     ("api", "max_body_bytes"): (4096, _body_status, {}),
+    ("api", "webhook", "attempts"): (1, lambda c: _webhook_attempt(c, 0).kind, {}),
+    ("api", "webhook", "backoff_initial_s"): (0.5, lambda c: _webhook_attempt(c, 0).failed, {}),
+    ("api", "webhook", "backoff_max_s"): (
+        20.0,
+        lambda c: _webhook_attempt(c, 30).failed,
+        {("api", "webhook", "attempts"): 100},
+    ),
+    ("api", "webhook", "timeout_s"): (0.5, lambda c: _webhook(c, lambda s: s.client.timeout), {}),
+    ("api", "webhook", "ca_file"): (
+        "tls/ca.pem",
+        lambda c: _webhook(c, lambda s: [ca["subject"] for ca in s.ssl.get_ca_certs()]),
+        {},
+    ),
     ("metrics", "enabled"): (False, _pipeline_url, {}),
     ("metrics", "host"): ("127.0.0.2", _pipeline_url, {}),
     ("metrics", "port"): (10, _pipeline_url, {}),

@@ -14,7 +14,14 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.crypto import NoteVerifier
 from gateway.errors import KeyStoreError
-from gateway.keys import KeyKind, KeyRing, ensure_store_key, init_keys, rotate_keys
+from gateway.keys import (
+    KeyKind,
+    KeyRing,
+    ensure_store_key,
+    ensure_webhook_key,
+    init_keys,
+    rotate_keys,
+)
 from gateway.tlog.note import open_note, sign_note
 
 
@@ -35,6 +42,7 @@ def test_init_creates_private_directory_and_files(tmp_path: Path) -> None:
         "audit-signing.0001.key",
         "pseudonym.0001.key",
         "store.0001.key",
+        "webhook.0001.key",
     ]
     assert all(_mode(tmp_path / "keys" / f) == 0o600 for f in files)
     assert all(ring.generation(k) == 1 for k in KeyKind)
@@ -123,7 +131,7 @@ def test_rotation_adds_generations_and_keeps_old_ones(tmp_path: Path) -> None:
     assert len(ring2.verifier_keys("log.example/a")) == 2
     assert _mode(tmp_path / "k" / "audit-signing.0002.key") == 0o600
     ring3 = rotate_keys(tmp_path / "k")
-    assert [ring3.generation(k) for k in KeyKind] == [3, 3, 2, 2]
+    assert [ring3.generation(k) for k in KeyKind] == [3, 3, 2, 2, 2]
 
 
 def test_signer_and_published_verifier_agree(tmp_path: Path) -> None:
@@ -201,3 +209,17 @@ def test_record_keys_are_keyed_digests(tmp_path: Path) -> None:
     assert key == ring.record_key("m:LSVAU2180N2183294-17") != ring.record_key("m:x-17")
     other = init_keys(tmp_path / "other").record_key("m:LSVAU2180N2183294-17")
     assert other != key
+
+
+def test_webhook_secrets_are_per_subscriber_and_per_generation(tmp_path: Path) -> None:
+    init_keys(tmp_path / "k")
+    (tmp_path / "k" / "webhook.0001.key").unlink()  # made by a gateway before webhooks
+    assert KeyRing.load(tmp_path / "k").generations(KeyKind.WEBHOOK) == []
+    ring = ensure_webhook_key(tmp_path / "k")
+    assert _mode(tmp_path / "k" / "webhook.0001.key") == 0o600
+    a, b = ring.webhook_secret("a"), ring.webhook_secret("b")
+    assert len(a) == 32 and a != b
+    assert ensure_webhook_key(tmp_path / "k").webhook_secret("a") == a  # stable
+    ring2 = rotate_keys(tmp_path / "k", [KeyKind.WEBHOOK])
+    assert ring2.webhook_secret("a") != a
+    assert ring2.webhook_secret("a", generation=1) == a

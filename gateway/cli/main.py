@@ -153,6 +153,10 @@ def _mount() -> None:
     app.command("api")(api)
     app.add_typer(apikey_app, name="apikey")
 
+    from gateway.cli.webhook import app as webhook_app
+
+    app.add_typer(webhook_app, name="webhook")
+
     from gateway.cli.demo import demo
 
     app.command("demo")(demo)

@@ -143,3 +143,57 @@ def prune_outbox(tx: WriteSession, before_ms: int, limit: int) -> int:
         f"where created_ms < ? order by created_ms limit ?{tx.store.skip_locked})",
         (before_ms, limit),
     )
+
+
+# -- webhooks: the API process's webhook sink (gateway.api.webhooks) -------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRow:
+    """A ``webhook`` view still to deliver, with its attempts so far and when the next is
+    due (Unix ms; 0: at once)."""
+
+    view: OutboxRow
+    attempts: int
+    next_attempt_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAttempt:
+    """What became of a view's latest attempt: ``failed_ms`` set when it is given up, else
+    ``next_attempt_ms`` is when it is tried again."""
+
+    seq: int
+    attempts: int
+    next_attempt_ms: int = 0
+    failed_ms: int | None = None
+
+
+def pending_webhooks(
+    reader: Session, shard: str, subscriber: str, *, after_seq: int = -1, limit: int = 100
+) -> list[WebhookRow]:
+    """``subscriber``'s ``webhook`` views of ``shard`` neither delivered nor given up, with
+    ``seq > after_seq``, in audit order (opened); found through ``outbox_subscriber``."""
+    rows = reader.fetch_all(
+        "select seq, subscriber, message_id, sealed, created_ms, channel, attempts, "
+        "next_attempt_ms from outbox where subscriber = ? and shard = ? and seq > ? "
+        "and channel = 'webhook' and delivered_ms is null and failed_ms is null "
+        "order by seq limit ?",
+        (subscriber, shard, after_seq, limit),
+    )
+    keys = reader.at_rest()
+    return [WebhookRow(_outbox_row(keys, shard, r), int(r[6]), int(r[7])) for r in rows]
+
+
+def record_webhook_attempts(
+    tx: WriteSession, shard: str, attempts: Sequence[WebhookAttempt]
+) -> None:
+    """Record failed attempts: the count, and the next attempt's time or the give-up time
+    (views delivered are marked with :func:`mark_delivered`)."""
+    if not attempts:
+        return
+    tx.execute_many(
+        "update outbox set attempts = ?, next_attempt_ms = ?, failed_ms = ? "
+        "where shard = ? and seq = ?",
+        [(a.attempts, a.next_attempt_ms, a.failed_ms, shard, a.seq) for a in attempts],
+    )

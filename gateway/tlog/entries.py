@@ -59,6 +59,7 @@ class AdminAction(StrEnum):
     RETENTION_PRUNED = "retention.pruned"
     VEHICLE_ERASED = "vehicle.erased"
     DEADLETTER_READ = "deadletter.read"
+    WEBHOOK_FAILED = "webhook.failed"
 
 
 _DECISIONS = {d.value: d.value for d in Decision}

@@ -127,6 +127,11 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         (["--keys", "{t}/keys", HUGE], "seq"),
     ],
     "vehicle erase": [(["--keys", "{t}/keys", "--vin", "x"], "not a VIN")],
+    "webhook secret": [
+        (["--keys", "{t}/keys", "--subscriber", "nobody"], "'nobody'"),
+        (["--keys", "{t}/missing", "--subscriber", "sh-traffic"], "{t}/missing"),
+        (["--keys", "{t}/keys"], "--subscriber"),
+    ],
 }
 # The store (and key directory) the consent, dead-letter and vehicle cases do not repeat.
 EXTRA = {

@@ -15,10 +15,13 @@ from gateway.store.deadletters import DeadLetterRow, add_deadletters, deadletter
 from gateway.store.dedup import add_seen, prune_seen, seen_query, seen_records, seen_under
 from gateway.store.outbox import (
     OutboxRow,
+    WebhookAttempt,
     add_outbox,
     count_pending,
     mark_delivered,
     pending_outbox,
+    pending_webhooks,
+    record_webhook_attempts,
 )
 from gateway.store.vehicle_states import all_vehicle_state, load_vehicle_state, save_vehicle_state
 
@@ -242,3 +245,37 @@ def test_records_of_a_key_generation_are_found_by_prefix(store: Store) -> None:
     with store.snapshot() as rd:
         assert seen_under(rd, "k2:") and seen_under(rd, "k10:")
         assert not seen_under(rd, "k1:") and not seen_under(rd, "k3:")
+
+
+def test_webhook_views_pending_per_subscriber_until_delivered_or_given_up(store: Store) -> None:
+    hook = [
+        OutboxRow(i, "s1" if i % 3 else "s2", "share/s", f"m{i}", b"{}", 1000 + i, "webhook")
+        for i in range(1, 10)
+    ]
+    with store.transaction() as tx:
+        add_outbox(tx, SHARD, [*hook, row(10, "s1")])  # an mqtt view is no webhook's
+    with store.snapshot() as rd:
+        first = pending_webhooks(rd, SHARD, "s1")
+        assert [w.view.seq for w in first] == [1, 2, 4, 5, 7, 8]
+        assert first[0].view == hook[0] and (first[0].attempts, first[0].next_attempt_ms) == (0, 0)
+        assert [w.view.seq for w in pending_webhooks(rd, SHARD, "s1", after_seq=4, limit=2)] == [
+            5,
+            7,
+        ]
+        assert [w.view.seq for w in pending_webhooks(rd, SHARD, "s2")] == [3, 6, 9]
+        assert pending_webhooks(rd, "other", "s1") == []
+    with store.transaction() as tx:
+        mark_delivered(tx, SHARD, [2], 5000)
+        record_webhook_attempts(
+            tx, SHARD, [WebhookAttempt(1, 2, 7000), WebhookAttempt(4, 8, 0, failed_ms=6000)]
+        )
+        record_webhook_attempts(tx, SHARD, [])
+    with store.snapshot() as rd:
+        left = pending_webhooks(rd, SHARD, "s1")
+        assert [(w.view.seq, w.attempts, w.next_attempt_ms) for w in left] == [
+            (1, 2, 7000),
+            (5, 0, 0),
+            (7, 0, 0),
+            (8, 0, 0),
+        ]
+        assert count_pending(rd, SHARD, "webhook") == 8  # given up is not delivered
