@@ -1,6 +1,6 @@
 """End to end through a real Mosquitto at QoS 1, three ways in one run (issue 5).
 
-    python -m bench.bench_e2e [--modes raw,relay,gateway] [--messages 40000]
+    python -m bench.bench_e2e [--modes raw,relay,gateway,gateway-api] [--messages 40000]
                               [--vehicles 10000] [--zones 10000] [--latency-seconds 20]
 
 Modes, each against a fresh broker (``gateway.testing.MosquittoBroker``: persistence on,
@@ -11,7 +11,14 @@ its own config and data directory):
   input and output, each input republished unchanged once per subscriber (four) and
   acknowledged after every copy is confirmed; no decisions, no store;
 * ``gateway``: ``python -m gateway run --config FILE`` with the default policy (10,000 zones,
-  consents for the fleet), the store in SQLite on disk, every view delivered by MQTT.
+  consents for the fleet), the store in SQLite on disk, every view delivered by MQTT; its
+  HTTP API disabled (``api.enabled: false``);
+* ``gateway-api``: the same, with the HTTP API that ``icvgw run`` starts beside it (its own
+  process) and a client (``bench/api_load.py``) that pulls every subscriber's views with
+  ``GET /v1/records`` every ``--api-pull-every`` seconds (1) and queries the audit log with
+  ``GET /v1/audit/entries`` ``--api-audit-rate`` times a second (2), from warm-up to the
+  end. It runs after ``gateway``, at the same latency load, so the report gives p99 with
+  and without the API in one run.
 
 Traffic is the fleet simulator's (10,000 vehicles: real VINs, positions and VSS payloads),
 published at QoS 1 with at most ``--max-inflight`` unacknowledged messages. The relay's and
@@ -41,6 +48,7 @@ import argparse
 import contextlib
 import multiprocessing as mp
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -58,13 +66,14 @@ import numpy as np
 import yaml
 
 from bench import e2e_gateway as gw
+from bench.api_load import api_client_main
 from bench.common import machine
 from bench.mqtt_load import cpu_seconds, peak_rss_mb, publisher_main, relay_main, subscriber_main
 from gateway.resources import default_policy_dir
 from gateway.testing import MosquittoBroker
 from simulators.fleet import Fleet, FleetConfig
 
-MODES = ("raw", "relay", "gateway")
+MODES = ("raw", "relay", "gateway", "gateway-api")
 INPUT_TOPIC = "vehicles/+/telemetry"
 
 
@@ -139,6 +148,8 @@ class Phase:
     latencies_ms: np.ndarray
     commit_ms: np.ndarray | None = None
     cpu_seconds: float | None = None
+    extra_cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds of the mode's other processes (the API beside the gateway) meanwhile."""
     held: int = 0
     unmatched: int = 0
     per_subscriber: dict[str, int] = field(default_factory=dict)
@@ -170,6 +181,8 @@ class ModeResult:
     latency_rate: float | None = None
     rss_mb: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    client: dict[str, Any] | None = None
+    """What the API client did (``gateway-api``: bench/api_load.py's stats)."""
 
 
 # -- modes -----------------------------------------------------------------------------------
@@ -241,6 +254,14 @@ class Mode:
 
     def middle_pid(self) -> int | None:
         """Process id of what sits between publisher and subscribers (None for raw)."""
+        return None
+
+    def extra_pids(self) -> dict[str, int]:
+        """Other processes of the mode whose CPU time a phase reports, by name."""
+        return {}
+
+    def client_stats(self) -> dict[str, Any] | None:
+        """What a client of the mode did, once stopped (``gateway-api``)."""
         return None
 
     def counts_for_latency(self, key: str) -> bool:
@@ -347,6 +368,7 @@ class GatewayMode(Mode):
         delivery: str,
         out_inflight: int,
         store: str,
+        api: bool = False,
     ) -> None:
         super().__init__(ctx, workdir, broker)
         self.store = store
@@ -366,6 +388,7 @@ class GatewayMode(Mode):
             broker_url=broker.url,
             out_inflight=out_inflight,
             store=store,
+            api=api,
         )
         self.tracer = gw.GatewayTrace(home / "keys", self.outputs)
         self.immediate = {s.id for s in self.outputs if not s.trims_trips}
@@ -435,7 +458,74 @@ class GatewayMode(Mode):
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        return {"gateway": peak} if peak is not None else {}
+        return {self.name: peak} if peak is not None else {}
+
+
+class GatewayApiMode(GatewayMode):
+    """The gateway with its HTTP API beside it, as ``icvgw run`` starts it, and a client
+    (:mod:`bench.api_load`) pulling every subscriber's records every ``pull_every_s`` and
+    querying the audit log ``audit_per_s`` times a second, from warm-up to the end."""
+
+    name = "gateway-api"
+
+    def __init__(self, *args: Any, pull_every_s: float, audit_per_s: float, **kw: Any) -> None:
+        super().__init__(*args, api=True, **kw)
+        self.pull_every_s = pull_every_s
+        self.audit_per_s = audit_per_s
+        self.client: Child | None = None
+        self.api_pid: int | None = None
+        self.stats: dict[str, Any] | None = None
+
+    def start_middle(self) -> None:
+        # Keys first, with the gateway's own command (it migrates the store the gateway
+        # then opens): one per subscriber, one for the auditor.
+        tokens = {s.id: gw.create_api_key(self.config, "subscriber", s.id) for s in self.outputs}
+        auditor = gw.create_api_key(self.config, "auditor")
+        super().start_middle()
+        url, self.api_pid = self._api_listening()
+        log(f"{self.name}: API on {url} (pid {self.api_pid})")
+        self.client = Child(
+            self.ctx,
+            "api-client",
+            api_client_main,
+            url,
+            tokens,
+            auditor,
+            self.pull_every_s,
+            self.audit_per_s,
+        )
+        self.client.reply(30.0)
+
+    def _api_listening(self, timeout: float = 120.0) -> tuple[str, int]:
+        """The URL and pid ``icvgw run`` logs for its API process."""
+        found = re.compile(r"API on (\S+) \(pid (\d+)\)")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            m = found.search(self.log_path.read_text(errors="replace"))
+            if m is not None:
+                return m.group(1), int(m.group(2))
+            time.sleep(0.2)
+        raise BenchError(f"{self.name}: the API did not listen within {timeout:g} s")
+
+    def extra_pids(self) -> dict[str, int]:
+        return {} if self.api_pid is None else {"api": self.api_pid}
+
+    def client_stats(self) -> dict[str, Any] | None:
+        return self.stats
+
+    def stop_middle(self) -> dict[str, float]:
+        rss: dict[str, float] = {}
+        if self.client is not None:
+            with contextlib.suppress(BenchError):
+                _, self.stats = self.client.call("stop", timeout=60)
+            self.client.close()
+        if self.api_pid is not None:
+            peak = peak_rss_mb(self.api_pid)
+            if peak is not None:
+                rss["api"] = peak
+        rss.update(super().stop_middle())
+        return rss
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -461,6 +551,8 @@ class Settings:
     delivery: str
     workdir: Path
     store: str
+    api_pull_every_s: float = 1.0
+    api_audit_per_s: float = 2.0
 
 
 class Bench:
@@ -494,18 +586,33 @@ class Bench:
         if name == "relay":
             return RelayMode(self.ctx, workdir, broker, out_inflight=self.s.out_inflight)
         fleet = Fleet(FleetConfig(vehicles=self.s.vehicles, start=self.start_time), self.s.seed)
-        vins = fleet.consenting_vins
-        return GatewayMode(
-            self.ctx,
-            workdir,
-            broker,
-            zones=self.s.zones,
-            consenting_vins=vins,
-            consent_purposes=gw.CONSENT_PURPOSES[: self.s.consents],
-            delivery=self.s.delivery,
-            out_inflight=self.s.out_inflight,
-            store=self.s.store,
-        )
+        common: dict[str, Any] = {
+            "zones": self.s.zones,
+            "consenting_vins": fleet.consenting_vins,
+            "consent_purposes": gw.CONSENT_PURPOSES[: self.s.consents],
+            "delivery": self.s.delivery,
+            "out_inflight": self.s.out_inflight,
+            "store": self._store(name),
+        }
+        if name == "gateway-api":
+            return GatewayApiMode(
+                self.ctx,
+                workdir,
+                broker,
+                pull_every_s=self.s.api_pull_every_s,
+                audit_per_s=self.s.api_audit_per_s,
+                **common,
+            )
+        return GatewayMode(self.ctx, workdir, broker, **common)
+
+    def _store(self, mode: str) -> str:
+        """The mode's store: SQLite in its own directory, or the PostgreSQL database given
+        (emptied first when a second gateway mode uses it)."""
+        if not self.s.store.startswith(("postgresql://", "postgres://")):
+            return self.s.store
+        if mode == "gateway-api" and "gateway" in self.s.modes:
+            gw.empty_postgres(self.s.store)
+        return self.s.store
 
     def run_mode(self, name: str, latency_rate: float | None) -> ModeResult:
         """Warm up, saturate, then measure latency at ``latency_rate`` (None: half of this
@@ -542,6 +649,7 @@ class Bench:
                 self.publisher.call("disconnect")
             if mode is not None:
                 result.rss_mb = mode.stop()
+                result.client = mode.client_stats()
             if broker.proc is not None:
                 peak = peak_rss_mb(broker.proc.pid)
                 if peak is not None:
@@ -593,6 +701,7 @@ class Bench:
         base = mode.total()
         pid = mode.middle_pid()
         cpu_before = None if pid is None else cpu_seconds(pid)
+        extra_before = {k: cpu_seconds(p) for k, p in mode.extra_pids().items()}
         timeout = 60.0 + (count / rate if rate else count / 100.0)
         _, send_times, msg_ids, stamps, _confirmed, publish_end = self.publisher.call(
             "run", first, count, rate, timeout=timeout
@@ -600,6 +709,11 @@ class Bench:
         expected = None if mode.expected_per_input is None else count * mode.expected_per_input
         self._drain(mode, expected, base)
         cpu_after = None if pid is None else cpu_seconds(pid)
+        extra_cpu = {
+            k: after - before
+            for k, p in mode.extra_pids().items()
+            if (before := extra_before.get(k)) is not None and (after := cpu_seconds(p)) is not None
+        }
         arrivals, keys = mode.collect()
         sent_at = dict(zip(msg_ids, send_times.tolist(), strict=True))
         index = mode.trace(msg_ids, stamps)
@@ -637,6 +751,7 @@ class Bench:
             cpu_seconds=(
                 None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
             ),
+            extra_cpu=extra_cpu,
             held=held,
             unmatched=unmatched,
             per_subscriber=per_sub,
@@ -737,8 +852,13 @@ def report(settings: Settings, results: Sequence[ModeResult], elapsed: float) ->
                 f"- gateway outputs by subscriber (saturation): {parts}; "
                 f"{r.saturation.unmatched:,} unmatched"
             )
+        if sat is not None and sat.extra_cpu and sat.seconds > 0:
+            parts = ", ".join(
+                f"{k} {v / sat.seconds:.0%}" for k, v in sorted(sat.extra_cpu.items())
+            )
+            lines.append(f"- {r.mode}: beside it during saturation, of one core: {parts}")
         if r.rss_mb:
-            main = {k: v for k, v in r.rss_mb.items() if k in ("broker", r.mode)}
+            main = {k: v for k, v in r.rss_mb.items() if k in ("broker", r.mode, "api")}
             subs = [v for k, v in r.rss_mb.items() if k not in main]
             parts = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(main.items()))
             if subs:
@@ -746,6 +866,7 @@ def report(settings: Settings, results: Sequence[ModeResult], elapsed: float) ->
             lines.append(f"- {r.mode} peak RSS MiB: {parts}")
         if r.error:
             lines.append(f"- {r.mode} error: {r.error.splitlines()[0]}")
+    lines += _api_lines(settings, by)
     g = by.get("gateway")
     if g and g.saturation:
         ratio = g.saturation.input_rate / relay if relay else None
@@ -766,6 +887,49 @@ def report(settings: Settings, results: Sequence[ModeResult], elapsed: float) ->
             ),
         ]
     return "\n".join(lines)
+
+
+def _api_lines(settings: Settings, by: dict[str, ModeResult]) -> list[str]:
+    """The API beside the pipeline (issue 13): the gateway with and without it, in this run,
+    and what its client did."""
+    without, with_api = by.get("gateway"), by.get("gateway-api")
+    if with_api is None:
+        return []
+    lines = [
+        "",
+        f"The HTTP API beside the pipeline (issue 13): a client pulling each subscriber's "
+        f"/v1/records every {settings.api_pull_every_s:g} s and querying /v1/audit/entries "
+        f"{settings.api_audit_per_s:g} times a second, from warm-up to the end:",
+    ]
+    c = with_api.client
+    if c is not None:
+        lines.append(
+            f"- client: {c['pulls']:,} pulls ({c['views']:,} views), pull p50 "
+            f"{_num(c['pull_p50_ms'], 1)} / p99 {_num(c['pull_p99_ms'], 1)} ms; "
+            f"{c['audits']:,} audit queries ({c['entries']:,} entries), p50 "
+            f"{_num(c['audit_p50_ms'], 1)} / p99 {_num(c['audit_p99_ms'], 1)} ms; "
+            f"in {c['seconds']:,.0f} s; statuses "
+            + ", ".join(f"{k}: {v:,}" for k, v in sorted(c["statuses"].items()))
+            + (f"; errors {c['errors']}" if c["errors"] else "")
+        )
+    pairs = [(without, "without the API"), (with_api, "with the API and its client")]
+    for r, what in pairs:
+        if r is not None and r.saturation is not None:
+            lat = r.latency
+            lines.append(
+                f"- {what}: {_num(r.saturation.input_rate)} in/s saturated; latency at "
+                f"{_num(r.latency_rate)} msg/s p50 {_num(lat.percentile(50) if lat else None, 1)}"
+                f" / p99 {_num(lat.percentile(99) if lat else None, 1)} ms"
+            )
+    if without and without.latency and with_api.latency and without.saturation:
+        p99_0, p99_1 = without.latency.percentile(99), with_api.latency.percentile(99)
+        sat_1 = with_api.saturation.input_rate if with_api.saturation else None
+        ratio = None if sat_1 is None else sat_1 / without.saturation.input_rate
+        lines.append(
+            f"- with / without: saturated input ×{_num(ratio, 2)}, p99 "
+            f"×{_num(p99_1 / p99_0 if p99_0 and p99_1 else None, 2)}"
+        )
+    return lines
 
 
 MIB_MB = 1.048576  # MB per MiB
@@ -816,6 +980,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", type=float, default=5.0, help="drained after S s silence")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--delivery", choices=("mqtt", "as-is"), default="mqtt")
+    parser.add_argument(
+        "--api-pull-every",
+        type=float,
+        default=1.0,
+        help="gateway-api: seconds between the client's /v1/records pulls (every subscriber)",
+    )
+    parser.add_argument(
+        "--api-audit-rate",
+        type=float,
+        default=2.0,
+        help="gateway-api: /v1/audit/entries queries per second",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="kept after the run")
     parser.add_argument(
         "--store",
@@ -847,6 +1023,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         delivery=args.delivery,
         workdir=workdir,
         store=args.store,
+        api_pull_every_s=args.api_pull_every,
+        api_audit_per_s=args.api_audit_rate,
     )
     started = time.monotonic()
     bench = Bench(settings)

@@ -120,14 +120,22 @@ def write_config(
     out_inflight: int,
     worker: str = "bench-gw",
     store: str = SQLITE_STORE,
+    api: bool = False,
 ) -> Path:
     """Write ``gateway.yaml`` for a gateway reading ``broker_url`` (MQTT 5) with its store at
     ``store`` (default: SQLite beside the file), at most ``out_inflight`` unacknowledged
-    outputs, and its keys and bundle beside the file; return its path."""
-    config = {
+    outputs, and its keys and bundle beside the file; return its path. With ``api``, ``icvgw
+    run`` starts its HTTP API beside it on a free port of 127.0.0.1 (rate limits raised: the
+    benchmark's client is no abuser); without, none."""
+    config: dict[str, Any] = {
         "worker": worker,
         "broker": {"url": broker_url, "protocol": "5"},
         "output": {"topic_prefix": OUTPUT_PREFIX, "max_inflight": out_inflight},
+        "api": (
+            {"host": "127.0.0.1", "port": 0, "rate_per_s": 10_000, "rate_burst": 10_000}
+            if api
+            else {"enabled": False}
+        ),
         "policies": "policies",
         "store": store,
         "keys": "keys",
@@ -144,6 +152,19 @@ def init_keys(out: Path) -> None:
         check=True,
         capture_output=True,
     )
+
+
+def create_api_key(config: Path, role: str, subscriber: str | None = None) -> str:
+    """A key made with the gateway's own command (``icvgw apikey create``); its token."""
+    more = [] if subscriber is None else ["--subscriber", subscriber]
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "apikey", "create", "--config", str(config),
+         "--role", role, "--label", "bench", *more],
+        check=True,
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    return done.stdout.strip()
 
 
 def gateway_command(config: Path) -> list[str]:
@@ -226,3 +247,16 @@ def outbox_commit_times(home: Path, store: str = SQLITE_STORE) -> dict[str, floa
         except sqlite3.Error:
             return None
     return {f"{sub}/{mid}": created / 1000.0 for sub, mid, created in rows}
+
+
+def empty_postgres(store: str) -> None:
+    """Drop every table of the PostgreSQL database ``store`` (given empty to the benchmark),
+    so that the next gateway mode starts as the first did."""
+    import psycopg
+
+    with psycopg.connect(store, autocommit=True) as conn:
+        tables = conn.execute(
+            "select tablename from pg_tables where schemaname = current_schema()"
+        ).fetchall()
+        for (table,) in tables:
+            conn.execute(f'drop table if exists "{table}" cascade')

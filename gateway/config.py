@@ -146,6 +146,8 @@ class MetricsConfig(_Model):
 class ApiConfig(_Model):
     """The HTTP API (``icvgw api``): its own process beside the pipeline, on the same store."""
 
+    enabled: bool = True
+    """``icvgw run`` starts the API as a child process (``--no-api``: not this time)."""
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     tls_cert: str | None = None

@@ -1,15 +1,22 @@
 """``icvgw demo``: the whole gateway on one machine, zero setup.
 
-One process runs four parts, each on its own thread:
+One process runs four parts, each on its own thread, and the HTTP API beside it:
 
 * an MQTT broker: the embedded amqtt broker (:mod:`gateway.broker`), or ``--broker URL``;
 * the gateway (:class:`gateway.service.Gateway`) with the default policy bundle and keys of
   its own, storing its audit log in SQLite;
 * the fleet simulator (:mod:`simulators.fleet`), publishing at QoS 1 in real time;
-* a live table (stdout) of rates and counts per subscriber, refreshed twice a second.
+* a live table (stdout) of rates and counts per subscriber, refreshed twice a second;
+* the HTTP API, as ``icvgw run`` starts it (:mod:`gateway.api.child`): ``icvgw api`` in a
+  process of its own on the run's ``gateway.yaml``, on 127.0.0.1 and a free port (or
+  ``--api-port``). The demo makes one API key per role in its store (audited: admin entries
+  of the run) and prints the URL with a ready-to-paste curl line per key; the keys stay
+  valid after the run (``icvgw apikey revoke``). The run is OK only if the API answered
+  ``/healthz``.
 
 Everything the run produces lives in one working directory (a new temporary directory
-unless ``--workdir`` names one to keep): ``keys/`` (created on first use), ``policy/`` (the
+unless ``--workdir`` names one to keep): ``gateway.yaml`` (the run's config, which the
+gateway and its API process load), ``keys/`` (created on first use), ``policy/`` (the
 default bundle, its ``consents.yaml`` extended with consents for the simulated vehicles that
 consent), ``icvgw.sqlite`` (the store), ``verifier.pub`` (the checkpoint verifier keys) and
 ``demo.log`` (the log; amqtt only from WARNING). The directory is left in place so the log
@@ -59,7 +66,9 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
+    from gateway.api.child import ApiChild
     from gateway.audit.verify import ShardReport
+    from gateway.config import GatewayConfig
     from gateway.service import Gateway, Totals
     from simulators.fleet import Fleet, Message
     from simulators.publish import Publisher
@@ -74,6 +83,9 @@ DECISIONS = ("shared", "redacted", "blocked")
 _REFRESH_S = 0.5
 _START_TIMEOUT_S = 15.0
 _DRAIN_TIMEOUT_S = 60.0
+_API_START_TIMEOUT_S = 60.0
+"""How long the demo waits for its API process to listen (a loaded machine starts Python
+slowly)."""
 _RATE_WINDOW_S = 2.0
 MAX_DURATION_S = 30 * 86400.0
 """The longest ``--duration``, and the run "until Ctrl-C": the longest the simulator accepts."""
@@ -103,11 +115,12 @@ def run_demo(
     protocol: str | None,
     workdir: Path | None,
     json_summary: Path | None,
+    api_port: int = 0,
 ) -> int:
     """Run the demo with options :mod:`gateway.cli.demo` has checked; its exit status.
 
     ``seed`` None draws a new one; ``protocol`` None is the embedded broker's 3.1.1;
-    ``workdir`` None is a new temporary directory.
+    ``workdir`` None is a new temporary directory; ``api_port`` 0 a free port.
     """
     from rich.console import Console
 
@@ -130,6 +143,7 @@ def run_demo(
                 broker=broker,
                 protocol="3.1.1" if broker is None else str(protocol),
                 workdir=directory,
+                api_port=api_port,
             )
             summary = _Demo(options, console).run()
         except GatewayError as exc:
@@ -282,6 +296,7 @@ class _Options:
     broker: str | None
     protocol: str
     workdir: Path
+    api_port: int = 0
 
 
 @dataclass
@@ -311,6 +326,10 @@ class Summary:
     verification: list[str] = field(default_factory=list)
     verified: bool = False
     log_matches: bool = False
+    api: str | None = None
+    """The URL the API process served, once it listened."""
+    api_answered: bool = False
+    """The API answered ``/healthz`` during the run."""
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -351,6 +370,8 @@ class Summary:
             "admin": self.admin,
             "continued_from": self.continued_from,
             "verification": self.verification,
+            "api": self.api,
+            "api_answered": self.api_answered,
         }
 
 
@@ -414,6 +435,8 @@ class _Demo:
         self.policy = self.workdir / "policy"
         self.store = f"sqlite:///{self.workdir / 'icvgw.sqlite'}"
         self.verifier = self.workdir / "verifier.pub"
+        self.config_file = self.workdir / "gateway.yaml"
+        self._api: ApiChild | None = None
         self._interrupted = threading.Event()
         self._rates: deque[tuple[float, int, dict[str, int]]] = deque()
         self.preroll = 0.0
@@ -466,26 +489,43 @@ class _Demo:
         else:
             init_keys(self.keys)
 
+    def _write_config(self, broker: str) -> None:
+        """The run's ``gateway.yaml``, which its gateway and its API process both load:
+        ``broker`` without credentials (the gateway is given those apart), the API on
+        loopback, the pipeline's metrics on a free port (beside a gateway already running
+        on this machine)."""
+        import yaml
+
+        doc = {
+            "worker": WORKER,
+            "broker": {"url": broker, "protocol": self.o.protocol},
+            "checkpoint": {"every_seconds": 5.0},
+            "metrics": {"host": "127.0.0.1", "port": _free_port()},
+            "api": {"host": "127.0.0.1", "port": self.o.api_port},
+            "policies": "policy",
+            "store": "sqlite:///icvgw.sqlite",
+            "keys": "keys",
+        }
+        header = (
+            "# gateway.yaml — written by `icvgw demo` for its gateway and its API process;\n"
+            "# rewritten on every run. Paths are relative to this directory.\n"
+        )
+        text = yaml.safe_dump(doc, sort_keys=False)
+        self.config_file.write_text(header + text, encoding="utf-8")
+
+    def _config(self, broker_url: str | None = None) -> GatewayConfig:
+        """The run's config file, with ``broker_url`` (credentials included) if given."""
+        from gateway.config import load_config
+
+        # environ={}: the demo never picks up a production gateway's ICVGW_* settings
+        return load_config(self.config_file, overrides={("broker", "url"): broker_url}, environ={})
+
     def _gateway(self, url: str) -> Gateway:
         from prometheus_client import CollectorRegistry
 
-        from gateway.config import load_config
         from gateway.service import Gateway
 
-        config = load_config(
-            None,
-            overrides={
-                ("worker",): WORKER,
-                ("broker", "url"): url,
-                ("broker", "protocol"): self.o.protocol,
-                ("store",): self.store,
-                ("keys",): str(self.keys),
-                ("policies",): str(self.policy),
-                ("checkpoint", "every_seconds"): 5.0,
-            },
-            environ={},  # the demo never picks up a production gateway's ICVGW_* settings
-        )
-        return Gateway(config, registry=CollectorRegistry())
+        return Gateway(self._config(url), registry=CollectorRegistry())
 
     # -- running ------------------------------------------------------------------------
     def _prepare(self, fleet: Fleet) -> Summary:
@@ -515,61 +555,30 @@ class _Demo:
         )
 
     def run(self) -> Summary:
-        from gateway.broker import EmbeddedBroker
-        from gateway.errors import GatewayError
-        from simulators.publish import Publisher
-
         fleet = self._fleet()
         summary = self._prepare(fleet)
-        origin = summary.shard
-        embedded = EmbeddedBroker() if self.o.broker is None else None
         with contextlib.ExitStack() as stack:
-            if embedded is not None:
-                embedded.start()
-                stack.callback(embedded.stop)
-                url, shown = embedded.client_url, f"embedded amqtt at {embedded.url}"
-            else:
-                assert self.o.broker is not None
-                url, shown = self.o.broker, _without_password(self.o.broker)
-            summary.broker = f"{shown} (MQTT {self.o.protocol})"
+            url = self._broker(stack, summary)
             gw = self._gateway(url)
             with gw.store.snapshot() as rd:
-                head = rd.shard_state(origin)
+                head = rd.shard_state(summary.shard)
             # The gateway has already audited its start (policy loaded, consents seeded):
             # those entries belong to this run too.
             summary.first_seq = (head.size if head is not None else 0) - gw.totals.admin
-            runner = _GatewayThread(gw)
-            try:
-                gw.start(timeout=_START_TIMEOUT_S)
-            except GatewayError as exc:
-                gw.shutdown(drain_timeout=0)
-                raise _failure(f"the gateway did not start: {exc}") from exc
-            runner.start()
-            stack.callback(runner.stop)
-            publisher = Publisher(
-                url,
-                protocol="5" if self.o.protocol == "5" else "3.1.1",
-                client_id=f"icvgw-demo-fleet-{secrets.token_hex(3)}",
-                timeout=30.0,
-            )
-            messages = _live(
-                fleet.messages(self.preroll + (self.o.duration or MAX_DURATION_S), self.o.rate),
-                self.preroll,
-            )
-            sim = _Simulation(messages, publisher)
-            try:
-                sim.start()
-            except GatewayError as exc:
-                raise _failure(f"the simulator could not connect: {exc}") from exc
-            stack.callback(sim.stop)
+            keys = _api_keys(gw, summary.shard)  # audited: entries of this run too
+            api = self._start_api(stack)
+            runner = self._start_gateway(gw, stack)
+            sim = self._start_simulation(fleet, url, stack)
             started = time.monotonic()
             with self._signals():
+                self._announce_api(api, keys, summary)
                 self._watch(gw, runner, sim, summary, started)
             summary.published = sim.published
             if sim.error is not None:
                 summary.problems.append(f"the simulator failed: {sim.error}")
             summary.drained = runner.alive and self._finished(gw, sim)
             summary.seconds = time.monotonic() - started
+            api.stop()
             runner.stop()
             if runner.error is not None:
                 summary.problems.append(f"the gateway failed: {runner.error}")
@@ -581,8 +590,104 @@ class _Demo:
                 f"the gateway did not finish within {_DRAIN_TIMEOUT_S:g} s: the counts are "
                 "not final"
             )
+        if not summary.api_answered:
+            summary.problems.append(
+                f"the API did not answer /healthz (its log: {self.workdir / 'demo.log'})"
+            )
         check_log(summary)
         return summary
+
+    def _broker(self, stack: contextlib.ExitStack, summary: Summary) -> str:
+        """The embedded broker started (or ``--broker``), the config file written; the
+        URL clients connect with (credentials included)."""
+        from gateway.broker import EmbeddedBroker
+
+        if self.o.broker is None:
+            embedded = EmbeddedBroker()
+            embedded.start()
+            stack.callback(embedded.stop)
+            url, shown = embedded.client_url, embedded.url
+            summary.broker = f"embedded amqtt at {shown} (MQTT {self.o.protocol})"
+        else:
+            url, shown = self.o.broker, _without_password(self.o.broker)
+            summary.broker = f"{shown} (MQTT {self.o.protocol})"
+        self._write_config(shown)
+        return url
+
+    def _start_gateway(self, gw: Gateway, stack: contextlib.ExitStack) -> _GatewayThread:
+        from gateway.errors import GatewayError
+
+        runner = _GatewayThread(gw)
+        try:
+            gw.start(timeout=_START_TIMEOUT_S)
+        except GatewayError as exc:
+            gw.shutdown(drain_timeout=0)
+            raise _failure(f"the gateway did not start: {exc}") from exc
+        runner.start()
+        stack.callback(runner.stop)
+        return runner
+
+    def _start_simulation(self, fleet: Fleet, url: str, stack: contextlib.ExitStack) -> _Simulation:
+        from gateway.errors import GatewayError
+        from simulators.publish import Publisher
+
+        publisher = Publisher(
+            url,
+            protocol="5" if self.o.protocol == "5" else "3.1.1",
+            client_id=f"icvgw-demo-fleet-{secrets.token_hex(3)}",
+            timeout=30.0,
+        )
+        messages = _live(
+            fleet.messages(self.preroll + (self.o.duration or MAX_DURATION_S), self.o.rate),
+            self.preroll,
+        )
+        sim = _Simulation(messages, publisher)
+        try:
+            sim.start()
+        except GatewayError as exc:
+            raise _failure(f"the simulator could not connect: {exc}") from exc
+        stack.callback(sim.stop)
+        return sim
+
+    def _start_api(self, stack: contextlib.ExitStack) -> ApiChild:
+        """``icvgw api`` on the run's config file, as ``icvgw run`` starts it; its log
+        goes to demo.log. Not restarted: a demo that lost its API says so at the end."""
+        import os
+
+        from gateway.api.child import ApiChild, api_command
+
+        environ = {k: v for k, v in os.environ.items() if not k.upper().startswith("ICVGW_")}
+        command = api_command(self._config(), config_file=self.config_file, environ=environ)
+        assert command is not None  # the demo's config enables it
+        api = ApiChild(command, restart=False, stderr=self.workdir / "demo.log")
+        api.start()
+        stack.callback(api.stop)
+        self._api = api
+        return api
+
+    def _announce_api(self, api: ApiChild, keys: list[_DemoKey], summary: Summary) -> None:
+        """Wait (bounded; Ctrl-C ends the wait) until the API listens, check it answers
+        /healthz, and print its URL and a ready-to-paste curl line per key."""
+        deadline = time.monotonic() + _API_START_TIMEOUT_S
+        url = None
+        while url is None and time.monotonic() < deadline and not self._interrupted.is_set():
+            url = api.wait_listening(_REFRESH_S)
+            if api.exits:  # ended without listening: its reason is in demo.log
+                break
+        summary.api = url
+        summary.api_answered = url is not None and _healthz(url)
+        out = self.console.print
+        if url is None or not summary.api_answered:
+            log_file = self.workdir / "demo.log"
+            out(f"API: not answering (its log: {log_file})", highlight=False, soft_wrap=True)
+            return
+        out(
+            f"API: {url} — one key per role (icvgw apikey list --config {self.config_file}):",
+            highlight=False,
+            soft_wrap=True,
+        )
+        for key in keys:
+            out(f"  {key.who}: {key.curl(url)}", highlight=False, soft_wrap=True)
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
@@ -634,6 +739,10 @@ class _Demo:
         if not self.console.is_interactive:
             self.console.line()
 
+    def _api_status(self) -> str:
+        url = None if self._api is None else self._api.url
+        return f"API {url}" if url is not None else "API not listening"
+
     def _finished(self, gw: Gateway, sim: _Simulation) -> bool:
         return gw.totals.messages >= sim.published and gw.pending_views() == 0
 
@@ -680,7 +789,8 @@ class _Demo:
             caption=(
                 f"published {sim.published:,} · messages in {messages:,} ({msg_rate:,.1f}/s) · "
                 f"entries audited {totals.entries:,} · dead letters {totals.deadletters:,} · "
-                f"duplicates {totals.duplicates:,} · outbox pending {pending}\n{_HELD_WHY}"
+                f"duplicates {totals.duplicates:,} · outbox pending {pending} · "
+                f"{self._api_status()}\n{_HELD_WHY}"
             ),
             title_justify="left",
             caption_justify="left",
@@ -768,6 +878,63 @@ def _check_demonstrated(summary: Summary) -> None:
     summary.problems.append(f"no view was delivered to any subscriber{why}")
 
 
+@dataclass(frozen=True)
+class _DemoKey:
+    """A key made for the run, and the route its curl line asks for."""
+
+    who: str
+    token: str
+    path: str
+    stream: bool = False
+
+    def curl(self, url: str) -> str:
+        """A ready-to-paste curl command line (``-N``: a stream, printed as it comes)."""
+        n = "-N " if self.stream else ""
+        return f'curl {n}-H "Authorization: Bearer {self.token}" {url}{self.path}'
+
+
+def _api_keys(gw: Gateway, shard: str) -> list[_DemoKey]:
+    """One API key per role, made in the run's store (each creation audited): one per
+    subscriber of the policy for its feed, one each for the auditor, the operator and a
+    Prometheus scraper. They stay valid after the run (``icvgw apikey revoke``)."""
+    from gateway.apikeys import Role, create_api_key
+
+    def make(role: Role, subscriber: str | None = None) -> str:
+        _, token = create_api_key(
+            gw.store, role, subscriber=subscriber, label="icvgw demo", shard=shard, instance=WORKER
+        )
+        return token
+
+    keys = [
+        _DemoKey(f"subscriber {sub}", make(Role.SUBSCRIBER, sub), "/v1/feed", stream=True)
+        for sub in gw.holder.current.subscribers
+    ]
+    keys.append(_DemoKey("auditor", make(Role.AUDITOR), "/v1/audit/entries"))
+    keys.append(_DemoKey("admin", make(Role.ADMIN), "/v1/policy"))
+    keys.append(_DemoKey("monitor", make(Role.MONITOR), "/metrics"))
+    return keys
+
+
+def _healthz(url: str) -> bool:
+    """True if the API at ``url`` answers /healthz with ``{"status": "ok"}``."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=10) as r:
+            return bool(r.status == 200 and json.loads(r.read()) == {"status": "ok"})
+    except (OSError, ValueError):
+        return False
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class _GatewayThread:
     """Runs :meth:`Gateway.run` (which shuts the gateway down when it ends) on a thread."""
 
@@ -852,7 +1019,11 @@ def _entries_line(s: Summary) -> str:
     """The run's audit entries as a sum: decisions + dead letters + administrative ones."""
     dead = s.totals.deadletters
     decisions = s.totals.entries - dead
-    names = {"policy.loaded": "policy loaded", "consent.changed": "consents seeded"}
+    names = {
+        "policy.loaded": "policy loaded",
+        "consent.changed": "consents seeded",
+        "apikey.created": "API keys created",
+    }
     admin = sum(s.admin.values())
     parts = ", ".join(f"{n:,} {names.get(a, a)}" for a, n in sorted(s.admin.items()))
     return (
@@ -906,4 +1077,8 @@ def _print_summary(console: Console, s: Summary) -> None:
     verifier = shlex.quote(str(s.verifier))
     out(f"verify again: icvgw audit verify --store {store} --public-key {verifier}")
     out(f"query: icvgw audit query --store {store} --decision blocked --limit 20")
+    if s.api is not None:
+        answered = "answered /healthz" if s.api_answered else "did NOT answer /healthz"
+        config = shlex.quote(str(s.workdir / "gateway.yaml"))
+        out(f"API: {s.api} {answered}; serve it again: icvgw api --config {config}")
     out("demo OK" if s.ok else "demo FAILED: " + "; ".join(s.problems))

@@ -169,6 +169,14 @@ def _api_options(cfg: GatewayConfig) -> dict[str, Any]:
     return uvicorn_options(cfg)
 
 
+def _api_started_by_run(cfg: GatewayConfig) -> tuple[str, ...] | None:
+    """The command ``icvgw run`` starts for the API (None: none)."""
+    from gateway.api.child import api_command
+
+    command = api_command(cfg, config_file=None, environ={})
+    return None if command is None else command.argv
+
+
 def _limiter(cfg: GatewayConfig) -> tuple[float, int]:
     from gateway.api import create_app
     from gateway.api.context import open_context
@@ -243,6 +251,7 @@ _TLS: dict[Path_, Any] = {
 
 API_PROBES: dict[Path_, tuple[Any, ApiProbe, dict[Path_, Any]]] = {
     # The API process's settings, observed on what `icvgw api` builds from the config.
+    ("api", "enabled"): (False, lambda c: _api_started_by_run(c), {}),
     ("api", "host"): ("0.0.0.0", lambda c: _api_options(c)["host"], {}),
     ("api", "port"): (8443, lambda c: _api_options(c)["port"], {}),
     ("api", "tls_cert"): ("tls/client.pem", lambda c: _api_options(c).get("ssl_certfile"), _TLS),

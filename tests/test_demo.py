@@ -7,10 +7,15 @@ counts the run's decisions and dead letters, and runs ``icvgw audit verify`` sep
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,26 +110,30 @@ def test_demo_summary_equals_the_audit_log(tmp_path: Path) -> None:
     )
     logged = check_against_store(summary)
     # Everything before the run's first decision is administrative: the policy version in
-    # force and the consents it seeded.
+    # force and the consents the gateway seeded, and the demo's API keys (one per role).
     assert summary["first_seq"] == 0
     assert summary["admin"] == {
         "policy.loaded": 1,
         "consent.changed": summary["admin_entries"] - 1,
+        "apikey.created": 4 + 3,
     }
+    admin = sum(summary["admin"].values())
     # The summary states the run's entries as a sum that adds up.
-    total = summary["entries"] + summary["admin_entries"]
+    total = summary["entries"] + admin
     assert (
         f"entries audited in this run: {total:,} = "
         f"{summary['entries'] - summary['deadletters']:,} decisions + "
-        f"{summary['deadletters']:,} dead letters + {summary['admin_entries']:,} admin entries "
-        f"({summary['admin_entries'] - 1:,} consents seeded, 1 policy loaded)"
+        f"{summary['deadletters']:,} dead letters + {admin:,} admin entries "
+        f"(7 API keys created, {summary['admin_entries'] - 1:,} consents seeded, "
+        "1 policy loaded)"
     ) in proc.stdout.replace("\n", " ")
+    assert summary["api"].startswith("http://127.0.0.1:") and summary["api_answered"]
     assert summary["vehicles"] == 10 and summary["published"] >= 20
     assert sum(summary["delivered"].values()) > 0
     assert {sub for sub, _ in logged if sub} <= set(summary["decisions"])
     assert set(summary["decisions"]) == {"mapco-nav", "insureco-ubi", "sh-traffic", "oem-hq-de"}
     out = audit_verify(tmp_path, summary)
-    size = summary["entries"] + summary["admin_entries"]
+    size = summary["entries"] + admin
     assert summary["admin_entries"] >= 1  # the policy version in force, consents seeded
     assert f"OK {summary['shard']}: verified size {size}," in out
     # The console: the live table and the summary on stdout, nothing on stderr (no amqtt
@@ -142,7 +151,7 @@ def test_demo_summary_equals_the_audit_log(tmp_path: Path) -> None:
     assert again["first_seq"] == size
     assert again["seed"] != summary["seed"]
     out = audit_verify(tmp_path, again)
-    assert f"verified size {size + again['entries'] + again['admin_entries']}," in out
+    assert f"verified size {size + again['entries'] + sum(again['admin'].values())}," in out
 
     # The demo's own check fails (so the command exits 1) on counts the log does not hold,
     # and on a log altered after the run.
@@ -313,3 +322,83 @@ def test_demo_ok_only_when_views_were_delivered(tmp_path: Path) -> None:
         "no view was delivered to any subscriber: 247 of 250 records were duplicates of "
         "records the store had already seen"
     ]
+
+
+QUIET = "-s -o /dev/null --max-time 3 -w %{http_code}"
+
+
+def _app_paths() -> set[str]:
+    from gateway.api.app import ROUTERS
+
+    return {getattr(r, "path", "") for router in ROUTERS for r in router.routes}
+
+
+def test_the_demo_prints_curl_lines_that_work_while_it_runs(tmp_path: Path) -> None:
+    """Each printed line, pasted into a shell as printed (curl told only to be quiet, stop
+    after 3 s and print the status), is let in by the API: 200 on every route the app has
+    (a route not built yet: 404, never 401 or 403). Then Ctrl-C: exit 130, demo OK."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "demo", "--workdir", str(tmp_path / "w")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "COLUMNS": "400"},
+    )  # fmt: skip
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any(line.startswith("  monitor: curl ") for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
+        api = next(line for line in lines if line.startswith("API: http://"))
+        url = api.split()[1]
+        curls = [line.split(": ", 1) for line in lines if " curl " in line]
+        assert [who.strip() for who, _ in curls] == [
+            *(f"subscriber {s}" for s in ("mapco-nav", "insureco-ubi", "sh-traffic", "oem-hq-de")),
+            "auditor", "admin", "monitor",
+        ]  # fmt: skip
+        paths = _app_paths()
+        for who, line in curls:
+            path = line.strip().rsplit(url, 1)[1]
+            quiet = line.strip().replace(
+                "curl ", "curl -s -o /dev/null --max-time 3 -w %{http_code} ", 1
+            )
+            got = subprocess.run(["bash", "-c", quiet], capture_output=True, text=True, timeout=30)
+            assert got.stdout == ("200" if path in paths else "404"), (who, line, got)
+        assert any("/v1/policy" in line for _, line in curls)  # one route that exists today
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(10)
+        assert proc.stdout is not None and proc.stderr is not None
+        err = proc.stderr.read()
+        proc.stdout.close()
+        proc.stderr.close()
+    out = "".join(lines)
+    assert proc.returncode == 130, out + err
+    assert out.rstrip().endswith("demo OK"), out
+    assert f"API: {url} answered /healthz" in out
+
+
+def test_a_demo_whose_api_port_is_taken_fails_saying_why(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "gateway", "demo", "--duration", "2", "--vehicles", "3",
+             "--api-port", str(port), "--workdir", str(tmp_path / "w")],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    log = tmp_path / "w" / "demo.log"
+    assert f"icvgw demo: the API did not answer /healthz (its log: {log})" in proc.stderr
+    assert f"API: not answering (its log: {log})" in proc.stdout
+    text = log.read_text()
+    assert f"error: the API cannot listen on 127.0.0.1:{port}: Address already in use" in text
+    assert "the API process exited (status 1); not restarted" in text
+    assert "audit verification: OK" in proc.stdout  # the rest of the run is as ever

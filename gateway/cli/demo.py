@@ -58,13 +58,23 @@ def demo(
             "--json-summary", help="Also write the summary as JSON to this file.", dir_okay=False
         ),
     ] = None,
+    api_port: Annotated[
+        int,
+        typer.Option(
+            "--api-port",
+            help="Port of the HTTP API on 127.0.0.1 (default: a free one).",
+            min=0,
+            max=65535,
+        ),
+    ] = 0,
 ) -> None:
-    """Run broker, gateway and a simulated fleet together and watch the decisions live.
+    """Run broker, gateway, its HTTP API and a simulated fleet together and watch the
+    decisions live; the API's URL is printed with a key and a curl command per role.
 
     Ctrl-C (or --duration) ends the run: the summary's counts are final, the audit log is
     verified, and the commands to verify and query it again are printed. Exit 0 only if
     views were delivered, verification passes and the log holds exactly the counted
-    entries; 130 after Ctrl-C.
+    entries, and the API answered; 130 after Ctrl-C.
     """
     _check(rate=rate, duration=duration, broker=broker, protocol=protocol)
     raise typer.Exit(
@@ -78,6 +88,7 @@ def demo(
             protocol=protocol,
             workdir=workdir,
             json_summary=json_summary,
+            api_port=api_port,
         )
     )
 

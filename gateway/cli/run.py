@@ -13,6 +13,7 @@ import typer
 from gateway.errors import ConnectInterrupted, GatewayError
 
 if TYPE_CHECKING:
+    from gateway.api.child import ApiChild
     from gateway.service import Gateway
 
 log = logging.getLogger("gateway.run")
@@ -57,20 +58,29 @@ def run(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No status lines (events are still logged).")
     ] = False,
+    no_api: Annotated[
+        bool,
+        typer.Option(
+            "--no-api", help="Do not start the HTTP API beside the pipeline (api.enabled: false)."
+        ),
+    ] = False,
 ) -> None:
     """Run the gateway: subscribe, decide, audit, deliver — until SIGTERM or Ctrl-C.
 
     Settings come from the config file, then ICVGW_* environment variables, then these
-    flags. SIGHUP reloads the policy bundle (a bundle that fails to load leaves the last
-    good one in force). Exit status: 0 after SIGTERM, 130 after Ctrl-C (SIGINT), 1 when the
-    gateway fails, 2 for invalid settings.
+    flags. The HTTP API runs beside it in a process of its own (icvgw api, on the same
+    settings; restarted with back-off if it dies) unless --no-api. SIGHUP reloads the
+    policy bundle (a bundle that fails to load leaves the last good one in force). Exit
+    status: 0 after SIGTERM, 130 after Ctrl-C (SIGINT), 1 when the gateway fails, 2 for
+    invalid settings.
     """
     from prometheus_client import CollectorRegistry
 
+    from gateway.api.child import ApiChild, api_command
     from gateway.config import load_config
     from gateway.service import Gateway
 
-    _setup_logging(log_level, log_format)
+    setup_logging(log_level, log_format)
     overrides: dict[tuple[str, ...], Any] = {
         ("broker", "url"): broker,
         ("broker", "protocol"): protocol,
@@ -85,14 +95,30 @@ def run(
     except GatewayError as exc:
         _failed(exc, log_format)
         raise typer.Exit(2) from exc
+    command = (
+        None
+        if no_api
+        else api_command(cfg, config_file=config, log_level=log_level, log_format=log_format)
+    )
+    api = None if command is None else ApiChild(command)
+    raise typer.Exit(_serve(gw, api, status_every=None if quiet else status_every, fmt=log_format))
 
-    raise typer.Exit(_serve(gw, status_every=None if quiet else status_every, fmt=log_format))
+
+def _serve(gw: Gateway, api: ApiChild | None, *, status_every: float | None, fmt: str) -> int:
+    """Start ``gw`` (and ``api`` beside it), run it until SIGTERM or Ctrl-C, log status
+    lines every ``status_every`` seconds (None: none) and the stopped line; the exit
+    status. ``fmt``: the log format, which a failure to start is written in too. The API
+    process is stopped before the stopped line, whatever ended the run."""
+    if api is not None:
+        api.start()
+    try:
+        return _run(gw, api, status_every=status_every, fmt=fmt)
+    finally:
+        if api is not None:
+            api.stop()
 
 
-def _serve(gw: Gateway, *, status_every: float | None, fmt: str) -> int:
-    """Start ``gw``, run it until SIGTERM or Ctrl-C, log status lines every
-    ``status_every`` seconds (None: none) and the stopped line; the exit status. ``fmt``:
-    the log format, which a failure to start is written in too."""
+def _run(gw: Gateway, api: ApiChild | None, *, status_every: float | None, fmt: str) -> int:
     cfg = gw.config
     stopped_by: list[int] = []
     stopping = threading.Event()  # no status line once stopping: the broker is let go then
@@ -100,6 +126,8 @@ def _serve(gw: Gateway, *, status_every: float | None, fmt: str) -> int:
     def on_term(sig: int, _frame: Any) -> None:
         stopped_by.append(sig)
         stopping.set()
+        if api is not None:
+            api.request_stop()  # stops beside the pipeline's drain
         gw.stop()
 
     def on_hup(_sig: int, _frame: Any) -> None:
@@ -108,13 +136,20 @@ def _serve(gw: Gateway, *, status_every: float | None, fmt: str) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, on_hup)
+
+    def stop_api() -> None:  # before the last line, so that it is the last
+        if api is not None:
+            api.stop()
+
     try:
         gw.start()
     except ConnectInterrupted as exc:  # SIGTERM or Ctrl-C while connecting: a clean stop
+        stop_api()
         log.info("stopped while connecting (%s)", _signal_name(stopped_by))
         gw.shutdown(drain_timeout=0)
         raise typer.Exit(_exit_status(stopped_by)) from exc
     except GatewayError as exc:
+        stop_api()
         _failed(exc, fmt)
         gw.shutdown(drain_timeout=0)
         raise typer.Exit(1) from exc
@@ -125,6 +160,7 @@ def _serve(gw: Gateway, *, status_every: float | None, fmt: str) -> int:
         gw.run()
     finally:
         stopping.set()
+        stop_api()
     if not gw.clean_shutdown:  # said in the log: the final checkpoint could not be written
         log.error("stopped (%s); the final checkpoint was not written", _signal_name(stopped_by))
         return 1
@@ -142,7 +178,7 @@ def _failed(exc: GatewayError, fmt: str) -> None:
         typer.echo(line, err=True)
 
 
-def _setup_logging(level: str, fmt: str) -> None:
+def setup_logging(level: str, fmt: str) -> None:
     if fmt not in ("text", "json"):
         raise typer.BadParameter("must be text or json", param_hint="--log-format")
     handler = logging.StreamHandler()

@@ -137,6 +137,7 @@ def deploy(root: Path, broker: MosquittoBroker, fleet: Fleet) -> Deployment:
         "input": {"queue_bound": QUEUE_BOUND, "batch_max": QUEUE_BOUND},
         "output": {"max_inflight": 200},
         "checkpoint": {"every_seconds": 2.0},
+        "api": {"port": 0},  # icvgw run's API process on a free port, not the shared 8080
         "policies": "policies",
         "store": "sqlite:///store.sqlite",
         "keys": "keys",
