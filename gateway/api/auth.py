@@ -16,13 +16,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
 
 from gateway.api.context import ApiContext
+from gateway.api.problems import AUTH_RESPONSES
 from gateway.apikeys import ApiKey, Role, verify_key
 
 __all__ = ["Authorise", "RateLimiter", "caller", "context", "public_router", "router"]
@@ -99,25 +98,13 @@ class Authorise:
         return key
 
 
-class Refusal(BaseModel):
-    """Why a request was not admitted."""
-
-    detail: str
-
-
-REFUSALS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Refusal, "description": "No usable API key (missing, unknown or revoked)"},
-    403: {"model": Refusal, "description": "A key of another role, or subscriber"},
-    429: {"model": Refusal, "description": "Rate limit of the key exceeded (see Retry-After)"},
-}
-"""The refusals every route of :func:`router` documents in the OpenAPI document."""
-
-
 def router(*roles: Role, prefix: str = "") -> APIRouter:
     """A router whose every route admits only keys of ``roles`` (its refusals documented)."""
     if not roles:
         raise ValueError("a router needs at least one role (public_router for none)")
-    return APIRouter(prefix=prefix, dependencies=[Depends(Authorise(*roles))], responses=REFUSALS)
+    return APIRouter(
+        prefix=prefix, dependencies=[Depends(Authorise(*roles))], responses=AUTH_RESPONSES
+    )
 
 
 def public_router(prefix: str = "") -> APIRouter:

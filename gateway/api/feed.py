@@ -38,7 +38,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.api.auth import caller, context
 from gateway.api.auth import router as _router
 from gateway.api.context import ApiContext
-from gateway.api.limits import problem, problem_response
+from gateway.api.problems import problem, problem_response
 from gateway.apikeys import ApiKey, Role
 from gateway.errors import StoreError
 from gateway.policy.view_schema import view_schema

@@ -16,11 +16,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.api.problems import problem
 from gateway.errors import AuditError, ConfigError, GatewayError, StoreError
 
-__all__ = ["BodyLimit", "install", "problem", "problem_response"]
+__all__ = ["BodyLimit", "install"]
 
 access_log = logging.getLogger("gateway.api.access")
 
@@ -60,34 +62,7 @@ class BodyLimit:
 
 
 def _too_large(limit: int) -> JSONResponse:
-    return _problem(413, f"the request body exceeds {limit} bytes")
-
-
-def _problem(status: int, detail: str) -> JSONResponse:
-    return JSONResponse(
-        {"title": detail, "status": status, "detail": detail},
-        status_code=status,
-        media_type="application/problem+json",
-    )
-
-
-def problem(status: int, detail: str) -> JSONResponse:
-    """An ``application/problem+json`` response (RFC 9457) for a route to return."""
-    return _problem(status, detail)
-
-
-def problem_response(description: str) -> dict[str, Any]:
-    """The OpenAPI ``responses`` entry of a route's problem response."""
-    schema = {
-        "type": "object",
-        "properties": {
-            "title": {"type": "string"},
-            "status": {"type": "integer"},
-            "detail": {"type": "string"},
-        },
-        "required": ["title", "status", "detail"],
-    }
-    return {"description": description, "content": {"application/problem+json": {"schema": schema}}}
+    return problem(413, f"the request body exceeds {limit} bytes")
 
 
 def _template(request: Request) -> str:
@@ -120,18 +95,23 @@ def install(app: FastAPI, *, max_body_bytes: int) -> None:
 
     app.add_middleware(BodyLimit, limit=max_body_bytes)
 
+    @app.exception_handler(HTTPException)
+    async def _http(_r: Request, exc: HTTPException) -> JSONResponse:
+        # The keys' refusals (401, 403, 429), unknown paths and methods: problems too.
+        return problem(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+
     @app.exception_handler(StoreError)
     async def _store(_r: Request, exc: StoreError) -> JSONResponse:
-        return _problem(503, f"the store does not answer: {exc}")
+        return problem(503, f"the store does not answer: {exc}")
 
     @app.exception_handler(ConfigError)
     async def _config(_r: Request, exc: ConfigError) -> JSONResponse:
-        return _problem(422, str(exc))
+        return problem(422, str(exc))
 
     @app.exception_handler(AuditError)
     async def _audit(_r: Request, exc: AuditError) -> JSONResponse:
-        return _problem(500, f"the audit log: {exc}")
+        return problem(500, f"the audit log: {exc}")
 
     @app.exception_handler(GatewayError)
     async def _gateway(_r: Request, exc: GatewayError) -> JSONResponse:
-        return _problem(500, str(exc))
+        return problem(500, str(exc))

@@ -24,6 +24,7 @@ __all__ = [
     "ProblemError",
     "ProblemRoute",
     "problem",
+    "problem_response",
     "problem_router",
     "problems",
 ]
@@ -70,10 +71,12 @@ class ProblemError(Exception):
         self.status, self.detail, self.extra = status, detail, extra
 
 
-def problem(status: int, detail: str, **extra: Any) -> JSONResponse:
+def problem(
+    status: int, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     """An ``application/problem+json`` response."""
     body = {"title": detail, "status": status, "detail": detail, **extra}
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -85,10 +88,13 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-_DETAIL = {"type": "object", "properties": {"detail": {"type": "string"}}}
+def problem_response(description: str) -> dict[str, Any]:
+    """The OpenAPI ``responses`` entry of one problem status."""
+    return {"description": description, "content": {PROBLEM: {"schema": _SCHEMA}}}
+
 
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"description": why, "content": {"application/json": {"schema": _DETAIL}}}
+    status: problem_response(why)
     for status, why in (
         (401, "No usable API key (missing, unknown, revoked)"),
         (403, "An API key of another role"),

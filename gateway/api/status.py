@@ -19,7 +19,7 @@ from gateway.api.auth import context
 from gateway.api.auth import router as _router
 from gateway.api.context import ApiContext
 from gateway.api.feed import decode_cursor
-from gateway.api.limits import problem, problem_response
+from gateway.api.problems import problem, problem_response
 from gateway.apikeys import Role
 from gateway.policy.bundle import PolicyBundle
 from gateway.store.outbox import OutboxStats, count_views_after, outbox_stats
