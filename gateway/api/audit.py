@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -29,13 +30,15 @@ from pydantic import BaseModel
 from gateway.api.auth import context
 from gateway.api.auth import router as _router
 from gateway.api.context import ApiContext
+from gateway.api.cursors import MAX_CURSOR_CHARS, BadCursor, decode_cursor, encode_cursor
 from gateway.api.problems import ProblemError, problem_router, problems
 from gateway.apikeys import Role
 from gateway.audit.incremental import IncrementalVerifier, VerifyStatus
 from gateway.audit.proof import consistency_document, proof_document
 from gateway.audit.query import entry_item
 from gateway.errors import AuditError
-from gateway.store.audit import AuditQuery
+from gateway.store import Reader
+from gateway.store.audit import AuditQuery, StoredEntry
 from gateway.tlog.checkpoint import checkpoint_of
 from gateway.tlog.entries import Decision
 
@@ -69,28 +72,13 @@ class Entry(BaseModel):
 
 
 class EntriesPage(BaseModel):
-    """A page of entries, by shard then sequence number; ``next`` is the cursor of the
-    following page (``?after=``), None after the last."""
+    """A page of entries, by shard then sequence number. ``next`` resumes after this page
+    (``?after=``) in every shard, also once the log has grown: an auditor following the log
+    keeps it; ``more`` says whether entries matching the filters follow already."""
 
     entries: list[Entry]
-    next: str | None
-
-
-CURSOR = r"^([0-9a-f]{2}){0,256}\.[0-9]{1,18}$"
-"""A page's cursor: the last entry's shard (UTF-8, hex) and seq. Any string of this form
-is a cursor (entries after that point in the order), so none is refused."""
-
-
-def _cursor(shard: str, seq: int) -> str:
-    return f"{shard.encode().hex()}.{seq}"
-
-
-def _after(cursor: str | None) -> tuple[str, int] | None:
-    if cursor is None:
-        return None
-    shard, _, seq = cursor.partition(".")
-    name = bytes.fromhex(shard).decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-    return name, int(seq)
+    next: str
+    more: bool
 
 
 RFC3339 = (
@@ -136,13 +124,14 @@ def entries(
     since: Annotated[str | None, _time_query("inclusive")] = None,
     until: Annotated[str | None, _time_query("exclusive")] = None,
     shard: Shard = None,
-    after: Annotated[str | None, Query(pattern=CURSOR, description="A page's next.")] = None,
+    after: Annotated[
+        str | None, Query(max_length=MAX_CURSOR_CHARS, description="A page's next.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> dict[str, Any]:
     """The entries matching every filter given, oldest first within each shard; every
     entry appears on exactly one page."""
     q = AuditQuery(
-        shard=shard,
         subscriber=subscriber,
         vehicles=None if vehicle is None else [vehicle],
         decision=None if decision is None else decision.value,
@@ -150,17 +139,36 @@ def entries(
         kind=kind,
         since_ms=_ms(since, "since"),
         until_ms=_ms(until, "until"),
-        limit=limit + 1,  # one more: to know whether a next page exists
-        after=_after(after),
     )
+    try:
+        positions = {} if after is None else decode_cursor(after)
+    except BadCursor as exc:
+        raise ProblemError(400, str(exc)) from None
     with ctx.store.snapshot() as r:
-        found = list(r.query(q))
-    page = found[:limit]
-    more = len(found) > limit
+        names = [shard] if shard is not None else [s.shard for s in r.shards()]
+        page, more = _page(r, q, names, positions, limit)
+    for e in page:
+        positions[e.shard] = e.seq
     return {
         "entries": [entry_item(e) for e in page],
-        "next": _cursor(page[-1].shard, page[-1].seq) if more else None,
+        "next": encode_cursor(positions),
+        "more": more,
     }
+
+
+def _page(
+    r: Reader, q: AuditQuery, names: list[str], positions: dict[str, int], limit: int
+) -> tuple[list[StoredEntry], bool]:
+    """Up to ``limit`` entries after ``positions``, shard by shard; whether more follow."""
+    page: list[StoredEntry] = []
+    for name in names:
+        need = limit - len(page)
+        after = (name, positions.get(name, -1))
+        found = list(r.query(replace(q, shard=name, after=after, limit=need + 1)))
+        page.extend(found[:need])
+        if len(found) > need:
+            return page, True
+    return page, False
 
 
 class CheckpointInfo(BaseModel):

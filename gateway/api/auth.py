@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.api.context import ApiContext
-from gateway.api.problems import AUTH_RESPONSES
+from gateway.api.problems import AUTH_RESPONSES, ProblemRoute
 from gateway.apikeys import ApiKey, Role, verify_key
 
 __all__ = ["Authorise", "RateLimiter", "caller", "context", "public_router", "router"]
@@ -103,13 +103,16 @@ def router(*roles: Role, prefix: str = "") -> APIRouter:
     if not roles:
         raise ValueError("a router needs at least one role (public_router for none)")
     return APIRouter(
-        prefix=prefix, dependencies=[Depends(Authorise(*roles))], responses=AUTH_RESPONSES
+        prefix=prefix,
+        dependencies=[Depends(Authorise(*roles))],
+        responses=AUTH_RESPONSES,
+        route_class=ProblemRoute,  # a request that does not validate: nothing sent echoed
     )
 
 
 def public_router(prefix: str = "") -> APIRouter:
     """A router whose routes anyone may call (health probes)."""
-    return APIRouter(prefix=prefix, dependencies=[Depends(Authorise())])
+    return APIRouter(prefix=prefix, dependencies=[Depends(Authorise())], route_class=ProblemRoute)
 
 
 def caller(request: Request) -> ApiKey:

@@ -18,10 +18,7 @@ seconds (:class:`ReadTracker`), since the pipeline shares SQLite's one writer.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
-import re
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -38,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.api.auth import caller, context
 from gateway.api.auth import router as _router
 from gateway.api.context import ApiContext
+from gateway.api.cursors import BadCursor, decode_cursor, encode_cursor
 from gateway.api.problems import problem, problem_response
 from gateway.apikeys import ApiKey, Role
 from gateway.errors import StoreError
@@ -69,37 +67,6 @@ BATCH = 500
 """Views per poll of the feed (it polls again at once while a poll comes back full)."""
 WRITE_EVERY_S = 5.0
 """``subscriber_reads`` is written at most this often per subscriber."""
-MAX_CURSOR_CHARS = 4096
-MAX_CURSOR_SHARDS = 256
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
-
-
-class BadCursor(ValueError):
-    """A cursor this API did not make (the client's error: 400)."""
-
-
-def encode_cursor(positions: Mapping[str, int]) -> str:
-    """The opaque cursor of ``positions`` (shard -> last seq read)."""
-    raw = orjson.dumps(dict(positions), option=orjson.OPT_SORT_KEYS)
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def decode_cursor(text: str) -> dict[str, int]:
-    """The positions (shard -> last seq read) of a cursor; :class:`BadCursor` if ``text``
-    is not one."""
-    if len(text) > MAX_CURSOR_CHARS or not _BASE64URL.fullmatch(text):
-        raise BadCursor("the cursor is not one this API made (not base64url)")
-    try:
-        value = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    except (ValueError, binascii.Error) as exc:  # orjson.JSONDecodeError is a ValueError
-        raise BadCursor("the cursor is not one this API made") from exc
-    if (
-        not isinstance(value, dict)
-        or len(value) > MAX_CURSOR_SHARDS
-        or not all(type(v) is int and 0 <= v < 2**63 for v in value.values())
-    ):
-        raise BadCursor("the cursor is not one this API made (shard -> seq)")
-    return value
 
 
 def live_end(store: Store) -> dict[str, int]:

@@ -194,7 +194,9 @@ class StoreGauges(Collector):
 
 def _backlog(rd: Reader, bundle: PolicyBundle, now: float) -> list[Metric]:
     """Views committed and neither delivered nor given up, per subscriber and channel, over
-    every worker's shard; 0 for each subscriber of the policy without any."""
+    every worker's shard; 0 for each subscriber of the policy without any. Views of the
+    ``http_stream`` channel are read, never confirmed: counted there, they would age for
+    ever and an age alert would always fire (their readers' lag is at /v1/subscribers)."""
     depth = GaugeMetricFamily(
         "icvgw_outbox_depth",
         "Views committed and neither delivered nor given up, per subscriber and channel",
@@ -208,10 +210,13 @@ def _backlog(rd: Reader, bundle: PolicyBundle, now: float) -> list[Metric]:
     rows: dict[tuple[str, str], tuple[int, int]] = {}
     for shard in rd.shards():
         for subscriber, channel, n, oldest_ms in _outbox_backlog(rd, shard.shard):
+            if channel == "http_stream":  # read, never confirmed: no backlog (lag: /v1/subscribers)
+                continue
             count, first = rows.get((subscriber, channel), (0, oldest_ms))
             rows[(subscriber, channel)] = (count + n, min(first, oldest_ms))
     for sub in bundle.subscribers:
-        rows.setdefault((sub, channel_of(bundle, sub)), (0, round(now * 1000)))
+        if channel_of(bundle, sub) != "http_stream":
+            rows.setdefault((sub, channel_of(bundle, sub)), (0, round(now * 1000)))
     for (subscriber, channel), (n, oldest_ms) in sorted(rows.items()):
         depth.add_metric([subscriber, channel], n)
         age.add_metric([subscriber, channel], max(0.0, now - oldest_ms / 1000) if n else 0.0)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from gateway.api.auth import context
 from gateway.api.auth import router as _router
 from gateway.api.context import ApiContext
-from gateway.api.feed import decode_cursor
+from gateway.api.cursors import decode_cursor
 from gateway.api.problems import problem, problem_response
 from gateway.apikeys import Role
 from gateway.policy.bundle import PolicyBundle

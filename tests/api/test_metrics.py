@@ -261,3 +261,21 @@ def test_a_store_that_cannot_be_read_gives_readable_0_and_the_rest(tmp_path: Pat
     assert [s.value for s in families["icvgw_store_readable"].samples] == [0.0]
     assert "icvgw_outbox_depth" not in families
     assert families["icvgw_api_policy"].samples[0].labels == {"version": ctx.bundle().version}
+
+
+def test_views_read_over_http_are_no_backlog(api: Api) -> None:
+    """An http_stream view is never confirmed: it must not count as a backlog that ages."""
+    from gateway.store.outbox import OutboxRow, add_outbox
+
+    rows = [
+        OutboxRow(1, "sh-traffic", "t", "m1", b"{}", 1, channel="http_stream"),
+        OutboxRow(2, "sh-traffic", "t", "m2", b"{}", 1, channel="mqtt"),
+    ]
+    with api.ctx.store.transaction() as tx:
+        add_outbox(tx, api.ctx.shard, rows)
+        tx.audit_head(api.ctx.shard)  # the shard exists: the gauges read every shard
+    found = samples(api.client.get("/metrics", headers=api.headers(api.key(Role.ADMIN))).text)
+    assert value(found, "icvgw_outbox_depth", subscriber="sh-traffic", channel="mqtt") == 1
+    assert (
+        value(found, "icvgw_outbox_depth", subscriber="sh-traffic", channel="http_stream") is None
+    )
