@@ -26,6 +26,7 @@ import yaml
 
 from bench.common import random_zones_geojson
 from gateway.resources import default_policy_dir
+from gateway.testing import free_port
 
 EAST_CHINA_BOX = (28.0, 34.0, 116.0, 122.5)  # lat_min, lat_max, lon_min, lon_max
 CONSENT_PURPOSES = ("navigation-map", "usage-based-insurance")
@@ -131,6 +132,7 @@ def write_config(
         "worker": worker,
         "broker": {"url": broker_url, "protocol": "5"},
         "output": {"topic_prefix": OUTPUT_PREFIX, "max_inflight": out_inflight},
+        "metrics": {"host": "127.0.0.1", "port": free_port()},  # not a running gateway's
         "api": (
             {"host": "127.0.0.1", "port": 0, "rate_per_s": 10_000, "rate_burst": 10_000}
             if api

@@ -666,16 +666,22 @@ class _Demo:
         return api
 
     def _announce_api(self, api: ApiChild, keys: list[_DemoKey], summary: Summary) -> None:
-        """Wait (bounded; Ctrl-C ends the wait) until the API listens, check it answers
-        /healthz, and print its URL and a ready-to-paste curl line per key."""
+        """Wait (bounded; Ctrl-C ends the wait) until the API listens and answers /healthz
+        (a loaded machine may be slow to), and print its URL and a ready-to-paste curl line
+        per key."""
         deadline = time.monotonic() + _API_START_TIMEOUT_S
         url = None
         while url is None and time.monotonic() < deadline and not self._interrupted.is_set():
             url = api.wait_listening(_REFRESH_S)
             if api.exits:  # ended without listening: its reason is in demo.log
                 break
-        summary.api = url
-        summary.api_answered = url is not None and _healthz(url)
+        answered = url is not None and _healthz(url)
+        while url is not None and not answered and time.monotonic() < deadline:
+            if self._interrupted.wait(_REFRESH_S):  # Ctrl-C: one last try
+                answered = _healthz(url)
+                break
+            answered = _healthz(url)
+        summary.api, summary.api_answered = url, answered
         out = self.console.print
         if url is None or not summary.api_answered:
             log_file = self.workdir / "demo.log"
@@ -916,14 +922,19 @@ def _api_keys(gw: Gateway, shard: str) -> list[_DemoKey]:
 
 
 def _healthz(url: str) -> bool:
-    """True if the API at ``url`` answers /healthz with ``{"status": "ok"}``."""
+    """True if the API at ``url`` answers /healthz with ``{"status": "ok"}`` (why not, in
+    the log)."""
     import urllib.request
 
     try:
         with urllib.request.urlopen(f"{url}/healthz", timeout=10) as r:
-            return bool(r.status == 200 and json.loads(r.read()) == {"status": "ok"})
-    except (OSError, ValueError):
-        return False
+            body = r.read()
+            if r.status == 200 and json.loads(body) == {"status": "ok"}:
+                return True
+            log.warning("the API's /healthz answered %d: %r", r.status, body[:200])
+    except (OSError, ValueError) as exc:
+        log.warning("the API's /healthz did not answer: %s", exc)
+    return False
 
 
 def _free_port() -> int:

@@ -21,16 +21,19 @@ import httpx2
 import pytest
 
 from gateway.keys import init_keys
-from gateway.testing import MosquittoBroker
+from gateway.testing import MosquittoBroker, free_port
 
 
 def start(
     tmp_path: Path, broker: MosquittoBroker, *flags: str, api: str = "{port: 0}"
 ) -> subprocess.Popen[str]:
     """``icvgw run`` with a config file whose ``api:`` section is ``api`` (by default the
-    API on a free port: tests running beside each other never contend for 8080)."""
+    API on a free port) and the pipeline's metrics on a free port: tests running beside
+    each other never contend for 8080 or 9464."""
     init_keys(tmp_path / "keys")
-    (tmp_path / "gw.yaml").write_text(f"broker: {{protocol: '5'}}\napi: {api}\n")
+    (tmp_path / "gw.yaml").write_text(
+        f"broker: {{protocol: '5'}}\napi: {api}\nmetrics: {{port: {free_port()}}}\n"
+    )
     return subprocess.Popen(
         [
             sys.executable, "-m", "gateway", "run", "--config", str(tmp_path / "gw.yaml"),

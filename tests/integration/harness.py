@@ -43,7 +43,7 @@ from gateway.policy.codes import is_valid_vin
 from gateway.resources import default_policy_dir
 from gateway.service import origin_of
 from gateway.store.sealing import row_aad
-from gateway.testing import MosquittoBroker
+from gateway.testing import MosquittoBroker, free_port
 from gateway.vss import LATITUDE, LONGITUDE, TIMESTAMP, VIN
 from simulators.fleet import Fleet, Kind, Message
 from simulators.publish import Publisher, PublishStats, publish_messages
@@ -138,6 +138,7 @@ def deploy(root: Path, broker: MosquittoBroker, fleet: Fleet) -> Deployment:
         "output": {"max_inflight": 200},
         "checkpoint": {"every_seconds": 2.0},
         "api": {"port": 0},  # icvgw run's API process on a free port, not the shared 8080
+        "metrics": {"port": free_port()},  # nor the shared 9464
         "policies": "policies",
         "store": "sqlite:///store.sqlite",
         "keys": "keys",
