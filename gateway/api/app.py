@@ -47,6 +47,7 @@ def create_app(ctx: ApiContext, *, sinks: bool = True) -> FastAPI:
     app.state.ctx = ctx
     api = ctx.config.api
     app.state.limiter = RateLimiter(api.rate_per_s, api.rate_burst)
+    app.state.failures = RateLimiter(api.rate_per_s, api.rate_burst)  # per client address
     limits.install(app, max_body_bytes=api.max_body_bytes)
     for r in ROUTERS:
         app.include_router(r)

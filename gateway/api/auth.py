@@ -6,7 +6,10 @@ enumeration test (``tests/api/test_auth.py``) proves each one refuses a missing 
 of another role, a revoked key, and a subscriber key whose subscriber the policy does not
 know. A route open to anyone (``/healthz``, ``/readyz``) says so with :func:`public_router`.
 Failures are told apart only as 401 (no usable key) and 403 (a key, not for this route);
-429 (with ``Retry-After``) when a key exceeds ``api.rate_per_s``.
+429 (with ``Retry-After``) when a key exceeds ``api.rate_per_s``. Requests that fail to
+authenticate are limited as well, per client address, at the same rate: an address out of
+tokens is answered 429 before its key is looked up (a flood of made-up keys costs the
+store nothing), whatever key it sends, until a token comes back.
 """
 
 from __future__ import annotations
@@ -42,28 +45,56 @@ class _Bucket:
 
 
 class RateLimiter:
-    """A token bucket per key id: ``rate`` requests per second, bursts of ``burst``."""
+    """A token bucket per name (a key id, a client address): ``rate`` requests per second,
+    bursts of ``burst``. At most ``max_keys`` buckets are kept: past that, the full ones
+    (no different from new ones) are dropped, and all of them if none is full."""
 
     def __init__(
-        self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic
+        self,
+        rate: float,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 100_000,
     ) -> None:
-        self.rate, self.burst, self.clock = rate, burst, clock
-        self._buckets: dict[str, _Bucket] = {}  # one per existing key: bounded by the table
+        self.rate, self.burst, self.clock, self.max_keys = rate, burst, clock, max_keys
+        self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
+
+    def _bucket(self, key_id: str, now: float) -> _Bucket:
+        """``key_id``'s bucket, refilled to ``now`` (made full if new); lock held."""
+        b = self._buckets.get(key_id)
+        if b is None:
+            if len(self._buckets) >= self.max_keys:
+                self._buckets = {
+                    k: v
+                    for k, v in self._buckets.items()
+                    if v.tokens + (now - v.at) * self.rate < self.burst
+                }
+                if len(self._buckets) >= self.max_keys:
+                    self._buckets.clear()
+            b = self._buckets[key_id] = _Bucket(float(self.burst), now)
+        b.tokens = min(float(self.burst), b.tokens + (now - b.at) * self.rate)
+        b.at = now
+        return b
 
     def take(self, key_id: str) -> float:
         """Take one token for ``key_id``: 0 if granted, else the seconds until one is."""
-        now = self.clock()
         with self._lock:
-            b = self._buckets.get(key_id)
-            if b is None:
-                b = self._buckets[key_id] = _Bucket(float(self.burst), now)
-            b.tokens = min(float(self.burst), b.tokens + (now - b.at) * self.rate)
-            b.at = now
+            b = self._bucket(key_id, self.clock())
             if b.tokens >= 1.0:
                 b.tokens -= 1.0
                 return 0.0
             return (1.0 - b.tokens) / self.rate
+
+    def waiting(self, key_id: str) -> float:
+        """The seconds until ``key_id`` has a token (0: it has one); nothing is taken."""
+        with self._lock:
+            b = self._buckets.get(key_id)
+            if b is None:
+                return 0.0
+            b = self._bucket(key_id, self.clock())
+            return 0.0 if b.tokens >= 1.0 else (1.0 - b.tokens) / self.rate
 
 
 class Authorise:
@@ -80,8 +111,12 @@ class Authorise:
         if not self.roles:
             return None
         ctx = context(request)
+        failures: RateLimiter = request.app.state.failures
+        address = request.client.host if request.client is not None else "-"
+        _limit(failures.waiting(address))
         key = None if credentials is None else verify_key(ctx.store, credentials.credentials)
         if key is None:
+            _limit(failures.take(address))
             raise HTTPException(
                 401, "a valid API key is needed", headers={"WWW-Authenticate": "Bearer"}
             )
@@ -90,12 +125,16 @@ class Authorise:
             raise HTTPException(403, f"this route is for {', '.join(sorted(self.roles))} keys")
         if key.role is Role.SUBSCRIBER and key.subscriber not in ctx.bundle().subscribers:
             raise HTTPException(403, "the key's subscriber is not in the policy in force")
-        wait = request.app.state.limiter.take(key.key_id)
-        if wait > 0:
-            raise HTTPException(
-                429, "rate limit exceeded", headers={"Retry-After": str(math.ceil(wait))}
-            )
+        _limit(request.app.state.limiter.take(key.key_id))
         return key
+
+
+def _limit(wait: float) -> None:
+    """429 (``Retry-After``) unless ``wait`` (seconds until a token) is 0."""
+    if wait > 0:
+        raise HTTPException(
+            429, "rate limit exceeded", headers={"Retry-After": str(math.ceil(wait))}
+        )
 
 
 def router(*roles: Role, prefix: str = "") -> APIRouter:

@@ -59,16 +59,18 @@ class ExplainResult(BaseModel):
 
 
 def _vins(doc: Any, found: set[str]) -> set[str]:
-    """Every VIN-shaped string value in a JSON document."""
-    if isinstance(doc, str):
-        if is_vin_shaped(doc):
-            found.add(doc.strip())
-    elif isinstance(doc, dict):
-        for v in doc.values():
-            _vins(v, found)
-    elif isinstance(doc, list):
-        for v in doc:
-            _vins(v, found)
+    """Every VIN-shaped string value in a JSON document (walked with a stack, not by
+    recursion: a body may nest as deep as the JSON parser allows, beyond Python's limit)."""
+    stack = [doc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if is_vin_shaped(item):
+                found.add(item.strip())
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return found
 
 

@@ -36,7 +36,7 @@ from gateway.api.auth import caller, context
 from gateway.api.auth import router as _router
 from gateway.api.context import ApiContext
 from gateway.api.cursors import BadCursor, decode_cursor, encode_cursor
-from gateway.api.problems import problem, problem_response
+from gateway.api.problems import problem, problem_response, problem_router, problems
 from gateway.apikeys import ApiKey, Role
 from gateway.errors import StoreError
 from gateway.policy.view_schema import view_schema
@@ -57,7 +57,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-router = _router(Role.SUBSCRIBER)
+# A query that does not validate is a 422 problem that repeats no value (FastAPI's own
+# answer would echo a VIN pasted into ?limit=).
+router = problem_router(_router(Role.SUBSCRIBER))
 
 POLL_S = 0.5
 """How often an idle feed looks for new views."""
@@ -202,7 +204,8 @@ _EVENT_SCHEMA = {
 """Each event, as OpenAPI 3.2 describes event streams (``itemSchema``; ``schema`` is then
 the whole stream, read as an array of events)."""
 _BAD_CURSOR: dict[int | str, dict[str, Any]] = {
-    400: problem_response("The cursor is not one this API made")
+    **problems(),
+    400: problem_response("The cursor is not one this API made"),
 }
 
 

@@ -57,12 +57,16 @@ class BodyLimit:
 
         try:
             await self.app(scope, bounded, send)
-        except BodyTooLarge:
+        except* BodyTooLarge:  # grouped by the task group of the access log's middleware
             await _too_large(self.limit)(scope, receive, send)
 
 
 def _too_large(limit: int) -> JSONResponse:
     return problem(413, f"the request body exceeds {limit} bytes")
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods the access log names; any other token a client sends is logged as ``-``."""
 
 
 def _template(request: Request) -> str:
@@ -86,7 +90,7 @@ def install(app: FastAPI, *, max_body_bytes: int) -> None:
             key = getattr(request.state, "api_key", None)
             access_log.info(
                 "%s %s %d %.1fms key=%s",
-                request.method,
+                request.method if request.method in _METHODS else "-",
                 _template(request),
                 status,
                 (time.perf_counter() - start) * 1000,

@@ -9,6 +9,7 @@ import re
 import pytest
 from fastapi.routing import APIRoute
 
+from gateway.api import auth
 from gateway.api.app import ROUTERS
 from gateway.api.auth import Authorise, RateLimiter
 from gateway.apikeys import Role, parse_key, verify_key
@@ -147,3 +148,37 @@ def test_the_access_log_names_templates_and_key_ids_never_what_was_sent(
     text = caplog.text
     assert "GET /healthz 200" in text and "GET - 404" in text
     assert VIN not in text and "31.2304" not in text and token.split("_", 2)[2] not in text
+
+
+def test_failed_authentications_are_rate_limited_per_client_address(api: Api) -> None:
+    clock = [0.0]
+    app = api.client.app
+    app.state.limiter = RateLimiter(2.0, 3, clock=lambda: clock[0])  # type: ignore[attr-defined]
+    app.state.failures = RateLimiter(2.0, 3, clock=lambda: clock[0])  # type: ignore[attr-defined]
+    good = api.headers(api.key(Role.ADMIN))
+    looked_up: list[str] = []
+    store_get = auth.verify_key
+
+    def counting(store: object, token: str) -> object:
+        looked_up.append(token)
+        return store_get(store, token)  # type: ignore[arg-type]
+
+    bad = {"Authorization": "Bearer icvgw_0123456789ab_" + "A" * 43}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(auth, "verify_key", counting)
+        codes = [api.client.get("/v1/policy", headers=bad).status_code for _ in range(10)]
+        assert codes[:3] == [401] * 3 and set(codes[3:]) == {429}
+        assert len(looked_up) == 3  # a flood costs no store read once its bucket is empty
+        r = api.client.get("/v1/policy", headers=bad)
+        assert r.headers["Retry-After"] == "1"
+        assert r.headers["content-type"] == "application/problem+json"
+    clock[0] += 0.5  # a token back: the address may try again
+    assert api.client.get("/v1/policy", headers=good).status_code == 200
+    assert api.client.get("/v1/policy", headers=bad).status_code == 401
+
+
+def test_the_failure_buckets_are_bounded_whatever_the_addresses() -> None:
+    limiter = RateLimiter(1.0, 1, clock=lambda: 0.0, max_keys=100)
+    for i in range(1000):
+        limiter.take(f"10.0.{i // 256}.{i % 256}")
+    assert len(limiter._buckets) <= 100

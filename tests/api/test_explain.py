@@ -126,3 +126,12 @@ def test_a_view_that_shares_the_vin_shows_its_keyed_reference(
     body = _explain(vin_view, payload, subscriber=["mapco-nav"])
     text = orjson.dumps(body).decode()
     assert vin not in text and vin_view.ctx.keys.vehicle_ref(vin) in text
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"[" * 1000 + b"]" * 1000, b'{"a":' * 1000 + b"1" + b"}" * 1000],
+)
+def test_a_body_nested_as_deep_as_json_allows_is_no_500(api: Api, content: bytes) -> None:
+    r = api.client.post(URL, content=content, headers=api.headers(api.key(Role.ADMIN)))
+    assert r.status_code in (200, 422), r.text

@@ -581,3 +581,22 @@ def test_reads_the_store_refuses_are_kept_and_written_later(
     tracker.flush(SUB)  # its feed ends: written now
     with live.store.snapshot() as rd:
         assert get_read(rd, SUB) == SubscriberRead(SUB, "c3", 3000, 8)
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/v1/records", {"limit": "LSVAU2180N2183294"}),
+        ("/v1/feed", {"max_seconds": "LSVAU2180N2183294"}),
+        ("/v1/feed", {"from": "LSVAU2180N2183294"}),
+    ],
+)
+def test_a_query_that_does_not_validate_is_a_problem_that_repeats_nothing_sent(
+    api: Api, path: str, params: dict[str, str]
+) -> None:
+    headers = api.headers(api.key(Role.SUBSCRIBER, SUB))
+    r = api.client.get(path, params=params, headers=headers)
+    assert r.status_code == 422
+    assert r.headers["content-type"] == "application/problem+json"
+    assert "LSVAU2180N2183294" not in r.text
+    assert r.json()["errors"][0]["loc"] == ["query", next(iter(params))]
