@@ -12,6 +12,7 @@ the probe is public, and each computation costs the pipeline a scrape and the st
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from gateway.errors import GatewayError
 
 __all__ = ["READY_TTL_S", "pipeline_samples", "readiness", "router"]
 
+log = logging.getLogger(__name__)
 router = public_router()
 
 READY_TTL_S = 1.0
@@ -82,8 +84,9 @@ def readiness(ctx: ApiContext) -> dict[str, str]:
     """Each part that is not ready, with why (empty: ready)."""
     failing: dict[str, str] = {}
     samples = pipeline_samples(ctx)
-    if isinstance(samples, str):
-        failing["pipeline"] = samples
+    if isinstance(samples, str):  # the details (address, errno) only in the log: public
+        log.warning("readiness: %s", samples)
+        failing["pipeline"] = "the pipeline's metrics endpoint does not answer"
     else:
         if samples.get("icvgw_broker_connected") != 1.0:
             failing["broker"] = "the pipeline is not connected to its broker"
@@ -92,7 +95,8 @@ def readiness(ctx: ApiContext) -> dict[str, str]:
     try:
         ctx.bundle()
     except GatewayError as exc:  # pragma: no cover - the holder keeps the last good bundle
-        failing["policy"] = str(exc)
+        log.warning("readiness: the policy does not load: %s", exc)
+        failing["policy"] = "the policy does not load"
     try:
         with ctx.store.transaction() as tx:
             tx.execute(
@@ -100,8 +104,9 @@ def readiness(ctx: ApiContext) -> dict[str, str]:
                 "on conflict (key) do update set value = excluded.value",
                 (str(round(ctx.clock())),),
             )
-    except GatewayError as exc:
-        failing.setdefault("store", f"the store takes no writes: {exc}")
+    except GatewayError as exc:  # a database's message may name hosts, users, values
+        log.warning("readiness: the store takes no writes: %s", exc)
+        failing.setdefault("store", "the store takes no writes")
     if not ctx.keys.verifier_keys(ctx.shard):
         failing["signing_key"] = "no signing key in the key directory"
     return failing

@@ -25,6 +25,7 @@ from gateway.errors import AuditError, ConfigError, GatewayError, StoreError
 __all__ = ["BodyLimit", "install"]
 
 access_log = logging.getLogger("gateway.api.access")
+log = logging.getLogger(__name__)
 
 
 class BodyTooLarge(Exception):
@@ -106,7 +107,8 @@ def install(app: FastAPI, *, max_body_bytes: int) -> None:
 
     @app.exception_handler(StoreError)
     async def _store(_r: Request, exc: StoreError) -> JSONResponse:
-        return problem(503, f"the store does not answer: {exc}")
+        log.error("the store does not answer: %s", exc)  # its text may carry stored values
+        return problem(503, "the store does not answer")
 
     @app.exception_handler(ConfigError)
     async def _config(_r: Request, exc: ConfigError) -> JSONResponse:
