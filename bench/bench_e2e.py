@@ -509,7 +509,10 @@ class GatewayApiMode(GatewayMode):
         raise BenchError(f"{self.name}: the API did not listen within {timeout:g} s")
 
     def extra_pids(self) -> dict[str, int]:
-        return {} if self.api_pid is None else {"api": self.api_pid}
+        pids = {} if self.api_pid is None else {"api": self.api_pid}
+        if self.client is not None and self.client.proc.pid is not None:
+            pids["api client"] = self.client.proc.pid
+        return pids
 
     def client_stats(self) -> dict[str, Any] | None:
         return self.stats
