@@ -227,7 +227,11 @@ class ApiChild:
                 return
             delay = min(delay * 2, self.backoff[1])
             _close(proc.stdin)
-            proc = self._spawn()
+            try:
+                proc = self._spawn()
+            except OSError as exc:  # no process can be made (out of memory, of pids)
+                log.error("the API process could not be started again (%s); giving up", exc)
+                return
 
     def _follow(self, proc: subprocess.Popen[bytes]) -> None:
         """Read the process's stdout until it ends: its first line is the URL it serves."""

@@ -116,3 +116,21 @@ def test_the_command_carries_the_resolved_settings_in_its_environment(tmp_path: 
     assert env["HOME"] == "/h"
     off = cfg.api.model_copy(update={"enabled": False})
     assert api_command(cfg.model_copy(update={"api": off}), config_file=None) is None
+
+
+def test_a_process_that_cannot_be_started_again_is_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first process removes the program it runs, then dies: no second can start."""
+    program = tmp_path / "python"
+    program.symlink_to(sys.executable)
+    script = f"import os; os.unlink({str(program)!r}); raise SystemExit(3)"
+    api = ApiChild(ApiCommand((str(program), "-c", script), {}), backoff=(0.01, 0.01))
+    api.start()
+    assert api.wait_listening(30) is None  # returns once no process will follow
+    api.stop()
+    assert api.exits == [3]
+    assert any(
+        m.startswith("the API process could not be started again (") and m.endswith("giving up")
+        for m in caplog.messages
+    ), caplog.messages
