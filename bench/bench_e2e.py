@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import multiprocessing as mp
 import os
 import re
@@ -74,6 +75,9 @@ from gateway.testing import MosquittoBroker
 from simulators.fleet import Fleet, FleetConfig
 
 MODES = ("raw", "relay", "gateway", "gateway-api")
+PLAIN_WARMUP = 2_000
+"""Warm-up messages of raw and relay, which decide nothing (the gateway modes drive the
+fleet for ``--drive-seconds`` first)."""
 INPUT_TOPIC = "vehicles/+/telemetry"
 
 
@@ -542,6 +546,8 @@ class Settings:
     messages: int
     repeats: int
     warmup: int
+    """Messages sent before saturation: the gateway modes send all of them (the fleet's
+    drive before the measured part), raw and relay the first :data:`PLAIN_WARMUP`."""
     vehicles: int
     zones: int
     consents: int
@@ -554,6 +560,7 @@ class Settings:
     delivery: str
     workdir: Path
     store: str
+    sample_period_s: float = 10.0
     api_pull_every_s: float = 1.0
     api_audit_per_s: float = 2.0
 
@@ -573,6 +580,7 @@ class Bench:
             settings.seed,
             self.start_time,
             settings.max_inflight,
+            settings.sample_period_s,
         )
         self.first_latency = settings.warmup + settings.repeats * settings.messages
 
@@ -676,8 +684,9 @@ class Bench:
             while mode.total() == 0 and time.monotonic() < wait_until:
                 time.sleep(0.02)
         log(f"{mode.name}: first output after {sent} probe(s); warming up")
-        if sent < self.s.warmup:
-            self.publisher.call("run", sent, self.s.warmup - sent, None, timeout=300)
+        warmup = self.s.warmup if mode.name.startswith("gateway") else PLAIN_WARMUP
+        if sent < warmup:
+            self.publisher.call("run", sent, warmup - sent, None, timeout=900)
         self._drain(mode, None, mode.total())
         mode.collect()
 
@@ -952,8 +961,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--repeats", type=int, default=1, help="saturation runs per mode; the best counts"
     )
-    parser.add_argument("--warmup", type=int, default=2_000)
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="messages before saturation (default: --drive-seconds of the whole fleet)",
+    )
     parser.add_argument("--vehicles", type=int, default=10_000)
+    parser.add_argument(
+        "--sample-period",
+        type=float,
+        default=10.0,
+        help="seconds between a vehicle's samples (GB/T 32960's usual reporting period)",
+    )
+    parser.add_argument(
+        "--drive-seconds",
+        type=float,
+        default=60.0,
+        help="seconds the fleet drives before saturation, so that every subscriber is past "
+        "its trip-start trim (500 m at most in the default policy)",
+    )
     parser.add_argument("--zones", type=int, default=10_000)
     parser.add_argument(
         "--consents",
@@ -1013,8 +1040,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         modes=modes,
         messages=args.messages,
         repeats=max(1, args.repeats),
-        warmup=args.warmup,
+        warmup=(
+            args.warmup
+            if args.warmup is not None
+            else args.vehicles * max(1, math.ceil(args.drive_seconds / args.sample_period))
+        ),
         vehicles=args.vehicles,
+        sample_period_s=args.sample_period,
         zones=args.zones,
         consents=args.consents,
         latency_seconds=args.latency_seconds,

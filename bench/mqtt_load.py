@@ -85,16 +85,22 @@ and relayed copies) or ``view`` (``subscriber/message_id`` of a gateway output).
 
 
 def publisher_main(
-    conn: Connection, vehicles: int, seed: int, start: datetime, max_inflight: int
+    conn: Connection,
+    vehicles: int,
+    seed: int,
+    start: datetime,
+    max_inflight: int,
+    sample_period_s: float = 1.0,
 ) -> None:
     """Serve commands: ``("prepare", n)`` generates the first ``n`` messages;
     ``("connect", url)``; ``("run", first, count, rate)`` publishes messages
     ``[first, first+count)`` (``rate`` msgs/s, or None for as fast as confirmed) and answers
     ``(send_times, msg_ids, record_times, confirmed, end_time)`` once every PUBACK arrived
     (``record_times``: each record's timestamp as the gateway reads it, Unix seconds);
-    ``("disconnect",)``; ``("stop",)``."""
+    ``("disconnect",)``; ``("stop",)``. Each vehicle sends a sample every
+    ``sample_period_s`` seconds of its driving."""
     fleet = Fleet(FleetConfig(vehicles=vehicles, start=start), seed)
-    stream = fleet.messages(duration=FLEET_SECONDS, rate=1.0)
+    stream = fleet.messages(duration=FLEET_SECONDS, rate=1.0 / sample_period_s)
     cache: list[Message] = []
     ids: list[str] = []
     stamps: list[float] = []

@@ -440,12 +440,23 @@ class Channel(StrEnum):
     WEBHOOK = "webhook"
 
 
+MAX_BATCH_VIEWS = 1000
+"""Most views one batch carries (~0.5 MB of JSON at the views' usual size)."""
+MAX_LINGER_MS = 5000
+
+
 class Delivery(_Model):
-    """Delivery channel: ``mqtt`` needs a ``topic``, ``webhook`` an https ``url``."""
+    """Delivery channel: ``mqtt`` needs a ``topic``, ``webhook`` an https ``url``.
+
+    ``batch_max_views`` > 1 opts into batches: one MQTT message, webhook POST or SSE event
+    carries up to that many views as a JSON array (each view keeps its own ``message_id``),
+    waiting at most ``linger_ms`` for a batch to fill (:mod:`gateway.deliver.batch`)."""
 
     channel: Channel
     topic: Text | None = None
     url: Text | None = None
+    batch_max_views: Annotated[int, BeforeValidator(_integer), Field(ge=1, le=MAX_BATCH_VIEWS)] = 1
+    linger_ms: Annotated[int, BeforeValidator(_integer), Field(ge=0, le=MAX_LINGER_MS)] = 0
 
     @_model_validator(mode="after")
     def _channel_settings(self) -> Delivery:
@@ -461,7 +472,14 @@ class Delivery(_Model):
                 raise ValueError("a webhook url must start with https://")
         elif self.topic is not None or self.url is not None:
             raise ValueError("channel http_stream takes neither topic nor url")
+        if self.linger_ms and self.batch_max_views == 1:
+            raise ValueError("linger_ms waits for a batch: it needs batch_max_views above 1")
         return self
+
+    @property
+    def batched(self) -> bool:
+        """True if this subscriber's views travel in batches."""
+        return self.batch_max_views > 1
 
 
 class View(_Model):
