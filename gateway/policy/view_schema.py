@@ -44,7 +44,7 @@ from gateway.policy.schema import (
 )
 from gateway.vss import TIMESTAMP
 
-__all__ = ["VIEW_SCHEMA", "coordinate_names", "view_schema"]
+__all__ = ["VIEW_SCHEMA", "batch_schema", "coordinate_names", "delivery_schema", "view_schema"]
 
 VIEW_SCHEMA = "icvgw.view/1"
 """Format tag written in every output record."""
@@ -123,6 +123,38 @@ def view_schema(bundle: PolicyBundle, subscriber_id: str) -> dict[str, Any]:
         "required": required,
         "properties": properties,
     }
+
+
+def batch_schema(bundle: PolicyBundle, subscriber_id: str) -> dict[str, Any]:
+    """JSON Schema of one batch ``subscriber_id`` receives (:mod:`gateway.deliver.batch`):
+    an array of 1 to ``delivery.batch_max_views`` views, each valid under
+    :func:`view_schema`. Raises ``KeyError`` for an unknown subscriber."""
+    view = view_schema(bundle, subscriber_id)
+    item = {k: v for k, v in view.items() if k != "$schema"}
+    delivery = bundle.subscribers[subscriber_id].view.delivery
+    return {
+        "$schema": _JSON_SCHEMA,
+        "$id": f"urn:icvgw:batch:{subscriber_id}",
+        "title": f"{view['title']}, batched",
+        "description": (
+            f"A batch of views for subscriber {subscriber_id}: one MQTT message, webhook "
+            "POST or SSE event. Views in audit order; each has its own message_id: "
+            "de-duplicate per view, never per batch."
+        ),
+        "type": "array",
+        "minItems": 1,
+        "maxItems": delivery.batch_max_views,
+        "items": {"$ref": "#/$defs/view"},
+        "$defs": {"view": item},
+    }
+
+
+def delivery_schema(bundle: PolicyBundle, subscriber_id: str) -> dict[str, Any]:
+    """The schema of what one delivery to ``subscriber_id`` carries: a batch
+    (:func:`batch_schema`) if its view opts into batches, else one view."""
+    if bundle.subscribers[subscriber_id].view.delivery.batched:
+        return batch_schema(bundle, subscriber_id)
+    return view_schema(bundle, subscriber_id)
 
 
 def _vehicle(mode: IdentifierMode) -> dict[str, Any]:
