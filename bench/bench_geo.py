@@ -10,6 +10,7 @@ the zones) on a sample, in the same run. Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 
@@ -95,10 +96,10 @@ def main() -> None:
         t0 = time.perf_counter()
         engine(zones, lat, lon)  # first call projects the zones into the band (lazy)
         first = time.perf_counter() - t0
-        warm = best_of(3, lambda z=zones: engine(z, lat, lon))
+        warm = best_of(3, functools.partial(engine, zones, lat, lon))
         s_lat, s_lon = lat[: args.sample], lon[: args.sample]
         assert engine(zones, s_lat, s_lon) == reference(zones, s_lat, s_lon)
-        ref = best_of(1, lambda z=zones, a=s_lat, b=s_lon: reference(z, a, b))
+        ref = best_of(1, functools.partial(reference, zones, s_lat, s_lon))
         eng_rate = args.points / warm
         ref_rate = args.sample / ref
         print(

@@ -97,11 +97,9 @@ def decode(
 def documents(state: StateSnapshot, vehicles: Iterable[str]) -> dict[str, bytes]:
     """The stored document of each of ``vehicles`` in ``state`` (see :func:`encode`)."""
     vins = list(vehicles)
-    wanted = set(vins)
     held: dict[str, list[HeldView]] = {}
-    for view in state.held:
-        if view.vehicle in wanted:
-            held.setdefault(view.vehicle, []).append(view)
+    for view in state.held.of_vehicles(state.vehicles, state.vehicles.codes(vins)):
+        held.setdefault(view.vehicle, []).append(view)
     return {
         vin: encode(trip, sent, held.get(vin, ()))
         for vin, (trip, sent) in zip(vins, state.vehicle_rows(vins), strict=True)

@@ -279,28 +279,60 @@ class HeldView(NamedTuple):
         return (self.subscriber, self.vehicle, self.message_id)
 
 
+def _objects(items: Sequence[Any]) -> npt.NDArray[np.object_]:
+    """``items`` as a 1-d object array (tuples stay elements, not rows)."""
+    out = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        out[i] = item
+    return out
+
+
 class HeldSet:
     """Held views with the columns the release test reads (immutable).
 
     ``views[i]`` is described by ``subscriber[i]``, ``vehicle[i]``, ``trip_start[i]``,
     ``lat[i]``, ``lon[i]``; a :class:`StateDelta` names the views that leave by index.
+
+    Every batch releases, keeps and adds views of its own vehicles only, but the set holds
+    every vehicle's (tens of thousands in a running fleet): so each step is a whole-column
+    numpy operation (``views`` is an object array), never a Python loop over the set, and
+    the vehicles' numbers in a :class:`VehicleIndex` are computed once per view
+    (:meth:`codes_in`) and carried along.
     """
 
-    __slots__ = ("lat", "lon", "subscriber", "trip_start", "vehicle", "views")
+    __slots__ = ("_codes", "_index", "lat", "lon", "subscriber", "trip_start", "vehicle", "views")
 
     def __init__(self, views: Iterable[HeldView] = ()) -> None:
-        self.views: tuple[HeldView, ...] = tuple(views)
-        self.subscriber = np.array([v.subscriber for v in self.views], dtype=object)
-        self.vehicle = np.array([v.vehicle for v in self.views], dtype=object)
-        self.trip_start = np.array([v.trip_start for v in self.views], dtype=np.float64)
-        self.lat = np.array([v.lat for v in self.views], dtype=np.float64)
-        self.lon = np.array([v.lon for v in self.views], dtype=np.float64)
+        listed = list(views)
+        self.views: npt.NDArray[np.object_] = _objects(listed)
+        self.subscriber = np.array([v.subscriber for v in listed], dtype=object)
+        self.vehicle = np.array([v.vehicle for v in listed], dtype=object)
+        self.trip_start = np.array([v.trip_start for v in listed], dtype=np.float64)
+        self.lat = np.array([v.lat for v in listed], dtype=np.float64)
+        self.lon = np.array([v.lon for v in listed], dtype=np.float64)
+        self._index: VehicleIndex | None = None
+        self._codes: npt.NDArray[np.intp] | None = None
 
     def __len__(self) -> int:
         return len(self.views)
 
     def __iter__(self) -> Iterator[HeldView]:
-        return iter(self.views)
+        return iter(self.views.tolist())
+
+    def codes_in(self, index: VehicleIndex) -> npt.NDArray[np.intp]:
+        """Each view's vehicle number in ``index`` (numbered once, then carried along by
+        :meth:`without` and :meth:`plus`: an index only grows, so a number stays true)."""
+        if self._index is not index or self._codes is None:
+            self._codes = index.codes(self.vehicle.tolist())
+            self._index = index
+        return self._codes
+
+    def of_vehicles(self, index: VehicleIndex, codes: npt.NDArray[np.intp]) -> list[HeldView]:
+        """The views of the vehicles numbered ``codes`` in ``index``, in set order."""
+        if len(self.views) == 0 or len(codes) == 0:
+            return []
+        picked: list[HeldView] = self.views[np.isin(self.codes_in(index), codes)].tolist()
+        return picked
 
     def without(self, index: npt.NDArray[np.intp]) -> HeldSet:
         """The set without the views at ``index``."""
@@ -309,12 +341,14 @@ class HeldSet:
         keep = np.ones(len(self.views), dtype=bool)
         keep[index] = False
         out = HeldSet.__new__(HeldSet)
-        out.views = tuple(v for v, k in zip(self.views, keep.tolist(), strict=True) if k)
+        out.views = self.views[keep]
         out.subscriber = self.subscriber[keep]
         out.vehicle = self.vehicle[keep]
         out.trip_start = self.trip_start[keep]
         out.lat = self.lat[keep]
         out.lon = self.lon[keep]
+        out._index = self._index
+        out._codes = None if self._codes is None else self._codes[keep]
         return out
 
     def plus(self, views: Iterable[HeldView]) -> HeldSet:
@@ -323,12 +357,16 @@ class HeldSet:
         if len(extra) == 0:
             return self
         out = HeldSet.__new__(HeldSet)
-        out.views = self.views + extra.views
+        out.views = np.concatenate([self.views, extra.views])
         out.subscriber = np.concatenate([self.subscriber, extra.subscriber])
         out.vehicle = np.concatenate([self.vehicle, extra.vehicle])
         out.trip_start = np.concatenate([self.trip_start, extra.trip_start])
         out.lat = np.concatenate([self.lat, extra.lat])
         out.lon = np.concatenate([self.lon, extra.lon])
+        out._index = self._index
+        out._codes = None
+        if self._index is not None and self._codes is not None:
+            out._codes = np.concatenate([self._codes, extra.codes_in(self._index)])
         return out
 
 

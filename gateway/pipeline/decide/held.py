@@ -51,7 +51,7 @@ def held_vehicles(trips: Trips, state: StateSnapshot) -> IntpArray:
     held = state.held
     if len(held) == 0 or len(trips.order) == 0:
         return np.full(len(held), -1, dtype=np.intp)
-    numbers = state.vehicles.codes(held.vehicle.tolist())
+    numbers = held.codes_in(state.vehicles)
     code_of = np.full(len(state.vehicles), -1, dtype=np.intp)
     code_of[trips.codes] = np.arange(len(trips.codes))
     out: IntpArray = code_of[numbers]
@@ -74,12 +74,9 @@ def settle_held(
     empty = np.empty(0, dtype=np.intp)
     if len(held) == 0 or len(trips.order) == 0:
         return empty, empty
-    mine = np.flatnonzero(held.subscriber == sub_id)
-    if mine.size == 0:
-        return empty, empty
+    here = np.flatnonzero(held_veh >= 0)  # vehicles without a record here: untouched
+    mine = here[held.subscriber[here] == sub_id]
     code = held_veh[mine]
-    present = code >= 0
-    mine, code = mine[present], code[present]  # vehicles without a record here: untouched
     if mine.size == 0:
         return empty, empty
     seg_veh = trips.veh[trips.first]
