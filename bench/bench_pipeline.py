@@ -20,6 +20,7 @@ import argparse
 import cProfile
 import gc
 import math
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from bench import e2e_gateway as gw
 from bench.common import machine
+from bench.mqtt_load import peak_rss_mb
 from gateway.config import load_config
 from gateway.model import Envelope
 from gateway.service import Gateway
@@ -91,6 +93,8 @@ def run(args: argparse.Namespace) -> str:
             f"- {cpu / n * 1e6:,.0f} µs CPU per input ({wall / n * 1e6:,.0f} µs wall), "
             f"{n / wall:,.0f} inputs/s on one core",
             f"- {views / n:.2f} views per input ({views:,} views)",
+            f"- peak RSS {peak_rss_mb(os.getpid()) or 0:,.0f} MiB (the fleet's messages "
+            "included)",
         ]
     )
 
