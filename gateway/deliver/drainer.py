@@ -70,7 +70,7 @@ class OutboxDrainer:
         self._batching = batching
         self._batcher = Batcher()
         self._batch_lock = threading.Lock()
-        self._refused_batched: list[OutboxRow] = []
+        self._refused_batched = 0  # views of refused batches, for the log
         self._hurry = threading.Event()  # shutdown: send partial batches without lingering
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -160,8 +160,15 @@ class OutboxDrainer:
             counter.labels(row.channel, row.subscriber).inc()
 
     def _batch_done(self, batch: Batch, ok: bool) -> None:
-        """One PUBACK for a batch: every view of it delivered, or every one refused."""
+        """One PUBACK for a batch: every view of it delivered, or every one refused — then
+        put back at once at the front of its subscriber's queue, so that it goes out again
+        before any batch not yet taken (one already waiting for the in-flight bound may
+        go first, as a per-view publish may overtake a refused one)."""
         n = len(batch.rows)
+        if not ok:
+            with self._batch_lock:
+                self._batcher.put_back(batch.rows)
+            self._wake.set()
         with self._lock:
             if ok:
                 now = self.clock()
@@ -169,7 +176,7 @@ class OutboxDrainer:
                 self._waited.extend(now - r.created_ms / 1000 for r in batch.rows)
                 self.delivered[batch.subscriber] = self.delivered.get(batch.subscriber, 0) + n
             else:
-                self._refused_batched.extend(batch.rows)
+                self._refused_batched += n
         counter = self.metrics.delivered if ok else self.metrics.delivery_failures
         counter.labels("mqtt", batch.subscriber).inc(n)
 
@@ -177,7 +184,7 @@ class OutboxDrainer:
         with self._lock:
             confirmed, self._confirmed = self._confirmed, []
             refused, self._refused = self._refused, []
-            refused_batched, self._refused_batched = self._refused_batched, []
+            refused_batched, self._refused_batched = self._refused_batched, 0
             waited, self._waited = self._waited, []
         if waited:
             self.metrics.delivery_seconds.observe(waited, "mqtt")
@@ -185,9 +192,7 @@ class OutboxDrainer:
             log.warning("%d publishes refused by the broker; retrying", len(refused))
             self._queue.extendleft(reversed(refused))
         if refused_batched:
-            log.warning("%d batched views refused by the broker; retrying", len(refused_batched))
-            with self._batch_lock:
-                self._batcher.put_back(refused_batched)
+            log.warning("%d batched views refused by the broker; retrying", refused_batched)
         if confirmed:
             try:
                 with self.store.transaction() as tx:
