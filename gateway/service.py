@@ -209,13 +209,9 @@ class Gateway:
             watch={DROPPED_TOPIC: self._broker_dropped} if config.broker.sys_stats else None,
         )
         self.drainer = OutboxDrainer(
-            self.store,
-            self.origin,
-            self.publisher,
-            self.metrics,
-            clock=clock,
+            self.store, self.origin, self.publisher, self.metrics, clock=clock,
             batching=bundle_batching(lambda: self.holder.current),
-        )
+        )  # fmt: skip
         self.metrics.watch(
             connected=lambda: bool(self.source.status.up and self.publisher.status.up),
             queue_depth=lambda: self.source.pending(),

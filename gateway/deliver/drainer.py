@@ -16,7 +16,9 @@ views as batches instead (:mod:`gateway.deliver.batching` groups them, by subscr
 delivered on that one PUBACK, a refused batch put back at the front of its subscriber's
 queue. Those batches leave from the background thread only; the in-flight bound counts
 messages, so a batch is one. Views of other subscribers (and dead-letter notices) go one per
-message exactly as before.
+message exactly as before. A policy reload that turns batching off for a subscriber keeps
+its waiting views in the batcher until they are sent; one that turns it on may let the
+subscriber's first batch overtake views of it still queued one per message.
 """
 
 from __future__ import annotations
