@@ -1,7 +1,8 @@
-"""End to end through a real Mosquitto at QoS 1, three ways in one run (issue 5).
+"""End to end through a real Mosquitto at QoS 1, several ways in one run (issues 5, 14).
 
-    python -m bench.bench_e2e [--modes raw,relay,gateway,gateway-api] [--messages 40000]
-                              [--vehicles 10000] [--zones 10000] [--latency-seconds 20]
+    python -m bench.bench_e2e [--modes raw,relay,gateway,gateway-batched,gateway-api]
+                              [--messages 40000] [--vehicles 10000] [--zones 10000]
+                              [--latency-seconds 20] [--batch-views 100] [--linger-ms 20]
 
 Modes, each against a fresh broker (``gateway.testing.MosquittoBroker``: persistence on,
 its own config and data directory):
@@ -13,6 +14,13 @@ its own config and data directory):
 * ``gateway``: ``python -m gateway run --config FILE`` with the default policy (10,000 zones,
   consents for the fleet), the store in SQLite on disk, every view delivered by MQTT; its
   HTTP API disabled (``api.enabled: false``);
+* ``gateway-batched``: the same with every subscriber's view set to batched delivery
+  (``batch_max_views: --batch-views``, ``linger_ms: --linger-ms``; 100 and 20 by default):
+  each MQTT message is a JSON array of views on ``<topic>/batch``. Its subscribers split
+  the arrays and count and key each view, so its output rate is in views per second like
+  the other modes' (a view's latency is its batch's arrival minus its input's send time);
+  the report adds the MQTT messages per second it sent. It runs after ``gateway``, at the
+  same latency load;
 * ``gateway-api``: the same, with the HTTP API that ``icvgw run`` starts beside it (its own
   process) and a client (``bench/api_load.py``) that pulls every subscriber's views with
   ``GET /v1/records`` every ``--api-pull-every`` seconds (1) and queries the audit log with
@@ -74,7 +82,7 @@ from gateway.resources import default_policy_dir
 from gateway.testing import MosquittoBroker
 from simulators.fleet import Fleet, FleetConfig
 
-MODES = ("raw", "relay", "gateway", "gateway-api")
+MODES = ("raw", "relay", "gateway", "gateway-batched", "gateway-api")
 PLAIN_WARMUP = 2_000
 """Warm-up messages of raw and relay, which decide nothing (the gateway modes drive the
 fleet for ``--drive-seconds`` first)."""
@@ -135,7 +143,8 @@ class Subscriber:
     """A subscriber process and its running message count."""
 
     child: Child
-    count: Any  # multiprocessing.Value('q')
+    count: Any  # multiprocessing.Value('q'): outputs (views) received
+    messages: Any  # multiprocessing.Value('q'): MQTT messages received
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -147,6 +156,8 @@ class Phase:
 
     inputs: int
     outputs: int
+    """Outputs received: messages for raw and relay, views for the gateway modes (a batch
+    counts each of its views)."""
     seconds: float
     publish_seconds: float
     latencies_ms: np.ndarray
@@ -157,6 +168,8 @@ class Phase:
     held: int = 0
     unmatched: int = 0
     per_subscriber: dict[str, int] = field(default_factory=dict)
+    messages: int | None = None
+    """MQTT messages received (as many as outputs unless views came in batches)."""
 
     @property
     def input_rate(self) -> float:
@@ -167,6 +180,25 @@ class Phase:
     def output_rate(self) -> float:
         """Outputs per second, first send to last arrival."""
         return self.outputs / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def message_rate(self) -> float | None:
+        """MQTT messages out per second, first send to last arrival."""
+        if self.messages is None or self.seconds <= 0:
+            return None
+        return self.messages / self.seconds
+
+    @property
+    def per_input(self) -> float:
+        """Outputs per input."""
+        return self.outputs / self.inputs if self.inputs else 0.0
+
+    @property
+    def cpu_per_input_us(self) -> float | None:
+        """CPU microseconds of the process under test per input."""
+        if self.cpu_seconds is None or not self.inputs:
+            return None
+        return self.cpu_seconds / self.inputs * 1e6
 
     def percentile(self, q: float) -> float | None:
         """Latency percentile in ms, None without samples."""
@@ -218,6 +250,7 @@ class Mode:
         """Start the subscribers, then the middle."""
         for name, filters, key in self.subscriber_specs():
             count = self.ctx.Value("q", 0, lock=False)
+            messages = self.ctx.Value("q", 0, lock=False)
             child = Child(
                 self.ctx,
                 name,
@@ -227,15 +260,20 @@ class Mode:
                 key,
                 f"bench-{name}",
                 count,
+                messages,
             )
-            self.subscribers.append(Subscriber(child, count))
+            self.subscribers.append(Subscriber(child, count, messages))
         for sub in self.subscribers:
             sub.child.reply(30.0)
         self.start_middle()
 
     def total(self) -> int:
-        """Messages received by every subscriber so far."""
+        """Outputs received by every subscriber so far."""
         return sum(int(s.count.value) for s in self.subscribers)
+
+    def messages_total(self) -> int:
+        """MQTT messages received by every subscriber so far."""
+        return sum(int(s.messages.value) for s in self.subscribers)
 
     def collect(self) -> tuple[np.ndarray, list[str | None]]:
         """Arrival times and keys received since the last collect, all subscribers."""
@@ -373,6 +411,8 @@ class GatewayMode(Mode):
         out_inflight: int,
         store: str,
         api: bool = False,
+        batch_views: int = 1,
+        linger_ms: int = 0,
     ) -> None:
         super().__init__(ctx, workdir, broker)
         self.store = store
@@ -385,6 +425,8 @@ class GatewayMode(Mode):
             consenting_vins=consenting_vins,
             purposes=consent_purposes,
             delivery=delivery,
+            batch_views=batch_views,
+            linger_ms=linger_ms,
         )
         gw.init_keys(home / "keys")
         self.config = gw.write_config(
@@ -463,6 +505,13 @@ class GatewayMode(Mode):
                 self.proc.kill()
                 self.proc.wait()
         return {self.name: peak} if peak is not None else {}
+
+
+class GatewayBatchedMode(GatewayMode):
+    """The gateway with every subscriber's views delivered in batches (``batch_max_views``,
+    ``linger_ms``): one MQTT message carries up to ``batch_views`` views."""
+
+    name = "gateway-batched"
 
 
 class GatewayApiMode(GatewayMode):
@@ -561,6 +610,8 @@ class Settings:
     workdir: Path
     store: str
     sample_period_s: float = 10.0
+    batch_views: int = 100
+    linger_ms: int = 20
     api_pull_every_s: float = 1.0
     api_audit_per_s: float = 2.0
 
@@ -583,6 +634,7 @@ class Bench:
             settings.sample_period_s,
         )
         self.first_latency = settings.warmup + settings.repeats * settings.messages
+        self._postgres_used = False
 
     def close(self) -> None:
         """Stop the publisher."""
@@ -605,6 +657,15 @@ class Bench:
             "out_inflight": self.s.out_inflight,
             "store": self._store(name),
         }
+        if name == "gateway-batched":
+            return GatewayBatchedMode(
+                self.ctx,
+                workdir,
+                broker,
+                batch_views=self.s.batch_views,
+                linger_ms=self.s.linger_ms,
+                **common,
+            )
         if name == "gateway-api":
             return GatewayApiMode(
                 self.ctx,
@@ -621,8 +682,9 @@ class Bench:
         (emptied first when a second gateway mode uses it)."""
         if not self.s.store.startswith(("postgresql://", "postgres://")):
             return self.s.store
-        if mode == "gateway-api" and "gateway" in self.s.modes:
+        if self._postgres_used:
             gw.empty_postgres(self.s.store)
+        self._postgres_used = True
         return self.s.store
 
     def run_mode(self, name: str, latency_rate: float | None) -> ModeResult:
@@ -710,7 +772,7 @@ class Bench:
     def _phase(self, mode: Mode, first: int, count: int, rate: float | None) -> Phase:
         """Publish ``count`` messages from ``first`` (paced at ``rate`` or saturating), wait
         until drained, and match what arrived against what was sent."""
-        base = mode.total()
+        base, base_messages = mode.total(), mode.messages_total()
         pid = mode.middle_pid()
         cpu_before = None if pid is None else cpu_seconds(pid)
         extra_before = {k: cpu_seconds(p) for k, p in mode.extra_pids().items()}
@@ -720,6 +782,7 @@ class Bench:
         )
         expected = None if mode.expected_per_input is None else count * mode.expected_per_input
         self._drain(mode, expected, base)
+        messages = mode.messages_total() - base_messages
         cpu_after = None if pid is None else cpu_seconds(pid)
         extra_cpu = {
             k: after - before
@@ -767,6 +830,7 @@ class Bench:
             held=held,
             unmatched=unmatched,
             per_subscriber=per_sub,
+            messages=messages,
         )
 
     def run(self) -> list[ModeResult]:
@@ -814,28 +878,33 @@ def report(settings: Settings, results: Sequence[ModeResult], elapsed: float) ->
         f"{settings.max_inflight:,} (load), {settings.out_inflight:,} (relay, gateway); "
         f"gateway: {settings.zones:,} zones, {settings.consents} consent(s) per vehicle, "
         f"delivery {settings.delivery}, store {settings.store.split(':', 1)[0]}; "
+        f"gateway-batched: {settings.batch_views} views per batch at most, linger "
+        f"{settings.linger_ms} ms; "
         f"run took {elapsed:,.0f} s; load average at the end "
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}.",
         "",
-        "| mode | input msg/s | output msg/s | × raw | × relay | latency load msg/s "
-        "| p50 ms | p99 ms | peak RSS MiB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| mode | input msg/s | output views/s | views per input | × raw | × relay "
+        "| CPU µs per input | latency load msg/s | p50 ms | p99 ms | peak RSS MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         sat, lat = r.saturation, r.latency
         if sat is None:
-            lines.append(f"| {r.mode} | failed (below) |" + " – |" * 7)
+            lines.append(f"| {r.mode} | failed (below) |" + " – |" * 9)
             continue
         rss = r.rss_mb.get(r.mode)  # the process under test (none for raw)
         lines.append(
             f"| {r.mode} | {_num(sat.input_rate)} | {_num(sat.output_rate)} "
+            f"| {_num(sat.per_input, 2)} "
             f"| {_num(sat.input_rate / raw if raw else None, 2)} "
             f"| {_num(sat.input_rate / relay if relay else None, 2)} "
+            f"| {_num(sat.cpu_per_input_us)} "
             f"| {_num(r.latency_rate)} "
             f"| {_num(lat.percentile(50) if lat else None, 1)} "
             f"| {_num(lat.percentile(99) if lat else None, 1)} | {_num(rss)} |"
         )
     lines.append("")
+    lines += _message_lines(results)
     for r in results:
         if r.latency is not None:
             lat = r.latency
@@ -858,10 +927,10 @@ def report(settings: Settings, results: Sequence[ModeResult], elapsed: float) ->
                 f"- {r.mode}: {sat.cpu_seconds / sat.seconds:.0%} of one core during saturation, "
                 f"{sat.cpu_seconds / sat.inputs * 1e6:,.0f} µs CPU per input"
             )
-        if r.saturation is not None and r.saturation.per_subscriber and r.mode == "gateway":
+        if r.saturation is not None and r.saturation.per_subscriber and r.mode != "relay":
             parts = ", ".join(f"{k} {v:,}" for k, v in sorted(r.saturation.per_subscriber.items()))
             lines.append(
-                f"- gateway outputs by subscriber (saturation): {parts}; "
+                f"- {r.mode} outputs by subscriber (saturation): {parts}; "
                 f"{r.saturation.unmatched:,} unmatched"
             )
         if sat is not None and sat.extra_cpu and sat.seconds > 0:
@@ -899,6 +968,22 @@ def report(settings: Settings, results: Sequence[ModeResult], elapsed: float) ->
             ),
         ]
     return "\n".join(lines)
+
+
+def _message_lines(results: Sequence[ModeResult]) -> list[str]:
+    """MQTT messages out per second where views travel in batches (elsewhere every output is
+    one message): what the broker and the gateway's publisher actually carried."""
+    lines = []
+    for r in results:
+        sat = r.saturation
+        if sat is None or sat.messages is None or sat.messages == sat.outputs:
+            continue
+        per_message = sat.outputs / sat.messages if sat.messages else None
+        lines.append(
+            f"- {r.mode}: MQTT messages out {_num(sat.message_rate)}/s in saturation "
+            f"({sat.messages:,} messages, {_num(per_message, 1)} views per message)"
+        )
+    return lines
 
 
 def _api_lines(settings: Settings, by: dict[str, ModeResult]) -> list[str]:
@@ -1011,6 +1096,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--delivery", choices=("mqtt", "as-is"), default="mqtt")
     parser.add_argument(
+        "--batch-views",
+        type=int,
+        default=100,
+        help="gateway-batched: each subscriber view's delivery.batch_max_views (2..1000)",
+    )
+    parser.add_argument(
+        "--linger-ms",
+        type=int,
+        default=20,
+        help="gateway-batched: each subscriber view's delivery.linger_ms (0..5000)",
+    )
+    parser.add_argument(
         "--api-pull-every",
         type=float,
         default=1.0,
@@ -1034,6 +1131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(modes) - set(MODES))
     if unknown or not modes:
         parser.error(f"--modes takes a subset of {','.join(MODES)}")
+    if not 2 <= args.batch_views <= 1000 or not 0 <= args.linger_ms <= 5000:
+        parser.error("--batch-views takes 2..1000, --linger-ms 0..5000")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="icvgw-bench-e2e-"))
     workdir.mkdir(parents=True, exist_ok=True)
     settings = Settings(
@@ -1056,6 +1155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet=args.quiet,
         seed=args.seed,
         delivery=args.delivery,
+        batch_views=args.batch_views,
+        linger_ms=args.linger_ms,
         workdir=workdir,
         store=args.store,
         api_pull_every_s=args.api_pull_every,

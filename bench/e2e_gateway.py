@@ -6,7 +6,9 @@ plus random ones up to ``zones`` (spread over East China, so a few dozen lie on 
 roads around Shanghai), and consents for the fleet's consenting vehicles. By default every
 subscriber's delivery is set to MQTT (``share/<id>``, as the shipped bundle has it) so that
 all four views leave through the broker, the fan-out the zero-work relay copies;
-``delivery="as-is"`` keeps whatever channels the shipped bundle names.
+``delivery="as-is"`` keeps whatever channels the shipped bundle names. ``batch_views`` above
+1 opts every MQTT subscriber's view into batched delivery (``batch_max_views``,
+``linger_ms``): its views arrive as JSON arrays on ``<topic>/batch``.
 """
 
 from __future__ import annotations
@@ -51,13 +53,16 @@ def write_bundle(
     consenting_vins: Iterable[str],
     purposes: Sequence[str] = CONSENT_PURPOSES[:1],
     delivery: str = "mqtt",
+    batch_views: int = 1,
+    linger_ms: int = 0,
     seed: int = 3,
 ) -> list[OutputSubscriber]:
     """Write the benchmark's policy bundle into ``out`` and return its subscribers.
 
     Guarantees: the bundle holds exactly ``zones`` zones (at least the shipped ones), the
     shipped subscribers, rules and fields, and the shipped consents plus one consent per
-    vehicle and purpose of ``purposes``, valid for the whole run.
+    vehicle and purpose of ``purposes``, valid for the whole run; with ``batch_views`` above
+    1, every MQTT subscriber's view batches up to that many views, lingering ``linger_ms``.
     """
     src = default_policy_dir()
     shutil.copytree(src, out)
@@ -92,6 +97,8 @@ def write_bundle(
         if delivery == "mqtt":
             view["delivery"] = {"channel": "mqtt", "topic": f"{OUTPUT_PREFIX}/{sub['id']}"}
         channel = view["delivery"]
+        if batch_views > 1 and channel["channel"] == "mqtt":
+            channel.update(batch_max_views=batch_views, linger_ms=linger_ms)
         topic = channel.get("topic") if channel["channel"] == "mqtt" else None
         result.append(
             OutputSubscriber(
@@ -174,15 +181,18 @@ def gateway_command(config: Path) -> list[str]:
     return [sys.executable, "-m", "gateway", "run", "--config", str(config)]
 
 
-def output_key(payload: bytes) -> str | None:
-    """The key a subscriber records for one gateway output: ``subscriber/message_id``."""
+def output_keys(payload: bytes) -> list[str | None]:
+    """The keys a subscriber records for one gateway output, ``subscriber/message_id`` of
+    each view it carries: one for a view, one per element for a batch (a JSON array of
+    views); ``[None]`` for anything else."""
     import orjson
 
     try:
-        view = orjson.loads(payload)
-        return f"{view['subscriber']}/{view['message_id']}"
+        doc = orjson.loads(payload)
+        views = doc if isinstance(doc, list) else [doc]
+        return [f"{v['subscriber']}/{v['message_id']}" for v in views] or [None]
     except (orjson.JSONDecodeError, KeyError, TypeError):
-        return None
+        return [None]
 
 
 class GatewayTrace:

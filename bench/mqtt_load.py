@@ -5,7 +5,8 @@
   ``simulators.publish.Publisher`` (bounded in-flight), either as fast as the broker confirms
   or paced at a fixed rate, recording each message's send time.
 * :func:`subscriber_main` subscribes to topic filters at QoS 1 and records, per message, its
-  arrival time and a key (:data:`KEYS`) that ties it to the input that caused it.
+  arrival time and a key (:data:`KEYS`) that ties it to the input that caused it — per view
+  for a gateway batch (a JSON array of views): each view of it arrives when the batch does.
 * :func:`relay_main` is the zero-work relay: the gateway's own MQTT input (persistent
   session, manual ack, bounded queue) and MQTT output (QoS 1, bounded in-flight), with
   nothing between them: each input is republished unchanged once per subscriber to
@@ -31,7 +32,7 @@ import numpy as np
 import orjson
 import paho.mqtt.client as mqtt
 
-from bench.e2e_gateway import output_key
+from bench.e2e_gateway import output_keys
 from gateway.deliver.mqtt import MqttPublisher
 from gateway.ingest.client import connect_async, new_client, parse_broker_url
 from gateway.ingest.source import MqttSource
@@ -68,17 +69,18 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def _msg_id(payload: bytes) -> str | None:
+def _msg_id(payload: bytes) -> list[str | None]:
     try:
         value = orjson.loads(payload).get("msg_id")
     except (orjson.JSONDecodeError, AttributeError):
-        return None
-    return value if isinstance(value, str) else None
+        return [None]
+    return [value if isinstance(value, str) else None]
 
 
-KEYS: dict[str, Callable[[bytes], str | None]] = {"msg_id": _msg_id, "view": output_key}
-"""How a subscriber keys what it receives: ``msg_id`` (the input's own id, carried by raw
-and relayed copies) or ``view`` (``subscriber/message_id`` of a gateway output)."""
+KEYS: dict[str, Callable[[bytes], list[str | None]]] = {"msg_id": _msg_id, "view": output_keys}
+"""How a subscriber keys what it receives, one key per output it carries: ``msg_id`` (the
+input's own id, carried by raw and relayed copies) or ``view`` (``subscriber/message_id`` of
+each gateway view, alone or in a batch)."""
 
 
 # -- load generator -----------------------------------------------------------------------
@@ -188,9 +190,11 @@ def subscriber_main(
     key: str,
     client_id: str,
     count: Synchronized,  # type: ignore[type-arg]
+    messages: Synchronized | None = None,  # type: ignore[type-arg]
 ) -> None:
     """Subscribe to ``filters`` at QoS 1 (clean session) and record arrivals; ``count`` is
-    the running number of messages received. Answers ``("ready",)`` once subscribed, then
+    the running number of outputs (views) received, ``messages`` that of MQTT messages
+    (fewer when views come in batches). Answers ``("ready",)`` once subscribed, then
     serves ``("collect",)`` -> ``(arrival_times, keys)`` since the last collect, and
     ``("stop",)``."""
     extract = KEYS[key]
@@ -212,11 +216,13 @@ def subscriber_main(
 
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         t = clock()
-        k = extract(bytes(msg.payload))
+        ks = extract(bytes(msg.payload))
         with lock:
-            times.append(t)
-            keys.append(k)
-        count.value += 1
+            times.extend([t] * len(ks))
+            keys.extend(ks)
+        count.value += len(ks)
+        if messages is not None:
+            messages.value += 1
 
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe

@@ -42,6 +42,7 @@ from gateway import consents
 from gateway.audit.log import AuditLog, CheckpointPolicy
 from gateway.commit import Context, Written, commit_batch
 from gateway.config import GatewayConfig
+from gateway.deliver.batching import bundle_batching
 from gateway.deliver.drainer import OutboxDrainer
 from gateway.deliver.mqtt import MqttPublisher
 from gateway.errors import StaleDecisionError, StoreError
@@ -208,8 +209,9 @@ class Gateway:
             watch={DROPPED_TOPIC: self._broker_dropped} if config.broker.sys_stats else None,
         )
         self.drainer = OutboxDrainer(
-            self.store, self.origin, self.publisher, self.metrics, clock=clock
-        )
+            self.store, self.origin, self.publisher, self.metrics, clock=clock,
+            batching=bundle_batching(lambda: self.holder.current),
+        )  # fmt: skip
         self.metrics.watch(
             connected=lambda: bool(self.source.status.up and self.publisher.status.up),
             queue_depth=lambda: self.source.pending(),

@@ -9,6 +9,16 @@ store on the hot path); at start-up the drainer loads every row still pending, s
 that was committed but never confirmed — the gateway died first — is sent again under its
 own message id, and subscribers de-duplicate on that id. Confirmations (PUBACK) are marked
 in the store in batches; a refused publish is queued again.
+
+A subscriber whose view opts into batches (``delivery.batch_max_views`` above 1) gets its
+views as batches instead (:mod:`gateway.deliver.batching` groups them, by subscriber in
+``seq`` order): one QoS 1 PUBLISH per batch on ``<topic>/batch``, every view of it marked
+delivered on that one PUBACK, a refused batch put back at the front of its subscriber's
+queue. Those batches leave from the background thread only; the in-flight bound counts
+messages, so a batch is one. Views of other subscribers (and dead-letter notices) go one per
+message exactly as before. A policy reload that turns batching off for a subscriber keeps
+its waiting views in the batcher until they are sent; one that turns it on may let the
+subscriber's first batch overtake views of it still queued one per message.
 """
 
 from __future__ import annotations
@@ -20,7 +30,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from gateway.deliver.mqtt import MqttPublisher
+from gateway.deliver.batch import encode_batch
+from gateway.deliver.batching import Batch, Batcher, BatchingLookup
+from gateway.deliver.mqtt import Done, MqttPublisher
 from gateway.errors import DeliveryError, StoreError
 from gateway.metrics import Metrics
 from gateway.store import Store
@@ -42,7 +54,10 @@ class OutboxDrainer:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.time,
+        batching: BatchingLookup | None = None,
     ) -> None:
+        """``batching`` says which subscribers get batches (:func:`~gateway.deliver.batching.
+        bundle_batching`); without it every view goes one per message."""
         self.store = store
         self.shard = shard
         self.publisher = publisher
@@ -54,6 +69,11 @@ class OutboxDrainer:
         self._confirmed: list[int] = []
         self._waited: list[float] = []  # seconds from decision to PUBACK, observed in batches
         self._refused: list[OutboxRow] = []
+        self._batching = batching
+        self._batcher = Batcher()
+        self._batch_lock = threading.Lock()
+        self._refused_batched = 0  # views of refused batches, for the log
+        self._hurry = threading.Event()  # shutdown: send partial batches without lingering
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -62,16 +82,18 @@ class OutboxDrainer:
     def start(self) -> None:
         """Load what is still pending from the store, then start the background thread."""
         self._queue.clear()  # the store is the truth: anything submitted is in it
+        self._batcher = Batcher()
         after = -1
         while True:
             with self.store.snapshot() as rd:
                 rows = pending_outbox(rd, self.shard, after_seq=after, limit=5000)
             if not rows:
                 break
-            self._queue.extend(rows)
+            self._route(rows)
             after = rows[-1].seq
-        if self._queue:
-            log.info("%d committed views not yet confirmed: sending them again", len(self._queue))
+        waiting = len(self._queue) + len(self._batcher)
+        if waiting:
+            log.info("%d committed views not yet confirmed: sending them again", waiting)
         self._thread = threading.Thread(target=self._run, name="icvgw-outbox", daemon=True)
         self._thread.start()
 
@@ -84,6 +106,8 @@ class OutboxDrainer:
         interpreter lock before every publish. The rest goes to the background thread.
         """
         rows = [r for r in rows if r.channel == "mqtt"]  # the API's sinks take the rest
+        if rows and self._batching is not None:
+            rows = self._route(rows, queue=False)
         if rows and self._send_lock.acquire(blocking=False):
             sent = 0
             try:
@@ -102,6 +126,29 @@ class OutboxDrainer:
             self._queue.extend(rows)
             self._wake.set()
 
+    def _route(self, rows: list[OutboxRow], *, queue: bool = True) -> list[OutboxRow]:
+        """Hand the views of batched subscribers to the batcher (and wake the thread);
+        return the others, which go one per message (queued here too if ``queue``).
+
+        A subscriber whose batching was just turned off keeps going through the batcher
+        while views of it wait there, so that none overtakes them."""
+        single = rows
+        if self._batching is not None:
+            lookup, single, batched = self._batching, [], 0
+            with self._batch_lock:
+                for row in rows:
+                    settings = lookup(row.subscriber)
+                    if settings is not None or self._batcher.waiting(row.subscriber):
+                        self._batcher.add(row, settings)
+                        batched += 1
+                    else:
+                        single.append(row)
+            if batched:
+                self._wake.set()
+        if queue:
+            self._queue.extend(single)
+        return single
+
     def _done(self, row: OutboxRow, ok: bool) -> None:
         with self._lock:
             if ok:
@@ -114,16 +161,40 @@ class OutboxDrainer:
             counter = self.metrics.delivered if ok else self.metrics.delivery_failures
             counter.labels(row.channel, row.subscriber).inc()
 
+    def _batch_done(self, batch: Batch, ok: bool) -> None:
+        """One PUBACK for a batch: every view of it delivered, or every one refused — then
+        put back at once at the front of its subscriber's queue, so that it goes out again
+        before any batch not yet taken (one already waiting for the in-flight bound may
+        go first, as a per-view publish may overtake a refused one)."""
+        n = len(batch.rows)
+        if not ok:
+            with self._batch_lock:
+                self._batcher.put_back(batch.rows)
+            self._wake.set()
+        with self._lock:
+            if ok:
+                now = self.clock()
+                self._confirmed.extend(r.seq for r in batch.rows)
+                self._waited.extend(now - r.created_ms / 1000 for r in batch.rows)
+                self.delivered[batch.subscriber] = self.delivered.get(batch.subscriber, 0) + n
+            else:
+                self._refused_batched += n
+        counter = self.metrics.delivered if ok else self.metrics.delivery_failures
+        counter.labels("mqtt", batch.subscriber).inc(n)
+
     def _flush_confirmed(self) -> None:
         with self._lock:
             confirmed, self._confirmed = self._confirmed, []
             refused, self._refused = self._refused, []
+            refused_batched, self._refused_batched = self._refused_batched, 0
             waited, self._waited = self._waited, []
         if waited:
             self.metrics.delivery_seconds.observe(waited, "mqtt")
         if refused:
             log.warning("%d publishes refused by the broker; retrying", len(refused))
             self._queue.extendleft(reversed(refused))
+        if refused_batched:
+            log.warning("%d batched views refused by the broker; retrying", refused_batched)
         if confirmed:
             try:
                 with self.store.transaction() as tx:
@@ -140,13 +211,14 @@ class OutboxDrainer:
                 if time.monotonic() - last_mark >= _MARK_EVERY_S:
                     last_mark = time.monotonic()
                     self._flush_confirmed()
+                self._wake.clear()  # before looking: a submit from now on wakes the wait
                 with self._send_lock:  # rows leave the queue in order, one sender at a time
                     row = self._queue.popleft() if self._queue else None
                     if row is not None:
                         self._publish(row)
-                if row is None:
-                    self._wake.wait(_MARK_EVERY_S)
-                    self._wake.clear()
+                sent_batch = self._send_batch()
+                if row is None and not sent_batch:
+                    self._wake.wait(self._idle_wait())
             except StoreError as exc:  # the pipeline reports a failing store
                 log.debug("outbox: confirmations not marked yet: %s", exc)
                 self._stop.wait(1.0)
@@ -155,18 +227,51 @@ class OutboxDrainer:
                 time.sleep(1.0)
 
     def _publish(self, row: OutboxRow) -> None:
+        if not self._publish_message(row.topic, row.payload, functools.partial(self._done, row)):
+            self._queue.appendleft(row)
+
+    def _send_batch(self) -> bool:
+        """Publish the next due batch, if any (only this thread sends batches, so each
+        subscriber's batches leave in order); True if there was one."""
+        with self._batch_lock:
+            batch = self._batcher.take(self.clock(), hurry=self._hurry.is_set())
+        if batch is None:
+            return False
+        payload = encode_batch([r.payload for r in batch.rows])
+        done = functools.partial(self._batch_done, batch)
+        if not self._publish_message(batch.topic, payload, done):
+            with self._batch_lock:
+                self._batcher.put_back(batch.rows)
+        return True
+
+    def _idle_wait(self) -> float:
+        """How long the thread may sleep: until the next batch is due, at most the marking
+        period."""
+        with self._batch_lock:
+            due = self._batcher.next_due(self.clock())
+        return _MARK_EVERY_S if due is None else min(_MARK_EVERY_S, due)
+
+    def _publish_message(self, topic: str, payload: bytes, done: Done) -> bool:
+        """Publish, waiting while the in-flight bound is reached (recording confirmations
+        meanwhile); False if the drainer stopped first (nothing sent)."""
         while not self._stop.is_set():
             try:
-                self.publisher.publish(
-                    row.topic, row.payload, functools.partial(self._done, row), timeout=1.0
-                )
-                return
+                self.publisher.publish(topic, payload, done, timeout=1.0)
+                return True
             except DeliveryError:
                 self._flush_confirmed()
-        self._queue.appendleft(row)
+        return False
 
     def drain(self, timeout: float) -> bool:
-        """Wait until every committed view is confirmed (or ``timeout``); True if drained."""
+        """Wait until every committed view is confirmed (or ``timeout``); True if drained.
+        Batches waiting to fill are sent at once meanwhile."""
+        self._hurry.set()
+        try:
+            return self._wait_drained(timeout)
+        finally:
+            self._hurry.clear()
+
+    def _wait_drained(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
