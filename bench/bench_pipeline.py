@@ -93,8 +93,7 @@ def run(args: argparse.Namespace) -> str:
             f"- {cpu / n * 1e6:,.0f} µs CPU per input ({wall / n * 1e6:,.0f} µs wall), "
             f"{n / wall:,.0f} inputs/s on one core",
             f"- {views / n:.2f} views per input ({views:,} views)",
-            f"- peak RSS {peak_rss_mb(os.getpid()) or 0:,.0f} MiB (the fleet's messages "
-            "included)",
+            f"- peak RSS {peak_rss_mb(os.getpid()) or 0:,.0f} MiB (the fleet's messages included)",
         ]
     )
 
