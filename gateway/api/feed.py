@@ -206,7 +206,10 @@ _EVENT_SCHEMA = {
         "stream is its starting id alone)"
     ),
     "properties": {
-        "id": {"type": "string", "description": "The cursor just after this view"},
+        "id": {
+            "type": "string",
+            "description": "The cursor just after this view (a batch's: after its last view)",
+        },
         "event": {"type": "string", "enum": ["view", "batch"]},
         "data": {
             "type": "string",
@@ -322,9 +325,10 @@ async def _stream(
     yield f"id: {encode_cursor(at)}\n\n".encode()
 
     def poll(at: dict[str, int]) -> tuple[Events, bool] | None:
-        if not _admitted(ctx, key):
+        sub = ctx.bundle().subscribers.get(subscriber)  # one bundle, even if one comes
+        if sub is None or not _admitted(ctx, key):
             return None
-        delivery = ctx.bundle().subscribers[subscriber].view.delivery
+        delivery = sub.view.delivery
         page = read_page(ctx.store, subscriber, at, max(BATCH, delivery.batch_max_views))
         now_ms = round(ctx.clock() * 1000)
         events = page_events(page, at, delivery, now_ms)
