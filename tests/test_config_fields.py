@@ -240,7 +240,7 @@ def _webhook_attempt(cfg: GatewayConfig, attempts: int) -> Any:
 
     view = OutboxRow(1, "s", "share/s", "m-1", b"{}", 0, "webhook")
     url = f"https://127.0.0.1:{free_port()}/"
-    return _webhook(cfg, lambda sink: sink.attempt(url, WebhookRow(view, attempts, 0)))
+    return _webhook(cfg, lambda sink: sink.attempt(url, [WebhookRow(view, attempts, 0)]))
 
 
 ApiProbe = Callable[[GatewayConfig], Any]

@@ -1,8 +1,16 @@
 """What a platform reads with its ``subscriber`` key: only its own views.
 
-``GET /v1/schema`` — the JSON Schema of its view (as ``icvgw policy schema``);
+``GET /v1/schema`` — the JSON Schema of what one delivery carries (as ``icvgw policy
+schema``): its view, or a batch of views;
 ``GET /v1/feed`` — its views as Server-Sent Events, live, resumable;
 ``GET /v1/records`` — the same views page by page, for replay after an outage.
+
+A subscriber whose view sets ``delivery.batch_max_views`` above 1 gets its feed in batches:
+one ``event: batch`` carries up to that many views as a JSON array of their exact bytes
+(:func:`gateway.deliver.batch.encode_batch`), its id the cursor after its last view, so a
+``Last-Event-ID`` resumes exactly after the batch. A batch not full waits at most
+``linger_ms`` after its oldest view was committed (a stream that ends meanwhile leaves those
+views to the next one, from its last id). The pull stays page by page, one view per record.
 
 The feed and the pull read the durable outbox, whatever the subscriber's delivery channel
 (an MQTT subscriber can replay through them too), for as long as the outbox keeps a view
@@ -38,8 +46,10 @@ from gateway.api.context import ApiContext
 from gateway.api.cursors import BadCursor, decode_cursor, encode_cursor
 from gateway.api.problems import problem, problem_response, problem_router, problems
 from gateway.apikeys import ApiKey, Role
+from gateway.deliver.batch import encode_batch
 from gateway.errors import StoreError
-from gateway.policy.view_schema import view_schema
+from gateway.policy.schema import Delivery
+from gateway.policy.view_schema import delivery_schema
 from gateway.store import Store
 from gateway.store.apikeys import get_api_key
 from gateway.store.outbox import OutboxRow, subscriber_views
@@ -47,11 +57,13 @@ from gateway.store.subscriber_reads import record_read
 
 __all__ = [
     "BadCursor",
+    "Events",
     "Page",
     "ReadTracker",
     "decode_cursor",
     "encode_cursor",
     "live_end",
+    "page_events",
     "read_page",
     "router",
 ]
@@ -189,15 +201,25 @@ _CURSOR_DOC = (
 )
 _EVENT_SCHEMA = {
     "type": "object",
-    "description": "One view (the first block of a stream is its starting id alone)",
+    "description": (
+        "One view, or one batch of views for a batched subscriber (the first block of a "
+        "stream is its starting id alone)"
+    ),
     "properties": {
-        "id": {"type": "string", "description": "The cursor just after this view"},
-        "event": {"type": "string", "enum": ["view"]},
+        "id": {
+            "type": "string",
+            "description": "The cursor just after this view (a batch's: after its last view)",
+        },
+        "event": {"type": "string", "enum": ["view", "batch"]},
         "data": {
             "type": "string",
-            "description": "The view's JSON, as delivered (see /v1/schema)",
+            "description": (
+                "`view`: the view's JSON, as delivered; `batch` (a subscriber whose view sets "
+                "delivery.batch_max_views above 1): a JSON array of up to that many views, "
+                "each as delivered, in audit order. Either validates against /v1/schema."
+            ),
             "contentMediaType": "application/json",
-            "contentSchema": {"type": "object"},
+            "contentSchema": {"type": ["object", "array"]},
         },
     },
 }
@@ -209,14 +231,18 @@ _BAD_CURSOR: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/v1/schema", summary="The JSON Schema of the caller's view")
+@router.get("/v1/schema", summary="The JSON Schema of what one delivery to the caller carries")
 def schema(
     ctx: ApiContext = Depends(context),  # noqa: B008
     key: ApiKey = Depends(caller),  # noqa: B008
 ) -> dict[str, Any]:
-    """The JSON Schema (2020-12) every view delivered to the caller validates against."""
+    """The JSON Schema (2020-12) of one delivery to the caller (MQTT message, webhook POST,
+    `/v1/feed` event's data): its view (an object, `icvgw.view/1`), or, if its view sets
+    `delivery.batch_max_views` above 1, a batch: an array of 1 to `batch_max_views` views,
+    each valid under `$defs/view`. A `/v1/records` record's `view` is always one view: the
+    view schema, or the batch schema's `$defs/view`."""
     assert key.subscriber is not None  # a subscriber key always names one
-    return view_schema(ctx.bundle(), key.subscriber)
+    return delivery_schema(ctx.bundle(), key.subscriber)
 
 
 class EventStream(StreamingResponse):
@@ -235,9 +261,43 @@ class EventStream(StreamingResponse):
                     await aclose()
 
 
-def _event(row: OutboxRow, cursor: str) -> bytes:
-    data = b"".join(b"data: " + line + b"\n" for line in row.payload.split(b"\n"))
-    return b"id: " + cursor.encode() + b"\nevent: view\n" + data + b"\n"
+def _event(kind: bytes, payload: bytes, cursor: str) -> bytes:
+    data = b"".join(b"data: " + line + b"\n" for line in payload.split(b"\n"))
+    return b"id: " + cursor.encode() + b"\nevent: " + kind + b"\n" + data + b"\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Events:
+    """A page as events: their bytes, the position after the last (the next poll's start),
+    how many views they carry, and the seconds a held batch may still wait (0: none)."""
+
+    data: bytes
+    positions: dict[str, int]
+    views: int
+    linger_s: float = 0.0
+
+
+def page_events(page: Page, start: Mapping[str, int], delivery: Delivery, now_ms: int) -> Events:
+    """``page`` (read from ``start``) as the events of a subscriber with ``delivery``: one
+    ``view`` per view; batched, one ``batch`` per ``batch_max_views`` views, id the cursor
+    after its last view. The last batch, not full, is held back (the next poll reads it
+    again) while more views are waiting or its oldest view is younger than ``linger_ms``."""
+    if not delivery.batched:
+        data = b"".join(_event(b"view", row.payload, c) for row, c in page.rows)
+        return Events(data, page.positions, len(page.rows))
+    size = delivery.batch_max_views
+    batches = [page.rows[i : i + size] for i in range(0, len(page.rows), size)]
+    positions, linger_s = page.positions, 0.0
+    if batches and len(batches[-1]) < size:
+        linger_end = batches[-1][0][0].created_ms + delivery.linger_ms
+        if page.more or linger_end > now_ms:
+            batches.pop()
+            positions = decode_cursor(batches[-1][-1][1]) if batches else dict(start)
+            linger_s = 0.0 if page.more else (linger_end - now_ms) / 1000
+    data = b"".join(
+        _event(b"batch", encode_batch([row.payload for row, _ in b]), b[-1][1]) for b in batches
+    )
+    return Events(data, positions, sum(len(b) for b in batches), linger_s)
 
 
 def _admitted(ctx: ApiContext, key: ApiKey) -> bool:
@@ -264,33 +324,37 @@ async def _stream(
     quiet_since = time.monotonic()
     yield f"id: {encode_cursor(at)}\n\n".encode()
 
-    def poll(at: dict[str, int]) -> Page | None:
-        if not _admitted(ctx, key):
+    def poll(at: dict[str, int]) -> tuple[Events, bool] | None:
+        sub = ctx.bundle().subscribers.get(subscriber)  # one bundle, even if one comes
+        if sub is None or not _admitted(ctx, key):
             return None
-        page = read_page(ctx.store, subscriber, at, BATCH)
-        if page.rows:
-            cursor = encode_cursor(page.positions)
-            reads.note(subscriber, cursor, round(ctx.clock() * 1000), len(page.rows))
+        delivery = sub.view.delivery
+        page = read_page(ctx.store, subscriber, at, max(BATCH, delivery.batch_max_views))
+        now_ms = round(ctx.clock() * 1000)
+        events = page_events(page, at, delivery, now_ms)
+        if events.views:
+            reads.note(subscriber, encode_cursor(events.positions), now_ms, events.views)
         reads.flush()
-        return page
+        return events, page.more
 
     try:
         while True:
-            page = await anyio.to_thread.run_sync(poll, at)
-            if page is None:
+            polled = await anyio.to_thread.run_sync(poll, at)
+            if polled is None:
                 return
-            at = page.positions
+            events, more = polled
+            at = events.positions
             now = time.monotonic()
-            if page.rows:
-                yield b"".join(_event(row, cursor) for row, cursor in page.rows)
+            if events.data:
+                yield events.data
                 quiet_since = now
             elif now - quiet_since >= KEEPALIVE_S:
                 yield b": keepalive\n\n"
                 quiet_since = now
             if now >= deadline:
                 return
-            if not page.more:
-                await anyio.sleep(min(POLL_S, deadline - now))
+            if not more:
+                await anyio.sleep(min(POLL_S, events.linger_s or POLL_S, deadline - now))
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(reads.flush, subscriber)
@@ -327,7 +391,10 @@ def feed(
     key: ApiKey = Depends(caller),  # noqa: B008
 ) -> Response:
     """Each view as an event ``id: <cursor>``, ``event: view``, ``data: <the view's JSON,
-        byte for byte as delivered>``, in audit order within each shard; a ``: keepalive``
+        byte for byte as delivered>``, in audit order within each shard (for a subscriber
+        whose view sets ``delivery.batch_max_views`` above 1: ``event: batch``, ``data:`` a
+        JSON array of up to that many views, ``id:`` the cursor after its last view, waiting
+        at most ``linger_ms`` to fill; see /v1/schema); a ``: keepalive``
         comment every 15 s when idle. The stream first sends ``id: <cursor>`` alone (its
         starting position, no event). It starts after the ``Last-Event-ID`` header's cursor
         (what an EventSource sends when it reconnects), else after ``?after=``, else at the

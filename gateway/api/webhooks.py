@@ -4,27 +4,42 @@ POSTed to their https url, signed per Standard Webhooks (:mod:`gateway.deliver.w
 It runs in the API process, on the API's store (the pipeline only commits the views to the
 outbox, so a slow receiver costs the pipeline nothing), for the worker's shard.
 
-* **Order.** Each subscriber's views go in audit order, one at a time: a view waiting for
-  its next attempt holds back that subscriber's later views until it is delivered or given
-  up, so a platform never sees a vehicle's records out of order. Subscribers are served in
-  parallel (up to :data:`LANES` at once): a slow receiver delays only its own views.
+* **Batches.** A subscriber whose view sets ``delivery.batch_max_views`` above 1 gets up to
+  that many of its pending views per POST, as a JSON array of their exact stored bytes
+  (:func:`gateway.deliver.batch.encode_batch`), ``webhook-id`` the batch's id
+  (:func:`~gateway.deliver.batch.batch_id`) and the signature over that array. A batch not
+  full waits at most ``linger_ms`` after its oldest view was committed for more views; one
+  left unfilled by a full read of the outbox goes at once with the next pass. Everything
+  below about a view holds for a batch of a batched subscriber: its views are retried,
+  delivered and given up together. Other subscribers get one view per POST, its message id
+  as ``webhook-id``.
+* **Order.** Each subscriber's views go in audit order, one POST at a time: a view (batch)
+  waiting for its next attempt holds back that subscriber's later views until it is
+  delivered or given up, so a platform never sees a vehicle's records out of order.
+  Subscribers are served in parallel (up to :data:`LANES` at once): a slow receiver delays
+  only its own views.
 * **Retries.** A 2xx answer delivers the view. Anything else (a status, a timeout, a TLS or
   connection failure) counts an attempt; the next waits a random time up to
   ``min(backoff_max_s, backoff_initial_s * 2**(attempts-1))`` (full jitter). After
   ``api.webhook.attempts`` attempts the view is given up: ``failed_ms`` is set and a
-  ``webhook.failed`` entry (subscriber, attempts, last outcome; never the url, the payload, a
-  VIN or a position) goes to the worker's audit shard.
+  ``webhook.failed`` entry (subscriber, attempts, last outcome; for a batch its id, and the
+  audit seqs and message ids of its views; never the url, the payload, a VIN or a position)
+  goes to the worker's audit shard. A retried batch carries the same views in the same
+  order (the same ``webhook-id``): its views share their attempt count and next attempt's
+  time in the outbox, which is how it is cut again after a restart.
 * **Writes.** Outcomes are kept in memory and written in one transaction at most every
   :data:`MARK_EVERY_S` (the pipeline shares SQLite's one writer). A view delivered but not
   yet marked when the process dies is sent again after a restart under the same
-  ``webhook-id``: delivery is at least once, and receivers de-duplicate on that id.
+  ``webhook-id`` (a batch's views maybe cut into other batches): delivery is at least once,
+  and receivers de-duplicate on the view's ``message_id``.
 * **Secrets.** Each subscriber's secret is derived from the key directory's webhook key
   (:meth:`gateway.keys.KeyRing.webhook_secret`); requests carry a signature with the
   newest generation's secret and one with the previous generation's, so after ``icvgw keys
   rotate --only webhook`` a platform keeps verifying until it is given its new secret
   (``icvgw webhook secret``). The key directory is read again when it changes.
 * **Metrics** on the API's registry: ``icvgw_webhook_deliveries_total{subscriber,outcome}``
-  (``delivered``, ``retried``, ``failed``) and ``icvgw_webhook_attempt_seconds``.
+  (views ``delivered``, ``retried``, ``failed``) and ``icvgw_webhook_attempt_seconds`` (one
+  per POST).
 """
 
 from __future__ import annotations
@@ -36,7 +51,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,11 +61,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from gateway.api.context import ApiContext
 from gateway.config import WebhookConfig
+from gateway.deliver.batch import batch_id, encode_batch
 from gateway.deliver.webhook import retry_delay_s, signed_headers
 from gateway.errors import ConfigError, GatewayError, Problem
 from gateway.keys import KeyKind, KeyRing, ensure_webhook_key
 from gateway.policy.bundle import PolicyBundle
-from gateway.policy.schema import Channel
+from gateway.policy.schema import Channel, Delivery
 from gateway.store import Store
 from gateway.store.outbox import (
     WebhookAttempt,
@@ -59,9 +75,10 @@ from gateway.store.outbox import (
     pending_webhooks,
     record_webhook_attempts,
 )
+from gateway.tlog.canonical import Json
 from gateway.tlog.entries import AdminAction, AdminEntry
 
-__all__ = ["LANES", "MARK_EVERY_S", "Outcome", "WebhookSink", "start_sink"]
+__all__ = ["LANES", "MARK_EVERY_S", "Outcome", "WebhookSink", "cut_batches", "start_sink"]
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +89,7 @@ MARK_EVERY_S = 0.5
 _POLL_S = 0.25
 """How often the outbox is looked at for new views when nothing else wakes the sink."""
 _BATCH = 200
-"""Views handed to a subscriber's lane at once."""
+"""Views read for a subscriber's lane at once (at least one batch)."""
 OUTCOMES = ("delivered", "retried", "failed")
 _QUIET = ("httpx2", "httpcore2")
 """The HTTP client's loggers, silenced below warnings: httpx2 logs every request's url at
@@ -81,26 +98,42 @@ INFO, and a webhook url may carry a token in its query string."""
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What one attempt did: delivered, or the failed attempt's record (retry or give-up),
-    with ``last`` naming the answer (``HTTP 503``, ``timeout``, ``tls``, ``connection``)."""
+    """What one POST did: delivered, or the failed attempt's record of each view it carried
+    (retry or give-up), with ``last`` naming the answer (``HTTP 503``, ``timeout``, ``tls``,
+    ``connection``). ``webhook_id`` is the view's message id, or the batch's id."""
 
     subscriber: str
-    message_id: str
-    seq: int
+    webhook_id: str
+    seqs: tuple[int, ...]
+    message_ids: tuple[str, ...]
     last: str
-    failed: WebhookAttempt | None = None
+    failed: tuple[WebhookAttempt, ...] = ()
+    batched: bool = False
 
     @property
     def delivered(self) -> bool:
         """The receiver answered 2xx."""
-        return self.failed is None
+        return not self.failed
 
     @property
     def kind(self) -> str:
         """``delivered``, ``retried`` or ``failed`` (given up)."""
-        if self.failed is None:
+        if not self.failed:
             return "delivered"
-        return "retried" if self.failed.failed_ms is None else "failed"
+        return "retried" if self.failed[0].failed_ms is None else "failed"
+
+    def audit_entry(self, at: float, instance: str) -> AdminEntry:
+        """The ``webhook.failed`` entry of a POST given up: per view as before batches; a
+        batch's names the audit seqs and message ids of every view it gave up on."""
+        details: dict[str, Json] = {
+            "subscriber": self.subscriber,
+            "attempts": self.failed[0].attempts,
+            "last": self.last,
+        }
+        if self.batched:
+            details["audit_seqs"] = list(self.seqs)
+            details["message_ids"] = list(self.message_ids)
+        return AdminEntry(at, instance, AdminAction.WEBHOOK_FAILED, self.webhook_id, details)
 
 
 @dataclass
@@ -111,9 +144,32 @@ class _Lane:
     subscriber: str
     after: int = -1
     """Every view up to this seq is delivered or given up."""
-    retry: WebhookAttempt | None = None
-    """The view waiting for its next attempt, if any."""
+    retry: tuple[WebhookAttempt, ...] = ()
+    """The views of the POST waiting for its next attempt, if any."""
     busy: bool = False
+
+    def waiting(self, now_ms: int) -> float:
+        """Seconds until the POST waiting for a retry is due (0: due, or none)."""
+        return max(0.0, (self.retry[0].next_attempt_ms - now_ms) / 1000) if self.retry else 0.0
+
+
+def cut_batches(rows: Sequence[WebhookRow], max_views: int) -> list[list[WebhookRow]]:
+    """``rows`` (pending, in audit order) cut into POSTs of at most ``max_views`` views.
+    Views tried together share their attempt count and next attempt's time, so a batch
+    that failed is cut again as it was, even after a restart; fresh views (never tried)
+    fill the batches after it."""
+    out: list[list[WebhookRow]] = []
+    for row in rows:
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and len(last) < max_views
+            and (last[0].attempts, last[0].next_attempt_ms) == (row.attempts, row.next_attempt_ms)
+        ):
+            last.append(row)
+        else:
+            out.append([row])
+    return out
 
 
 class _Metrics:
@@ -265,23 +321,23 @@ class WebhookSink:
         self._mark(force=True)
 
     # -- one pass ------------------------------------------------------------------------
-    def _targets(self) -> dict[str, str]:
-        """Subscriber -> url of the policy in force's webhook subscribers."""
-        out: dict[str, str] = {}
+    def _targets(self) -> dict[str, Delivery]:
+        """Subscriber -> delivery of the policy in force's webhook subscribers."""
+        out: dict[str, Delivery] = {}
         for sid, sub in self.bundle().subscribers.items():
             delivery = sub.view.delivery
             if delivery.channel is Channel.WEBHOOK and delivery.url is not None:
-                out[sid] = delivery.url
+                out[sid] = delivery
         return out
 
     def _step(self) -> float:
-        """Write outcomes if due, start each idle subscriber's due views; the seconds until
+        """Write outcomes if due, start each idle subscriber's due POSTs; the seconds until
         the next pass is needed."""
         self._reload_keys()
         self._mark(force=False)
         now_ms = round(self.clock() * 1000)
         pause = _POLL_S
-        for sub, url in self._targets().items():
+        for sub, delivery in self._targets().items():
             lane = self._lanes.get(sub)
             if lane is None:
                 lane = self._lanes[sub] = _Lane(sub)
@@ -289,36 +345,54 @@ class WebhookSink:
                     self.metrics.deliveries.labels(sub, outcome)
             if lane.busy or self._stop.is_set():
                 continue
-            rows = self._due(lane, now_ms) if self._waiting(lane, now_ms) == 0 else []
-            if rows:
+            posts: list[list[WebhookRow]] = []
+            wait_s = lane.waiting(now_ms)
+            if wait_s == 0:
+                posts, wait_s = self._due(lane, delivery, now_ms)
+            if posts:
                 lane.busy = True
-                future = self._pool.submit(self._run_lane, lane, url, rows)
+                future = self._pool.submit(self._run_lane, lane, delivery, posts)
                 with self._lock:
                     self._running.add(future)
                 future.add_done_callback(functools.partial(self._lane_done, lane))
-            else:
-                pause = min(pause, self._waiting(lane, now_ms) or pause)
+            elif wait_s > 0:
+                pause = min(pause, wait_s)
         return pause
 
-    @staticmethod
-    def _waiting(lane: _Lane, now_ms: int) -> float:
-        """Seconds until the lane's view waiting for a retry is due (0: due, or none)."""
-        return 0.0 if lane.retry is None else max(0.0, (lane.retry.next_attempt_ms - now_ms) / 1000)
-
-    def _due(self, lane: _Lane, now_ms: int) -> list[WebhookRow]:
-        """The lane's views due now, in order, up to the first that is not."""
+    def _due(
+        self, lane: _Lane, delivery: Delivery, now_ms: int
+    ) -> tuple[list[list[WebhookRow]], float]:
+        """The lane's POSTs due now, in order, up to the first that is not; and the seconds
+        until the next one is due (0: as soon as these are done, or when views come)."""
+        size = delivery.batch_max_views
         with self.store.snapshot() as rd:
-            rows = pending_webhooks(rd, self.shard, lane.subscriber, after_seq=lane.after)
-        due: list[WebhookRow] = []
-        r, lane.retry = lane.retry, None
-        for row in rows:
-            if r is not None and r.seq == row.view.seq:  # newer than the store until marked
-                row = replace(row, attempts=r.attempts, next_attempt_ms=r.next_attempt_ms)
-            if row.next_attempt_ms > now_ms:
-                lane.retry = WebhookAttempt(row.view.seq, row.attempts, row.next_attempt_ms)
-                break
-            due.append(row)
-        return due
+            rows = pending_webhooks(
+                rd, self.shard, lane.subscriber, after_seq=lane.after, limit=max(_BATCH, size)
+            )
+        full = len(rows) == max(_BATCH, size)
+        newer = {a.seq: a for a in lane.retry}  # newer than the store until marked
+        lane.retry = ()
+        rows = [
+            replace(r, attempts=a.attempts, next_attempt_ms=a.next_attempt_ms)
+            if (a := newer.get(r.view.seq)) is not None
+            else r
+            for r in rows
+        ]
+        due: list[list[WebhookRow]] = []
+        for post in cut_batches(rows, size):
+            if post[0].next_attempt_ms > now_ms:
+                lane.retry = tuple(
+                    WebhookAttempt(r.view.seq, r.attempts, r.next_attempt_ms) for r in post
+                )
+                return due, lane.waiting(now_ms)
+            due.append(post)
+        if due and delivery.batched and len(due[-1]) < size and due[-1][0].attempts == 0:
+            # A batch not full yet: the next pass reads on (full), or views may still come.
+            linger_end = due[-1][0].view.created_ms + delivery.linger_ms
+            if full or linger_end > now_ms:
+                due.pop()
+                return due, 0.0 if full else (linger_end - now_ms) / 1000
+        return due, 0.0
 
     def _lane_done(self, lane: _Lane, future: Future[None]) -> None:
         with self._lock:
@@ -328,54 +402,71 @@ class WebhookSink:
             log.error("webhooks: delivery to %s stopped: %r", lane.subscriber, type(exc))
         self._wake.set()
 
-    def _run_lane(self, lane: _Lane, url: str, rows: list[WebhookRow]) -> None:
-        """POST ``rows`` in order until one fails and waits for its next attempt."""
-        for row in rows:
+    def _run_lane(self, lane: _Lane, delivery: Delivery, posts: list[list[WebhookRow]]) -> None:
+        """POST each of ``posts`` in order until one fails and waits for its next attempt."""
+        assert delivery.url is not None  # a webhook target always has one
+        for rows in posts:
             if self._stop.is_set():
                 return
-            outcome = self.attempt(url, row)
+            outcome = self.attempt(delivery.url, rows, batched=delivery.batched)
             with self._lock:
                 self._outcomes.append(outcome)
-            self.metrics.deliveries.labels(lane.subscriber, outcome.kind).inc()
+            self.metrics.deliveries.labels(lane.subscriber, outcome.kind).inc(len(rows))
             if outcome.kind == "retried":
                 lane.retry = outcome.failed
                 return
-            lane.after, lane.retry = row.view.seq, None
+            lane.after, lane.retry = rows[-1].view.seq, ()
 
-    def attempt(self, url: str, row: WebhookRow) -> Outcome:
-        """POST one view to ``url``, signed; what became of it (nothing is written)."""
-        view = row.view
+    def attempt(self, url: str, rows: Sequence[WebhookRow], *, batched: bool = False) -> Outcome:
+        """POST one view (``rows`` is one row) or, ``batched``, the batch of ``rows`` to
+        ``url``, signed; what became of it (nothing is written)."""
+        head = rows[0].view
+        ids = tuple(r.view.message_id for r in rows)
+        if batched:
+            webhook_id, body = batch_id(ids), encode_batch([r.view.payload for r in rows])
+        else:
+            webhook_id, body = head.message_id, head.payload
         headers = signed_headers(
-            self._secrets(view.subscriber), view.message_id, int(self.clock()), view.payload
+            self._secrets(head.subscriber), webhook_id, int(self.clock()), body
         )
         start = time.perf_counter()
         try:
-            status = self.client.post(url, content=view.payload, headers=headers).status_code
+            status = self.client.post(url, content=body, headers=headers).status_code
             last = f"HTTP {status}"
         except (httpx2.HTTPError, httpx2.InvalidURL, OSError) as exc:
             status, last = 0, _failure(exc)
         finally:
             self.metrics.attempt_seconds.observe(time.perf_counter() - start)
+        seqs = tuple(r.view.seq for r in rows)
+        outcome = Outcome(head.subscriber, webhook_id, seqs, ids, last, batched=batched)
         if 200 <= status < 300:
-            return Outcome(view.subscriber, view.message_id, view.seq, last)
-        attempts = row.attempts + 1
+            return outcome
+        return replace(outcome, failed=self._failed(outcome, rows))
+
+    def _failed(self, outcome: Outcome, rows: Sequence[WebhookRow]) -> tuple[WebhookAttempt, ...]:
+        """The record of a failed attempt for each of ``rows``: when they are tried again,
+        or (after the last attempt) that they are given up."""
+        attempts = rows[0].attempts + 1
         now_ms = round(self.clock() * 1000)
         if attempts >= self.config.attempts:
-            failed = WebhookAttempt(view.seq, attempts, row.next_attempt_ms, now_ms)
             log.warning(
-                "webhook view %s for %s given up after %d attempts (%s)",
-                view.message_id,
-                view.subscriber,
+                "webhook %s %s for %s given up after %d attempts (%s)",
+                f"batch of {len(rows)} views" if outcome.batched else "view",
+                outcome.webhook_id,
+                outcome.subscriber,
                 attempts,
-                last,
+                outcome.last,
             )
-        else:
-            c = self.config
-            wait_s = retry_delay_s(
-                attempts, initial_s=c.backoff_initial_s, max_s=c.backoff_max_s, rand=self.rand()
+            return tuple(
+                WebhookAttempt(r.view.seq, attempts, r.next_attempt_ms, now_ms) for r in rows
             )
-            failed = WebhookAttempt(view.seq, attempts, now_ms + round(wait_s * 1000))
-        return Outcome(view.subscriber, view.message_id, view.seq, last, failed)
+        c = self.config
+        wait_s = retry_delay_s(
+            attempts, initial_s=c.backoff_initial_s, max_s=c.backoff_max_s, rand=self.rand()
+        )
+        return tuple(
+            WebhookAttempt(r.view.seq, attempts, now_ms + round(wait_s * 1000)) for r in rows
+        )
 
     # -- keys and the store --------------------------------------------------------------
     def _reload_keys(self) -> None:
@@ -409,19 +500,9 @@ class WebhookSink:
             return
         self._marked = time.monotonic()
         at = self.clock()
-        delivered = [o.seq for o in outcomes if o.delivered]
-        failed = [o.failed for o in outcomes if o.failed is not None]
-        audit = [
-            AdminEntry(
-                at,
-                self.instance,
-                AdminAction.WEBHOOK_FAILED,
-                o.message_id,
-                {"subscriber": o.subscriber, "attempts": o.failed.attempts, "last": o.last},
-            )
-            for o in outcomes
-            if o.failed is not None and o.failed.failed_ms is not None
-        ]
+        delivered = [seq for o in outcomes if o.delivered for seq in o.seqs]
+        failed = [a for o in outcomes for a in o.failed]
+        audit = [o.audit_entry(at, self.instance) for o in outcomes if o.kind == "failed"]
         try:
             with self.store.transaction() as tx:
                 mark_delivered(tx, self.shard, delivered, round(at * 1000))

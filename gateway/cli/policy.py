@@ -1,4 +1,4 @@
-"""``icvgw policy``: check a bundle, show what it shares with whom, print a view's schema,
+"""``icvgw policy``: check a bundle, show what it shares with whom, print a delivery's schema,
 explain what a record would become (:mod:`gateway.explain`, which runs the pipeline).
 
 The policy modules (pydantic, shapely, pyproj) are imported by the commands, not here, so
@@ -106,16 +106,26 @@ def schema(
     subscriber: Annotated[str, typer.Argument(help="Subscriber id.")],
     policies: _Policies = None,
     directory: _OldDirOption = None,
+    view: Annotated[
+        bool,
+        typer.Option(
+            "--view",
+            help="One view's schema, even for a subscriber that takes batches (what a "
+            "/v1/records record holds).",
+        ),
+    ] = False,
 ) -> None:
-    """Print the JSON Schema of the records SUBSCRIBER receives."""
-    from gateway.policy.view_schema import view_schema
+    """Print the JSON Schema of what one delivery to SUBSCRIBER carries: one view, or for a
+    view with delivery.batch_max_views above 1 a batch (a JSON array of views)."""
+    from gateway.policy.view_schema import delivery_schema, view_schema
 
     bundle = _load(_directory(policies, directory))
     if subscriber not in bundle.subscribers:
         known = ", ".join(bundle.subscribers)
         typer.echo(f"error: unknown subscriber {subscriber!r}; the bundle has: {known}", err=True)
         raise typer.Exit(1)
-    typer.echo(json.dumps(view_schema(bundle, subscriber), indent=2, ensure_ascii=False))
+    described = (view_schema if view else delivery_schema)(bundle, subscriber)
+    typer.echo(json.dumps(described, indent=2, ensure_ascii=False))
 
 
 @app.command("explain")

@@ -1,10 +1,14 @@
 """Standard Webhooks (https://www.standardwebhooks.com): signing, the receiver's check, and
 the retry schedule of the webhook sink.
 
-The sink (:mod:`gateway.api.webhooks`) POSTs each view with three headers:
+The sink (:mod:`gateway.api.webhooks`) POSTs each view — or, for a subscriber whose view
+sets ``delivery.batch_max_views`` above 1, each batch of views as one JSON array
+(:mod:`gateway.deliver.batch`) — with three headers:
 
-* ``webhook-id`` — the view's message id, the same on every attempt: a receiver
-  de-duplicates retries (and re-sends after a restart) on it;
+* ``webhook-id`` — the view's message id (a batch's: :func:`~gateway.deliver.batch.batch_id`
+  of its views' message ids), the same on every attempt: a receiver de-duplicates retries on
+  it; after a restart a batch may be cut differently, so a batched receiver de-duplicates on
+  each view's ``message_id``;
 * ``webhook-timestamp`` — when this attempt was signed, in Unix seconds;
 * ``webhook-signature`` — ``v1,<base64 HMAC-SHA256(secret, "{id}.{timestamp}.{body}")>``,
   one per secret in force, separated by spaces (during a webhook key rotation: the new

@@ -90,6 +90,27 @@ def test_schema_of_another_bundle(bundle_dir: Path) -> None:
     assert json.loads(result.stdout)["properties"]["subscriber"] == {"const": "city-traffic"}
 
 
+def test_schema_of_a_batched_subscriber_is_the_batch_and_view_gives_one_view(
+    bundle_dir: Path,
+) -> None:
+    topic = "        topic: share/sh-traffic\n"
+    edit(bundle_dir / "subscribers.yaml", topic, topic + "        batch_max_views: 50\n")
+    argv = ["policy", "schema", "sh-traffic", "-p", str(bundle_dir)]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    batch = json.loads(result.stdout)
+    assert (batch["type"], batch["minItems"], batch["maxItems"]) == ("array", 1, 50)
+    assert batch["items"] == {"$ref": "#/$defs/view"}
+    assert batch["$defs"]["view"]["properties"]["subscriber"] == {"const": "sh-traffic"}
+    one = runner.invoke(app, [*argv, "--view"])
+    assert one.exit_code == 0, one.output
+    view = json.loads(one.stdout)
+    assert view["type"] == "object"
+    assert {k: v for k, v in view.items() if k != "$schema"} == batch["$defs"]["view"]
+    unbatched = runner.invoke(app, ["policy", "schema", "mapco-nav", "-p", str(bundle_dir)])
+    assert json.loads(unbatched.stdout)["type"] == "object"  # one view per message
+
+
 def test_schema_unknown_subscriber() -> None:
     result = runner.invoke(app, ["policy", "schema", "nobody"])
     assert result.exit_code == 1
