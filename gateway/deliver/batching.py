@@ -14,7 +14,8 @@ micro-batch already holds many views. ``hurry`` (shutdown) makes every batch due
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable
+import heapq
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 
 from gateway.deliver.batch import batch_topic
@@ -115,13 +116,14 @@ class Batcher:
         for row, settings in rows:
             self.add(row, settings)
 
-    def take(self, now: float, *, hurry: bool = False) -> Batch | None:
+    def take(self, now: float, *, hurry: bool = False, skip: Container[str] = ()) -> Batch | None:
         """The next due batch (the subscriber whose oldest view is oldest first), removed
-        from its queue; None if no batch is due at ``now`` (seconds, the rows' clock)."""
+        from its queue; None if no batch is due at ``now`` (seconds, the rows' clock).
+        Subscribers in ``skip`` (held after a refusal) give none."""
         best: _Queue | None = None
         subscriber = ""
         for sub, q in self._queues.items():
-            due = q.rows and (hurry or _wait(q, now) <= 0)
+            due = q.rows and sub not in skip and (hurry or _wait(q, now) <= 0)
             if due and (best is None or q.rows[0].seq < best.rows[0].seq):
                 best, subscriber = q, sub
         if best is None:
@@ -130,16 +132,31 @@ class Batcher:
         rows = tuple(best.rows.popleft() for _ in range(n))
         return Batch(subscriber, best.settings.topic, rows)
 
-    def next_due(self, now: float) -> float | None:
-        """Seconds until the next batch is due (0: one is due now); None if nothing waits."""
-        waits = [_wait(q, now) for q in self._queues.values() if q.rows]
+    def next_due(self, now: float, skip: Container[str] = ()) -> float | None:
+        """Seconds until the next batch is due (0: one is due now); None if nothing waits
+        (but what ``skip``'s subscribers hold)."""
+        waits = [_wait(q, now) for s, q in self._queues.items() if q.rows and s not in skip]
         return max(0.0, min(waits)) if waits else None
 
     def put_back(self, rows: Iterable[OutboxRow]) -> None:
         """Refused views go back to the front of their queues, in ``seq`` order: they were
-        taken before anything still queued, so they go out again before it."""
-        for row in sorted(rows, key=lambda r: r.seq, reverse=True):
-            self._queues[row.subscriber].rows.appendleft(row)
+        taken before anything still queued, so they go out again before it. Views put back
+        earlier and not yet taken again may be newer (refusals come one PUBACK at a time):
+        those are merged in, so a queue stays in ``seq`` order."""
+        by_sub: dict[str, list[OutboxRow]] = {}
+        for row in rows:
+            by_sub.setdefault(row.subscriber, []).append(row)
+        for sub, back in by_sub.items():
+            q = self._queues[sub].rows
+            back.sort(key=_seq)
+            ahead = []  # only views put back before and newer than some of these
+            while q and q[0].seq < back[-1].seq:
+                ahead.append(q.popleft())
+            q.extendleft(reversed(list(heapq.merge(back, ahead, key=_seq))))
+
+
+def _seq(row: OutboxRow) -> int:
+    return row.seq
 
 
 def _wait(q: _Queue, now: float) -> float:

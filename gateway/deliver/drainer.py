@@ -41,6 +41,10 @@ from gateway.store.outbox import OutboxRow, count_pending, mark_delivered, pendi
 log = logging.getLogger(__name__)
 
 _MARK_EVERY_S = 0.2
+_RETRY_BATCH_S = _MARK_EVERY_S
+"""A subscriber's refused batch waits this long before it is sent again, as views one per
+message wait for the next marking: a broker refusing for good (an ACL without
+``<topic>/batch``) must not be answered by publishes as fast as it can refuse them."""
 
 
 class OutboxDrainer:
@@ -73,6 +77,7 @@ class OutboxDrainer:
         self._batcher = Batcher()
         self._batch_lock = threading.Lock()
         self._refused_batched = 0  # views of refused batches, for the log
+        self._held: dict[str, float] = {}  # subscriber -> monotonic time its retry may go
         self._hurry = threading.Event()  # shutdown: send partial batches without lingering
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -170,6 +175,7 @@ class OutboxDrainer:
         if not ok:
             with self._batch_lock:
                 self._batcher.put_back(batch.rows)
+                self._held[batch.subscriber] = time.monotonic() + _RETRY_BATCH_S
             self._wake.set()
         with self._lock:
             if ok:
@@ -234,21 +240,34 @@ class OutboxDrainer:
         """Publish the next due batch, if any (only this thread sends batches, so each
         subscriber's batches leave in order); True if there was one."""
         with self._batch_lock:
-            batch = self._batcher.take(self.clock(), hurry=self._hurry.is_set())
+            held = self._holding()
+            batch = self._batcher.take(self.clock(), hurry=self._hurry.is_set(), skip=held)
         if batch is None:
             return False
-        payload = encode_batch([r.payload for r in batch.rows])
-        done = functools.partial(self._batch_done, batch)
-        if not self._publish_message(batch.topic, payload, done):
-            with self._batch_lock:
-                self._batcher.put_back(batch.rows)
+        sent = False
+        try:
+            payload = encode_batch([r.payload for r in batch.rows])
+            done = functools.partial(self._batch_done, batch)
+            sent = self._publish_message(batch.topic, payload, done)
+        finally:  # not sent (stopped, or an error): the views wait again, ahead of the rest
+            if not sent:
+                with self._batch_lock:
+                    self._batcher.put_back(batch.rows)
         return True
+
+    def _holding(self) -> set[str]:
+        """Subscribers whose refused batch waits before it is sent again (``_batch_lock``
+        held)."""
+        now = time.monotonic()
+        for sub in [s for s, until in self._held.items() if until <= now]:
+            del self._held[sub]
+        return set(self._held)
 
     def _idle_wait(self) -> float:
         """How long the thread may sleep: until the next batch is due, at most the marking
         period."""
         with self._batch_lock:
-            due = self._batcher.next_due(self.clock())
+            due = self._batcher.next_due(self.clock(), self._holding())
         return _MARK_EVERY_S if due is None else min(_MARK_EVERY_S, due)
 
     def _publish_message(self, topic: str, payload: bytes, done: Done) -> bool:
