@@ -116,10 +116,18 @@ class Batcher:
         for row, settings in rows:
             self.add(row, settings)
 
-    def take(self, now: float, *, hurry: bool = False, skip: Container[str] = ()) -> Batch | None:
+    def take(
+        self,
+        now: float,
+        *,
+        hurry: bool = False,
+        skip: Container[str] = (),
+        max_packet: int | None = None,
+    ) -> Batch | None:
         """The next due batch (the subscriber whose oldest view is oldest first), removed
         from its queue; None if no batch is due at ``now`` (seconds, the rows' clock).
-        Subscribers in ``skip`` (held after a refusal) give none."""
+        Subscribers in ``skip`` (held after a refusal) give none. With ``max_packet`` (the
+        broker's limit, bytes) the batch is cut so that its PUBLISH fits, one view at least."""
         best: _Queue | None = None
         subscriber = ""
         for sub, q in self._queues.items():
@@ -129,6 +137,8 @@ class Batcher:
         if best is None:
             return None
         n = min(best.settings.max_views, len(best.rows))
+        if max_packet is not None:
+            n = _fitting(best, n, max_packet - _PUBLISH_OVERHEAD - len(best.settings.topic) * 4)
         rows = tuple(best.rows.popleft() for _ in range(n))
         return Batch(subscriber, best.settings.topic, rows)
 
@@ -153,6 +163,22 @@ class Batcher:
             while q and q[0].seq < back[-1].seq:
                 ahead.append(q.popleft())
             q.extendleft(reversed(list(heapq.merge(back, ahead, key=_seq))))
+
+
+_PUBLISH_OVERHEAD = 16
+"""Bytes of a QoS 1 PUBLISH besides its topic and payload: fixed header (5 at most),
+topic length (2), packet id (2), MQTT 5 properties length (4 at most), rounded up."""
+
+
+def _fitting(q: _Queue, n: int, budget: int) -> int:
+    """How many of the first ``n`` views of ``q`` fit ``budget`` bytes as one array; 1 at
+    least (a view too big alone fails as it would one per message)."""
+    size = 1  # "["
+    for i in range(n):
+        size += len(q.rows[i].payload) + 1  # "," or "]"
+        if size > budget:
+            return max(i, 1)
+    return n
 
 
 def _seq(row: OutboxRow) -> int:

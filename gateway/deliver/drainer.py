@@ -241,7 +241,12 @@ class OutboxDrainer:
         subscriber's batches leave in order); True if there was one."""
         with self._batch_lock:
             held = self._holding()
-            batch = self._batcher.take(self.clock(), hurry=self._hurry.is_set(), skip=held)
+            batch = self._batcher.take(
+                self.clock(),
+                hurry=self._hurry.is_set(),
+                skip=held,
+                max_packet=self.publisher.max_packet,
+            )
         if batch is None:
             return False
         sent = False

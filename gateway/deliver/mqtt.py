@@ -53,12 +53,18 @@ class MqttPublisher:
         self._connected = threading.Event()
         self.confirmed = 0
         self.refused = 0
+        self.max_packet: int | None = None
+        """The broker's Maximum Packet Size (MQTT 5 CONNACK), None if it set none: a
+        broker disconnects a client that sends a bigger packet, and paho sends it again on
+        every reconnect."""
 
     def _on_connect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
             return
         # MQTT 5: never more unacknowledged publishes than the broker's Receive Maximum.
         receive_max = getattr(props, "ReceiveMaximum", None) if props else None
+        max_packet = getattr(props, "MaximumPacketSize", None) if props else None
+        self.max_packet = int(max_packet) if max_packet else None
         with self._cond:
             self.limit = min(self.max_inflight, int(receive_max or self.max_inflight))
             self._cond.notify_all()

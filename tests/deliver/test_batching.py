@@ -5,6 +5,7 @@ others keep going one per message."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 import time
@@ -147,6 +148,7 @@ class HandPublisher:
 
     def __init__(self, limit: int = 1000) -> None:
         self.limit = limit
+        self.max_packet: int | None = None
         self.sent: list[tuple[str, bytes, Done]] = []
         self.inflight = 0
         self.cond = threading.Condition()
@@ -430,3 +432,18 @@ def test_a_batch_refused_for_good_is_retried_with_a_pause_not_in_a_tight_loop(
     finally:
         drainer.stop()
     assert 2 <= len(pub.sent) <= 10, len(pub.sent)
+
+
+def test_a_batch_is_cut_to_the_brokers_packet_limit() -> None:
+    """Five views of 100 bytes, five per batch: under a 300-byte packet limit (its topic
+    and PUBLISH header take some) a batch carries two; one view too big alone still goes."""
+    b = Batcher()
+    big = [dataclasses.replace(row(s), payload=b"x" * 100) for s in range(1, 6)]
+    b.extend((r, Batching(5, 0.0, "t")) for r in big)
+    got = b.take(11.0, max_packet=300)
+    assert got is not None and seqs(got.rows) == [1, 2]
+    assert len(encode_batch([r.payload for r in got.rows])) + 16 + 4 <= 300
+    got = b.take(11.0, max_packet=50)
+    assert got is not None and seqs(got.rows) == [3]
+    got = b.take(11.0)
+    assert got is not None and seqs(got.rows) == [4, 5]
