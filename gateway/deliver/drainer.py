@@ -78,6 +78,7 @@ class OutboxDrainer:
         self._batch_lock = threading.Lock()
         self._refused_batched = 0  # views of refused batches, for the log
         self._held: dict[str, float] = {}  # subscriber -> monotonic time its retry may go
+        self._in_hand: str | None = None  # whose batch is taken and not yet published
         self._hurry = threading.Event()  # shutdown: send partial batches without lingering
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -136,14 +137,16 @@ class OutboxDrainer:
         return the others, which go one per message (queued here too if ``queue``).
 
         A subscriber whose batching was just turned off keeps going through the batcher
-        while views of it wait there, so that none overtakes them."""
+        while views of it wait there or a batch of it is taken and not yet published, so
+        that none overtakes them."""
         single = rows
         if self._batching is not None:
             lookup, single, batched = self._batching, [], 0
             with self._batch_lock:
                 for row in rows:
                     settings = lookup(row.subscriber)
-                    if settings is not None or self._batcher.waiting(row.subscriber):
+                    sub = row.subscriber
+                    if settings is not None or self._batcher.waiting(sub) or sub == self._in_hand:
                         self._batcher.add(row, settings)
                         batched += 1
                     else:
@@ -247,16 +250,18 @@ class OutboxDrainer:
                 skip=held,
                 max_packet=self.publisher.max_packet,
             )
-        if batch is None:
-            return False
+            if batch is None:
+                return False
+            self._in_hand = batch.subscriber
         sent = False
         try:
             payload = encode_batch([r.payload for r in batch.rows])
             done = functools.partial(self._batch_done, batch)
             sent = self._publish_message(batch.topic, payload, done)
         finally:  # not sent (stopped, or an error): the views wait again, ahead of the rest
-            if not sent:
-                with self._batch_lock:
+            with self._batch_lock:
+                self._in_hand = None
+                if not sent:
                     self._batcher.put_back(batch.rows)
         return True
 
