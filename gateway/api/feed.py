@@ -289,8 +289,11 @@ def page_events(page: Page, start: Mapping[str, int], delivery: Delivery, now_ms
     batches = [page.rows[i : i + size] for i in range(0, len(page.rows), size)]
     positions, linger_s = page.positions, 0.0
     if batches and len(batches[-1]) < size:
-        linger_end = batches[-1][0][0].created_ms + delivery.linger_ms
-        if page.more or linger_end > now_ms:
+        created = batches[-1][0][0].created_ms
+        linger_end = created + delivery.linger_ms
+        # Committed "in the future" (the pipeline's clock ahead of the API's, or this one
+        # stepped back): sent at once, not skew + linger later.
+        if page.more or created <= now_ms < linger_end:
             batches.pop()
             positions = decode_cursor(batches[-1][-1][1]) if batches else dict(start)
             linger_s = 0.0 if page.more else (linger_end - now_ms) / 1000

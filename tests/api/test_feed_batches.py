@@ -180,3 +180,21 @@ def test_a_batch_not_full_waits_at_most_linger_ms(tmp_path: Path) -> None:
         jsonschema_rs.Draft202012Validator(batch_schema(load_bundle(policy), SUB)).validate(
             orjson.loads(event.data)
         )
+
+
+def test_a_batch_is_not_held_while_the_api_clock_is_behind_the_pipeline_clock(
+    tmp_path: Path,
+) -> None:
+    """``created_ms`` is the pipeline's clock, ``linger_ms`` is measured on the API's: views
+    that look committed in the future (another host's clock ahead, or this one stepped back)
+    go at once, as the MQTT drainer sends them, not skew + linger later."""
+    policy = batched_policy(tmp_path, 1000, linger_ms=3000)
+    with live_api(api_config(tmp_path, policies=str(policy))) as live:
+        gw = live.gateway()
+        for b in batches(envelopes())[:8]:
+            gw.process(b)
+        rows, headers = only_rows(live), live.headers()
+        assert 10 < len(rows) < 1000
+        live.api.ctx.clock = lambda: rows[0].created_ms / 1000 - 60.0  # a minute behind
+        got = live.api.client.get("/v1/feed?from=start&max_seconds=0.2", headers=headers)
+        assert ids_in(events_of(got.text)) == [r.message_id for r in rows]
