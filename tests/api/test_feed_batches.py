@@ -21,6 +21,7 @@ import pytest
 from gateway.api import feed
 from gateway.deliver.batch import encode_batch
 from gateway.policy import load_bundle
+from gateway.policy.schema import Channel, Delivery
 from gateway.policy.view_schema import batch_schema, view_schema
 from gateway.resources import default_policy_dir
 from gateway.store.outbox import OutboxRow
@@ -198,3 +199,18 @@ def test_a_batch_is_not_held_while_the_api_clock_is_behind_the_pipeline_clock(
         live.api.ctx.clock = lambda: rows[0].created_ms / 1000 - 60.0  # a minute behind
         got = live.api.client.get("/v1/feed?from=start&max_seconds=0.2", headers=headers)
         assert ids_in(events_of(got.text)) == [r.message_id for r in rows]
+
+
+def test_a_batch_across_shards_waits_linger_ms_from_its_oldest_view_not_its_first() -> None:
+    """A page lists shard by shard, so a batch's first view (the first shard's) may be newer
+    than a later one (another worker's shard): the wait is the oldest view's."""
+    newer = OutboxRow(7, SUB, "t", "m-a", b'{"a":1}', 3_500, "http_stream")
+    older = OutboxRow(4, SUB, "t", "m-b", b'{"b":1}', 1_000, "http_stream")
+    rows = [(newer, feed.encode_cursor({"a": 7})), (older, feed.encode_cursor({"a": 7, "b": 4}))]
+    page = feed.Page(rows, {"a": 7, "b": 4}, more=False)
+    delivery = Delivery(channel=Channel.HTTP_STREAM, batch_max_views=5, linger_ms=3000)
+    events = feed.page_events(page, {}, delivery, now_ms=4_500)  # the older has waited 3.5 s
+    assert events.views == 2 and events.positions == {"a": 7, "b": 4}
+    assert events.data.endswith(b"data: " + encode_batch([newer.payload, older.payload]) + b"\n\n")
+    held = feed.page_events(page, {}, delivery, now_ms=3_999)  # 3 s less a millisecond
+    assert (held.views, held.positions, held.data, held.linger_s) == (0, {}, b"", 0.001)
