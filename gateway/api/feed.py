@@ -281,7 +281,8 @@ def page_events(page: Page, start: Mapping[str, int], delivery: Delivery, now_ms
     """``page`` (read from ``start``) as the events of a subscriber with ``delivery``: one
     ``view`` per view; batched, one ``batch`` per ``batch_max_views`` views, id the cursor
     after its last view. The last batch, not full, is held back (the next poll reads it
-    again) while more views are waiting or its oldest view is younger than ``linger_ms``."""
+    again) while more views are waiting or its oldest view is younger than ``linger_ms``
+    (a view committed after ``now_ms`` by the pipeline's clock is not waited for)."""
     if not delivery.batched:
         data = b"".join(_event(b"view", row.payload, c) for row, c in page.rows)
         return Events(data, page.positions, len(page.rows))
@@ -289,8 +290,11 @@ def page_events(page: Page, start: Mapping[str, int], delivery: Delivery, now_ms
     batches = [page.rows[i : i + size] for i in range(0, len(page.rows), size)]
     positions, linger_s = page.positions, 0.0
     if batches and len(batches[-1]) < size:
-        linger_end = batches[-1][0][0].created_ms + delivery.linger_ms
-        if page.more or linger_end > now_ms:
+        created = min(row.created_ms for row, _ in batches[-1])  # shards interleave in age
+        linger_end = created + delivery.linger_ms
+        # Committed "in the future" (the pipeline's clock ahead of the API's, or this one
+        # stepped back): sent at once, not skew + linger later.
+        if page.more or created <= now_ms < linger_end:
             batches.pop()
             positions = decode_cursor(batches[-1][-1][1]) if batches else dict(start)
             linger_s = 0.0 if page.more else (linger_end - now_ms) / 1000

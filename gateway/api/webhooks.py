@@ -388,8 +388,11 @@ class WebhookSink:
             due.append(post)
         if due and delivery.batched and len(due[-1]) < size and due[-1][0].attempts == 0:
             # A batch not full yet: the next pass reads on (full), or views may still come.
-            linger_end = due[-1][0].view.created_ms + delivery.linger_ms
-            if full or linger_end > now_ms:
+            # A view committed "in the future" (the pipeline's clock ahead of this one, or
+            # this one stepped back) goes at once, not skew + linger later.
+            created = due[-1][0].view.created_ms
+            linger_end = created + delivery.linger_ms
+            if full or created <= now_ms < linger_end:
                 due.pop()
                 return due, 0.0 if full else (linger_end - now_ms) / 1000
         return due, 0.0

@@ -21,6 +21,7 @@ import pytest
 from gateway.api import feed
 from gateway.deliver.batch import encode_batch
 from gateway.policy import load_bundle
+from gateway.policy.schema import Channel, Delivery
 from gateway.policy.view_schema import batch_schema, view_schema
 from gateway.resources import default_policy_dir
 from gateway.store.outbox import OutboxRow
@@ -180,3 +181,36 @@ def test_a_batch_not_full_waits_at_most_linger_ms(tmp_path: Path) -> None:
         jsonschema_rs.Draft202012Validator(batch_schema(load_bundle(policy), SUB)).validate(
             orjson.loads(event.data)
         )
+
+
+def test_a_batch_is_not_held_while_the_api_clock_is_behind_the_pipeline_clock(
+    tmp_path: Path,
+) -> None:
+    """``created_ms`` is the pipeline's clock, ``linger_ms`` is measured on the API's: views
+    that look committed in the future (another host's clock ahead, or this one stepped back)
+    go at once, as the MQTT drainer sends them, not skew + linger later."""
+    policy = batched_policy(tmp_path, 1000, linger_ms=3000)
+    with live_api(api_config(tmp_path, policies=str(policy))) as live:
+        gw = live.gateway()
+        for b in batches(envelopes())[:8]:
+            gw.process(b)
+        rows, headers = only_rows(live), live.headers()
+        assert 10 < len(rows) < 1000
+        live.api.ctx.clock = lambda: rows[0].created_ms / 1000 - 60.0  # a minute behind
+        got = live.api.client.get("/v1/feed?from=start&max_seconds=0.2", headers=headers)
+        assert ids_in(events_of(got.text)) == [r.message_id for r in rows]
+
+
+def test_a_batch_across_shards_waits_linger_ms_from_its_oldest_view_not_its_first() -> None:
+    """A page lists shard by shard, so a batch's first view (the first shard's) may be newer
+    than a later one (another worker's shard): the wait is the oldest view's."""
+    newer = OutboxRow(7, SUB, "t", "m-a", b'{"a":1}', 3_500, "http_stream")
+    older = OutboxRow(4, SUB, "t", "m-b", b'{"b":1}', 1_000, "http_stream")
+    rows = [(newer, feed.encode_cursor({"a": 7})), (older, feed.encode_cursor({"a": 7, "b": 4}))]
+    page = feed.Page(rows, {"a": 7, "b": 4}, more=False)
+    delivery = Delivery(channel=Channel.HTTP_STREAM, batch_max_views=5, linger_ms=3000)
+    events = feed.page_events(page, {}, delivery, now_ms=4_500)  # the older has waited 3.5 s
+    assert events.views == 2 and events.positions == {"a": 7, "b": 4}
+    assert events.data.endswith(b"data: " + encode_batch([newer.payload, older.payload]) + b"\n\n")
+    held = feed.page_events(page, {}, delivery, now_ms=3_999)  # 3 s less a millisecond
+    assert (held.views, held.positions, held.data, held.linger_s) == (0, {}, b"", 0.001)

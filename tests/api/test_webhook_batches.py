@@ -237,3 +237,23 @@ def test_batches_are_cut_in_order_with_a_retried_batch_as_it_was() -> None:
     assert [[r.view.seq for r in b] for b in cut] == [[1, 2], [3, 4, 5], [6, 7]]
     assert [[r.view.seq for r in b] for b in cut_batches(rows[2:], 1)] == [[3], [4], [5], [6], [7]]
     assert cut_batches([], 5) == []
+
+
+def test_a_batch_is_not_held_while_the_api_clock_is_behind_the_pipeline_clock(
+    setup: Setup, receivers: Callable[..., Receiver]
+) -> None:
+    """``created_ms`` is the pipeline's clock, ``linger_ms`` is measured on the API's: a view
+    that looks committed in the future (another host's clock ahead, or this one stepped
+    back) goes at once, as the MQTT drainer sends it, not skew + linger later."""
+    receiver = receivers(lambda _id, _n: 204)
+    config = setup.config(receiver.url)
+    views = commit_views(config)
+    batch_policy(config, receiver.url, max_views=1000, linger_ms=50)
+    clock = FakeClock(stored(config)[0].created_ms / 1000 - 60.0)  # a minute behind
+    with sink_on(config, clock) as (_ctx, sink):
+        sink.deliver_due()
+    got = receiver.received()
+    assert [[v["message_id"] for v in orjson.loads(r.body)] for r in got] == [
+        [mid for _, mid in views]
+    ]
+    assert all(v["delivered"] is not None for v in outbox(config))
