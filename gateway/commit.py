@@ -28,7 +28,7 @@ from gateway.model import DeadInput
 from gateway.pipeline.decide import Decisions, Verdict
 from gateway.pipeline.shape import Shaped, encode_view, message_ids
 from gateway.policy.bundle import PolicyBundle
-from gateway.state.snapshot import HeldView
+from gateway.state.snapshot import HeldView, unpacked
 from gateway.store import Transaction
 from gateway.store.audit import AuditBatch
 from gateway.store.deadletters import DeadLetterRow, add_deadletters
@@ -164,7 +164,7 @@ def commit_batch(
             h.subscriber,
             decision,
             h.message_id,
-            h.view,
+            unpacked(h.view),
             _held_entry(ctx, h, decision, sub.region if sub else None),
         )
     for h in discarded:
@@ -258,7 +258,7 @@ def _held_entry(
         "subscriber": h.subscriber,
         "region": region,
         "rules": tuple(dict.fromkeys(rules)),
-        "transforms": dict(h.transforms),
+        "transforms": unpacked(h.transforms),
         "precision_m": precision if decision is not Decision.BLOCKED else None,
         "basis": h.basis,
     }

@@ -36,7 +36,7 @@ from gateway.pipeline.decode import DeadLetter, decode
 from gateway.pipeline.run import evaluate
 from gateway.pipeline.shape import PseudonymKeys, Shaped, ephemeral_keys
 from gateway.policy.bundle import PolicyBundle
-from gateway.state.snapshot import ConsentBook, StateSnapshot, TripState
+from gateway.state.snapshot import ConsentBook, StateSnapshot, TripState, unpacked
 
 __all__ = ["Explained", "Explanation", "explain", "parse_time", "run_explain"]
 
@@ -175,7 +175,7 @@ def _outputs(shaped: Shaped) -> dict[tuple[int, int], dict[str, Any]]:
     for pending, s, row in zip(
         shaped.held, shaped.held_subscriber.tolist(), shaped.held_row.tolist(), strict=True
     ):
-        outputs[(s, row)] = {**pending.view, "message_id": pending.message_id}
+        outputs[(s, row)] = {**unpacked(pending.view), "message_id": pending.message_id}
     return outputs
 
 

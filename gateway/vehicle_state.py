@@ -20,13 +20,18 @@ from typing import Any
 
 import orjson
 
-from gateway.state.snapshot import HeldView, StateSnapshot, TripState
+from gateway.state.snapshot import HeldView, PackedJson, StateSnapshot, TripState
 
 _VERSION = 1
 
 
 def _float(value: Any) -> float:
     return math.nan if value is None else float(value)
+
+
+def _json(value: Mapping[str, Any]) -> Any:
+    """A held view's object as the document embeds it: packed bytes as they are."""
+    return orjson.Fragment(value.data) if isinstance(value, PackedJson) else dict(value)
 
 
 def encode(
@@ -47,10 +52,10 @@ def encode(
                 h.message_id,
                 h.decision,
                 list(h.rules),
-                dict(h.transforms),
+                _json(h.transforms),
                 h.precision_m,
                 h.basis,
-                dict(h.view),
+                _json(h.view),
             ]
             for h in held
         ],
@@ -84,10 +89,10 @@ def decode(
             message_id=h[5],
             decision=h[6],
             rules=tuple(h[7]),
-            transforms=h[8],
+            transforms=PackedJson.of(h[8]),
             precision_m=None if h[9] is None else float(h[9]),
             basis=h[10],
-            view=h[11],
+            view=PackedJson.of(h[11]),
         )
         for h in doc.get("held", [])
     ]

@@ -686,6 +686,7 @@ class ConfirmingPublisher:
     """Stands in for the broker on the output side: every publish is confirmed at once."""
 
     limit = 1000
+    max_packet: int | None = None  # no MQTT 5 packet limit announced
 
     def __init__(self) -> None:
         self.topics: list[str] = []

@@ -40,7 +40,7 @@ from gateway.pipeline.classify import Classified
 from gateway.pipeline.decide import Applied, Decisions, Verdict
 from gateway.policy.schema import AltitudeMode, DerivedMode, FieldCategory
 from gateway.policy.view_schema import VIEW_SCHEMA, coordinate_names
-from gateway.state.snapshot import HeldView
+from gateway.state.snapshot import HeldView, PackedJson, unpacked
 from gateway.vss import TIMESTAMP
 
 __all__ = [
@@ -187,7 +187,7 @@ def encode_view(view: Mapping[str, Any], *, audit_seq: int, message_id: str) -> 
     as compact JSON with sorted keys (orjson). Deterministic for the same inputs."""
     return tight(
         orjson.dumps(
-            {**view, "audit_seq": int(audit_seq), "message_id": message_id},
+            {**unpacked(view), "audit_seq": int(audit_seq), "message_id": message_id},
             option=orjson.OPT_SORT_KEYS,
         )
     )
@@ -269,10 +269,10 @@ def shape(decisions: Decisions, keys: PseudonymKeys) -> Shaped:
                         [mids[i] for i in where.tolist()],
                         ["redact" if r else "share" for r in decisions.redacted[s, hrows].tolist()],
                         decisions.rules_of(s, hrows),
-                        decisions.transforms_of(s, hrows),
+                        map(PackedJson.of, decisions.transforms_of(s, hrows)),
                         decisions.precisions_of(s, hrows),
                         decisions.bases_of(s, hrows),
-                        [objs[i] for i in where.tolist()],
+                        [PackedJson.of(objs[i]) for i in where.tolist()],
                         strict=True,
                     ),
                 )
