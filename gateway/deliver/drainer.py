@@ -236,8 +236,15 @@ class OutboxDrainer:
                 time.sleep(1.0)
 
     def _publish(self, row: OutboxRow) -> None:
-        if not self._publish_message(row.topic, row.payload, functools.partial(self._done, row)):
-            self._queue.appendleft(row)
+        """Publish ``row``, just taken from the queue; if it is not sent (stopped, or an
+        error raised) it goes back to the front, neither lost from memory until a restart
+        nor overtaken by the views behind it."""
+        sent = False
+        try:
+            sent = self._publish_message(row.topic, row.payload, functools.partial(self._done, row))
+        finally:
+            if not sent:
+                self._queue.appendleft(row)
 
     def _send_batch(self) -> bool:
         """Publish the next due batch, if any (only this thread sends batches, so each
