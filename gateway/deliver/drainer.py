@@ -18,7 +18,9 @@ queue. Those batches leave from the background thread only; the in-flight bound 
 messages, so a batch is one. Views of other subscribers (and dead-letter notices) go one per
 message exactly as before. A policy reload that turns batching off for a subscriber keeps
 its waiting views in the batcher until they are sent; one that turns it on may let the
-subscriber's first batch overtake views of it still queued one per message.
+subscriber's first batch overtake views of it still queued one per message. A batch is cut
+to the broker's Maximum Packet Size and to ``batch_max_bytes`` (``output.batch_max_bytes``),
+so what the client holds in flight is bounded too: ``max_inflight`` × that.
 """
 
 from __future__ import annotations
@@ -59,9 +61,11 @@ class OutboxDrainer:
         *,
         clock: Callable[[], float] = time.time,
         batching: BatchingLookup | None = None,
+        batch_max_bytes: int = 262_144,
     ) -> None:
         """``batching`` says which subscribers get batches (:func:`~gateway.deliver.batching.
-        bundle_batching`); without it every view goes one per message."""
+        bundle_batching`); without it every view goes one per message. A batch's PUBLISH
+        is at most ``batch_max_bytes`` (and the broker's limit)."""
         self.store = store
         self.shard = shard
         self.publisher = publisher
@@ -84,6 +88,7 @@ class OutboxDrainer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.delivered: dict[str, int] = {}
+        self.batch_max_bytes = batch_max_bytes
 
     def start(self) -> None:
         """Load what is still pending from the store, then start the background thread."""
@@ -255,7 +260,7 @@ class OutboxDrainer:
                 self.clock(),
                 hurry=self._hurry.is_set(),
                 skip=held,
-                max_packet=self.publisher.max_packet,
+                max_packet=self._packet_limit(),
             )
             if batch is None:
                 return False
@@ -271,6 +276,12 @@ class OutboxDrainer:
                 if not sent:
                     self._batcher.put_back(batch.rows)
         return True
+
+    def _packet_limit(self) -> int:
+        """The most bytes a batch's PUBLISH may take: ``batch_max_bytes``, or the broker's
+        Maximum Packet Size if smaller."""
+        broker = self.publisher.max_packet
+        return self.batch_max_bytes if broker is None else min(broker, self.batch_max_bytes)
 
     def _holding(self) -> set[str]:
         """Subscribers whose refused batch waits before it is sent again (``_batch_lock``

@@ -1,18 +1,22 @@
-"""The drainer does not drop a view from memory: one whose publish raises goes back.
+"""A batch is cut to a byte cap; the drainer does not drop a view from memory: one whose
+publish raises goes back.
 
 A real SQLite store and a publisher the test stalls (as paho does with its in-flight bound
 reached, the broker slow or away) and releases."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
+import pydantic
 import pytest
 from prometheus_client import CollectorRegistry
 
+from gateway.config import OutputConfig
 from gateway.deliver.batching import Batching
 from gateway.deliver.drainer import OutboxDrainer
 from gateway.deliver.mqtt import Done
@@ -88,13 +92,16 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
-def make_drainer(store: Store, pub: StallPublisher) -> OutboxDrainer:
+def make_drainer(
+    store: Store, pub: StallPublisher, *, batch_max_bytes: int = 262_144
+) -> OutboxDrainer:
     return OutboxDrainer(
         store,
         SHARD,
         pub,  # type: ignore[arg-type]
         Metrics(CollectorRegistry()),
         batching=BATCHING.get,
+        batch_max_bytes=batch_max_bytes,
     )
 
 
@@ -111,6 +118,46 @@ def commit(store: Store, drainer: OutboxDrainer, rows: list[OutboxRow]) -> None:
 def pending(store: Store) -> int:
     with store.snapshot() as rd:
         return count_pending(rd, SHARD)
+
+
+# -- bytes per batch ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cap", "broker", "fits"),
+    [(1024, None, 9), (1024, 512, 4), (262_144, 2048, 19)],
+    ids=["cap", "broker-smaller", "default-cap-broker-smaller"],
+)
+def test_a_batch_is_cut_to_the_byte_cap_or_the_brokers_limit_if_smaller(
+    store: Store, cap: int, broker: int | None, fits: int
+) -> None:
+    """Views of 100 bytes, 100 per batch allowed: a batch's PUBLISH (array, topic, header)
+    stays within ``min(cap, broker)``, and carries as many views as fit."""
+    limit = cap if broker is None else min(cap, broker)
+    rows = [dataclasses.replace(row(s, "a"), payload=b"%100d" % s) for s in range(1, 61)]
+    add(store, rows)
+    pub = StallPublisher()
+    pub.max_packet = broker
+    pub.released.set()
+    drainer = make_drainer(store, pub, batch_max_bytes=cap)
+    drainer.start()
+    try:
+        assert drainer.drain(5)
+    finally:
+        drainer.stop()
+    sizes = [len(p) + 16 + 4 * len(t) for t, p in pub.sent]
+    assert max(sizes) <= limit
+    whole, rest = divmod(60, fits)
+    assert [len(orjson.loads(p)) for _, p in pub.sent] == [fits] * whole + [rest] * (rest > 0)
+    assert pub.views() == {"a": list(range(1, 61))}
+
+
+def test_the_byte_cap_setting_is_bounded() -> None:
+    assert OutputConfig().batch_max_bytes == 262_144
+    assert OutputConfig(batch_max_bytes=1024).batch_max_bytes == 1024
+    for bad in (1023, 16 * 1024 * 1024 + 1):
+        with pytest.raises(pydantic.ValidationError):
+            OutputConfig(batch_max_bytes=bad)
 
 
 # -- a publish that raises ------------------------------------------------------------------
