@@ -1,5 +1,6 @@
-"""A batch is cut to a byte cap; the drainer does not drop a view from memory: one whose
-publish raises goes back.
+"""The drainer's memory is bounded: views beyond the bound wait in the store and are read
+back in ``seq`` order, each published once, every one in the end; a batch is cut to a byte
+cap; a view whose publish raises is not dropped from memory.
 
 A real SQLite store and a publisher the test stalls (as paho does with its in-flight bound
 reached, the broker slow or away) and releases."""
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -18,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.config import OutputConfig
 from gateway.deliver.batching import Batching
-from gateway.deliver.drainer import OutboxDrainer
+from gateway.deliver.drainer import MAX_HELD_VIEWS, OutboxDrainer
 from gateway.deliver.mqtt import Done
 from gateway.errors import DeliveryError
 from gateway.keys import init_keys
@@ -93,16 +94,37 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 def make_drainer(
-    store: Store, pub: StallPublisher, *, batch_max_bytes: int = 262_144
+    store: Store,
+    pub: StallPublisher,
+    registry: CollectorRegistry | None = None,
+    *,
+    batch_max_bytes: int = 262_144,
+    max_held: int = MAX_HELD_VIEWS,
 ) -> OutboxDrainer:
     return OutboxDrainer(
         store,
         SHARD,
         pub,  # type: ignore[arg-type]
-        Metrics(CollectorRegistry()),
+        Metrics(registry or CollectorRegistry()),
         batching=BATCHING.get,
         batch_max_bytes=batch_max_bytes,
+        max_held=max_held,
     )
+
+
+def watch_memory(drainer: OutboxDrainer) -> list[int]:
+    """What the drainer holds after every routing (where memory grows: submits, start-up
+    and refills), appended to the list returned."""
+    seen: list[int] = []
+    route = drainer._route
+
+    def counted(rows: list[OutboxRow], *, queue: bool = True) -> list[OutboxRow]:
+        single = route(rows, queue=queue)
+        seen.append(drainer.held)
+        return single
+
+    drainer._route = counted  # type: ignore[method-assign]
+    return seen
 
 
 def add(store: Store, rows: list[OutboxRow]) -> None:
@@ -118,6 +140,175 @@ def commit(store: Store, drainer: OutboxDrainer, rows: list[OutboxRow]) -> None:
 def pending(store: Store) -> int:
     with store.snapshot() as rd:
         return count_pending(rd, SHARD)
+
+
+# -- the bound ------------------------------------------------------------------------------
+
+
+def test_a_stalled_broker_spills_to_the_store_and_every_view_goes_once_in_order(
+    store: Store,
+) -> None:
+    """100,000 views committed while the broker takes nothing: memory never holds more
+    than the bound; released, each view is published exactly once, in ``seq`` order per
+    subscriber, batched or not, and spilling ends."""
+    registry = CollectorRegistry()
+    pub = StallPublisher()
+    drainer = make_drainer(store, pub, registry)
+    seen = watch_memory(drainer)
+    drainer.start()
+    rows = spread(1, 100_000)
+    try:
+        for i in range(0, len(rows), 2000):
+            commit(store, drainer, rows[i : i + 2000])
+            seen.append(drainer.held)
+        assert max(seen) == MAX_HELD_VIEWS and drainer.spilling
+        value = registry.get_sample_value
+        assert value("icvgw_outbox_held_views") == drainer.held > MAX_HELD_VIEWS - 100
+        assert value("icvgw_outbox_spilling") == 1
+        assert pub.sent == []
+        pub.released.set()
+        assert drainer.drain(30)
+    finally:
+        drainer.stop()
+    assert max(seen) <= MAX_HELD_VIEWS
+    assert pub.views() == expected(rows)
+    assert pending(store) == 0
+    assert not drainer.spilling and drainer.held == 0
+    assert value("icvgw_outbox_spilling") == 0
+
+
+def test_start_up_loads_at_most_the_bound_and_sends_the_rest_from_the_store(
+    store: Store,
+) -> None:
+    """After a long outage 100,000 views are pending: start-up holds the bound of them,
+    reads the rest as memory frees, and every one goes once, in order."""
+    rows = spread(1, 100_000)
+    for i in range(0, len(rows), 10_000):
+        add(store, rows[i : i + 10_000])
+    pub = StallPublisher()
+    drainer = make_drainer(store, pub)
+    seen = watch_memory(drainer)
+    try:
+        drainer.start()
+        assert seen[-1] == MAX_HELD_VIEWS and drainer.spilling  # the thread may hold one
+        pub.released.set()
+        later = spread(100_001, 100_500)  # the pipeline goes on committing meanwhile
+        for i in range(0, len(later), 50):
+            commit(store, drainer, later[i : i + 50])
+        assert drainer.drain(30)
+    finally:
+        drainer.stop()
+    assert max(seen) <= MAX_HELD_VIEWS
+    assert pub.views() == expected(rows + later)
+    assert pending(store) == 0
+
+
+# -- the hand-over from spilling back to holding commits ------------------------------------
+
+
+ReadBeyond = Callable[[int], list[OutboxRow]]
+
+
+def spilled(store: Store, pub: StallPublisher) -> OutboxDrainer:
+    """A started drainer that holds 10 views at most, holding 1..10 with 11..15 left to
+    the store."""
+    drainer = make_drainer(store, pub, max_held=10)
+    drainer.start()
+    commit(store, drainer, [row(s, "u") for s in range(1, 16)])
+    assert drainer.held == 10 and drainer.spilling
+    return drainer
+
+
+def test_a_commit_between_the_refills_read_and_the_switch_is_not_left_behind(
+    store: Store,
+) -> None:
+    """The refill reads 11..15 — fewer than it asked, so the store has no more — and the
+    pipeline commits 16 and submits it before the refill stops spilling: 16 is left to
+    the store by that submit, and must still go out without a restart."""
+    pub = StallPublisher()
+    drainer = spilled(store, pub)
+    real: ReadBeyond = drainer._read_beyond
+    window: list[list[int]] = []
+
+    def read_then_commit(limit: int) -> list[OutboxRow]:
+        got = real(limit)
+        if not window and not drainer._hold_lock.locked() and len(got) < limit:
+            window.append([r.seq for r in got])
+            commit(store, drainer, [row(16, "u")])  # the pipeline's, in the window
+        return got
+
+    drainer._read_beyond = read_then_commit  # type: ignore[method-assign]
+    try:
+        pub.released.set()
+        assert drainer.drain(5), "the view committed in the window waits for a restart"
+    finally:
+        drainer.stop()
+    assert window == [[11, 12, 13, 14, 15]]
+    assert pub.views() == {"u": list(range(1, 17))}
+    assert not drainer.spilling
+
+
+def test_a_commit_the_refill_read_is_not_held_twice_when_its_submit_comes_after(
+    store: Store,
+) -> None:
+    """16 is committed just before the refill's last read, which takes it; its submit
+    comes after spilling has ended: it must not be published a second time."""
+    pub = StallPublisher()
+    drainer = spilled(store, pub)
+    real: ReadBeyond = drainer._read_beyond
+    late = row(16, "u")
+    committed = threading.Event()
+
+    def commit_then_read(limit: int) -> list[OutboxRow]:
+        if not committed.is_set() and drainer._hold_lock.locked():
+            add(store, [late])  # committed, its submit not yet made
+            committed.set()
+        return real(limit)
+
+    drainer._read_beyond = commit_then_read  # type: ignore[method-assign]
+    try:
+        pub.released.set()
+        assert committed.wait(5)
+        assert drainer.drain(5)
+        assert not drainer.spilling
+        drainer.submit([late])
+        assert drainer.drain(5)
+    finally:
+        drainer.stop()
+    assert pub.views() == {"u": list(range(1, 17))}
+
+
+def test_a_submit_during_the_refills_last_read_waits_for_the_switch(store: Store) -> None:
+    """The other side of the lock: a submit made while the refill's last read runs (the
+    read has not seen its row) does not return before spilling has ended, and its row is
+    then held, not left to the store."""
+    pub = StallPublisher()
+    drainer = spilled(store, pub)
+    real: ReadBeyond = drainer._read_beyond
+    late = row(16, "u")
+    submitter: list[threading.Thread] = []
+    waited: list[bool] = []
+
+    def read_while_submitting(limit: int) -> list[OutboxRow]:
+        got = real(limit)
+        if not submitter and drainer._hold_lock.locked():
+            add(store, [late])  # after the read: only the submit can bring it
+            t = threading.Thread(target=drainer.submit, args=([late],))
+            submitter.append(t)
+            t.start()
+            t.join(0.2)  # a submit not held back by the lock is done long before this
+            waited.append(t.is_alive())
+        return got
+
+    drainer._read_beyond = read_while_submitting  # type: ignore[method-assign]
+    try:
+        pub.released.set()
+        assert drainer.drain(5)
+    finally:
+        drainer.stop()
+    assert waited == [True], "the submit went ahead of the refill's switch"
+    submitter[0].join(5)
+    assert pub.views() == {"u": list(range(1, 17))}
 
 
 # -- bytes per batch ------------------------------------------------------------------------
