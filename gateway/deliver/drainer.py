@@ -148,7 +148,9 @@ class OutboxDrainer:
         self._thread.start()
 
     def submit(self, rows: Iterable[OutboxRow]) -> None:
-        """Rows just committed: send them (in this order).
+        """Rows just committed, in ``seq`` order: send them (in this order). While the
+        drainer spills (memory full) they are left to the store, which it reads them back
+        from in order.
 
         While nothing older waits, they are published right here, in the caller's thread,
         as far as the in-flight bound allows: handing them to the background thread cost a
