@@ -103,6 +103,9 @@ class OutputConfig(_Model):
     deadletter_prefix: str = "gateway/deadletter"
     checkpoint_prefix: str = "gateway/checkpoint"
     max_inflight: int = Field(default=1000, ge=1, le=20_000)
+    batch_max_bytes: int = Field(default=262_144, ge=1024, le=16 * 1024 * 1024)
+    """The most bytes one batch's PUBLISH takes (the broker's Maximum Packet Size if
+    smaller): what the client holds unacknowledged is at most ``max_inflight`` × this."""
 
 
 class CheckpointConfig(_Model):

@@ -197,6 +197,18 @@ class Metrics:
         self.outbox_pending = Gauge(
             "icvgw_outbox_pending", "Views committed and not yet confirmed", registry=registry
         )
+        self.outbox_held = Gauge(
+            "icvgw_outbox_held_views",
+            "Committed MQTT views waiting in the drainer's memory (bounded; the rest wait in "
+            "the store)",
+            registry=registry,
+        )
+        self.outbox_spilling = Gauge(
+            "icvgw_outbox_spilling",
+            "1 while newer committed MQTT views wait in the store only (the drainer's memory "
+            "is full), else 0",
+            registry=registry,
+        )
         self.audit_entries = Counter(
             "icvgw_audit_entries_total", "Entries appended to the audit log", registry=registry
         )

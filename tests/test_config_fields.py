@@ -154,6 +154,7 @@ PROBES: dict[Path_, tuple[Any, Probe, dict[Path_, Any]]] = {
     ("output", "deadletter_prefix"): ("dead", outbox_topics, {}),
     ("output", "checkpoint_prefix"): ("cp", checkpoint_topic, {}),
     ("output", "max_inflight"): (3, lambda gw: gw.publisher.max_inflight, {}),
+    ("output", "batch_max_bytes"): (4096, lambda gw: gw.drainer.batch_max_bytes, {}),
     ("checkpoint", "every_entries"): (5, lambda gw: gw.audit.policy, {}),
     ("checkpoint", "every_seconds"): (2.5, lambda gw: gw.audit.policy, {}),
     ("policies",): (None, lambda gw: str(gw.holder.directory), {}),

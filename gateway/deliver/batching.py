@@ -127,7 +127,8 @@ class Batcher:
         """The next due batch (the subscriber whose oldest view is oldest first), removed
         from its queue; None if no batch is due at ``now`` (seconds, the rows' clock).
         Subscribers in ``skip`` (held after a refusal) give none. With ``max_packet`` (the
-        broker's limit, bytes) the batch is cut so that its PUBLISH fits, one view at least."""
+        most bytes a PUBLISH may take: the broker's limit, or the drainer's byte cap if
+        smaller) the batch is cut so that its PUBLISH fits, one view at least."""
         best: _Queue | None = None
         subscriber = ""
         for sub, q in self._queues.items():

@@ -5,10 +5,24 @@ HTTP API's feed and pull routes, those for ``webhook`` subscribers POSTed by the
 process's webhook sink (:mod:`gateway.api`), so neither costs the pipeline anything.
 
 After each commit the service hands the drainer the rows it just wrote (no re-read from the
-store on the hot path); at start-up the drainer loads every row still pending, so a view
+store on the hot path); at start-up the drainer loads the rows still pending, so a view
 that was committed but never confirmed — the gateway died first — is sent again under its
 own message id, and subscribers de-duplicate on that id. Confirmations (PUBACK) are marked
 in the store in batches; a refused publish is queued again.
+
+Memory holds at most :data:`MAX_HELD_VIEWS` waiting views (those queued one per message
+and those in the batcher); the store holds them all, pending until marked delivered. When a
+commit would go beyond the bound (the broker slower than the pipeline, or away) the drainer
+*spills*: it keeps the ``seq`` of the last view it holds (the cursor) and leaves every newer
+one to the store. Once memory is down to half, its thread reads the views beyond the cursor
+back (:func:`~gateway.store.outbox.pending_outbox`, in ``seq`` order) and routes them as at
+start-up; when the store has none left beyond it, it holds commits again. That last read
+and the switch are made under ``_hold_lock``, which :meth:`OutboxDrainer.submit` takes too:
+a commit either is in that read or is submitted after the switch, and a row the read took
+already is not held twice (its ``seq`` is not beyond the cursor). Views in flight or put
+back after a refusal are never beyond the cursor, so no view is read back while it is held;
+put-backs may take memory past the bound by at most what was in flight. Start-up is a
+refill: it loads at most the bound and spills the rest.
 
 A subscriber whose view opts into batches (``delivery.batch_max_views`` above 1) gets its
 views as batches instead (:mod:`gateway.deliver.batching` groups them, by subscriber in
@@ -18,7 +32,9 @@ queue. Those batches leave from the background thread only; the in-flight bound 
 messages, so a batch is one. Views of other subscribers (and dead-letter notices) go one per
 message exactly as before. A policy reload that turns batching off for a subscriber keeps
 its waiting views in the batcher until they are sent; one that turns it on may let the
-subscriber's first batch overtake views of it still queued one per message.
+subscriber's first batch overtake views of it still queued one per message. A batch is cut
+to the broker's Maximum Packet Size and to ``batch_max_bytes`` (``output.batch_max_bytes``),
+so what the client holds in flight is bounded too: ``max_inflight`` × that.
 """
 
 from __future__ import annotations
@@ -40,6 +56,12 @@ from gateway.store.outbox import OutboxRow, count_pending, mark_delivered, pendi
 
 log = logging.getLogger(__name__)
 
+MAX_HELD_VIEWS = 20_000
+"""At most this many committed views wait in the drainer's memory (about 10 MB at 0.5 KB a
+view); the rest wait in the store until there is room (see the module docstring)."""
+_READ_ROWS = 5000
+"""Views read from the store at a time (start-up and refills)."""
+
 _MARK_EVERY_S = 0.2
 _RETRY_BATCH_S = _MARK_EVERY_S
 """A subscriber's refused batch waits this long before it is sent again, as views one per
@@ -59,9 +81,13 @@ class OutboxDrainer:
         *,
         clock: Callable[[], float] = time.time,
         batching: BatchingLookup | None = None,
+        batch_max_bytes: int = 262_144,
+        max_held: int = MAX_HELD_VIEWS,
     ) -> None:
         """``batching`` says which subscribers get batches (:func:`~gateway.deliver.batching.
-        bundle_batching`); without it every view goes one per message."""
+        bundle_batching`); without it every view goes one per message. A batch's PUBLISH
+        is at most ``batch_max_bytes`` (and the broker's limit); at most ``max_held`` views
+        wait in memory."""
         self.store = store
         self.shard = shard
         self.publisher = publisher
@@ -84,27 +110,47 @@ class OutboxDrainer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.delivered: dict[str, int] = {}
+        self.batch_max_bytes = batch_max_bytes
+        self.max_held = max_held
+        self._refill_below = max(max_held // 2, 1)  # the thread reads back below this
+        self._hold_lock = threading.Lock()  # submit against the refill's last read and switch
+        self._spilling = False  # newer views than the cursor wait in the store only
+        self._cursor = -1  # seq of the last view taken into memory (or sent from submit)
+        metrics.outbox_held.set_function(lambda: float(self.held))
+        metrics.outbox_spilling.set_function(lambda: 1.0 if self._spilling else 0.0)
+
+    @property
+    def held(self) -> int:
+        """Views waiting in memory: queued one per message, or in the batcher."""
+        with self._batch_lock:
+            return len(self._queue) + len(self._batcher)
+
+    @property
+    def spilling(self) -> bool:
+        """True while newer committed views wait in the store only (memory was full)."""
+        return self._spilling
 
     def start(self) -> None:
-        """Load what is still pending from the store, then start the background thread."""
+        """Load what is still pending from the store (at most ``max_held`` views: the rest
+        are read when there is room), then start the background thread."""
         self._queue.clear()  # the store is the truth: anything submitted is in it
         self._batcher = Batcher()
-        after = -1
-        while True:
-            with self.store.snapshot() as rd:
-                rows = pending_outbox(rd, self.shard, after_seq=after, limit=5000)
-            if not rows:
-                break
-            self._route(rows)
-            after = rows[-1].seq
-        waiting = len(self._queue) + len(self._batcher)
-        if waiting:
-            log.info("%d committed views not yet confirmed: sending them again", waiting)
+        with self._hold_lock:
+            self._spilling, self._cursor = True, -1
+        self._refill()
+        if self.held:
+            log.info(
+                "%d committed views not yet confirmed: sending them again%s",
+                self.held,
+                " (and more from the store as they go)" if self._spilling else "",
+            )
         self._thread = threading.Thread(target=self._run, name="icvgw-outbox", daemon=True)
         self._thread.start()
 
     def submit(self, rows: Iterable[OutboxRow]) -> None:
-        """Rows just committed: send them (in this order).
+        """Rows just committed, in ``seq`` order: send them (in this order). While the
+        drainer spills (memory full) they are left to the store, which it reads them back
+        from in order.
 
         While nothing older waits, they are published right here, in the caller's thread,
         as far as the in-flight bound allows: handing them to the background thread cost a
@@ -112,24 +158,95 @@ class OutboxDrainer:
         interpreter lock before every publish. The rest goes to the background thread.
         """
         rows = [r for r in rows if r.channel == "mqtt"]  # the API's sinks take the rest
-        if rows and self._batching is not None:
-            rows = self._route(rows, queue=False)
-        if rows and self._send_lock.acquire(blocking=False):
-            sent = 0
-            try:
-                if not self._queue:
-                    for row in rows:
-                        done = functools.partial(self._done, row)
-                        if not self.publisher.try_publish(row.topic, row.payload, done):
-                            break
-                        sent += 1
-            except Exception:  # the committing thread must not fail: the thread retries
-                log.exception("publishing committed views failed; the drainer retries them")
-            finally:
-                self._send_lock.release()
-            rows = rows[sent:]
+        with self._hold_lock:
+            rows = self._admit(rows)
+            if rows and self._batching is not None:
+                rows = self._route(rows, queue=False)
+            if rows:
+                rows = self._send_now(rows)
+            if rows:
+                self._queue.extend(rows)
+                self._wake.set()
+
+    def _admit(self, rows: list[OutboxRow]) -> list[OutboxRow]:
+        """The rows (in ``seq`` order) memory takes, ``_hold_lock`` held: none while
+        spilling (the refill reads them from the store), none the refill took already,
+        and no more than ``max_held`` waiting in all — beyond that, spilling starts."""
+        if self._spilling or not rows:
+            return []
+        if rows[0].seq <= self._cursor:
+            rows = [r for r in rows if r.seq > self._cursor]
+        room = self.max_held - self.held
+        if len(rows) > room:
+            rows = rows[: max(room, 0)]
+            self._spilling = True
+            log.warning(
+                "outbox: %d views wait in memory; newer ones wait in the store until the "
+                "broker takes them",
+                self.max_held,
+            )
         if rows:
-            self._queue.extend(rows)
+            self._cursor = rows[-1].seq
+        return rows
+
+    def _send_now(self, rows: list[OutboxRow]) -> list[OutboxRow]:
+        """Publish ``rows`` from the caller's thread while nothing older waits, as far as
+        the in-flight bound allows; returns those not sent."""
+        if not self._send_lock.acquire(blocking=False):
+            return rows
+        sent = 0
+        try:
+            if not self._queue:
+                for row in rows:
+                    done = functools.partial(self._done, row)
+                    if not self.publisher.try_publish(row.topic, row.payload, done):
+                        break
+                    sent += 1
+        except Exception:  # the committing thread must not fail: the thread retries
+            log.exception("publishing committed views failed; the drainer retries them")
+        finally:
+            self._send_lock.release()
+        return rows[sent:]
+
+    def _refill(self) -> None:
+        """While spilling: read the views beyond the cursor from the store, in ``seq``
+        order, until memory is full; stop spilling once the store has none left there.
+
+        Reads are made without ``_hold_lock`` (commits meanwhile are left to the store,
+        beyond the cursor) but for the one that may end spilling, so that no commit falls
+        between it and the switch."""
+        while self._spilling:
+            limit = min(self.max_held - self.held, _READ_ROWS)
+            if limit <= 0:
+                return
+            rows = self._read_beyond(limit)
+            with self._hold_lock:
+                self._hold(rows)
+                if len(rows) < limit:
+                    self._end_spilling()
+
+    def _end_spilling(self) -> None:
+        """Read what was committed since the last read and stop spilling if that is all
+        (``_hold_lock`` held: no submit comes in between)."""
+        limit = min(self.max_held - self.held, _READ_ROWS)
+        if limit <= 0:
+            return
+        rows = self._read_beyond(limit)
+        self._hold(rows)
+        if len(rows) < limit:
+            self._spilling = False
+            log.info("outbox: the views left in the store are all in memory again")
+
+    def _read_beyond(self, limit: int) -> list[OutboxRow]:
+        """At most ``limit`` pending MQTT views beyond the cursor, in ``seq`` order."""
+        with self.store.snapshot() as rd:
+            return pending_outbox(rd, self.shard, after_seq=self._cursor, limit=limit)
+
+    def _hold(self, rows: list[OutboxRow]) -> None:
+        """Take ``rows`` read from the store into memory and move the cursor past them."""
+        if rows:
+            self._route(rows)
+            self._cursor = rows[-1].seq
             self._wake.set()
 
     def _route(self, rows: list[OutboxRow], *, queue: bool = True) -> list[OutboxRow]:
@@ -220,6 +337,8 @@ class OutboxDrainer:
                 if time.monotonic() - last_mark >= _MARK_EVERY_S:
                     last_mark = time.monotonic()
                     self._flush_confirmed()
+                if self._spilling and self.held < self._refill_below:
+                    self._refill()
                 self._wake.clear()  # before looking: a submit from now on wakes the wait
                 with self._send_lock:  # rows leave the queue in order, one sender at a time
                     row = self._queue.popleft() if self._queue else None
@@ -236,8 +355,15 @@ class OutboxDrainer:
                 time.sleep(1.0)
 
     def _publish(self, row: OutboxRow) -> None:
-        if not self._publish_message(row.topic, row.payload, functools.partial(self._done, row)):
-            self._queue.appendleft(row)
+        """Publish ``row``, just taken from the queue; if it is not sent (stopped, or an
+        error raised) it goes back to the front, neither lost from memory until a restart
+        nor overtaken by the views behind it."""
+        sent = False
+        try:
+            sent = self._publish_message(row.topic, row.payload, functools.partial(self._done, row))
+        finally:
+            if not sent:
+                self._queue.appendleft(row)
 
     def _send_batch(self) -> bool:
         """Publish the next due batch, if any (only this thread sends batches, so each
@@ -248,7 +374,7 @@ class OutboxDrainer:
                 self.clock(),
                 hurry=self._hurry.is_set(),
                 skip=held,
-                max_packet=self.publisher.max_packet,
+                max_packet=self._packet_limit(),
             )
             if batch is None:
                 return False
@@ -264,6 +390,12 @@ class OutboxDrainer:
                 if not sent:
                     self._batcher.put_back(batch.rows)
         return True
+
+    def _packet_limit(self) -> int:
+        """The most bytes a batch's PUBLISH may take: ``batch_max_bytes``, or the broker's
+        Maximum Packet Size if smaller."""
+        broker = self.publisher.max_packet
+        return self.batch_max_bytes if broker is None else min(broker, self.batch_max_bytes)
 
     def _holding(self) -> set[str]:
         """Subscribers whose refused batch waits before it is sent again (``_batch_lock``
