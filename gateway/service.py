@@ -211,6 +211,7 @@ class Gateway:
         self.drainer = OutboxDrainer(
             self.store, self.origin, self.publisher, self.metrics, clock=clock,
             batching=bundle_batching(lambda: self.holder.current),
+            batch_max_bytes=config.output.batch_max_bytes,
         )  # fmt: skip
         self.metrics.watch(
             connected=lambda: bool(self.source.status.up and self.publisher.status.up),
