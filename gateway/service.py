@@ -113,6 +113,8 @@ FORGET_PER_TICK = 2_000
 """Expired rows forgotten once a second, so an idle gateway forgets too."""
 PRUNE_PER_SWEEP = 5_000
 """Rows of each table past its retention deleted per sweep (once a minute)."""
+GC_THRESHOLDS = (10_000, 10, 10)
+"""The collector's generation thresholds while the gateway runs (see ``_policy_loaded``)."""
 DECIDE_ATTEMPTS = 3
 """Times a batch is decided at most: all but the last against counts read before the
 commit's transaction (checked in it), the last under the cross-border locks."""
@@ -323,6 +325,11 @@ class Gateway:
         # The bundle (10,000 zones, the policy) lives until the next reload: keep it out of
         # the collector's generations, whose full passes otherwise walk it every few batches.
         gc.freeze()
+        # Fewer, larger collections: a batch allocates tens of thousands of short-lived
+        # containers (freed by reference counting; cycles are rare), and at the defaults
+        # (700, 10, 10) the collector ran 2,093 times over 50,000 inputs for 1.07 s of CPU,
+        # 0.20 s at these (bench_pipeline, 10,000 vehicles).
+        gc.set_threshold(*GC_THRESHOLDS)
 
     def _broker_dropped(self, payload: bytes) -> None:
         try:

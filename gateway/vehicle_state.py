@@ -89,7 +89,7 @@ def decode(
             message_id=h[5],
             decision=h[6],
             rules=tuple(h[7]),
-            transforms=PackedJson.of(h[8]),
+            transforms=h[8],
             precision_m=None if h[9] is None else float(h[9]),
             basis=h[10],
             view=PackedJson.of(h[11]),

@@ -269,7 +269,7 @@ def shape(decisions: Decisions, keys: PseudonymKeys) -> Shaped:
                         [mids[i] for i in where.tolist()],
                         ["redact" if r else "share" for r in decisions.redacted[s, hrows].tolist()],
                         decisions.rules_of(s, hrows),
-                        map(PackedJson.of, decisions.transforms_of(s, hrows)),
+                        decisions.transforms_of(s, hrows),
                         decisions.precisions_of(s, hrows),
                         decisions.bases_of(s, hrows),
                         [PackedJson.of(objs[i]) for i in where.tolist()],

@@ -256,8 +256,8 @@ class PackedJson(Mapping[str, Any]):
     """A JSON object kept as its bytes, read as a mapping (parsed on each read).
 
     Held views wait in memory for tens of seconds, tens of thousands of them in a running
-    fleet; as dicts (a view and its transformations) each cost ~1.8 KB, as bytes ~0.5 KB.
-    They are read only when released, discarded or stored, so parsing then is cheap.
+    fleet; a view's output object costs ~1 KB as dicts, ~0.5 KB as bytes. It is read only
+    when the view is released, discarded or stored, so parsing then is cheap.
     """
 
     __slots__ = ("data",)
@@ -305,8 +305,9 @@ class HeldView(NamedTuple):
     for the release test; it stays in the store and is never emitted. ``trip_start``
     identifies the trip it belongs to. The remaining fields are what the audit entry and the
     outbox row need when the view is released (``decision`` is ``"share"`` or ``"redact"``)
-    or discarded (it is then audited as blocked under ``pi.trip-trim``). ``transforms`` and
-    ``view`` are :class:`PackedJson` once made by the pipeline or loaded from the store.
+    or discarded (it is then audited as blocked under ``pi.trip-trim``). ``view`` is a
+    :class:`PackedJson` once made by the pipeline or loaded from the store (``transforms``,
+    small and read by every release test, stays a dict).
     """
 
     subscriber: str
