@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -387,3 +388,45 @@ def test_a_view_whose_publish_raises_goes_back_to_the_front(store: Store) -> Non
     assert pub.raised
     assert pub.views() == {"u": [1, 2, 3, 4, 5]}
     assert pending(store) == 0
+
+
+# -- a subscriber the broker refuses for good -----------------------------------------------
+
+
+class RefusingPublisher(StallPublisher):
+    """Released; refuses every publish whose topic starts with ``refused`` (a subscriber
+    the broker's ACL denies, as a PUBACK with a failure code) and acknowledges the rest."""
+
+    def __init__(self, refused: str) -> None:
+        super().__init__()
+        self.released.set()
+        self.refused = refused
+
+    def _send(self, topic: str, payload: bytes, done: Done) -> None:
+        if topic.startswith(self.refused):
+            done(False)
+        else:
+            super()._send(topic, payload, done)
+
+
+@pytest.mark.parametrize("max_held", [10, MAX_HELD_VIEWS], ids=["spilling", "unbounded"])
+def test_a_subscriber_refused_for_good_does_not_stop_the_others(
+    store: Store, max_held: int
+) -> None:
+    """The broker refuses every batch of ``a`` (its ACL lacks ``<topic>/batch``): ``a``'s
+    views stay in memory, put back after every refusal. ``u``'s views, committed after
+    them, must still go out, as they do while memory is not full — not wait in the store
+    behind views that cannot leave."""
+    pub = RefusingPublisher("share/a/")
+    drainer = make_drainer(store, pub, max_held=max_held)
+    drainer.start()
+    later = [row(s, "u") for s in range(31, 36)]
+    try:
+        commit(store, drainer, [row(s, "a") for s in range(1, 31)])
+        commit(store, drainer, later)
+        deadline = time.monotonic() + 5
+        while pub.views().get("u") != [31, 32, 33, 34, 35] and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        drainer.stop()
+    assert pub.views().get("u") == [31, 32, 33, 34, 35], "u waits behind a refused subscriber"
