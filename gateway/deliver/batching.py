@@ -95,6 +95,10 @@ class Batcher:
     def __len__(self) -> int:
         return sum(len(q.rows) for q in self._queues.values())
 
+    def count_except(self, subscribers: set[str]) -> int:
+        """Views waiting here of every subscriber but ``subscribers``."""
+        return sum(len(q.rows) for s, q in self._queues.items() if s not in subscribers)
+
     def waiting(self, subscriber: str) -> bool:
         """True if views of ``subscriber`` wait here (newer ones must queue behind them)."""
         q = self._queues.get(subscriber)

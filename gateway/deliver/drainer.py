@@ -22,7 +22,12 @@ a commit either is in that read or is submitted after the switch, and a row the 
 already is not held twice (its ``seq`` is not beyond the cursor). Views in flight or put
 back after a refusal are never beyond the cursor, so no view is read back while it is held;
 put-backs may take memory past the bound by at most what was in flight. Start-up is a
-refill: it loads at most the bound and spills the rest.
+refill: it loads at most the bound and spills the rest. A batched subscriber the broker
+refused in the last :data:`_REFUSED_WINDOW_S` seconds does not count towards the bound:
+views of one that the broker refuses for good (an ACL without ``<topic>/batch``) would
+otherwise fill memory and leave every other subscriber's views in the store; its own
+views wait in memory meanwhile, as many as are committed (``icvgw_delivery_failures_total``
+says so).
 
 A subscriber whose view opts into batches (``delivery.batch_max_views`` above 1) gets its
 views as batches instead (:mod:`gateway.deliver.batching` groups them, by subscriber in
@@ -63,6 +68,8 @@ _READ_ROWS = 5000
 """Views read from the store at a time (start-up and refills)."""
 
 _MARK_EVERY_S = 0.2
+_REFUSED_WINDOW_S = 5.0
+"""How long after a refusal a batched subscriber's views stay outside the memory bound."""
 _RETRY_BATCH_S = _MARK_EVERY_S
 """A subscriber's refused batch waits this long before it is sent again, as views one per
 message wait for the next marking: a broker refusing for good (an ACL without
@@ -116,6 +123,7 @@ class OutboxDrainer:
         self._hold_lock = threading.Lock()  # submit against the refill's last read and switch
         self._spilling = False  # newer views than the cursor wait in the store only
         self._cursor = -1  # seq of the last view taken into memory (or sent from submit)
+        self._refused_at: dict[str, float] = {}  # batched subscriber -> last refusal (monotonic)
         metrics.outbox_held.set_function(lambda: float(self.held))
         metrics.outbox_spilling.set_function(lambda: 1.0 if self._spilling else 0.0)
 
@@ -124,6 +132,14 @@ class OutboxDrainer:
         """Views waiting in memory: queued one per message, or in the batcher."""
         with self._batch_lock:
             return len(self._queue) + len(self._batcher)
+
+    def _movable(self) -> int:
+        """Views in memory that count towards the bound: all but those of batched
+        subscribers the broker refused in the last :data:`_REFUSED_WINDOW_S` seconds."""
+        now = time.monotonic()
+        with self._batch_lock:
+            refused = {s for s, t in self._refused_at.items() if now - t < _REFUSED_WINDOW_S}
+            return len(self._queue) + self._batcher.count_except(refused)
 
     @property
     def spilling(self) -> bool:
@@ -216,7 +232,7 @@ class OutboxDrainer:
         beyond the cursor) but for the one that may end spilling, so that no commit falls
         between it and the switch."""
         while self._spilling:
-            limit = min(self.max_held - self.held, _READ_ROWS)
+            limit = min(self.max_held - self._movable(), _READ_ROWS)
             if limit <= 0:
                 return
             rows = self._read_beyond(limit)
@@ -228,7 +244,7 @@ class OutboxDrainer:
     def _end_spilling(self) -> None:
         """Read what was committed since the last read and stop spilling if that is all
         (``_hold_lock`` held: no submit comes in between)."""
-        limit = min(self.max_held - self.held, _READ_ROWS)
+        limit = min(self.max_held - self._movable(), _READ_ROWS)
         if limit <= 0:
             return
         rows = self._read_beyond(limit)
@@ -296,7 +312,11 @@ class OutboxDrainer:
             with self._batch_lock:
                 self._batcher.put_back(batch.rows)
                 self._held[batch.subscriber] = time.monotonic() + _RETRY_BATCH_S
+                self._refused_at[batch.subscriber] = time.monotonic()
             self._wake.set()
+        elif batch.subscriber in self._refused_at:  # taken again: counts towards the bound
+            with self._batch_lock:
+                self._refused_at.pop(batch.subscriber, None)
         with self._lock:
             if ok:
                 now = self.clock()
@@ -337,7 +357,7 @@ class OutboxDrainer:
                 if time.monotonic() - last_mark >= _MARK_EVERY_S:
                     last_mark = time.monotonic()
                     self._flush_confirmed()
-                if self._spilling and self.held < self._refill_below:
+                if self._spilling and self._movable() < self._refill_below:
                     self._refill()
                 self._wake.clear()  # before looking: a submit from now on wakes the wait
                 with self._send_lock:  # rows leave the queue in order, one sender at a time
