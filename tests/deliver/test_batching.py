@@ -9,7 +9,7 @@ import dataclasses
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -22,12 +22,11 @@ from gateway.deliver.batching import Batcher, Batching, bundle_batching
 from gateway.deliver.drainer import OutboxDrainer
 from gateway.deliver.mqtt import Done
 from gateway.errors import DeliveryError
-from gateway.keys import init_keys
 from gateway.metrics import Metrics
 from gateway.policy.bundle import PolicyBundle
 from gateway.policy.loader import load_bundle
 from gateway.resources import default_policy_dir
-from gateway.store import Store, open_store
+from gateway.store import Store
 from gateway.store.outbox import OutboxRow, add_outbox, count_pending
 
 SHARD = "test/batching"
@@ -191,15 +190,6 @@ def wait_until(probe: Callable[[], bool], timeout: float = 5.0) -> None:
     while not probe():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = open_store(
-        f"sqlite:///{tmp_path / 'gw.db'}", shard=SHARD, keys=init_keys(tmp_path / "keys")
-    )
-    yield s
-    s.close()
 
 
 def drainer_for(

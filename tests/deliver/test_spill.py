@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import orjson
 import pydantic
@@ -23,9 +22,8 @@ from gateway.deliver.batching import Batching
 from gateway.deliver.drainer import MAX_HELD_VIEWS, OutboxDrainer
 from gateway.deliver.mqtt import Done
 from gateway.errors import DeliveryError
-from gateway.keys import init_keys
 from gateway.metrics import Metrics
-from gateway.store import Store, open_store
+from gateway.store import Store
 from gateway.store.outbox import OutboxRow, add_outbox, count_pending
 
 SHARD = "test/spill"
@@ -83,15 +81,6 @@ def expected(rows: list[OutboxRow]) -> dict[str, list[int]]:
     for r in rows:
         want.setdefault(r.subscriber, []).append(r.seq)
     return want
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = open_store(
-        f"sqlite:///{tmp_path / 'gw.db'}", shard=SHARD, keys=init_keys(tmp_path / "keys")
-    )
-    yield s
-    s.close()
 
 
 def make_drainer(
