@@ -275,3 +275,33 @@ def test_arbitrary_json_never_raises_and_every_payload_is_accounted_for(docs: li
     ok = out.batch.ok
     assert np.isfinite(out.batch.time[ok]).all()
     assert all(isinstance(v, str) for v in out.batch.vehicle[ok])
+
+
+def test_vins_invented_by_a_sender_keep_the_check_digit_cache_bounded_and_answers_right(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sender cycling through made-up VINs (right shape, right or wrong check digit, or
+    outside the alphabet) costs at most the cache's bound, and a VIN asked again after the
+    cache started afresh is judged as the first time."""
+    from gateway.pipeline import decode as dec
+    from gateway.policy.codes import vin_check_digit
+
+    monkeypatch.setattr(dec, "_VIN_DIGITS_MAX", 100)
+    monkeypatch.setattr(dec, "_VIN_DIGITS", {})
+    raw = "LSVAU2180N2183294"
+    good = raw[:8] + vin_check_digit(raw) + raw[9:]
+    assert dec.is_vin(good)
+    answers: dict[str, bool] = {}
+    for i in range(1_000):
+        body = f"LSV{i:05d}X{i:08d}"[:17]
+        digit = vin_check_digit(body)
+        right = body[:8] + digit + body[9:]
+        wrong = body[:8] + ("0" if digit != "0" else "1") + body[9:]
+        for vin, want in ((right, True), (wrong, False), (right[:16] + "I", False)):
+            got = dec.is_vin(vin)
+            assert got is want, vin
+            answers[vin] = got
+            assert len(dec._VIN_DIGITS) <= 100
+    other = "0" if good[8] != "0" else "1"
+    assert dec.is_vin(good) and not dec.is_vin(good[:8] + other + good[9:])
+    assert dec.is_vin(wrong, check_digit=False)
